@@ -1,0 +1,237 @@
+"""What planners need to know of a graph: buffers, lifetimes, cold gaps, fusion groups, bounds.
+
+Lifetimes follow TFLM's allocation_info exactly: steps are 0..len(ops); subgraph
+inputs are created at step 0, op k runs at step k + 1 (its outputs are created
+there, its inputs' last use moves there), subgraph outputs live to the last step,
+and a scratch buffer lives only at its op's step. Sizes are rounded up to 16 bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+from .ir import Graph, OpKind, Role, Tensor, align
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One planned arena buffer, in TFLM's order: tensors by id, then scratch requests."""
+
+    tensor: int
+    size: int  # aligned to 16
+    first: int  # closed step interval
+    last: int
+
+    def overlaps(self, other: Buffer) -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+
+def step_of(op_index: int) -> int:
+    return op_index + 1
+
+
+def lifetimes(graph: Graph) -> dict[int, tuple[int, int]]:
+    """Tensor id -> (first, last) step for every planned tensor that TFLM would allocate."""
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    planned = {t.id for t in graph.tensors if t.planned}
+
+    def touch(t: int, step: int, create: bool) -> None:
+        if t not in planned:
+            return
+        if create and t not in first:
+            first[t] = step
+        last[t] = max(last.get(t, -1), step)
+
+    for t in graph.inputs:
+        touch(t, 0, create=True)
+    for op in graph.ops:
+        step = step_of(op.index)
+        for t in op.inputs:
+            if t >= 0:
+                touch(t, step, create=False)
+        for t in op.outputs:
+            if t >= 0:
+                touch(t, step, create=True)
+        for t in op.scratch:
+            touch(t, step, create=True)
+    for t in graph.outputs:
+        touch(t, len(graph.ops), create=False)
+    # A tensor read but never written (neither input nor produced) has no data to plan.
+    return {t: (first[t], max(last[t], first[t])) for t in first}
+
+
+def buffers(graph: Graph) -> list[Buffer]:
+    """The planned buffers in TFLM's insertion order (greedy tie-breaking depends on it)."""
+    life = lifetimes(graph)
+    scratch_order = [s for op in graph.ops for s in op.scratch]
+    scratch = set(scratch_order)
+    ordered = [t.id for t in graph.tensors if t.id not in scratch] + scratch_order
+    return [
+        Buffer(t, align(graph.tensors[t].nbytes), *life[t]) for t in ordered if t in life
+    ]
+
+
+def touches(graph: Graph, tensor: int) -> list[int]:
+    """Steps at which `tensor` is written or read (its last step if it is a graph output)."""
+    life = lifetimes(graph)
+    if tensor not in life:
+        return []
+    steps = {life[tensor][0]}
+    for op in graph.ops:
+        if tensor in op.inputs:
+            steps.add(step_of(op.index))
+    if tensor in graph.outputs:
+        steps.add(len(graph.ops))
+    return sorted(steps)
+
+
+@dataclass(frozen=True)
+class ColdRange:
+    tensor: int
+    start: int  # touch before the gap
+    end: int  # next touch
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def cold_ranges(graph: Graph) -> list[ColdRange]:
+    """Every gap between consecutive touches of an activation, longest first."""
+    gaps = []
+    for t in lifetimes(graph):
+        if graph.tensors[t].role == Role.SCRATCH:
+            continue
+        steps = touches(graph, t)
+        gaps.extend(ColdRange(t, a, b) for a, b in pairwise(steps) if b - a > 1)
+    return sorted(gaps, key=lambda g: (-g.length, g.tensor, g.start))
+
+
+@dataclass(frozen=True)
+class FusionGroup:
+    """A channel CONCATENATION, optionally with the CONV_2D that is its only consumer.
+
+    With `conv` set, fusing the pair removes the concat output: the conv reads its
+    inputs as a virtual channel concatenation at the conv's step.
+    """
+
+    concat: int  # op index
+    conv: int | None  # op index of the sole consumer conv, if any
+
+
+def fusion_groups(graph: Graph) -> list[FusionGroup]:
+    users = graph.consumers()
+    groups = []
+    for op in graph.ops:
+        if op.kind != OpKind.CONCAT or len(op.outputs) != 1:
+            continue
+        out = graph.tensors[op.outputs[0]]
+        if out.channel_axis is None or op.attrs.get("axis") != out.channel_axis:
+            continue
+        conv = None
+        readers = users.get(out.id, [])
+        if len(readers) == 1 and out.id not in graph.outputs:
+            reader = graph.ops[readers[0]]
+            if reader.kind == OpKind.CONV and reader.inputs and reader.inputs[0] == out.id:
+                conv = reader.index
+        groups.append(FusionGroup(op.index, conv))
+    return groups
+
+
+def spatial(tensor: Tensor, layout: str) -> tuple[int, int, int] | None:
+    """(height, width, channels) of a 4-D activation, or None."""
+    if len(tensor.shape) != 4:
+        return None
+    if layout == "NCHW":
+        _, c, h, w = tensor.shape
+    else:
+        _, h, w, c = tensor.shape
+    return h, w, c
+
+
+def row_bytes(tensor: Tensor, layout: str) -> int:
+    """Bytes of one image row of a tensor (all channels): the unit a stream moves."""
+    dims = spatial(tensor, layout)
+    if dims is None:
+        return tensor.nbytes
+    h, _, _ = dims
+    return max(1, tensor.nbytes // max(h, 1))
+
+
+def stream_rows(tensor: Tensor, layout: str) -> int:
+    dims = spatial(tensor, layout)
+    return dims[0] if dims else 1
+
+
+def line_buffer_bytes(graph: Graph, tensor: int, fused_conv: int | None) -> int:
+    """Arena bytes a streamed input needs: one row into a concat, kernel-height rows into a conv."""
+    t = graph.tensors[tensor]
+    rows = 1
+    if fused_conv is not None:
+        rows = int(graph.ops[fused_conv].attrs.get("kernel", (1, 1))[0])
+    return align(min(t.nbytes, rows * row_bytes(t, graph.layout)))
+
+
+@dataclass(frozen=True)
+class Bound:
+    bytes: int
+    step: int  # the step (op k at step k + 1) that sets it
+    op: int | None  # op index, None for step 0
+    detail: str
+
+
+def load_bound(graph: Graph) -> Bound:
+    """Max over steps of the bytes alive: no plan without spilling goes below it."""
+    bufs = buffers(graph)
+    best = Bound(0, 0, None, "empty graph")
+    for step in range(graph.num_steps):
+        live = sum(b.size for b in bufs if b.first <= step <= b.last)
+        if live > best.bytes:
+            op = step - 1 if step > 0 else None
+            best = Bound(live, step, op, f"{live} B alive at step {step}")
+    return best
+
+
+def op_working_set(graph: Graph, op_index: int, can_stream: bool = True) -> tuple[int, str]:
+    """Bytes op `op_index` must hold even with spilling and fused fetching, and why."""
+    groups = {g.concat: g for g in fusion_groups(graph)} if can_stream else {}
+    fused_conv_of = {g.conv: g for g in groups.values() if g.conv is not None}
+    op = graph.ops[op_index]
+    planned = lifetimes(graph)
+    if op_index in groups and groups[op_index].conv is not None:
+        return 0, "concat fuses into its conv"
+    base = sum(align(graph.tensors[t].nbytes) for t in dict.fromkeys(op.outputs + op.scratch)
+               if t in planned)
+    ins = [t for t in dict.fromkeys(op.inputs) if t >= 0 and t in planned]
+    whole = base + sum(align(graph.tensors[t].nbytes) for t in ins)
+    if op_index in fused_conv_of:
+        # Either the concat output is read whole, or the concat's inputs are streamed.
+        concat = graph.ops[fused_conv_of[op_index].concat]
+        others = sum(align(graph.tensors[t].nbytes) for t in ins if t != op.inputs[0])
+        streamed = sum(
+            min(align(graph.tensors[c].nbytes), line_buffer_bytes(graph, c, op_index))
+            for c in dict.fromkeys(concat.inputs) if c in planned
+        )
+        fused = base + others + streamed
+        if fused < whole:
+            why = f"outputs+scratch {base} B, inputs {others} B, streamed lines {streamed} B"
+            return fused, why
+        return whole, f"outputs+scratch {base} B, inputs {whole - base} B"
+    if op_index in groups:
+        streamed = sum(min(align(graph.tensors[t].nbytes), line_buffer_bytes(graph, t, None))
+                       for t in ins)
+        return base + streamed, f"output {base} B, streamed lines {streamed} B"
+    return whole, f"outputs+scratch {base} B, inputs {whole - base} B"
+
+
+def working_set_bound(graph: Graph, can_stream: bool = True) -> Bound:
+    """Max over ops of `op_working_set`: no plan, spilling or not, goes below it."""
+    best = Bound(0, 0, None, "empty graph")
+    for op in graph.ops:
+        need, why = op_working_set(graph, op.index, can_stream)
+        if need > best.bytes:
+            best = Bound(need, step_of(op.index), op.index,
+                         f"op {op.index} {op.op_type} '{op.name}': {why}")
+    return best

@@ -1,0 +1,72 @@
+"""`analyze MODEL`: tensors, ops, TFLM lifetimes, cold ranges and both lower bounds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..analysis import buffers, cold_ranges, load_bound, working_set_bound
+from ..ir import Graph
+from .common import add_model_args, read_graph
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("analyze", help="print tensors, lifetimes and lower bounds")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(run=run)
+
+
+def report(graph: Graph) -> dict:
+    load, ws = load_bound(graph), working_set_bound(graph)
+    life = {b.tensor: b for b in buffers(graph)}
+    return {
+        "model": graph.name,
+        "format": graph.source_format,
+        "num_ops": len(graph.ops),
+        "num_tensors": len(graph.tensors),
+        "load_bound_bytes": load.bytes,
+        "load_bound_step": load.step,
+        "working_set_bound_bytes": ws.bytes,
+        "working_set_bound_op": ws.op,
+        "working_set_bound_detail": ws.detail,
+        "ops": [
+            {"index": op.index, "step": op.index + 1, "name": op.name, "type": op.op_type,
+             "inputs": list(op.inputs), "outputs": list(op.outputs), "scratch": list(op.scratch)}
+            for op in graph.ops
+        ],
+        "tensors": [
+            {"id": t.id, "name": t.name, "shape": list(t.shape), "dtype": t.dtype,
+             "bytes": t.nbytes, "role": t.role.value,
+             "first": life[t.id].first if t.id in life else None,
+             "last": life[t.id].last if t.id in life else None}
+            for t in graph.tensors
+        ],
+        "cold_ranges": [
+            {"tensor": g.tensor, "from_step": g.start, "to_step": g.end, "length": g.length}
+            for g in cold_ranges(graph)
+        ],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    graph = read_graph(args)
+    data = report(graph)
+    if args.json:
+        print(json.dumps(data))
+        return 0
+    print(f"model {graph.name} ({graph.source_format}): {len(graph.ops)} ops, "
+          f"{len(graph.tensors)} tensors")
+    print(f"{'id':>4} {'role':<10} {'bytes':>10} {'life':>11}  shape      name")
+    for t in data["tensors"]:
+        life = f"[{t['first']},{t['last']}]" if t["first"] is not None else "-"
+        shape = "x".join(map(str, t["shape"])) or "scalar"
+        print(f"{t['id']:>4} {t['role']:<10} {t['bytes']:>10,} {life:>11}  {shape:<10} {t['name']}")
+    print("longest cold ranges:")
+    for g in data["cold_ranges"][:5]:
+        name = graph.tensors[g["tensor"]].name
+        print(f"  tensor {g['tensor']} '{name}': steps {g['from_step']} -> {g['to_step']}")
+    print(f"load bound:        {data['load_bound_bytes']:>10,} B at step {data['load_bound_step']}")
+    print(f"working-set bound: {data['working_set_bound_bytes']:>10,} B "
+          f"({data['working_set_bound_detail']})")
+    return 0

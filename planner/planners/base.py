@@ -1,0 +1,63 @@
+"""One small interface for every planner: a request in, a plan out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..analysis import Buffer, buffers
+from ..device import DeviceProfile
+from ..ir import Graph
+from ..plan import Plan, Segment
+
+
+@dataclass(frozen=True)
+class Request:
+    graph: Graph
+    profile: DeviceProfile
+    budget: int | None = None
+    objective: str | None = None  # "peak" or "latency"; None: latency under a budget, else peak
+    time_limit: float = 60.0
+    solver: str = "cpsat"
+    workers: int = 2
+
+    @property
+    def goal(self) -> str:
+        if self.objective:
+            return self.objective
+        return "latency" if self.budget is not None else "peak"
+
+
+PlannerFn = Callable[[Request], Plan]
+_REGISTRY: dict[str, PlannerFn] = {}
+
+
+def register(name: str) -> Callable[[PlannerFn], PlannerFn]:
+    def deco(fn: PlannerFn) -> PlannerFn:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def registry() -> dict[str, PlannerFn]:
+    from . import load_all
+
+    load_all()
+    return dict(_REGISTRY)
+
+
+def plan_from_offsets(
+    graph: Graph, bufs: Sequence[Buffer], offsets: Sequence[int], planner: str, **extra
+) -> Plan:
+    """A spill-free plan: each buffer one segment over its whole lifetime."""
+    segments = tuple(
+        Segment(b.tensor, b.first, b.last, off, b.size)
+        for b, off in zip(bufs, offsets, strict=True)
+    )
+    peak = max((s.end for s in segments), default=0)
+    return Plan(graph.name, planner, graph.num_steps, peak, segments, **extra)
+
+
+def spill_free_buffers(graph: Graph) -> list[Buffer]:
+    return buffers(graph)
