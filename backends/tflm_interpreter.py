@@ -1,0 +1,139 @@
+"""A thin wrapper around the real TFLM interpreter (the `tflite-micro` pip package).
+
+It answers two questions the rest of the project checks itself against: how many
+bytes does real TFLM put in the arena head for a model, and what does the model
+compute. TFLM reports arena use only by printing to the C-level stderr, so
+`arena_head_bytes` redirects file descriptor 2 around `print_allocations()`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+
+from planner.errors import PlannerError
+
+# Real models here need at most a few hundred KiB; the interpreter fails loudly when short.
+DEFAULT_ARENA = 8 * 1024 * 1024
+_HEAD_RE = re.compile(r"Arena allocation head (\d+) bytes")
+
+
+def _runtime():
+    try:
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError as exc:  # the package is a declared dependency, but say so plainly
+        raise PlannerError(f"tflite-micro is not importable: {exc}") from None
+    return runtime
+
+
+def make_interpreter(model: bytes, arena_size: int | None = None, preserve_all: bool = False):
+    """A TFLM interpreter with tensors allocated; any TFLM failure becomes one PlannerError."""
+    runtime = _runtime()
+    config = (
+        runtime.InterpreterConfig.kPreserveAllTensors
+        if preserve_all
+        else runtime.InterpreterConfig.kAllocationRecording
+    )
+    size = arena_size or max(DEFAULT_ARENA, 10 * len(model))
+    made = []
+
+    def build() -> None:
+        # The keyword really is spelled "intrepreter_config" in tflite-micro.
+        made.append(
+            runtime.Interpreter.from_bytes(bytes(model), arena_size=size, intrepreter_config=config)
+        )
+
+    try:
+        log = _capture_fd2(build)
+    except Exception as exc:  # flatbuffer parse errors (struct.error, IndexError) included
+        # TFLM explains itself on fd 2 ("Failed to get registration ..."); keep its first line.
+        why = _first_line(getattr(exc, "tflm_log", "")) or _first_line(str(exc))
+        raise PlannerError(f"TFLM cannot load the model: {why or type(exc).__name__}") from None
+    if log.strip():
+        sys.stderr.write(log)
+    return made[0]
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else ""
+
+
+def _capture_fd2(fn) -> str:
+    """Run fn() with the process-level stderr (fd 2) sent to a temp file; return what it wrote."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        try:
+            os.dup2(tmp.fileno(), 2)
+            fn()
+        except Exception as exc:
+            tmp.seek(0)
+            exc.tflm_log = tmp.read().decode("utf-8", "replace")  # type: ignore[attr-defined]
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return tmp.read().decode("utf-8", "replace")
+
+
+def arena_head_bytes(model: bytes, arena_size: int | None = None) -> int:
+    """The arena head (planned, non-persistent bytes) real TFLM uses for `model`."""
+    interp = make_interpreter(model, arena_size)
+    text = _capture_fd2(interp.print_allocations)
+    match = _HEAD_RE.search(text)
+    if match is None:
+        raise PlannerError("TFLM printed no 'Arena allocation head' line")
+    return int(match.group(1))
+
+
+def _num_io(model: bytes) -> tuple[int, int]:
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
+
+    sub = fb.Model.GetRootAsModel(bytes(model), 0).Subgraphs(0)
+    return sub.InputsLength(), sub.OutputsLength()
+
+
+def random_inputs(model: bytes, seed: int = 0) -> list[np.ndarray]:
+    """One random array per model input, of the input's shape and dtype (full integer range)."""
+    interp = make_interpreter(model)
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for i in range(_num_io(model)[0]):
+        detail = interp.get_input_details(i)
+        shape = tuple(int(d) for d in detail["shape"])
+        dtype = np.dtype(detail["dtype"])
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            arr = rng.integers(info.min, int(info.max) + 1, size=shape, dtype=dtype)
+        elif dtype.kind == "b":
+            arr = rng.integers(0, 2, size=shape).astype(dtype)
+        else:
+            arr = rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
+        arrays.append(arr)
+    return arrays
+
+
+def invoke(
+    model: bytes, inputs: Sequence[np.ndarray], arena_size: int | None = None
+) -> list[np.ndarray]:
+    """Run `model` once on real TFLM and return copies of all its outputs."""
+    n_in, n_out = _num_io(model)
+    if len(inputs) != n_in:
+        raise PlannerError(f"model has {n_in} inputs, got {len(inputs)} arrays")
+    interp = make_interpreter(model, arena_size)
+    try:
+        for i, arr in enumerate(inputs):
+            detail = interp.get_input_details(i)
+            interp.set_input(np.ascontiguousarray(arr, dtype=detail["dtype"]), i)
+        interp.invoke()
+        return [np.array(interp.get_output(i), copy=True) for i in range(n_out)]
+    except (RuntimeError, ValueError) as exc:
+        raise PlannerError(f"TFLM invoke failed: {_first_line(str(exc)) or 'error'}") from None
