@@ -151,27 +151,25 @@ def spatial(tensor: Tensor, layout: str) -> tuple[int, int, int] | None:
     return h, w, c
 
 
-def row_bytes(tensor: Tensor, layout: str) -> int:
-    """Bytes of one image row of a tensor (all channels): the unit a stream moves."""
-    dims = spatial(tensor, layout)
-    if dims is None:
-        return tensor.nbytes
-    h, _, _ = dims
-    return max(1, tensor.nbytes // max(h, 1))
-
-
 def stream_rows(tensor: Tensor, layout: str) -> int:
     dims = spatial(tensor, layout)
     return dims[0] if dims else 1
 
 
-def line_buffer_bytes(graph: Graph, tensor: int, fused_conv: int | None) -> int:
-    """Arena bytes a streamed input needs: one row into a concat, kernel-height rows into a conv."""
+def line_buffer_bytes(
+    graph: Graph, tensor: int, fused_conv: int | None, nbytes: int | None = None
+) -> int:
+    """Arena bytes a streamed input needs: one row into a concat, kernel-height rows into a conv.
+
+    `nbytes` sizes a channel part of the tensor instead of the whole tensor.
+    """
     t = graph.tensors[tensor]
+    total = t.nbytes if nbytes is None else nbytes
     rows = 1
     if fused_conv is not None:
         rows = int(graph.ops[fused_conv].attrs.get("kernel", (1, 1))[0])
-    return align(min(t.nbytes, rows * row_bytes(t, graph.layout)))
+    per_row = -(-total // stream_rows(t, graph.layout))
+    return align(min(total, rows * per_row))
 
 
 @dataclass(frozen=True)

@@ -207,6 +207,7 @@ def _check_fusions(graph: Graph, plan: Plan):
             out = graph.ops[f.concat].outputs[0]
             if plan.segments_of(out):
                 errors.append(f"fused concat output {out} still has arena segments")
+    parts = {(p.tensor, p.index): p for p in plan.parts}
     for s in plan.segments:
         if s.role != "line_buffer":
             continue
@@ -214,7 +215,9 @@ def _check_fusions(graph: Graph, plan: Plan):
         if s.first != s.last or op not in stream_ops:
             errors.append(f"line buffer of tensor {s.tensor} is not at one fused op's step")
             continue
-        need = line_buffer_bytes(graph, s.tensor, op if op in fused_conv else None)
+        part = parts.get((s.tensor, s.part))
+        need = line_buffer_bytes(graph, s.tensor, op if op in fused_conv else None,
+                                 part.nbytes if part else None)
         if s.size < need:
             errors.append(f"line buffer of tensor {s.tensor} at step {s.first}: {s.size} < {need}")
     return fused_concat, fused_conv, stream_ops, errors

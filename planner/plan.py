@@ -93,6 +93,7 @@ class Plan:
     bound_bytes: int | None = None  # proven lower bound on the peak, where one is known
     objective: str = "peak"
     est_transfer_seconds: float = 0.0
+    bound_transfer_seconds: float | None = None  # proven lower bound, latency objective
     solve_seconds: float = 0.0
     scratch_dtype: str = "int32"
     notes: tuple[str, ...] = field(default=())
@@ -133,6 +134,7 @@ class Plan:
             bound_bytes=data.get("bound_bytes"),
             objective=data.get("objective", "peak"),
             est_transfer_seconds=data.get("est_transfer_seconds", 0.0),
+            bound_transfer_seconds=data.get("bound_transfer_seconds"),
             solve_seconds=data.get("solve_seconds", 0.0),
             scratch_dtype=data.get("scratch_dtype", "int32"),
             notes=tuple(data.get("notes", ())),
