@@ -1,0 +1,229 @@
+"""The framed remote-storage protocol and its host: frames, damage, refusals, persistence."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from backends.remote_protocol import (
+    MAX_PAYLOAD,
+    RESPONSE,
+    START,
+    Damaged,
+    Frame,
+    FrameDecoder,
+    Op,
+    RemoteStorageClient,
+    RemoteStorageError,
+    Status,
+    encode_frame,
+)
+from backends.storage_host import DATA_FILE, StorageHostServer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = StorageHostServer(64 * 1024, tmp_path)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+class FlakyProxy:
+    """Loopback TCP relay that flips one byte of chosen frames in either direction."""
+
+    def __init__(self, target_port: int, damage_requests=(), damage_responses=()):
+        self.target = target_port
+        self.damage = {"up": set(damage_requests), "down": set(damage_responses)}
+        self.counts = {"up": 0, "down": 0}
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.stop_event = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self):
+        while not self.stop_event.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for src, dst, way in ((client, upstream, "up"), (upstream, client, "down")):
+                t = threading.Thread(target=self._pump, args=(src, dst, way), daemon=True)
+                t.start()
+                self.threads.append(t)
+
+    def _pump(self, src, dst, way):
+        decoder_buf = bytearray()
+        src.settimeout(0.2)
+        while not self.stop_event.is_set():
+            try:
+                data = src.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            decoder_buf += data
+            # Relay whole frames so that the n-th frame can be damaged exactly.
+            while True:
+                start = decoder_buf.find(START)
+                length = _frame_length(decoder_buf, start)
+                if start < 0 or length is None or len(decoder_buf) < start + length:
+                    break
+                frame = bytearray(decoder_buf[start:start + length])
+                del decoder_buf[:start + length]
+                if self.counts[way] in self.damage[way]:
+                    frame[len(frame) // 2] ^= 0x5A
+                self.counts[way] += 1
+                try:
+                    dst.sendall(bytes(frame))
+                except OSError:
+                    return
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop_event.set()
+        self.listener.close()
+        for t in self.threads:
+            t.join(timeout=2)
+
+
+def _frame_length(buf: bytearray, start: int) -> int | None:
+    if start < 0 or len(buf) < start + 18:
+        return None
+    length = int.from_bytes(buf[start + 14:start + 18], "little")
+    return 18 + length + 6
+
+
+def test_frame_round_trip_and_resync():
+    frames = [Frame(7, Op.WRITE, Status.OK, 100, 3, b"abc"), Frame(8, Op.READ, 0, 5, 9)]
+    wire = b"\x00\xa5garbage" + encode_frame(frames[0]) + b"\x5a" + encode_frame(frames[1])
+    dec = FrameDecoder()
+    got = []
+    for i in range(0, len(wire), 5):  # arbitrary splits across reads
+        got += dec.feed(wire[i:i + 5])
+    assert got == frames
+
+
+def test_damaged_frame_is_reported_and_following_frame_survives():
+    bad = bytearray(encode_frame(Frame(3, Op.WRITE, 0, 0, 4, b"wxyz")))
+    bad[20] ^= 1
+    good = encode_frame(Frame(4, Op.INFO))
+    got = FrameDecoder().feed(bytes(bad) + good)
+    assert got == [Damaged(3), Frame(4, Op.INFO)]
+
+
+def test_oversized_payload_cannot_be_encoded():
+    with pytest.raises(ValueError):
+        encode_frame(Frame(1, Op.WRITE, 0, 0, MAX_PAYLOAD + 1, bytes(MAX_PAYLOAD + 1)))
+
+
+def test_write_read_across_chunks(server):
+    data = os.urandom(3 * MAX_PAYLOAD + 123)
+    with RemoteStorageClient("127.0.0.1", server.port) as c:
+        assert c.info() == 64 * 1024
+        c.write(1000, data)
+        assert c.read(1000, len(data)) == data
+        c.erase(1000, 10)
+        assert c.read(1000, 12) == b"\xff" * 10 + data[10:12]
+        c.flush()
+
+
+def test_out_of_range_and_oversized_requests_are_refused(server):
+    with RemoteStorageClient("127.0.0.1", server.port) as c:
+        with pytest.raises(RemoteStorageError, match="RANGE"):
+            c.write(64 * 1024 - 2, b"abcd")
+        with pytest.raises(RemoteStorageError, match="RANGE"):
+            c.read(64 * 1024, 1)
+        with pytest.raises(RemoteStorageError, match="SIZE"):
+            c._request(Op.READ, 0, MAX_PAYLOAD + 1)
+        with pytest.raises(RemoteStorageError, match="OP"):
+            c._request(0x33)
+        c.write(0, b"ok")  # the host is still serving
+        assert c.read(0, 2) == b"ok"
+    assert (server.backend.path.stat().st_size) == 64 * 1024
+    assert sorted(p.name for p in server.backend.directory.iterdir()) == [DATA_FILE]
+
+
+def test_refusal_answers_with_error_frame_on_the_wire(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=2) as s:
+        s.sendall(encode_frame(Frame(9, Op.WRITE, 0, 2**32 - 2, 2, b"zz")))
+        answer = []
+        dec = FrameDecoder()
+        while not answer:
+            answer = dec.feed(s.recv(4096))
+    assert answer == [Frame(9, RESPONSE | Op.WRITE, Status.RANGE, 2**32 - 2, 0)]
+
+
+def test_damaged_request_and_response_are_detected_and_retried(server):
+    proxy = FlakyProxy(server.port, damage_requests={0}, damage_responses={2})
+    try:
+        with RemoteStorageClient("127.0.0.1", proxy.port, timeout=1.0) as c:
+            c.write(0, b"hello world")  # request 0 damaged: host answers CHECKSUM, resent
+            assert c.retried == 1
+            assert c.read(0, 11) == b"hello world"  # response 2 damaged: client resends
+            assert c.retried == 2
+    finally:
+        proxy.close()
+
+
+def test_retries_are_bounded(server):
+    proxy = FlakyProxy(server.port, damage_requests=set(range(100)))
+    try:
+        with RemoteStorageClient("127.0.0.1", proxy.port, timeout=1.0, retries=2) as c:
+            with pytest.raises(RemoteStorageError, match="after 3 attempts"):
+                c.write(0, b"x")
+            assert c.retried == 2
+    finally:
+        proxy.close()
+
+
+def test_reconnect_and_restart_lose_no_data(tmp_path):
+    data = os.urandom(5000)
+    with StorageHostServer(8192, tmp_path) as srv:
+        with RemoteStorageClient("127.0.0.1", srv.port) as c:
+            c.write(100, data)
+        with RemoteStorageClient("127.0.0.1", srv.port) as c:
+            assert c.read(100, len(data)) == data
+    with StorageHostServer(8192, tmp_path) as srv, \
+            RemoteStorageClient("127.0.0.1", srv.port) as c:
+        assert c.read(100, len(data)) == data
+
+
+def test_cli_serves_loopback_and_refuses_public_address(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    bad = subprocess.run([sys.executable, "-m", "planner", "storage-host", "--tcp",
+                          "0.0.0.0:0", "--dir", str(tmp_path)],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and "not loopback" in bad.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "planner", "storage-host", "--tcp",
+                             "127.0.0.1:0", "--capacity", "4KiB", "--dir", str(tmp_path)],
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        line = proc.stderr.readline()
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+        with RemoteStorageClient("127.0.0.1", port) as c:
+            assert c.info() == 4096
+            c.write(4090, b"abcdef")
+            assert c.read(4090, 6) == b"abcdef"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert (tmp_path / DATA_FILE).read_bytes()[4090:] == b"abcdef"
