@@ -20,6 +20,8 @@ from planner.errors import PlannerError
 
 # Real models here need at most a few hundred KiB; the interpreter fails loudly when short.
 DEFAULT_ARENA = 8 * 1024 * 1024
+MAX_ARENA = 1 << 30
+_MISSING_RE = re.compile(r"missing: (\d+)")
 _HEAD_RE = re.compile(r"Arena allocation head (\d+) bytes")
 
 
@@ -32,7 +34,11 @@ def _runtime():
 
 
 def make_interpreter(model: bytes, arena_size: int | None = None, preserve_all: bool = False):
-    """A TFLM interpreter with tensors allocated; any TFLM failure becomes one PlannerError."""
+    """A TFLM interpreter with tensors allocated; any TFLM failure becomes one PlannerError.
+
+    Without `arena_size` the arena starts at DEFAULT_ARENA and grows while TFLM says
+    it is short ("... missing: N"), so large models (DeepLab: 7.6 MB head) still load.
+    """
     runtime = _runtime()
     config = (
         runtime.InterpreterConfig.kPreserveAllTensors
@@ -40,6 +46,17 @@ def make_interpreter(model: bytes, arena_size: int | None = None, preserve_all: 
         else runtime.InterpreterConfig.kAllocationRecording
     )
     size = arena_size or max(DEFAULT_ARENA, 10 * len(model))
+    while True:
+        try:
+            return _build(runtime, model, size, config)
+        except PlannerError as exc:
+            short = _MISSING_RE.search(str(exc))
+            if arena_size is not None or short is None or size >= MAX_ARENA:
+                raise
+            size = min(MAX_ARENA, 2 * (size + int(short.group(1))))
+
+
+def _build(runtime, model: bytes, size: int, config):
     made = []
 
     def build() -> None:
