@@ -1,0 +1,149 @@
+"""TFLite reference kernels for the arena machine: each op run as a one-op .tflite model.
+
+The one-op model is cut from the source file with the flatbuffer object API that
+tflite-micro ships (`ModelT`): the operator, its operator code, the tensors it names
+(constants keep their buffers, so weights stay out of the arena as on a device) and
+nothing else. ai-edge-litert runs it with `OpResolverType.BUILTIN_REF`, the same
+reference kernels that run the whole model for the comparison, so an integer model
+must come out bit-identical.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from planner.errors import PlannerError
+from planner.ir import Graph, Op
+
+
+def _schema():
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
+
+    return fb
+
+
+def _interpreter(what: str, content: bytes | None = None, path: Path | None = None):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    try:
+        # From a file where there is one: keyword_scrambled (int16 SVDF) aborts the
+        # process with "double free" when the same bytes come in as model_content.
+        interp = Interpreter(model_path=str(path) if path else None, model_content=content,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+        interp.allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "error")
+        raise PlannerError(f"TFLite reference interpreter cannot run {what}: {first}") from None
+    return interp
+
+
+def _pack(fb, model: Any) -> bytes:
+    import flatbuffers
+
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+class TfliteKernels:
+    """One cached reference interpreter per op of a .tflite model."""
+
+    def __init__(self, graph: Graph, model_path: str | Path):
+        self.graph = graph
+        self.path = Path(model_path)
+        self.data = self.path.read_bytes()
+        fb = _schema()
+        self.fb = fb
+        self.model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(self.data, 0))
+        if not self.model.subgraphs:
+            raise PlannerError(f"{self.path}: no subgraph")
+        self.sub = self.model.subgraphs[0]
+        if len(self.sub.operators or []) != len(graph.ops):
+            raise PlannerError(f"{self.path}: {len(self.sub.operators or [])} operators, "
+                               f"the graph has {len(graph.ops)} ops")
+        self._cache: dict[int, tuple[Any, list[int], list[int]]] = {}
+
+    def _one_op(self, op: Op):
+        """Interpreter, source input tensor ids it takes in order, source output ids."""
+        if op.index in self._cache:
+            return self._cache[op.index]
+        fb = self.fb
+        rop = self.sub.operators[op.index]
+        ins = [int(t) for t in (rop.inputs if rop.inputs is not None else [])]
+        outs = [int(t) for t in (rop.outputs if rop.outputs is not None else [])]
+        inter = [int(t) for t in (rop.intermediates if rop.intermediates is not None else [])]
+        if tuple(ins) != tuple(op.inputs) or tuple(outs) != tuple(op.outputs):
+            raise PlannerError(f"op {op.index} does not match operator {op.index} of {self.path}")
+        used = list(dict.fromkeys(t for t in ins + outs + inter if t >= 0))
+        remap = {t: i for i, t in enumerate(used)}
+        buffers = [fb.BufferT()]
+        tensors = []
+        feeds: list[int] = []
+        for t in used:
+            src = self.sub.tensors[t]
+            tensor = copy.copy(src)
+            buf = self.model.buffers[src.buffer] if 0 < src.buffer < len(self.model.buffers) \
+                else None
+            if buf is not None and buf.data is not None and len(buf.data):
+                new = fb.BufferT()
+                new.data = buf.data
+                buffers.append(new)
+                tensor.buffer = len(buffers) - 1
+            else:
+                tensor.buffer = 0
+                if t in ins and not src.isVariable:
+                    feeds.append(t)
+            tensors.append(tensor)
+        new_op = copy.copy(rop)
+        new_op.opcodeIndex = 0
+        new_op.inputs = [remap[t] if t >= 0 else -1 for t in ins]
+        new_op.outputs = [remap[t] if t >= 0 else -1 for t in outs]
+        new_op.intermediates = [remap[t] for t in inter] if inter else None
+        sub = fb.SubGraphT()
+        sub.tensors = tensors
+        sub.inputs = [remap[t] for t in feeds]
+        sub.outputs = [remap[t] for t in outs if t >= 0]
+        sub.operators = [new_op]
+        sub.name = f"op{op.index}"
+        model = fb.ModelT()
+        model.version = self.model.version or 3
+        model.operatorCodes = [self.model.operatorCodes[rop.opcodeIndex]]
+        model.subgraphs = [sub]
+        model.buffers = buffers
+        model.description = f"op {op.index} of {self.path.name}"
+        interp = _interpreter(f"op {op.index} {op.op_type}", content=_pack(fb, model))
+        self._cache[op.index] = (interp, feeds, [t for t in outs if t >= 0])
+        return self._cache[op.index]
+
+    def compute(self, op: Op, inputs: Sequence[np.ndarray | None]) -> list[np.ndarray | None]:
+        interp, feeds, outs = self._one_op(op)
+        values = {t: v for t, v in zip(op.inputs, inputs, strict=True) if t >= 0}
+        details = interp.get_input_details()
+        for detail, t in zip(details, feeds, strict=True):
+            value = values.get(t)
+            if value is None:
+                raise PlannerError(f"op {op.index}: no value for input tensor {t}")
+            interp.set_tensor(detail["index"], np.asarray(value, dtype=detail["dtype"])
+                              .reshape(detail["shape"]))
+        interp.invoke()
+        got = {t: np.array(interp.get_tensor(d["index"]), copy=True)
+               for t, d in zip(outs, interp.get_output_details(), strict=True)}
+        return [got.get(t) if t >= 0 else None for t in op.outputs]
+
+    def reference(self, inputs: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+        interp = _interpreter(str(self.path), path=self.path)
+        for detail in interp.get_input_details():
+            t = int(detail["index"])
+            if t not in inputs:
+                raise PlannerError(f"no value for model input tensor {t}")
+            interp.set_tensor(t, np.asarray(inputs[t], dtype=detail["dtype"])
+                              .reshape(detail["shape"]))
+        interp.invoke()
+        return {int(d["index"]): np.array(interp.get_tensor(d["index"]), copy=True)
+                for d in interp.get_output_details()}
+
