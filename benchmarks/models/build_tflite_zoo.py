@@ -11,6 +11,7 @@ shape, not what the network has learned.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -152,7 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE, help="output folder")
     args = parser.parse_args(argv)
-    for path in build_all(args.out):
+    try:
+        paths = build_all(args.out)
+    except OSError as exc:
+        print(f"error: cannot write the zoo to {args.out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(f"{path}  {path.stat().st_size} B")
     return 0
 

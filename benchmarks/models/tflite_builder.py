@@ -48,11 +48,11 @@ class _Tensor:
     name: str
     shape: tuple[int, ...]
     dtype: int  # fb.TensorType
-    value: np.ndarray | None = None  # float trace (activations) or raw data (int32 consts)
+    value: np.ndarray | None = None  # float trace over the calibration batch (activations)
     scale: list[float] | None = None
     zero_point: list[int] | None = None
     quantized_dimension: int = 0
-    data: bytes | None = None  # constant payload, filled by finish()
+    data: bytes | None = None  # constant payload (weights and biases: filled by finish())
 
 
 @dataclass
@@ -62,9 +62,9 @@ class _Op:
     outputs: list[int]
     options_type: int
     options: object
-    # Filled by finish(): (weight tensor, bias tensor, float weights, float bias, channel axis).
+    # For convolutions, what finish() quantizes: (weight tensor, bias tensor, float
+    # weights, float bias, output-channel axis of the weights).
     weighted: tuple[int, int, np.ndarray, np.ndarray, int] | None = None
-    fused: int = ACT_NONE
 
 
 @dataclass
@@ -173,7 +173,7 @@ class Builder:
         opts.fusedActivationFunction = act
         return self._weighted_op(
             fb.BuiltinOperator.CONV_2D, fb.BuiltinOptions.Conv2DOptions, opts,
-            x, w, b, 0, y, act, name,
+            x, w, b, 0, y, name,
         )
 
     def depthwise_conv2d(
@@ -200,7 +200,7 @@ class Builder:
         opts.fusedActivationFunction = act
         return self._weighted_op(
             fb.BuiltinOperator.DEPTHWISE_CONV_2D, fb.BuiltinOptions.DepthwiseConv2DOptions,
-            opts, x, w, b, 3, y, act, name,
+            opts, x, w, b, 3, y, name,
         )
 
     def transpose_conv(self, x: int, cout: int, k: int = 2, stride: int = 2,
@@ -225,17 +225,17 @@ class Builder:
         # TFLite orders the inputs (output_shape, weights, input, bias).
         out = self._weighted_op(
             fb.BuiltinOperator.TRANSPOSE_CONV, fb.BuiltinOptions.TransposeConvOptions, opts,
-            x, w, b, 0, y, ACT_NONE, name,
+            x, w, b, 0, y, name,
         )
         op = self.ops[-1]
         op.inputs = [out_shape, op.inputs[1], x, op.inputs[2]]
         return out
 
-    def _weighted_op(self, code, options_type, opts, x, w, b, axis, y, act, name) -> int:
+    def _weighted_op(self, code, options_type, opts, x, w, b, axis, y, name) -> int:
         wt = self._add(f"{name}/weights", w.shape, fb.TensorType.INT8)
         bt = self._add(f"{name}/bias", (len(b),), fb.TensorType.INT32)
         out = self._activation(name, y)
-        op = _Op(code, [x, wt, bt], [out], options_type, opts, (wt, bt, w, b, axis), act)
+        op = _Op(code, [x, wt, bt], [out], options_type, opts, (wt, bt, w, b, axis))
         self.ops.append(op)
         return out
 
