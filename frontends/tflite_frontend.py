@@ -248,6 +248,24 @@ def _scratch_requests(op_type: str, rop: Any, ins: tuple[int, ...], outs: tuple[
         return math.prod(t.shape) if t is not None else 0
 
     out = tensor(0, outs)
+    if op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+        # Packed int4 weights are unpacked to one int8 per element before the kernel runs.
+        filt = tensor(1)
+        if filt is not None and filt.dtype == "int4":
+            return [(elems(filt), "int8", elems(filt))]
+        return []
+    if op_type in ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN"):
+        x, axis = tensor(0), tensor(1)
+        if x is None or axis is None:
+            return []
+        reqs = []
+        if op_type in ("MEAN", "SUM") and x.dtype in ("int8", "uint8", "int16") and out:
+            # Quantized sums accumulate in int32, one per output element.
+            reqs.append((elems(out) * 4, "int32", elems(out)))
+        # Index scratch: one int per input dimension, one per (resolved) axis.
+        reqs.append((4 * len(x.shape), "int32", len(x.shape)))
+        reqs.append((4 * elems(axis), "int32", elems(axis)))
+        return reqs
     if op_type == "TRANSPOSE_CONV":
         x = tensor(2)  # inputs: output_shape, filter, input, [bias]
         if x is None or out is None:
