@@ -1,0 +1,505 @@
+"""Rewrite a .tflite for a plan that spills, splits or fuses (docs/tflm_backend.md).
+
+Every arena segment of the plan becomes one tensor of the rewritten subgraph, so a
+plain offline plan (`OfflineMemoryAllocation`, one offset per tensor) describes the
+whole schedule:
+
+- a tensor's first segment is the original tensor; each later segment is a new
+  "fetched copy" written by a `Fetch` op placed before the op at the segment's
+  first step; readers in that segment read the copy;
+- a `Spill` op after the op at the spill step writes the data to storage;
+- a channel-split tensor (plan.parts) is produced whole at part 0's offset; after
+  the last step both parts are resident (its interleaved phase) a SPLIT_V compacts
+  part 0 in place and names part 1 (already spilled, dead); later readers are
+  fused concats, which get the parts as separate CONCATENATION inputs;
+- a fused concat becomes `FusedConcat` when an input streams from storage (else it
+  stays a CONCATENATION, with parts as inputs); a fused concat+conv pair becomes
+  one `FusedConcatConv2D` at the conv's position and the concat output never
+  exists. Streamed inputs are -1 in the op's input list; each stream's line
+  buffer is an extra output of the fused op (lives at that op only).
+
+Ops inserted between original op k-1 and op k run in this order: spills of step
+k-1, SPLIT_Vs of step k-1, fetches of step k. Custom options are fixed little-endian
+int32 blobs (layouts below and in the docs) so C glue can read them without a
+flexbuffer parser.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from planner.analysis import lifetimes
+from planner.errors import PlannerError
+from planner.ir import Graph, Role, align
+from planner.plan import Plan, Segment, Transfer
+
+from . import tflite_io as io
+
+OPTIONS_VERSION = 1
+# Spill / Fetch: [version, storage_id, address, nbytes, axis, channel_start, channel_stop, part]
+TRANSFER_FIELDS = 8
+# FusedConcat / FusedConcatConv2D header: [version, axis, n_inputs, activation, padding,
+# stride_h, stride_w, dilation_h, dilation_w], then per concat input:
+FUSED_HEADER = 9
+# [source (0 arena, 1 stream), storage_id, address, nbytes, channel_start, channel_stop,
+#  line_buffer_output, line_rows]; storage fields -1 for arena inputs.
+FUSED_INPUT_FIELDS = 8
+SOURCE_ARENA, SOURCE_STREAM = 0, 1
+
+Key = tuple[int, "int | None"]
+
+
+@dataclass
+class Rewrite:
+    """The rewritten model and how it maps back to the plan (for tests and the shim)."""
+
+    model: Any  # ModelT
+    offsets: list[int]  # per tensor of the rewritten subgraph, -1: not in the arena
+    op_steps: list[int]  # plan step each rewritten op runs at
+    segment_of: dict[int, Segment] = field(default_factory=dict)  # tensor -> plan segment
+    inplace: set[int] = field(default_factory=set)  # SPLIT_V op indices (alias by design)
+    storages: list[str] = field(default_factory=list)
+    scratch_offsets: list[int] = field(default_factory=list)
+
+
+class _Builder:
+    def __init__(self, graph: Graph, plan: Plan, model: Any, storages: Sequence[str]):
+        self.fb = io.schema()
+        self.graph, self.plan, self.model = graph, plan, model
+        self.sub = model.subgraphs[0]
+        self.storage_id = {name: i for i, name in enumerate(storages)}
+        self.life = lifetimes(graph)
+        self.parts = {(p.tensor, p.index): p for p in plan.parts}
+        self.split = {p.tensor for p in plan.parts}
+        self.offsets = [-1] * len(self.sub.tensors)
+        self.segment_of: dict[int, Segment] = {}
+        self.copies: dict[tuple[int, int | None, int], int] = {}  # (t, part, seg first) -> idx
+        self.transfers: dict[tuple[str, int, int | None, int], Transfer] = {
+            (tr.kind, tr.tensor, tr.part, tr.step): tr for tr in plan.transfers
+        }
+        self.lines = {(s.tensor, s.part, s.first): s for s in plan.segments
+                      if s.role == "line_buffer"}
+        self.ops: list[Any] = []
+        self.op_steps: list[int] = []
+        self.inplace: set[int] = set()
+
+    # -- tensors ---------------------------------------------------------------------
+    def index(self, t: int) -> int:
+        src = self.graph.tensors[t].source_index
+        if src is None:
+            raise PlannerError(f"tensor {t} has no index in the .tflite file")
+        return src
+
+    def channels(self, t: int, part: int | None) -> tuple[int, int]:
+        if part is None:
+            return 0, self.graph.tensors[t].channels or 0
+        p = self.parts[(t, part)]
+        return p.channel_start, p.channel_stop
+
+    def new_tensor(self, like: int | None, name: str, shape: list[int], dtype: int,
+                   seg: Segment | None) -> int:
+        t = copy.copy(self.sub.tensors[like]) if like is not None else self.fb.TensorT()
+        t.name = name
+        t.shape = list(shape)
+        t.shapeSignature = None
+        t.type = dtype
+        t.buffer = 0
+        t.isVariable = False
+        self.sub.tensors.append(t)
+        self.offsets.append(seg.offset if seg is not None else -1)
+        idx = len(self.sub.tensors) - 1
+        if seg is not None:
+            self.segment_of[idx] = seg
+        return idx
+
+    def const_tensor(self, name: str, values: list[int], shape: list[int]) -> int:
+        t = self.fb.TensorT()
+        t.name = name
+        t.shape = shape
+        t.type = self.fb.TensorType.INT32
+        t.buffer = io.add_buffer(self.model, io.pack_int32(values))
+        self.sub.tensors.append(t)
+        self.offsets.append(-1)
+        return len(self.sub.tensors) - 1
+
+    def part_shape(self, t: int, part: int | None) -> list[int]:
+        tensor = self.graph.tensors[t]
+        shape = list(tensor.shape)
+        if part is not None:
+            start, stop = self.channels(t, part)
+            shape[tensor.channel_axis] = stop - start
+        return shape
+
+    def segments(self, t: int, part: int | None) -> list[Segment]:
+        return self.plan.segments_of(t, part)
+
+    def copy_for(self, t: int, part: int | None, seg: Segment) -> int:
+        """The rewritten tensor holding `seg` (created on first use)."""
+        key = (t, part, seg.first)
+        if key in self.copies:
+            return self.copies[key]
+        src = self.index(t)
+        name = self.sub.tensors[src].name
+        name = name.decode() if isinstance(name, bytes) else (name or f"tensor_{src}")
+        first_seg = seg == self.segments(t, part)[0]
+        if part is None and first_seg:
+            idx = src
+        elif first_seg:  # part 0 after the split, or part 1 at the split (dead)
+            idx = self.new_tensor(src, f"{name}/part{part}", self.part_shape(t, part),
+                                  self.sub.tensors[src].type, seg)
+        else:
+            suffix = f"/part{part}" if part is not None else ""
+            idx = self.new_tensor(src, f"{name}{suffix}/fetch@{seg.first}",
+                                  self.part_shape(t, part), self.sub.tensors[src].type, seg)
+        self.copies[key] = idx
+        return idx
+
+    # -- residency ---------------------------------------------------------------------
+    def resident(self, t: int, part: int | None, step: int) -> Segment | None:
+        return next((s for s in self.segments(t, part) if s.first <= step <= s.last), None)
+
+    def split_end(self, t: int) -> int:
+        """Last step of a split tensor's interleaved phase (both first segments resident)."""
+        return min(self.segments(t, 0)[0].last, self.segments(t, 1)[0].last)
+
+    def whole(self, t: int, step: int) -> int:
+        """The tensor a plain reader at `step` reads."""
+        if t in self.split:
+            if step > self.split_end(t):
+                raise PlannerError(f"tensor {t} is read whole at step {step} after its split")
+            return self.index(t)
+        seg = self.resident(t, None, step)
+        if seg is None:
+            raise PlannerError(f"tensor {t} is not resident at step {step}")
+        return self.copy_for(t, None, seg)
+
+    # -- ops -----------------------------------------------------------------------------
+    def opcode(self, builtin: int, custom: str | None = None) -> int:
+        codes = self.model.operatorCodes
+        for i, c in enumerate(codes):
+            if max(c.builtinCode, c.deprecatedBuiltinCode) == builtin and \
+                    (custom is None or io._name(c.customCode) == custom):
+                return i
+        code = self.fb.OperatorCodeT(deprecatedBuiltinCode=min(builtin, 127),
+                                     customCode=custom, version=1, builtinCode=builtin)
+        codes.append(code)
+        return len(codes) - 1
+
+    def emit(self, op: Any, step: int) -> None:
+        self.ops.append(op)
+        self.op_steps.append(step)
+
+    def custom(self, name: str, inputs: list[int], outputs: list[int], options: list[int]):
+        op = self.fb.OperatorT(opcodeIndex=self.opcode(self.fb.BuiltinOperator.CUSTOM, name))
+        op.inputs, op.outputs = inputs, outputs
+        op.customOptions = list(io.pack_int32(options))
+        op.customOptionsFormat = self.fb.CustomOptionsFormat.FLEXBUFFERS  # the only value
+        return op
+
+    def transfer_options(self, tr: Transfer) -> list[int]:
+        t = self.graph.tensors[tr.tensor]
+        start, stop = self.channels(tr.tensor, tr.part)
+        axis = t.channel_axis if t.channel_axis is not None else -1
+        return [OPTIONS_VERSION, self.storage_id[tr.storage], tr.address, tr.nbytes, axis,
+                start, stop, -1 if tr.part is None else tr.part]
+
+    def spill(self, tr: Transfer) -> None:
+        if tr.tensor in self.split and tr.step <= self.split_end(tr.tensor):
+            src = self.index(tr.tensor)  # still whole: the op picks the part's channels
+        else:
+            seg = self.resident(tr.tensor, tr.part, tr.step)
+            if seg is None:
+                raise PlannerError(f"spill of tensor {tr.tensor} at step {tr.step}: not resident")
+            src = self.copy_for(tr.tensor, tr.part, seg)
+        self.emit(self.custom("Spill", [src], [], self.transfer_options(tr)), tr.step)
+
+    def fetch(self, tr: Transfer) -> None:
+        seg = next(s for s in self.segments(tr.tensor, tr.part) if s.first == tr.step)
+        out = self.copy_for(tr.tensor, tr.part, seg)
+        self.emit(self.custom("Fetch", [], [out], self.transfer_options(tr)), tr.step)
+
+    def split_v(self, t: int, step: int) -> None:
+        p0, p1 = self.parts[(t, 0)], self.parts[(t, 1)]
+        axis = self.graph.tensors[t].channel_axis
+        a = self.copy_for(t, 0, self.segments(t, 0)[0])
+        b = self.copy_for(t, 1, self.segments(t, 1)[0])
+        name = f"{self.graph.tensors[t].name}/split"
+        sizes = self.const_tensor(f"{name}/size_splits", [p0.channel_stop - p0.channel_start,
+                                                          p1.channel_stop - p1.channel_start],
+                                  [2])
+        axis_t = self.const_tensor(f"{name}/axis", [axis], [])
+        op = self.fb.OperatorT(opcodeIndex=self.opcode(self.fb.BuiltinOperator.SPLIT_V))
+        op.inputs, op.outputs = [self.index(t), sizes, axis_t], [a, b]
+        op.builtinOptionsType = self.fb.BuiltinOptions.SplitVOptions
+        op.builtinOptions = self.fb.SplitVOptionsT(numSplits=2)
+        self.inplace.add(len(self.ops))
+        self.emit(op, step)
+
+    def fused_inputs(self, concat_inputs: Sequence[int], step: int, conv: int | None):
+        """Resolved inputs, per-input option records and line-buffer outputs at `step`."""
+        inputs: list[int] = []
+        records: list[list[int]] = []
+        lines: list[int] = []
+        streamed = False
+        for t in concat_inputs:
+            if t < 0 or t not in self.life:
+                inputs.append(t if t < 0 else self.index(t))
+                records.append([SOURCE_ARENA, -1, -1, -1, 0, 0, -1, 0])
+                continue
+            # A split tensor past its interleaved phase is read as two channel parts.
+            split_now = t in self.split and step > self.split_end(t)
+            keys: list[int | None] = [0, 1] if split_now else [None]
+            for part in keys:
+                start, stop = self.channels(t, part)
+                nbytes = self.parts[(t, part)].nbytes if part is not None else \
+                    self.graph.tensors[t].nbytes
+                if part is None and t in self.split:  # interleaved: read the whole tensor
+                    inputs.append(self.index(t))
+                    records.append([SOURCE_ARENA, -1, -1, nbytes, start, stop, -1, 0])
+                    continue
+                seg = self.resident(t, part, step)
+                if seg is not None:
+                    inputs.append(self.copy_for(t, part, seg))
+                    records.append([SOURCE_ARENA, -1, -1, nbytes, start, stop, -1, 0])
+                    continue
+                tr = self.transfers.get(("stream", t, part, step))
+                line = self.lines.get((t, part, step))
+                if tr is None or line is None:
+                    raise PlannerError(f"fused input tensor {t} at step {step}: "
+                                       "neither resident nor streamed")
+                streamed = True
+                lb = self.new_tensor(None, f"{self.graph.tensors[t].name}/line@{step}",
+                                     [line.size], self.fb.TensorType.INT8, line)
+                rows = 1
+                if conv is not None:
+                    rows = int(self.graph.ops[conv].attrs.get("kernel", (1, 1))[0])
+                inputs.append(-1)
+                records.append([SOURCE_STREAM, self.storage_id[tr.storage], tr.address,
+                                tr.nbytes, start, stop, len(lines), rows])
+                lines.append(lb)
+        return inputs, records, lines, streamed
+
+    def fused_concat(self, k: int, rop: Any, step: int) -> None:
+        op = self.graph.ops[k]
+        inputs, records, lines, streamed = self.fused_inputs(op.inputs, step, None)
+        outs = [self.whole(t, step) if t >= 0 else t for t in op.outputs]
+        if not streamed:  # every input resident: a builtin concat over the parts
+            new = copy.copy(rop)
+            new.inputs, new.outputs = inputs, outs
+            self.emit(new, step)
+            return
+        act = int(getattr(rop.builtinOptions, "fusedActivationFunction", 0) or 0)
+        header = [OPTIONS_VERSION, int(op.attrs.get("axis", 3)), len(inputs), act, 0, 1, 1, 1, 1]
+        opts = header + [v for r in records for v in r]
+        self.emit(self.custom("FusedConcat", inputs, outs + lines, opts), step)
+
+    def fused_concat_conv(self, concat: int, k: int, rop: Any, step: int) -> None:
+        cop, conv = self.graph.ops[concat], self.graph.ops[k]
+        inputs, records, lines, _ = self.fused_inputs(cop.inputs, step, k)
+        rest = [self.whole(t, step) if t >= 0 and t in self.life else
+                (self.index(t) if t >= 0 else t) for t in conv.inputs[1:]]
+        outs = [self.whole(t, step) if t >= 0 else t for t in conv.outputs]
+        o = rop.builtinOptions
+        header = [OPTIONS_VERSION, int(cop.attrs.get("axis", 3)), len(inputs),
+                  int(o.fusedActivationFunction), int(o.padding), int(o.strideH), int(o.strideW),
+                  int(o.dilationHFactor), int(o.dilationWFactor)]
+        opts = header + [v for r in records for v in r]
+        self.emit(self.custom("FusedConcatConv2D", inputs + rest, outs + lines, opts), step)
+
+    def plain(self, k: int, rop: Any, step: int) -> None:
+        op = self.graph.ops[k]
+        new = copy.copy(rop)
+        new.inputs = [self.whole(t, step) if t >= 0 and t in self.life else
+                      (self.index(t) if t >= 0 else t) for t in op.inputs]
+        new.outputs = [self.whole(t, step) if t >= 0 and t in self.life else
+                       (self.index(t) if t >= 0 else t) for t in op.outputs]
+        self.emit(new, step)
+
+    # -- driver --------------------------------------------------------------------------
+    def build(self) -> None:
+        g, plan = self.graph, self.plan
+        for t in self.life:
+            if g.tensors[t].role == Role.SCRATCH:
+                continue
+            first_key: int | None = 0 if t in self.split else None
+            segs = self.segments(t, first_key)
+            if segs:
+                self.offsets[self.index(t)] = segs[0].offset
+                self.segment_of[self.index(t)] = segs[0]
+        by_step: dict[str, dict[int, list[Transfer]]] = {"spill": defaultdict(list),
+                                                          "fetch": defaultdict(list)}
+        for tr in plan.transfers:
+            if tr.kind in by_step:
+                by_step[tr.kind][tr.step].append(tr)
+        splits = defaultdict(list)
+        for t in self.split:
+            # Only compact when part 0 (or its spill) is needed after the interleaved phase.
+            if self.segments(t, 0)[0].last > self.split_end(t):
+                splits[self.split_end(t)].append(t)
+        fused_concat = {f.concat: f.conv for f in plan.fusions if f.conv is not None}
+        fused_conv = {f.conv: f.concat for f in plan.fusions if f.conv is not None}
+        streaming = {f.concat for f in plan.fusions if f.conv is None}
+        rops = self.sub.operators or []
+        for step in range(g.num_steps):
+            if step > 0:
+                for tr in sorted(by_step["fetch"][step], key=lambda x: (x.tensor, x.part or 0)):
+                    self.fetch(tr)
+                k = step - 1
+                if k in fused_concat:
+                    pass  # folded into its conv
+                elif k in fused_conv:
+                    self.fused_concat_conv(fused_conv[k], k, rops[k], step)
+                elif k in streaming:
+                    self.fused_concat(k, rops[k], step)
+                else:
+                    self.plain(k, rops[k], step)
+            for tr in sorted(by_step["spill"][step], key=lambda x: (x.tensor, x.part or 0)):
+                self.spill(tr)
+            for t in sorted(splits[step]):
+                self.split_v(t, step)
+        last = g.num_steps - 1
+        self.sub.outputs = [self.whole(t, last) if t in self.life else self.index(t)
+                            for t in g.outputs]
+        self.sub.operators = self.ops
+
+
+def storage_names(plan: Plan, profile: Any = None) -> list[str]:
+    """Storage ids of the custom options: the profile's order, else sorted names."""
+    used = sorted({tr.storage for tr in plan.transfers})
+    if profile is not None and getattr(profile, "storages", None):
+        ordered = [getattr(s, "name", s) for s in profile.storages]
+        return [n for n in ordered if n in used] + [n for n in used if n not in ordered]
+    return used
+
+
+def rewrite(graph: Graph, plan: Plan, model_path: Path, profile: Any = None) -> Rewrite:
+    """The rewritten ModelT of a plan with transfers/parts/fusions, and its offline offsets."""
+    if graph.source_format != "tflite":
+        raise PlannerError("the .tflite rewrite needs a .tflite model")
+    model = io.read_model(model_path)
+    if len(model.subgraphs or []) != 1:
+        raise PlannerError("the .tflite rewrite supports single-subgraph models only")
+    storages = storage_names(plan, profile)
+    b = _Builder(graph, plan, model, storages)
+    b.build()
+    plan_at = {s.tensor: s.offset for s in plan.segments if s.role == "tensor"}
+    scratch = [plan_at[s] for op in graph.ops for s in op.scratch if s in plan_at]
+    return Rewrite(model, b.offsets, b.op_steps, b.segment_of, b.inplace, storages, scratch)
+
+
+def write_rewritten_tflite(graph: Graph, plan: Plan, model_path: Path, outdir: Path,
+                           **ctx) -> list[Path]:
+    """`<stem>.planned.tflite` with Spill/Fetch/Fused* ops; runs under the C glue only."""
+    from .tflite_offline import TOTAL_PEAK_VERSION, planned_path
+
+    rw = rewrite(graph, plan, model_path, ctx.get("profile"))
+    io.set_metadata(rw.model, io.OFFLINE_METADATA, io.offline_entry(rw.offsets))
+    # The head a TFLM-style planner gets from these offsets is the plan's peak by construction.
+    io.set_metadata(rw.model, io.PEAK_METADATA, io.pack_int32(
+        [TOTAL_PEAK_VERSION, plan.peak_bytes, plan.peak_bytes, len(rw.scratch_offsets),
+         *rw.scratch_offsets]))
+    io.set_metadata(rw.model, io.STORAGE_METADATA, "\n".join(rw.storages).encode())
+    data = io.write_model(rw.model)
+    errors = check_rewritten(data)
+    if errors:
+        raise PlannerError(f"internal error: rewritten model is inconsistent: {errors[0]}")
+    out = planned_path(model_path, outdir)
+    out.write_bytes(data)
+    print(f"note: {out.name} has custom ops (Spill/Fetch/Fused*): it runs with the generated "
+          "C glue, not on stock TFLM", file=sys.stderr)
+    return [out]
+
+
+# -- independent consistency check of a rewritten file ------------------------------------
+
+def _tensor_bytes(fb, t: Any) -> int:
+    widths = {fb.TensorType.FLOAT32: 4, fb.TensorType.INT32: 4, fb.TensorType.UINT32: 4,
+              fb.TensorType.INT16: 2, fb.TensorType.UINT16: 2, fb.TensorType.FLOAT16: 2,
+              fb.TensorType.INT64: 8, fb.TensorType.FLOAT64: 8, fb.TensorType.UINT64: 8}
+    n = 1
+    for d in t.shape if t.shape is not None else []:
+        n *= int(d)
+    return n * widths.get(t.type, 1)
+
+
+def file_lifetimes(model: Any) -> tuple[dict[int, tuple[int, int]], set[int]]:
+    """TFLM lifetimes of subgraph 0 of a model file, and the indices of constant tensors."""
+    sub = model.subgraphs[0]
+    consts = {i for i, t in enumerate(sub.tensors)
+              if 0 < t.buffer < len(model.buffers) and model.buffers[t.buffer].data is not None
+              and len(model.buffers[t.buffer].data) > 0}
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for t in sub.inputs if sub.inputs is not None else []:
+        first.setdefault(int(t), 0)
+        last[int(t)] = 0
+    n = len(sub.operators or [])
+    for k, op in enumerate(sub.operators or []):
+        for t in op.outputs if op.outputs is not None else []:
+            if t >= 0:
+                first.setdefault(int(t), k + 1)
+                last[int(t)] = k + 1
+        for t in op.inputs if op.inputs is not None else []:
+            if t >= 0 and int(t) in first:
+                last[int(t)] = k + 1
+    for t in sub.outputs if sub.outputs is not None else []:
+        if int(t) in first:
+            last[int(t)] = n
+    return {t: (first[t], last[t]) for t in first if t not in consts}, consts
+
+
+def check_rewritten(data: bytes) -> list[str]:
+    """What is wrong with a written model's graph and offline plan, from the file alone.
+
+    Every op input is a constant, a graph input or produced earlier; every arena tensor
+    has an offline offset; no two tensors alive at the same step share bytes, except a
+    SPLIT_V's outputs inside its input (in-place compaction, by design).
+    """
+    fb = io.schema()
+    model = io.read_model(data)
+    errors: list[str] = []
+    sub = model.subgraphs[0]
+    offsets = io.read_offline_offsets(model)
+    if offsets is None or len(offsets) != io.tensor_count(model):
+        return ["OfflineMemoryAllocation missing or of the wrong length"]
+    life, consts = file_lifetimes(model)
+    produced = {int(t) for t in (sub.inputs if sub.inputs is not None else [])}
+    split_v = {i for i, c in enumerate(model.operatorCodes)
+               if max(c.builtinCode, c.deprecatedBuiltinCode) == fb.BuiltinOperator.SPLIT_V}
+    alias: set[tuple[int, int]] = set()
+    for k, op in enumerate(sub.operators or []):
+        for t in op.inputs if op.inputs is not None else []:
+            if t >= 0 and int(t) not in consts and int(t) not in produced:
+                errors.append(f"op {k} reads tensor {t} before any op produces it")
+        outs = [int(t) for t in (op.outputs if op.outputs is not None else []) if t >= 0]
+        produced.update(outs)
+        if op.opcodeIndex in split_v and op.inputs is not None:
+            src = int(op.inputs[0])
+            alias.update({(src, o) for o in outs} | {(o, src) for o in outs})
+    for t in sub.outputs if sub.outputs is not None else []:
+        if int(t) not in produced:
+            errors.append(f"graph output {t} is never produced")
+    spans = []
+    for t, (a, b) in life.items():
+        size = align(_tensor_bytes(fb, sub.tensors[t]))
+        if size == 0 or sub.tensors[t].isVariable:
+            continue
+        if offsets[t] < 0:
+            errors.append(f"tensor {t} is in the arena but has no offline offset")
+            continue
+        spans.append((a, b, offsets[t], offsets[t] + size, t))
+    spans.sort()
+    for i, (_a0, b0, lo0, hi0, t0) in enumerate(spans):
+        for a1, _b1, lo1, hi1, t1 in spans[i + 1:]:
+            if a1 > b0:
+                break
+            if lo0 < hi1 and lo1 < hi0 and (t0, t1) not in alias:
+                errors.append(f"tensors {t0} and {t1} share bytes [{max(lo0, lo1)},"
+                              f"{min(hi0, hi1)}) while both alive at step {a1}")
+    return errors
