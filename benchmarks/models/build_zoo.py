@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -150,11 +151,11 @@ def double_conv(b: Builder, x: str, cin: int, cout: int, group: int = 1) -> str:
 
 def unet(name: str, seed: int, shape: tuple[int, int, int, int], widths: Sequence[int],
          group: int = 1) -> onnx.ModelProto:
-    """TinySeg's U-Net: DoubleConv, (MaxPool + DoubleConv) down, (ConvT + Concat + DoubleConv) up."""
+    """TinySeg's U-Net: DoubleConv; MaxPool + DoubleConv down; ConvT + Concat + DoubleConv up."""
     b = Builder(name, seed)
     x = double_conv(b, "input", shape[1], widths[0], group)
     skips = [x]
-    for cin, cout in zip(widths, widths[1:]):
+    for cin, cout in pairwise(widths):
         x = double_conv(b, b.maxpool(x), cin, cout, group)
         skips.append(x)
     skips.pop()
@@ -239,8 +240,9 @@ def irregular() -> onnx.ModelProto:
     """Branches of length 2-6 off one stem; all wide heads are scheduled before any tail."""
     b = Builder("irregular", 6)
     s = b.conv("input", 8, 16, k=1)  # 32x32x16
-    b_head = b.conv(s, 16, 64, k=1)  # 64 KiB x4: wide, consumed only near the end
-    d_head = b.conv(s, 16, 48, k=1)
+    # Wide linear heads (256 KiB, 192 KiB) whose tails run only at the end.
+    b_head = b.conv(s, 16, 64, k=1, act=None)
+    d_head = b.conv(s, 16, 48, k=1, act=None)
     c1 = b.conv(b.maxpool(s), 16, 32)  # 16x16 side branch
     a1 = b.conv(s, 16, 16)
     c2 = b.conv(c1, 32, 32)
