@@ -91,7 +91,13 @@ class OnnxKernels:
             inputs.append(helper.make_tensor_value_info(
                 name, helper.np_dtype_to_tensor_dtype(numpy_dtype(t)), list(t.shape)))
             feeds.append(t.id)
-        outputs = [helper.make_tensor_value_info(o, 0, None) for o in node.output if o]
+        by_name = {self.graph.tensors[t].name: self.graph.tensors[t] for t in op.outputs if t >= 0}
+        outputs = []
+        for o in (o for o in node.output if o):
+            if o not in by_name:
+                raise PlannerError(f"op {op.index}: output '{o}' is not a graph tensor")
+            outputs.append(helper.make_tensor_value_info(
+                o, helper.np_dtype_to_tensor_dtype(numpy_dtype(by_name[o])), None))
         g = helper.make_graph([node], f"op{op.index}", inputs, outputs, initializer=inits)
         model = helper.make_model(g, opset_imports=list(self.model.opset_import),
                                   ir_version=self.model.ir_version)
