@@ -57,9 +57,11 @@ def lifetimes(graph: Graph) -> dict[int, tuple[int, int]]:
         for t in op.scratch:
             touch(t, step, create=True)
     for t in graph.outputs:
-        touch(t, len(graph.ops), create=False)
-    # A tensor read but never written (neither input nor produced) has no data to plan.
-    return {t: (first[t], max(last[t], first[t])) for t in first}
+        # TFLM also marks outputs created here (UpdateFirstCreated) if nothing wrote them.
+        touch(t, len(graph.ops), create=True)
+    # TFLM still allocates a tensor that is read but never written, from its
+    # uninitialised creation time (-1) on; step 0 overlaps exactly the same buffers.
+    return {t: (first.get(t, 0), max(last[t], first.get(t, 0))) for t in last}
 
 
 def buffers(graph: Graph) -> list[Buffer]:
