@@ -265,3 +265,14 @@ def test_auto_pad_same_is_made_explicit(tmp_path: Path) -> None:
     op = load_onnx(path, {}).ops[0]
     # total pad (5-1)*2 + 4 - 9 = 3 per axis; SAME_UPPER puts the odd one at the end
     assert op.attrs["padding"] == "same" and op.attrs["pads"] == (1, 1, 2, 2)
+
+
+def test_external_data(tmp_path: Path) -> None:
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(onnx.load(str(TINY_UNET)), str(path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    graph = load_onnx(path, {})
+    assert len(graph.ops) == len(load_onnx(TINY_UNET, {}).ops)
+    assert graph.tensors[1].shape == (8, 3, 3, 3)
+    (tmp_path / "weights.bin").unlink()
+    assert "cannot read" in _error(path)
