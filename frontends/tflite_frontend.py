@@ -76,7 +76,7 @@ def parse_tflite(data: bytes, name: str = "model", where: str = "model") -> Grap
         raise PlannerError(f"{where}: not a TFLite file (no 'TFL3' identifier)")
     fb = _schema()
     try:
-        model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(data, 0))
+        model = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(_Strict(data), 0))
     except (struct.error, IndexError, ValueError, TypeError, AttributeError, UnicodeError) as exc:
         # Flatbuffers reads past the end of a cut file with struct/numpy errors.
         raise PlannerError(f"{where}: truncated or unparsable TFLite flatbuffer ({exc})") from None
@@ -86,6 +86,15 @@ def parse_tflite(data: bytes, name: str = "model", where: str = "model") -> Grap
         return _build(fb, model, data, name, where)
     except (IndexError, TypeError, AttributeError) as exc:
         raise PlannerError(f"{where}: inconsistent TFLite flatbuffer ({exc})") from None
+
+
+class _Strict(bytes):
+    """Bytes whose slices fail past the end: flatbuffers would cut strings short silently."""
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, slice) and key.stop is not None and key.stop > len(self):
+            raise IndexError(f"read up to byte {key.stop} of {len(self)}")
+        return super().__getitem__(key)
 
 
 def _buffer_has_data(buf: Any, size: int, where: str, index: int) -> bool:
