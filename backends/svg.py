@@ -1,0 +1,427 @@
+"""Pictures of plans as plain SVG strings: the arena layout and a peak/latency Pareto plot.
+
+Layout: x is the step (op k runs at step k + 1), y the arena offset (address 0 at
+the bottom). Every plan segment is one <rect class="seg">; line buffers of
+streamed inputs are hatched; while a spilled tensor sits in storage it is drawn
+as a dashed bar in a band above the arena (it holds no arena bytes then), with a
+down marker where it is spilled and an up marker where it comes back; fused ops
+get a shaded column. Budget, peak and the load bound are horizontal lines.
+Everything is read from the plan; nothing is re-planned here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from planner.analysis import load_bound
+from planner.ir import Graph
+from planner.plan import Plan, Segment
+
+WIDTH = 1100
+PLOT_W = 800
+PLOT_H = 420
+LEFT = 80
+TOP = 56
+LANE_H = 14
+LEGEND_X = LEFT + PLOT_W + 24
+FONT = "font-family='Helvetica, Arial, sans-serif'"
+
+
+def colour(key: int) -> str:
+    """Distinct, stable colours: hues a golden angle apart, two lightness levels."""
+    hue = (key * 137.508) % 360
+    light = 62 if key % 2 else 72
+    return f"hsl({hue:.0f},62%,{light}%)"
+
+
+def human_bytes(n: float) -> str:
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):.3g} MiB"
+    if n >= 1024:
+        return f"{n / 1024:.4g} KiB"
+    return f"{n:.0f} B"
+
+
+def nice_step(span: float, target: int = 8) -> float:
+    """A 1/2/5 x 10^k tick step that puts about `target` ticks across `span`."""
+    if span <= 0:
+        return 1.0
+    raw = span / target
+    base = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 5, 10):
+        if m * base >= raw:
+            return m * base
+    return 10 * base
+
+
+def _byte_step(span: int) -> int:
+    """Tick steps in powers of two times 1/2/5 of KiB where that reads better."""
+    step = nice_step(span)
+    if span >= 4096:
+        kib = nice_step(span / 1024) * 1024
+        return int(kib)
+    return max(1, int(step))
+
+
+def _text(x: float, y: float, s: str, size: int = 11, anchor: str = "start",
+          extra: str = "") -> str:
+    return (f"<text x='{x:.1f}' y='{y:.1f}' font-size='{size}' text-anchor='{anchor}' {FONT}"
+            f"{' ' + extra if extra else ''}>{escape(s)}</text>")
+
+
+@dataclass(frozen=True)
+class _Away:
+    """A stretch of steps a tensor (part) spends only in storage."""
+
+    tensor: int
+    part: int | None
+    start: int  # first step not resident (spill step + 1)
+    stop: int  # step at which it is read back (fetch or stream), exclusive
+    storage: str
+    streamed: bool
+
+
+def _away_stretches(plan: Plan) -> list[_Away]:
+    out = []
+    spills = {(t.tensor, t.part): t for t in plan.transfers if t.kind == "spill"}
+    for (tensor, part), spill in spills.items():
+        backs = sorted((t for t in plan.transfers
+                        if t.kind != "spill" and (t.tensor, t.part) == (tensor, part)),
+                       key=lambda t: t.step)
+        prev = spill.step + 1
+        segs = plan.segments_of(tensor, part)
+        for back in backs:
+            resident = [s for s in segs if s.first <= prev <= s.last]
+            if resident:  # resident again in between (fetched earlier): skip that stretch
+                prev = resident[0].last + 1
+            if back.step > prev or back.kind == "stream":
+                out.append(_Away(tensor, part, prev, max(back.step, prev), spill.storage,
+                                 back.kind == "stream"))
+            nxt = [s for s in segs if s.first == back.step]
+            prev = nxt[0].last + 1 if nxt else back.step + 1
+    return out
+
+
+def _lanes(stretches: Sequence[_Away]) -> list[int]:
+    """Interval colouring: each stretch gets the lowest lane free over its steps."""
+    ends: list[int] = []
+    lanes = [0] * len(stretches)
+    for i in sorted(range(len(stretches)), key=lambda i: stretches[i].start):
+        s = stretches[i]
+        for lane, end in enumerate(ends):
+            if end < s.start:
+                ends[lane] = s.stop
+                lanes[i] = lane
+                break
+        else:
+            lanes[i] = len(ends)
+            ends.append(s.stop)
+    return lanes
+
+
+def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> str:
+    steps = max(plan.num_steps, 1)
+    bound = load_bound(graph).bytes
+    top_bytes = max(plan.peak_bytes, budget or 0, bound, 16)
+    y_max = top_bytes * 1.06
+    away = _away_stretches(plan)
+    lanes = _lanes(away)
+    n_lanes = max(lanes, default=-1) + 1
+    band_h = (n_lanes * LANE_H + 26) if away else 0
+    plot_top = TOP + band_h
+    height = plot_top + PLOT_H + 70
+    legend_h = 24 + 18 * 8
+    height = max(height, TOP + legend_h + 20)
+    col = PLOT_W / steps
+
+    def x(step: float) -> float:
+        return LEFT + step * col
+
+    def y(offset: float) -> float:
+        return plot_top + PLOT_H - offset / y_max * PLOT_H
+
+    out = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{height}' "
+        f"viewBox='0 0 {WIDTH} {height}'>",
+        "<defs><pattern id='hatch' width='6' height='6' patternUnits='userSpaceOnUse' "
+        "patternTransform='rotate(45)'><rect width='6' height='6' fill='white'/>"
+        "<line x1='0' y1='0' x2='0' y2='6' stroke='#333' stroke-width='2'/></pattern></defs>",
+        f"<rect width='{WIDTH}' height='{height}' fill='white'/>",
+    ]
+    title = f"{plan.model} - {plan.planner}: peak {human_bytes(plan.peak_bytes)}"
+    if budget is not None:
+        verdict = "fits" if plan.peak_bytes <= budget else "over"
+        title += f", budget {human_bytes(budget)} ({verdict})"
+    if plan.transfers:
+        title += (f", spilled {human_bytes(plan.spilled_bytes)}, fetched "
+                  f"{human_bytes(plan.fetched_bytes)}")
+    out.append(_text(LEFT, 24, title, 15, extra="font-weight='bold'"))
+    out.append(_text(LEFT, 42, f"{len(graph.ops)} ops, {len(plan.segments)} segments, status "
+                     f"{plan.status}; x = step (op k runs at step k+1), y = arena offset", 11,
+                     extra="fill='#555'"))
+
+    # Fused ops: a shaded column under everything else.
+    for f in plan.fusions:
+        for op in (f.concat, f.conv):
+            if op is None:
+                continue
+            out.append(f"<rect class='fusion' x='{x(op + 1):.1f}' y='{plot_top}' "
+                       f"width='{max(col, 1):.1f}' height='{PLOT_H}' fill='#fff3c4'>"
+                       f"<title>fused op {op} ({escape(graph.ops[op].op_type)})</title></rect>")
+        out.append(_text(x((f.conv if f.conv is not None else f.concat) + 1.5), plot_top - 4,
+                         "F", 10, "middle", "fill='#a67c00'"))
+
+    # Axes and grid.
+    out.append(f"<rect x='{LEFT}' y='{plot_top}' width='{PLOT_W}' height='{PLOT_H}' "
+               "fill='none' stroke='#999'/>")
+    ystep = _byte_step(int(y_max))
+    tick = 0
+    while tick <= y_max:
+        yy = y(tick)
+        out.append(f"<line class='ytick' x1='{LEFT - 5}' y1='{yy:.1f}' x2='{LEFT + PLOT_W}' "
+                   f"y2='{yy:.1f}' stroke='#eee'/>")
+        out.append(_text(LEFT - 8, yy + 4, human_bytes(tick), 10, "end"))
+        tick += ystep
+    xstep = max(1, int(nice_step(steps, 12)))
+    for s in range(0, steps + 1, xstep):
+        out.append(f"<line class='xtick' x1='{x(s):.1f}' y1='{plot_top + PLOT_H}' "
+                   f"x2='{x(s):.1f}' y2='{plot_top + PLOT_H + 5}' stroke='#666'/>")
+        out.append(_text(x(s), plot_top + PLOT_H + 18, str(s), 10, "middle"))
+    out.append(_text(LEFT + PLOT_W / 2, plot_top + PLOT_H + 38, "step", 12, "middle"))
+    out.append(_text(18, plot_top + PLOT_H / 2, "arena offset", 12, "middle",
+                     f"transform='rotate(-90 18 {plot_top + PLOT_H / 2:.1f})'"))
+
+    # Segments: one rect each.
+    for seg in plan.segments:
+        out.append(_segment(graph, seg, x(seg.first), x(seg.last + 1), y(seg.end),
+                            y(seg.offset)))
+
+    # Spill / fetch markers on the arena, storage stretches in the band above it.
+    if away:
+        band_top = TOP + 6
+        out.append(_text(LEFT - 8, band_top + 10, "in storage", 10, "end", "fill='#555'"))
+        out.append(f"<line x1='{LEFT}' y1='{plot_top - 10}' x2='{LEFT + PLOT_W}' "
+                   f"y2='{plot_top - 10}' stroke='#ccc'/>")
+        for s, lane in zip(away, lanes, strict=True):
+            x0, x1 = x(s.start), x(max(s.stop, s.start + 1) if not s.streamed else s.stop + 1)
+            yy = band_top + lane * LANE_H
+            name = graph.tensors[s.tensor].name + ("" if s.part is None else f" part {s.part}")
+            how = "streamed back" if s.streamed else "fetched"
+            out.append(f"<rect class='away' x='{x0:.1f}' y='{yy:.1f}' width='{x1 - x0:.1f}' "
+                       f"height='{LANE_H - 3}' fill='{colour(s.tensor)}' fill-opacity='0.35' "
+                       f"stroke='{colour(s.tensor)}' stroke-width='1.5' stroke-dasharray='4 2'>"
+                       f"<title>{escape(name)} in {escape(s.storage)} over steps "
+                       f"{s.start}..{s.stop - 1}, {how} at {s.stop}</title></rect>")
+            if x1 - x0 > 7 * len(name) * 0.6 + 10:
+                out.append(_text(x0 + 3, yy + LANE_H - 5, f"{name} -> {s.storage}", 9))
+    for t in plan.transfers:
+        seg_list = plan.segments_of(t.tensor, t.part)
+        if t.kind == "spill":
+            at = [s for s in seg_list if s.first <= t.step <= s.last]
+            if at:
+                out.append(_marker(x(t.step + 1), y(at[0].end), "down", t.tensor))
+        elif t.kind == "fetch":
+            at = [s for s in seg_list if s.first == t.step]
+            if at:
+                out.append(_marker(x(t.step), y(at[0].end), "up", t.tensor))
+
+    # Horizontal lines: load bound, peak, budget.
+    out.append(_hline("bound", y(bound), "#666", "2 3", f"load bound {human_bytes(bound)}",
+                      0.0))
+    out.append(_hline("peak", y(plan.peak_bytes), "#111", "",
+                      f"peak {human_bytes(plan.peak_bytes)}", 1.0))
+    if budget is not None:
+        out.append(_hline("budget", y(budget), "#d22", "8 4", f"budget {human_bytes(budget)}",
+                          0.5))
+
+    out += _legend(LEGEND_X, TOP, bool(away), bool(plan.fusions))
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _segment(graph: Graph, seg: Segment, x0: float, x1: float, y0: float, y1: float) -> str:
+    tensor = graph.tensors[seg.tensor]
+    name = tensor.name + ("" if seg.part is None else f" [part {seg.part}]")
+    tip = (f"{name} ({seg.role}) steps {seg.first}..{seg.last}, offset {seg.offset:,}, "
+           f"{seg.size:,} B")
+    w, h = max(x1 - x0, 0.5), max(y1 - y0, 0.5)
+    if seg.role == "line_buffer":
+        fill = "url(#hatch)"
+        stroke = f"stroke='{colour(seg.tensor)}' stroke-width='2'"
+    else:
+        fill = colour(seg.tensor)
+        stroke = "stroke='#333' stroke-width='0.5'"
+    rect = (f"<rect class='seg' data-tensor='{seg.tensor}' x='{x0:.2f}' y='{y0:.2f}' "
+            f"width='{w:.2f}' height='{h:.2f}' fill='{fill}' {stroke}>"
+            f"<title>{escape(tip)}</title></rect>")
+    label = tensor.name if seg.part is None else f"{tensor.name}/{seg.part}"
+    chars = int((w - 6) / 6)
+    if h >= 13 and chars >= 4 and seg.role == "tensor":
+        shown = label if len(label) <= chars else label[: chars - 1] + "~"
+        rect += "\n" + _text(x0 + w / 2, y0 + h / 2 + 4, shown, 10, "middle",
+                             "fill='#111' pointer-events='none'")
+    return rect
+
+
+def _marker(cx: float, cy: float, direction: str, tensor: int) -> str:
+    if direction == "down":
+        pts = f"{cx - 5:.1f},{cy - 9:.1f} {cx + 5:.1f},{cy - 9:.1f} {cx:.1f},{cy - 1:.1f}"
+        cls, tip = "spill-marker", "spill"
+    else:
+        pts = f"{cx - 5:.1f},{cy - 1:.1f} {cx + 5:.1f},{cy - 1:.1f} {cx:.1f},{cy - 9:.1f}"
+        cls, tip = "fetch-marker", "fetch"
+    return (f"<polygon class='{cls}' points='{pts}' fill='#222' stroke='white' "
+            f"stroke-width='0.8'><title>{tip} of tensor {tensor}</title></polygon>")
+
+
+def _hline(cls: str, yy: float, stroke: str, dash: str, label: str, where: float) -> str:
+    """A full-width line labelled above it at fraction `where` of the plot width.
+
+    Each line gets its own label position, so equal or close values stay readable;
+    a white halo keeps labels legible over segments.
+    """
+    dash_attr = f" stroke-dasharray='{dash}'" if dash else ""
+    halo = "paint-order='stroke' stroke='white' stroke-width='3' font-weight='bold'"
+    return (f"<g class='{cls}'><line x1='{LEFT}' y1='{yy:.1f}' x2='{LEFT + PLOT_W}' "
+            f"y2='{yy:.1f}' stroke='{stroke}' stroke-width='1.6'{dash_attr}/>"
+            + _text(LEFT + 4 + where * (PLOT_W - 130), yy - 4, label, 10, "start",
+                    f"fill='{stroke}' {halo}")
+            + "</g>")
+
+
+def _legend(x0: float, y0: float, spills: bool, fusions: bool) -> list[str]:
+    out = ["<g class='legend'>", _text(x0, y0 + 10, "legend", 12, extra="font-weight='bold'")]
+    rows: list[tuple[str, str]] = [
+        (f"<rect width='22' height='10' fill='{colour(3)}' stroke='#333' stroke-width='0.5'/>",
+         "tensor (colour per tensor)"),
+        ("<rect width='22' height='10' fill='url(#hatch)' stroke='#333'/>",
+         "line buffer (streamed)"),
+        (f"<rect width='22' height='10' fill='{colour(3)}' fill-opacity='0.35' "
+         f"stroke='{colour(3)}' stroke-dasharray='4 2'/>", "in storage (spilled)"),
+        ("<polygon points='6,0 16,0 11,9' fill='#222'/>", "spill"),
+        ("<polygon points='6,9 16,9 11,0' fill='#222'/>", "fetch"),
+        ("<rect width='22' height='10' fill='#fff3c4'/>", "fused op"),
+        ("<line x1='0' y1='5' x2='22' y2='5' stroke='#111' stroke-width='1.6'/>", "peak"),
+        ("<line x1='0' y1='5' x2='22' y2='5' stroke='#d22' stroke-width='1.6' "
+         "stroke-dasharray='8 4'/>", "budget"),
+        ("<line x1='0' y1='5' x2='22' y2='5' stroke='#888' stroke-width='1.6' "
+         "stroke-dasharray='2 3'/>", "load bound"),
+    ]
+    del spills, fusions  # the legend stays the same for every plan, so pictures compare
+    for k, (icon, label) in enumerate(rows):
+        yy = y0 + 22 + 18 * k
+        out.append(f"<g transform='translate({x0:.0f},{yy:.0f})'>{icon}</g>")
+        out.append(_text(x0 + 30, yy + 9, label, 11))
+    out.append("</g>")
+    return out
+
+
+def write_layout_svg(graph: Graph, plan: Plan, model_path: str | Path, outdir: str | Path,
+                     **ctx) -> list[Path]:
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{Path(model_path).stem}.{plan.planner}.layout.svg"
+    path.write_text(render_layout_svg(graph, plan, budget=ctx.get("budget")))
+    return [path]
+
+
+# ---------------------------------------------------------------- Pareto plot
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    series: str  # one line per series (a model, or a planner within one model)
+    peak_bytes: int
+    seconds: float  # estimated transfer time
+    label: str = ""
+
+
+PointLike = ParetoPoint | tuple | Mapping
+
+
+def _point(p: PointLike) -> ParetoPoint:
+    if isinstance(p, ParetoPoint):
+        return p
+    if isinstance(p, Mapping):
+        seconds = p.get("seconds", p.get("est_transfer_seconds", p.get("latency", 0.0)))
+        return ParetoPoint(str(p.get("series", p.get("model", ""))), int(p["peak_bytes"]),
+                           float(seconds or 0.0), str(p.get("label", "")))
+    series, peak, seconds, *rest = p
+    return ParetoPoint(str(series), int(peak), float(seconds), str(rest[0]) if rest else "")
+
+
+def pareto_front(points: Iterable[ParetoPoint]) -> list[ParetoPoint]:
+    """Points no other point beats on both peak and time, by increasing peak."""
+    front: list[ParetoPoint] = []
+    for p in sorted(points, key=lambda p: (p.peak_bytes, p.seconds)):
+        if not front or p.seconds < front[-1].seconds:
+            front.append(p)
+    return front
+
+
+def render_pareto_svg(points: Iterable[PointLike], title: str) -> str:
+    pts = [_point(p) for p in points]
+    series = list(dict.fromkeys(p.series for p in pts))
+    width, height, left, top, pw, ph = 820, 480, 90, 50, 520, 360
+    x_lo = min((p.peak_bytes for p in pts), default=0)
+    x_hi = max((p.peak_bytes for p in pts), default=1)
+    pad = max((x_hi - x_lo) * 0.08, x_hi * 0.02, 16)
+    x_lo, x_hi = max(0, x_lo - pad), x_hi + pad
+    y_hi = max((p.seconds for p in pts), default=0.0)
+    y_hi = y_hi * 1.1 if y_hi > 0 else 1.0
+
+    def x(v: float) -> float:
+        return left + (v - x_lo) / (x_hi - x_lo) * pw
+
+    def y(v: float) -> float:
+        return top + ph - v / y_hi * ph
+
+    out = [
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+        f"viewBox='0 0 {width} {height}'>",
+        f"<rect width='{width}' height='{height}' fill='white'/>",
+        _text(left, 28, title, 15, extra="font-weight='bold'"),
+        f"<rect x='{left}' y='{top}' width='{pw}' height='{ph}' fill='none' stroke='#999'/>",
+    ]
+    xs = _byte_step(int(x_hi - x_lo))
+    tick = math.ceil(x_lo / xs) * xs
+    while tick <= x_hi:
+        out.append(f"<line class='xtick' x1='{x(tick):.1f}' y1='{top}' x2='{x(tick):.1f}' "
+                   f"y2='{top + ph + 5}' stroke='#eee'/>")
+        out.append(_text(x(tick), top + ph + 18, human_bytes(tick), 10, "middle"))
+        tick += xs
+    ys = nice_step(y_hi, 6)
+    tick = 0.0
+    while tick <= y_hi + 1e-12:
+        out.append(f"<line class='ytick' x1='{left - 5}' y1='{y(tick):.1f}' x2='{left + pw}' "
+                   f"y2='{y(tick):.1f}' stroke='#eee'/>")
+        out.append(_text(left - 8, y(tick) + 4, f"{tick:.3g} s", 10, "end"))
+        tick += ys
+    out.append(_text(left + pw / 2, top + ph + 40, "peak arena bytes", 12, "middle"))
+    out.append(_text(20, top + ph / 2, "estimated transfer time", 12, "middle",
+                     f"transform='rotate(-90 20 {top + ph / 2:.1f})'"))
+    for k, name in enumerate(series):
+        c = f"hsl({(k * 137.508) % 360:.0f},65%,42%)"
+        mine = [p for p in pts if p.series == name]
+        front = pareto_front(mine)
+        if len(front) > 1:
+            path = " ".join(
+                f"{'M' if i == 0 else 'L'}{x(p.peak_bytes):.1f},{y(p.seconds):.1f}"
+                for i, p in enumerate(front)
+            )
+            out.append(f"<path class='front' d='{path}' fill='none' stroke='{c}' "
+                       "stroke-width='1.5'/>")
+        for p in mine:
+            tip = f"{name} {p.label}: peak {p.peak_bytes:,} B, {p.seconds:.4g} s".strip()
+            out.append(f"<circle class='point' cx='{x(p.peak_bytes):.1f}' "
+                       f"cy='{y(p.seconds):.1f}' r='4' fill='{c}' fill-opacity='0.8'>"
+                       f"<title>{escape(tip)}</title></circle>")
+        ly = top + 14 + 18 * k
+        out.append(f"<circle cx='{left + pw + 24}' cy='{ly - 4}' r='5' fill='{c}'/>")
+        out.append(_text(left + pw + 36, ly, name, 11))
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,181 @@
+"""MiniMalloc's benchmark problems through every offset planner, each answer checked.
+
+A problem file is a CSV `id,lower,upper,size` with half-open lifetimes
+[lower, upper); its capacity is the number before `.csv` in the file name
+(`A.1048576.csv`). Lifetimes become closed [lower, upper - 1] steps, as the
+planners' buffers are. Each planner's offsets are checked for overlap by
+planner.offsets.overlap_violations, which shares no code with the planners.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from planner.errors import PlannerError
+from planner.offsets import Block, OffsetProblem, conflicts, overlap_violations, peak_of
+from planner.planners.offset_heuristics import (
+    greedy_by_breadth_offsets,
+    greedy_by_size_offsets,
+    hill_climb_offsets,
+)
+from planner.planners.tflm_greedy import greedy_offsets
+
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared" / "minimalloc"
+
+# name -> fn(blocks, time_limit) -> offsets
+OffsetSolver = Callable[[Sequence[Block], float], list[int]]
+
+
+def read_problem(path: str | Path) -> OffsetProblem:
+    path = Path(path)
+    parts = path.name.split(".")
+    capacity = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise PlannerError(f"{path}: cannot read: {exc.strerror}") from None
+    blocks = []
+    for n, row in enumerate(rows, start=2):
+        try:
+            lower, upper, size = int(row["lower"]), int(row["upper"]), int(row["size"])
+        except (KeyError, TypeError, ValueError):
+            raise PlannerError(f"{path}:{n}: expected integer columns id,lower,upper,size") \
+                from None
+        if upper <= lower or size <= 0 or lower < 0:
+            raise PlannerError(f"{path}:{n}: needs 0 <= lower < upper and size > 0")
+        blocks.append(Block(row.get("id") or str(n - 2), lower, upper - 1, size))
+    if not blocks:
+        raise PlannerError(f"{path}: no blocks")
+    return OffsetProblem(path.name.split(".")[0], tuple(blocks), capacity)
+
+
+def problem_files(root: Path = SHARED_DIR) -> list[Path]:
+    return sorted(root.glob("**/*.csv")) if root.is_dir() else []
+
+
+def _hill_climb(blocks: Sequence[Block], limit: float) -> list[int]:
+    conf = conflicts(blocks)
+    starts = [greedy_by_size_offsets(blocks, conf), greedy_by_breadth_offsets(blocks, conf=conf)]
+    return hill_climb_offsets(blocks, time_limit=limit, starts=starts, conf=conf)[0]
+
+
+def exact_solver() -> OffsetSolver | None:
+    """The lead's exact offsets-only solver, if the ILP package exposes one."""
+    try:
+        module = importlib.import_module("planner.planners.ilp")
+    except ModuleNotFoundError:
+        return None
+    fn = getattr(module, "solve_offsets", None)
+    if fn is None:
+        return None
+    params = inspect.signature(fn).parameters
+
+    def run(blocks: Sequence[Block], limit: float) -> list[int]:
+        kwargs = {"time_limit": limit} if "time_limit" in params else {}
+        result = fn(list(blocks), **kwargs)
+        # Accept a bare offset list or an object/tuple carrying one.
+        offsets = getattr(result, "offsets", result)
+        if isinstance(offsets, tuple) and offsets and isinstance(offsets[0], list):
+            offsets = offsets[0]
+        return list(offsets) if offsets is not None else []
+
+    return run
+
+
+def solvers(with_exact: bool = True) -> dict[str, OffsetSolver]:
+    found: dict[str, OffsetSolver] = {
+        "tflm-greedy": lambda b, _t: greedy_offsets(b),
+        "greedy-by-size": lambda b, _t: greedy_by_size_offsets(b),
+        "greedy-by-breadth": lambda b, _t: greedy_by_breadth_offsets(b),
+        "hill-climb": _hill_climb,
+    }
+    exact = exact_solver() if with_exact else None
+    if exact is not None:
+        found["ilp"] = exact
+    return found
+
+
+@dataclass(frozen=True)
+class Result:
+    problem: str
+    planner: str
+    blocks: int
+    capacity: int | None
+    load_bound: int
+    peak: int | None
+    ratio: float | None  # peak / load bound
+    fits: bool
+    seconds: float
+    status: str  # "ok", "no answer", "invalid", "error"
+    detail: str = ""
+
+    def row(self) -> dict:
+        return asdict(self)
+
+
+def run_problem(problem: OffsetProblem, name: str, solve: OffsetSolver,
+                time_limit: float) -> Result:
+    blocks = problem.blocks
+    floor = problem.load_bound()
+    start = time.perf_counter()
+    try:
+        offsets = solve(blocks, time_limit)
+    except PlannerError as exc:
+        return Result(problem.name, name, len(blocks), problem.capacity, floor, None, None,
+                      False, time.perf_counter() - start, "error", str(exc))
+    seconds = time.perf_counter() - start
+    if not offsets:
+        return Result(problem.name, name, len(blocks), problem.capacity, floor, None, None,
+                      False, seconds, "no answer")
+    errors = overlap_violations(blocks, offsets)
+    if errors:
+        return Result(problem.name, name, len(blocks), problem.capacity, floor, None, None,
+                      False, seconds, "invalid", errors[0])
+    peak = peak_of(blocks, offsets)
+    fits = problem.capacity is None or peak <= problem.capacity
+    return Result(problem.name, name, len(blocks), problem.capacity, floor, peak,
+                  peak / floor if floor else 1.0, fits, seconds, "ok")
+
+
+def run_all(paths: Sequence[Path], names: Sequence[str] | None = None, time_limit: float = 10.0,
+            with_exact: bool = True) -> list[Result]:
+    available = solvers(with_exact)
+    chosen = list(available) if names is None else [n for n in names if n in available]
+    results = []
+    for path in paths:
+        problem = read_problem(path)
+        results += [run_problem(problem, n, available[n], time_limit) for n in chosen]
+    return results
+
+
+def markdown_table(results: Sequence[Result]) -> str:
+    """Problems as rows, planners as columns: peak / load bound (seconds), * when it fits."""
+    planners = list(dict.fromkeys(r.planner for r in results))
+    problems = list(dict.fromkeys(r.problem for r in results))
+    cell = {(r.problem, r.planner): r for r in results}
+    head = "| problem | blocks | load bound | capacity | " + " | ".join(planners) + " |"
+    lines = [head, "|" + " --- |" * (4 + len(planners))]
+    for p in problems:
+        first = next(r for r in results if r.problem == p)
+        cells = []
+        for name in planners:
+            r = cell.get((p, name))
+            if r is None:
+                cells.append("")
+            elif r.ratio is None:
+                cells.append(r.status)
+            else:
+                cells.append(f"{r.ratio:.3f}{'*' if r.fits else ''} ({r.seconds:.2f} s)")
+        cap = f"{first.capacity:,}" if first.capacity is not None else "-"
+        lines.append(f"| {p} | {first.blocks} | {first.load_bound:,} | {cap} | "
+                     + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Cells: peak / load bound (solve seconds); * = fits the stated capacity.")
+    return "\n".join(lines) + "\n"
