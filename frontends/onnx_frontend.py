@@ -72,8 +72,11 @@ def load_onnx(path: str | Path, input_shapes: Mapping[str, tuple[int, ...]] | No
     where = path.name
     model = _read(path)
     graph = model.graph
+    if graph.sparse_initializer:
+        # ONNX shape inference cannot type them; densify before planning.
+        raise PlannerError(f"{where}: sparse initializer "
+                           f"'{graph.sparse_initializer[0].values.name}' is not supported")
     const_names = {init.name for init in graph.initializer}
-    const_names |= {sp.values.name for sp in graph.sparse_initializer}
     inputs = [vi for vi in graph.input if vi.name not in const_names]
     _apply_input_shapes(model, inputs, dict(input_shapes or {}), where)
     _check_structure(graph, inputs, const_names, where)
@@ -176,9 +179,6 @@ def _build(model: onnx.ModelProto, path: Path, where: str) -> Graph:
     for vi in (*graph.input, *graph.value_info, *graph.output):
         types[vi.name] = vi.type
     initializers = {init.name: init for init in graph.initializer}
-    for sp in graph.sparse_initializer:
-        initializers.setdefault(sp.values.name, sp.values)  # dims below come from sp.dims
-    sparse_dims = {sp.values.name: tuple(sp.dims) for sp in graph.sparse_initializer}
     output_names = {vi.name for vi in graph.output}
 
     # Tensor order: graph inputs, initializers, then node outputs in node order.
@@ -208,8 +208,8 @@ def _build(model: onnx.ModelProto, path: Path, where: str) -> Graph:
     for name, role, origin in order_checked:
         if name in initializers:
             init = initializers[name]
-            shape = sparse_dims.get(name, tuple(int(d) for d in init.dims))
-            shapes[name] = (shape, _dtype(init.data_type, name, where))
+            shapes[name] = (tuple(int(d) for d in init.dims),
+                            _dtype(init.data_type, name, where))
             continue
         shapes[name] = _static(types.get(name), name, role, origin, where)
 
@@ -281,9 +281,13 @@ def _dtype(elem_type: int, name: str, where: str) -> str:
     return dtype
 
 
+# Convolutions and the input position of their OIHW weights (quantized forms included).
+_CONV_WEIGHT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
+
+
 def _kind(node: onnx.NodeProto, in_shapes: list[tuple[int, ...]]) -> OpKind:
     op = node.op_type
-    if op == "Conv":
+    if op in _CONV_WEIGHT:
         group = int(_attr(node, "group", 1))
         channels = in_shapes[0][1] if in_shapes and len(in_shapes[0]) > 1 else None
         if group == 1:
@@ -316,8 +320,9 @@ def _attrs(node: onnx.NodeProto, in_shapes: list[tuple[int, ...]],
     x = in_shapes[0] if in_shapes else ()
     y = out_shapes[0] if out_shapes else ()
     kernel: tuple[int, ...] | None = None
-    if op in ("Conv", "ConvTranspose") and len(in_shapes) > 1 and len(in_shapes[1]) > 2:
-        kernel = tuple(in_shapes[1][2:])  # OIHW (Conv) or IOHW (ConvTranspose)
+    weight = 1 if op == "ConvTranspose" else _CONV_WEIGHT.get(op)
+    if weight is not None and len(in_shapes) > weight and len(in_shapes[weight]) > 2:
+        kernel = tuple(in_shapes[weight][2:])  # OIHW (convs) or IOHW (ConvTranspose)
     elif op in ("MaxPool", "AveragePool", "LpPool"):
         kernel = tuple(int(k) for k in _attr(node, "kernel_shape", []))
     elif op.startswith("Global") and op in _POOLS:
@@ -337,7 +342,7 @@ def _attrs(node: onnx.NodeProto, in_shapes: list[tuple[int, ...]],
             pads = _auto_pads(op, auto_pad, kernel, strides, dilations, x, y,
                               _attr(node, "output_padding", [0] * n))
         attrs["pads"] = tuple(int(p) for p in pads)
-        if op in ("Conv", "ConvTranspose"):
+        if weight is not None:
             attrs["group"] = int(_attr(node, "group", 1))
         if op == "ConvTranspose":
             attrs["output_padding"] = tuple(int(p) for p in _attr(node, "output_padding",

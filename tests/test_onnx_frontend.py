@@ -276,3 +276,33 @@ def test_external_data(tmp_path: Path) -> None:
     assert graph.tensors[1].shape == (8, 3, 3, 3)
     (tmp_path / "weights.bin").unlink()
     assert "cannot read" in _error(path)
+
+
+def test_quantized_depthwise_conv(tmp_path: Path) -> None:
+    scalars = [numpy_helper.from_array(np.array(v, dt), n) for n, v, dt in (
+        ("xs", 0.1, np.float32), ("xz", 128, np.uint8), ("ws", 0.05, np.float32),
+        ("wz", 0, np.uint8), ("ys", 0.2, np.float32), ("yz", 128, np.uint8))]
+    w = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.uint8), "w")
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"],
+                            ["y"], name="qdw", group=4, pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [node], "q", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 4, 6, 6])],
+        initializer=[*scalars, w])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
+    loaded = load_onnx(_save(tmp_path, model), {})
+    (op,) = loaded.ops
+    assert op.kind == OpKind.DEPTHWISE_CONV and op.attrs["kernel"] == (3, 3)
+    assert op.attrs["group"] == 4 and op.attrs["pads"] == (1, 1, 1, 1)
+    out = loaded.tensors[op.outputs[0]]
+    assert out.dtype == "uint8" and out.nbytes == 4 * 6 * 6 and out.role == Role.OUTPUT
+
+
+def test_sparse_initializer_is_refused(tmp_path: Path) -> None:
+    values = numpy_helper.from_array(np.ones(2, np.float32), "w")
+    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0, 5]), "i"),
+                                       [1, 3, 8, 8])
+    model = _model([helper.make_node("Add", ["x", "w"], ["y"], name="add")])
+    model.graph.sparse_initializer.append(sparse)
+    message = _error(_save(tmp_path, model))
+    assert "sparse initializer 'w'" in message
