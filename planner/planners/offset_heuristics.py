@@ -7,7 +7,7 @@
   first gap that fits.
 - greedy-by-breadth: same paper. Operators are visited widest working set
   first; each operator's still unplaced buffers go in largest first, best fit.
-- hill-climb: TVM USMP's hill climb. Start from the greedy size order, move the
+- hill-climb: TVM USMP's hill climb. Start from TFLM's greedy order, move the
   buffer that sets the peak ahead of a random buffer it conflicts with (or swap
   a random conflicting pair), re-place first fit from the first changed position,
   keep the change unless it worsens the peak (a little annealing lets it leave
@@ -32,6 +32,7 @@ from ..offsets import Interval, conflicts, peak_of
 from ..offsets import load_bound as items_load_bound
 from ..plan import Plan
 from .base import Request, plan_from_offsets, register
+from .tflm_greedy import tflm_order
 
 HILL_CLIMB_ITERS = 2000
 HILL_CLIMB_SECONDS = 10.0
@@ -118,7 +119,7 @@ def hill_climb_offsets(
     sizes = [b.size for b in items]
     floor = items_load_bound(items)
     rng = random.Random(seed)
-    order = size_order(items)
+    order = tflm_order(items)  # so the first placement is TFLM's own answer
     offsets = place(items, order, best_fit=False, conf=conf)
     cost = peak_of(items, offsets)
     best_offsets, best = list(offsets), cost
