@@ -20,6 +20,13 @@ import numpy as np
 from planner.errors import PlannerError
 from planner.ir import Graph, Op
 
+# Ops whose ai-edge-litert reference kernel cannot be run safely in-process.
+UNSAFE_OPS = {
+    # Seen on keyword_scrambled_8bit: the interpreter aborts the whole process with
+    # "double free or corruption" once an SVDF has run (heap overrun in the kernel).
+    "SVDF": "ai-edge-litert's reference SVDF kernel corrupts the heap; not executable here",
+}
+
 
 def _schema():
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
@@ -66,6 +73,9 @@ class TfliteKernels:
         if len(self.sub.operators or []) != len(graph.ops):
             raise PlannerError(f"{self.path}: {len(self.sub.operators or [])} operators, "
                                f"the graph has {len(graph.ops)} ops")
+        for op in graph.ops:
+            if op.op_type in UNSAFE_OPS:
+                raise PlannerError(f"op {op.index} is {op.op_type}: {UNSAFE_OPS[op.op_type]}")
         self._cache: dict[int, tuple[Any, list[int], list[int]]] = {}
 
     def _one_op(self, op: Op):

@@ -25,7 +25,7 @@ from backends.executor import (
     run_plan,
 )
 from frontends import load_model
-from planner.analysis import fusion_groups, lifetimes, line_buffer_bytes
+from planner.analysis import fusion_groups, lifetimes, line_buffer_bytes, working_set_bound
 from planner.checker import assert_valid, check
 from planner.cli import main
 from planner.device import load_profile
@@ -63,15 +63,26 @@ class Model:
         return run_plan(self.graph, plan, self.path, storage, self.inputs, kernels=self.kernels)
 
 
+_MODELS: dict[Path, Model] = {}
+
+
+def model(path: Path) -> Model:
+    """One Model per file for the whole test session."""
+    if path.suffix == ".onnx":
+        _onnx_frontend()
+    if path not in _MODELS:
+        _MODELS[path] = Model(_need(path))
+    return _MODELS[path]
+
+
 @pytest.fixture(scope="module")
 def unet() -> Model:
-    return Model(_need(UNET_TFLITE))
+    return model(UNET_TFLITE)
 
 
 @pytest.fixture(scope="module")
 def unet_onnx() -> Model:
-    _onnx_frontend()
-    return Model(_need(UNET_ONNX))
+    return model(UNET_ONNX)
 
 
 def _plan(graph: Graph, name: str, budget: int | None = None, profile: str = "qspi-flash"):
@@ -195,19 +206,24 @@ def move_onto_live(plan: Plan, graph: Graph) -> Plan:
 
 # -- spill-free plans ------------------------------------------------------------------
 
+ZOO_FILES = sorted(ZOO.glob("*.onnx")) + sorted(ZOO.glob("*.tflite")) or [UNET_TFLITE]
+
+
+@pytest.mark.parametrize("path", ZOO_FILES, ids=lambda p: p.name)
 @pytest.mark.parametrize("name", SPILL_FREE)
-def test_spill_free_plans_match_on_tiny_unet(unet: Model, name: str):
-    plan = _plan(unet.graph, name)
-    result = unet.run(plan)
+def test_spill_free_plans_match_on_zoo(path: Path, name: str):
+    m = model(path)
+    plan = _plan(m.graph, name)
+    result = m.run(plan)
     assert result.mismatch is None, result.mismatch
     assert result.execution.storage == {}
     assert result.execution.poisoned_bytes > 0
 
 
-@pytest.mark.parametrize("model", ["mlperf_tiny/pretrainedResnet_quant.tflite",
-                                   "mlperf_tiny/ad01_int8.tflite"])
-def test_tflm_greedy_matches_on_shared_models(model: str):
-    m = Model(_need(MODELS / model))
+@pytest.mark.parametrize("name", ["mlperf_tiny/pretrainedResnet_quant.tflite",
+                                  "mlperf_tiny/ad01_int8.tflite"])
+def test_tflm_greedy_matches_on_shared_models(name: str):
+    m = model(MODELS / name)
     result = m.run(_plan(m.graph, "tflm-greedy"))
     assert result.mismatch is None, result.mismatch
 
@@ -276,14 +292,30 @@ def test_remote_storage_gives_the_local_outputs(unet: Model):
 
 # -- the exact planner's spill plans --------------------------------------------------
 
-@pytest.mark.parametrize("budget", [290_000, 240_000])
-def test_ilp_spill_plans_match(unet: Model, budget: int):
-    plan = _plan(unet.graph, "ilp", budget)
-    assert plan.peak_bytes <= budget and plan.transfers
-    result = unet.run(plan, "remote" if budget == 240_000 else "local")
+ILP_CASES = [  # (model, budget or None for the working-set bound, storage)
+    (UNET_TFLITE, 290_000, "local"),  # partial spill + fetch, fused concat+conv
+    (UNET_TFLITE, 240_000, "remote"),  # whole-tensor spill + fetch
+    (UNET_ONNX, None, "local"),  # spills streamed into fused concat+convs, channel parts
+]
+
+
+@pytest.mark.parametrize(("path", "budget", "storage"), ILP_CASES,
+                         ids=lambda v: v.name if isinstance(v, Path) else str(v))
+def test_ilp_spill_plans_match(path: Path, budget: int | None, storage: str):
+    m = model(path)
+    budget = budget or working_set_bound(m.graph).bytes
+    plan = _plan(m.graph, "ilp", budget)
+    assert plan.peak_bytes <= budget and plan.transfers and plan.fusions
+    kinds = {t.kind for t in plan.transfers}
+    if path == UNET_ONNX:  # at the working-set bound the skips must stream
+        assert "stream" in kinds, kinds
+    if budget == 290_000:
+        assert plan.parts, "expected a channel split at this budget"
+    result = m.run(plan, storage)
     assert result.mismatch is None, result.mismatch
-    spilled = sum(s.bytes_written for s in result.execution.storage.values())
-    assert spilled == plan.spilled_bytes
+    stats = result.execution.storage.values()
+    assert sum(s.bytes_written for s in stats) == plan.spilled_bytes
+    assert sum(s.bytes_read for s in stats) == plan.fetched_bytes
 
 
 # -- ONNX ---------------------------------------------------------------------------
@@ -308,6 +340,14 @@ def test_onnx_corrupted_plan_is_caught(unet_onnx: Model):
 
 
 # -- comparison and the command -----------------------------------------------------
+
+def test_svdf_model_is_refused_not_crashed():
+    from planner.errors import PlannerError
+
+    path = _need(MODELS / "tflm" / "keyword_scrambled_8bit.tflite")
+    with pytest.raises(PlannerError, match="SVDF"):
+        kernels_for(load_model(path), path)
+
 
 def test_compare_rules(unet: Model):
     g = unet.graph
