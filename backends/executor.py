@@ -298,7 +298,7 @@ class ArenaMachine:
         storage = self.storages[tr.storage]
         for pos in range(0, nbytes, chunk):
             size = min(chunk, nbytes - pos)
-            self._put(line.offset, storage.read(spill.address + pos, size), line.size)
+            self._put(line.offset, storage.read(tr.address + pos, size), line.size)
             out[pos:pos + size] = self._get(line.offset, size)
         return self._as_array(out, t, part)
 
@@ -345,7 +345,9 @@ class ArenaMachine:
             if seg is None or seg.first != step or spill is None:
                 raise ExecutionError(f"fetch of tensor {tr.tensor} at step {step} has no "
                                      "segment starting there or no earlier spill")
-            data = self.storages[tr.storage].read(spill.address, tr.nbytes)
+            # The fetch's own address, as a device runtime would use it: a plan whose
+            # fetch points elsewhere than its spill brings back the wrong bytes.
+            data = self.storages[tr.storage].read(tr.address, self._part_nbytes(tr.tensor, tr.part))
             self._put(seg.offset, data, seg.size)
 
     def _spill(self, step: int) -> None:

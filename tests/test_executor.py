@@ -269,6 +269,16 @@ def test_dropped_fetch_reads_poison(unet: Model):
     assert result.mismatch is not None
 
 
+@pytest.mark.parametrize("mode", ["fetch", "stream"])
+def test_transfer_from_the_wrong_address_is_caught(unet: Model, mode: str):
+    plan = hand_plan(unet.graph, 6, mode)
+    # The checker does not tie a fetch's address to its spill's; the executor honours it.
+    moved = tuple(replace(t, address=t.address + 16) if t.kind != "spill" else t
+                  for t in plan.transfers)
+    result = unet.run(replace(plan, transfers=moved))
+    assert result.mismatch is not None
+
+
 @pytest.mark.parametrize("mode", ["tflm-greedy", "stream", "split-stream"])
 def test_segment_moved_onto_live_one_is_caught(unet: Model, mode: str):
     plan = _plan(unet.graph, "tflm-greedy") if mode == "tflm-greedy" else \

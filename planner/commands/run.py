@@ -52,8 +52,10 @@ def _load_plan(path: str) -> Plan:
 def run(args: argparse.Namespace) -> int:
     from backends.executor import load_inputs, run_plan
 
-    graph = read_graph(args)
     plan = _load_plan(args.plan)
+    if plan.scratch_dtype == "int16":
+        args.scratch = "int16"  # the plan was made for halved TRANSPOSE_CONV scratch
+    graph = read_graph(args)
     if plan.num_steps != graph.num_steps:
         raise PlannerError(f"plan {args.plan} has {plan.num_steps} steps, model "
                            f"{Path(args.model).name} has {graph.num_steps}: not its plan")
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         "kernel_seconds": ex.kernel_seconds,
         "poisoned_bytes": ex.poisoned_bytes,
         "storages": [s.to_json() for s in ex.storage.values()],
+        "est_transfer_seconds": plan.est_transfer_seconds,
     }
     if args.json:
         print(json.dumps(summary))
@@ -98,5 +101,7 @@ def _print(s: dict) -> None:
               f"{st['seconds']:.4f} s")
     if not s["storages"]:
         print("storage      none (the plan moves no data)")
+    elif s["est_transfer_seconds"]:
+        print(f"estimate     {s['est_transfer_seconds']:.4f} s of transfers on the device profile")
     print(f"time         {s['run_seconds']:.3f} s ({s['kernel_seconds']:.3f} s in kernels)")
     print("outputs      " + ("match the unplanned model" if s["match"] else "MISMATCH"))
