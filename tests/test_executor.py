@@ -9,6 +9,7 @@ live one, a fetch dropped) must come out as mismatches.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -326,6 +327,8 @@ def test_ilp_spill_plans_match(path: Path, budget: int | None, storage: str):
     stats = result.execution.storage.values()
     assert sum(s.bytes_written for s in stats) == plan.spilled_bytes
     assert sum(s.bytes_read for s in stats) == plan.fetched_bytes
+    if path == UNET_ONNX:
+        assert m.run(move_onto_live(plan, m.graph)).mismatch is not None
 
 
 # -- ONNX ---------------------------------------------------------------------------
@@ -390,6 +393,10 @@ def test_run_command(unet: Model, tmp_path: Path, capsys):
                                     for t, a in unet.inputs.items()})
     assert main(["run", str(UNET_TFLITE), str(good), "--inputs", str(tmp_path / "in.npz")]) == 0
     assert "match" in capsys.readouterr().out
+    assert main(["run", str(UNET_TFLITE), str(good), "--storage", "remote", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["match"] and report["storages"][0]["kind"] == "remote"
+    assert report["storages"][0]["bytes_read"] == unet.graph.tensors[6].nbytes
     bad = tmp_path / "bad.json"
     move_onto_live(plan, unet.graph).save(bad)
     assert main(["run", str(UNET_TFLITE), str(bad)]) == 2  # the checker refuses it
