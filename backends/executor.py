@@ -562,7 +562,8 @@ def open_storages(plan: Plan, kind: str = "local") -> Iterator[dict[str, Storage
                     thing.close()
 
 
-def kernels_for(graph: Graph, model_path: str | Path) -> Kernels:
+def kernels_for(graph: Graph, model_path: str | Path, runtime: str = "auto") -> Kernels:
+    """Kernels for the model's format; `runtime` picks litert or TFLM for TFLite models."""
     if graph.source_format == "onnx":
         from .kernels_onnx import OnnxKernels
 
@@ -570,7 +571,7 @@ def kernels_for(graph: Graph, model_path: str | Path) -> Kernels:
     if graph.source_format == "tflite":
         from .kernels_tflite import TfliteKernels
 
-        return TfliteKernels(graph, model_path)
+        return TfliteKernels(graph, model_path, runtime)
     raise PlannerError(f"no kernels for models of format '{graph.source_format}'")
 
 
@@ -617,18 +618,21 @@ class RunResult:
     reference: dict[int, np.ndarray]
     mismatch: str | None  # None: outputs match the unplanned model
     storage_kind: str
+    kernels: Kernels | None = None
 
 
 def run_plan(graph: Graph, plan: Plan, model_path: str | Path, storage: str = "local",
              inputs: Mapping[int, np.ndarray] | None = None, seed: int = 0,
-             kernels: Kernels | None = None) -> RunResult:
+             kernels: Kernels | None = None, runtime: str = "auto") -> RunResult:
     """Execute `plan` in its arena and compare with the model run whole on the same inputs."""
-    kernels = kernels or kernels_for(graph, model_path)
+    kernels = kernels or kernels_for(graph, model_path, runtime)
     feeds = dict(inputs) if inputs is not None else random_inputs(graph, seed)
     reference = kernels.reference(feeds)
     with open_storages(plan, storage) as backends:
         try:
             execution = execute(graph, plan, kernels, feeds, backends, storage)
         except ExecutionError as exc:
-            return RunResult(Execution({}), reference, f"plan cannot run: {exc}", storage)
-    return RunResult(execution, reference, compare(graph, execution.outputs, reference), storage)
+            return RunResult(Execution({}), reference, f"plan cannot run: {exc}", storage,
+                             kernels)
+    return RunResult(execution, reference, compare(graph, execution.outputs, reference), storage,
+                     kernels)

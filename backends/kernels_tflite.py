@@ -6,6 +6,10 @@ tflite-micro ships (`ModelT`): the operator, its operator code, the tensors it n
 nothing else. ai-edge-litert runs it with `OpResolverType.BUILTIN_REF`, the same
 reference kernels that run the whole model for the comparison, so an integer model
 must come out bit-identical.
+
+Where ai-edge-litert cannot run the model (it rejects person_detect's quantization
+metadata; its reference SVDF corrupts the heap) the same one-op models run on real
+TFLM (the tflite-micro package) instead, against the whole model on TFLM.
 """
 
 from __future__ import annotations
@@ -20,12 +24,11 @@ import numpy as np
 from planner.errors import PlannerError
 from planner.ir import Graph, Op
 
-# Ops whose ai-edge-litert reference kernel cannot be run safely in-process.
-UNSAFE_OPS = {
-    # Seen on keyword_scrambled_8bit: the interpreter aborts the whole process with
-    # "double free or corruption" once an SVDF has run (heap overrun in the kernel).
-    "SVDF": "ai-edge-litert's reference SVDF kernel corrupts the heap; not executable here",
-}
+# Ops whose ai-edge-litert reference kernel cannot run safely in-process: seen on
+# keyword_scrambled_8bit, the interpreter aborts the whole process with "double free
+# or corruption" once an SVDF has run (a heap overrun in the kernel).
+LITERT_UNSAFE = frozenset({"SVDF"})
+RUNTIMES = ("auto", "litert", "tflm")
 
 
 def _schema():
@@ -58,9 +61,13 @@ def _pack(fb, model: Any) -> bytes:
 
 
 class TfliteKernels:
-    """One cached reference interpreter per op of a .tflite model."""
+    """One cached reference interpreter (or one-op model for TFLM) per op of a .tflite model.
 
-    def __init__(self, graph: Graph, model_path: str | Path):
+    runtime: "litert" (ai-edge-litert reference kernels), "tflm" (real TFLM), or "auto":
+    litert unless it refuses the model or the model has an op litert runs unsafely.
+    """
+
+    def __init__(self, graph: Graph, model_path: str | Path, runtime: str = "auto"):
         self.graph = graph
         self.path = Path(model_path)
         self.data = self.path.read_bytes()
@@ -73,10 +80,23 @@ class TfliteKernels:
         if len(self.sub.operators or []) != len(graph.ops):
             raise PlannerError(f"{self.path}: {len(self.sub.operators or [])} operators, "
                                f"the graph has {len(graph.ops)} ops")
-        for op in graph.ops:
-            if op.op_type in UNSAFE_OPS:
-                raise PlannerError(f"op {op.index} is {op.op_type}: {UNSAFE_OPS[op.op_type]}")
+        if runtime not in RUNTIMES:
+            raise PlannerError(f"unknown TFLite runtime '{runtime}': use {', '.join(RUNTIMES)}")
+        unsafe = sorted({op.op_type for op in graph.ops} & LITERT_UNSAFE)
+        if runtime == "litert" and unsafe:
+            raise PlannerError(f"ai-edge-litert's reference {unsafe[0]} kernel corrupts the "
+                               "heap; use the tflm runtime")
+        if runtime == "auto":
+            runtime = "tflm" if unsafe or not self._litert_runs() else "litert"
+        self.runtime = runtime
         self._cache: dict[int, tuple[Any, list[int], list[int]]] = {}
+
+    def _litert_runs(self) -> bool:
+        try:
+            _interpreter(str(self.path), path=self.path)
+        except PlannerError:
+            return False
+        return True
 
     def _one_op(self, op: Op):
         """Interpreter, source input tensor ids it takes in order, source output ids."""
@@ -126,13 +146,25 @@ class TfliteKernels:
         model.subgraphs = [sub]
         model.buffers = buffers
         model.description = f"op {op.index} of {self.path.name}"
-        interp = _interpreter(f"op {op.index} {op.op_type}", content=_pack(fb, model))
+        content = _pack(fb, model)
+        interp = content if self.runtime == "tflm" else \
+            _interpreter(f"op {op.index} {op.op_type}", content=content)
         self._cache[op.index] = (interp, feeds, [t for t in outs if t >= 0])
         return self._cache[op.index]
 
     def compute(self, op: Op, inputs: Sequence[np.ndarray | None]) -> list[np.ndarray | None]:
         interp, feeds, outs = self._one_op(op)
         values = {t: v for t, v in zip(op.inputs, inputs, strict=True) if t >= 0}
+        if self.runtime == "tflm":
+            from .tflm_interpreter import invoke
+
+            arrays = []
+            for t in feeds:
+                if values.get(t) is None:
+                    raise PlannerError(f"op {op.index}: no value for input tensor {t}")
+                arrays.append(values[t])
+            got = dict(zip(outs, invoke(interp, arrays), strict=True))
+            return [got.get(t) if t >= 0 else None for t in op.outputs]
         details = interp.get_input_details()
         for detail, t in zip(details, feeds, strict=True):
             value = values.get(t)
@@ -146,6 +178,15 @@ class TfliteKernels:
         return [got.get(t) if t >= 0 else None for t in op.outputs]
 
     def reference(self, inputs: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+        if self.runtime == "tflm":
+            from .tflm_interpreter import invoke
+
+            sub_inputs = [int(t) for t in self.sub.inputs]
+            missing = [t for t in sub_inputs if t not in inputs]
+            if missing:
+                raise PlannerError(f"no value for model input tensor {missing[0]}")
+            outs = invoke(self.data, [inputs[t] for t in sub_inputs])
+            return dict(zip((int(t) for t in self.sub.outputs), outs, strict=True))
         interp = _interpreter(str(self.path), path=self.path)
         for detail in interp.get_input_details():
             t = int(detail["index"])

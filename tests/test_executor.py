@@ -354,12 +354,24 @@ def test_onnx_corrupted_plan_is_caught(unet_onnx: Model):
 
 # -- comparison and the command -----------------------------------------------------
 
-def test_svdf_model_is_refused_not_crashed():
+@pytest.mark.parametrize("name", ["tflm/keyword_scrambled_8bit.tflite",
+                                  "tflm/person_detect.tflite"])
+def test_models_litert_cannot_run_fall_back_to_tflm(name: str):
+    # keyword_scrambled: litert's reference SVDF corrupts the heap (the process would
+    # abort); person_detect: litert rejects its quantization metadata.
+    m = model(MODELS / name)
+    assert m.kernels.runtime == "tflm"
+    result = m.run(_plan(m.graph, "tflm-greedy"))
+    assert result.mismatch is None, result.mismatch
+
+
+def test_litert_runtime_refuses_svdf():
+    from backends.kernels_tflite import TfliteKernels
     from planner.errors import PlannerError
 
     path = _need(MODELS / "tflm" / "keyword_scrambled_8bit.tflite")
     with pytest.raises(PlannerError, match="SVDF"):
-        kernels_for(load_model(path), path)
+        TfliteKernels(load_model(path), path, runtime="litert")
 
 
 def test_compare_rules(unet: Model):

@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
                    help="model inputs keyed by input name (or arr_0, arr_1, ...); "
                    "default: random inputs from --seed")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--runtime", choices=("auto", "litert", "tflm"), default="auto",
+                   help="TFLite kernels: ai-edge-litert reference kernels, real TFLM, or auto "
+                   "(litert unless it cannot run the model)")
     p.add_argument("--unchecked", action="store_true",
                    help="execute even a plan the checker rejects (to watch it fail)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -63,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if errors and not args.unchecked:
         raise PlannerError(f"plan {args.plan} is invalid ({errors[0]}); --unchecked runs it anyway")
     inputs = load_inputs(graph, args.inputs) if args.inputs else None
-    result = run_plan(graph, plan, args.model, args.storage, inputs, args.seed)
+    result = run_plan(graph, plan, args.model, args.storage, inputs, args.seed,
+                      runtime=args.runtime)
     ex = result.execution
     summary = {
         "model": graph.name,
@@ -71,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         "arena_bytes": plan.peak_bytes,
         "ops": len(graph.ops),
         "storage_kind": args.storage,
+        "runtime": getattr(result.kernels, "runtime", "onnxruntime"),
         "match": result.mismatch is None,
         "reason": result.mismatch,
         "checker_errors": len(errors),
@@ -91,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print(s: dict) -> None:
-    print(f"model        {s['model']}  (plan {s['planner']}, {s['ops']} ops)")
+    print(f"model        {s['model']}  (plan {s['planner']}, {s['ops']} ops, "
+          f"kernels {s['runtime']})")
     print(f"arena        {s['arena_bytes']:>10,} B, {s['poisoned_bytes']:,} B poisoned on free")
     if s["checker_errors"]:
         print(f"checker      {s['checker_errors']} violations (run with --unchecked)")
