@@ -86,6 +86,7 @@ class TfliteKernels:
         if runtime == "litert" and unsafe:
             raise PlannerError(f"ai-edge-litert's reference {unsafe[0]} kernel corrupts the "
                                "heap; use the tflm runtime")
+        self.litert_refusal: str | None = None
         if runtime == "auto":
             runtime = "tflm" if unsafe or not self._litert_runs() else "litert"
         self.runtime = runtime
@@ -94,7 +95,8 @@ class TfliteKernels:
     def _litert_runs(self) -> bool:
         try:
             _interpreter(str(self.path), path=self.path)
-        except PlannerError:
+        except PlannerError as exc:
+            self.litert_refusal = str(exc)
             return False
         return True
 
@@ -185,7 +187,12 @@ class TfliteKernels:
             missing = [t for t in sub_inputs if t not in inputs]
             if missing:
                 raise PlannerError(f"no value for model input tensor {missing[0]}")
-            outs = invoke(self.data, [inputs[t] for t in sub_inputs])
+            try:
+                outs = invoke(self.data, [inputs[t] for t in sub_inputs])
+            except PlannerError as exc:
+                if self.litert_refusal:  # both refused: say why each did
+                    raise PlannerError(f"{self.litert_refusal}; {exc}") from None
+                raise
             return dict(zip((int(t) for t in self.sub.outputs), outs, strict=True))
         interp = _interpreter(str(self.path), path=self.path)
         for detail in interp.get_input_details():
