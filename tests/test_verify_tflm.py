@@ -21,13 +21,16 @@ RUNNABLE = [
     "mlperf_tiny/ad01_int8", "mlperf_tiny/kws_ref_model", "mlperf_tiny/pretrainedResnet_quant",
     "mlperf_tiny/pretrainedResnet_large_int8", "mlperf_tiny/str_ww_ref_model",
     "mlperf_tiny/vww_96_int8", "tflm/hello_world_int8", "tflm/keyword_scrambled_8bit",
-    "tflm/micro_speech_quantized", "tflm/person_detect",
+    "tflm/micro_speech_quantized", "tflm/person_detect", "zoo/tiny_unet_int8",
 ]
 NONE = load_profile("none")
+# Bundled with the repo: TinySeg's Tiny U-Net, int8, with TRANSPOSE_CONV int32 scratch.
+ZOO = Path(__file__).resolve().parents[1] / "benchmarks" / "models"
 
 
 def model(name: str) -> Path:
-    path = MODELS / f"{name}.tflite"
+    path = (ZOO / f"{name[4:]}.tflite") if name.startswith("zoo/") else \
+        MODELS / f"{name}.tflite"
     if not path.exists():
         pytest.skip(f"{path.name} absent (../shared)")
     return path
@@ -52,7 +55,7 @@ def test_greedy_plans_verify_on_tflm(name, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["tflm/hello_world_int8", "mlperf_tiny/ad01_int8",
                                   "tflm/keyword_scrambled_8bit", "mlperf_tiny/kws_ref_model",
-                                  "tflm/person_detect"])
+                                  "tflm/person_detect", "zoo/tiny_unet_int8"])
 def test_ilp_plans_verify_on_tflm(name, tmp_path):
     if "ilp" not in registry():
         pytest.skip("planner 'ilp' is not registered")
