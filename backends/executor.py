@@ -240,11 +240,16 @@ class ArenaMachine:
             raise ExecutionError(f"read of {nbytes} B at {offset} leaves the arena")
         return self.arena[offset:offset + nbytes]
 
-    def _as_array(self, raw: np.ndarray | bytes, t: int, part: int | None) -> np.ndarray:
+    def _shape(self, t: int, part: int | None) -> tuple[int, ...]:
         tensor = self._tensor(t)
-        shape = tensor.shape if part is None else _shape_with_channels(
-            tensor, self.parts[(t, part)].channel_stop - self.parts[(t, part)].channel_start)
-        return np.frombuffer(bytes(raw), dtype=numpy_dtype(tensor)).reshape(shape).copy()
+        if part is None:
+            return tensor.shape
+        p = self.parts[(t, part)]
+        return _shape_with_channels(tensor, p.channel_stop - p.channel_start)
+
+    def _as_array(self, raw: np.ndarray | bytes, t: int, part: int | None) -> np.ndarray:
+        dtype = numpy_dtype(self._tensor(t))
+        return np.frombuffer(bytes(raw), dtype=dtype).reshape(self._shape(t, part)).copy()
 
     def _part_nbytes(self, t: int, part: int | None) -> int:
         return self._tensor(t).nbytes if part is None else self.parts[(t, part)].nbytes
@@ -286,8 +291,8 @@ class ArenaMachine:
                 "a line buffer and an earlier spill")
         tr = stream[0]
         nbytes = self._part_nbytes(t, part)
-        arr = self._as_array(np.zeros(nbytes, np.uint8), t, part)
-        rows = arr.shape[self._row_axis()] if arr.ndim == 4 else 1
+        shape = self._shape(t, part)
+        rows = shape[self._row_axis()] if len(shape) == 4 else 1
         row = max(1, nbytes // max(rows, 1))
         # As many whole rows as the line buffer holds per read; at least one row.
         chunk = max(row, (min(line.size, nbytes) // row) * row)
