@@ -100,6 +100,7 @@ class MeteredStorage:
     def __init__(self, backend: StorageBackend, stats: StorageStats):
         self.backend = backend
         self.stats = stats
+        self.written: list[tuple[int, int]] = []  # [start, end) ranges written so far
 
     def write(self, address: int, data: bytes) -> None:
         start = time.perf_counter()
@@ -107,8 +108,22 @@ class MeteredStorage:
         self.stats.seconds += time.perf_counter() - start
         self.stats.bytes_written += len(data)
         self.stats.writes += 1
+        self.written.append((address, address + len(data)))
+
+    def _covered(self, address: int, end: int) -> bool:
+        for a, b in sorted(self.written):
+            if a <= address < b:
+                address = b
+            if address >= end:
+                return True
+        return address >= end
 
     def read(self, address: int, size: int) -> bytes:
+        # Reading bytes no spill wrote is a plan error, whatever the storage would answer
+        # (a file returns short, the storage host refuses or returns erased bytes).
+        if not self._covered(address, address + size):
+            raise ExecutionError(f"storage '{self.stats.name}': read of {size} B at "
+                                 f"{address} covers bytes no spill wrote")
         start = time.perf_counter()
         data = self.backend.read(address, size)
         self.stats.seconds += time.perf_counter() - start

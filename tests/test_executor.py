@@ -290,8 +290,9 @@ def test_transfer_from_the_wrong_address_is_caught(unet: Model, mode: str):
     # The checker does not tie a fetch's address to its spill's; the executor honours it.
     moved = tuple(replace(t, address=t.address + 16) if t.kind != "spill" else t
                   for t in plan.transfers)
-    result = unet.run(replace(plan, transfers=moved))
-    assert result.mismatch is not None
+    for storage in ("local", "remote"):
+        result = unet.run(replace(plan, transfers=moved), storage)
+        assert result.mismatch is not None and "no spill wrote" in result.mismatch
 
 
 @pytest.mark.parametrize("mode", ["tflm-greedy", "stream", "split-stream"])
