@@ -58,13 +58,22 @@ def nice_step(span: float, target: int = 8) -> float:
     return 10 * base
 
 
-def _byte_step(span: int) -> int:
-    """Tick steps in powers of two times 1/2/5 of KiB where that reads better."""
-    step = nice_step(span)
+MIB = 1024 * 1024
+
+
+def _byte_step(span: float) -> float:
+    """Tick steps of 1/2/5 x 10^k in the unit the axis is labelled in (B, KiB or MiB)."""
+    unit = MIB if span >= 2 * MIB else 1024 if span >= 4096 else 1
+    return max(nice_step(span / unit) * unit, 1)
+
+
+def tick_label(value: float, span: float) -> str:
+    """Axis labels in one unit per axis, the one _byte_step counts in for this span."""
+    if span >= 2 * MIB:
+        return f"{value / MIB:g} MiB"
     if span >= 4096:
-        kib = nice_step(span / 1024) * 1024
-        return int(kib)
-    return max(1, int(step))
+        return f"{value / 1024:g} KiB"
+    return f"{value:g} B"
 
 
 def _text(x: float, y: float, s: str, size: int = 11, anchor: str = "start",
@@ -178,13 +187,13 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
     # Axes and grid.
     out.append(f"<rect x='{LEFT}' y='{plot_top}' width='{PLOT_W}' height='{PLOT_H}' "
                "fill='none' stroke='#999'/>")
-    ystep = _byte_step(int(y_max))
+    ystep = _byte_step(y_max)
     tick = 0
     while tick <= y_max:
         yy = y(tick)
         out.append(f"<line class='ytick' x1='{LEFT - 5}' y1='{yy:.1f}' x2='{LEFT + PLOT_W}' "
                    f"y2='{yy:.1f}' stroke='#eee'/>")
-        out.append(_text(LEFT - 8, yy + 4, human_bytes(tick), 10, "end"))
+        out.append(_text(LEFT - 8, yy + 4, tick_label(tick, y_max), 10, "end"))
         tick += ystep
     xstep = max(1, int(nice_step(steps, 12)))
     for s in range(0, steps + 1, xstep):
@@ -258,13 +267,22 @@ def _segment(graph: Graph, seg: Segment, x0: float, x1: float, y0: float, y1: fl
     rect = (f"<rect class='seg' data-tensor='{seg.tensor}' x='{x0:.2f}' y='{y0:.2f}' "
             f"width='{w:.2f}' height='{h:.2f}' fill='{fill}' {stroke}>"
             f"<title>{escape(tip)}</title></rect>")
+    if seg.role != "tensor":
+        return rect
     label = tensor.name if seg.part is None else f"{tensor.name}/{seg.part}"
-    chars = int((w - 6) / 6)
-    if h >= 13 and chars >= 4 and seg.role == "tensor":
-        shown = label if len(label) <= chars else label[: chars - 1] + "~"
-        rect += "\n" + _text(x0 + w / 2, y0 + h / 2 + 4, shown, 10, "middle",
-                             "fill='#111' pointer-events='none'")
+    across, up = int((w - 6) / 6), int((h - 6) / 6)  # characters that fit each way
+    cx, cy = x0 + w / 2, y0 + h / 2
+    style = "fill='#111' pointer-events='none'"
+    if h >= 13 and across >= 4 and (across >= len(label) or across >= up or w < 13):
+        rect += "\n" + _text(cx, cy + 4, _fit(label, across), 10, "middle", style)
+    elif w >= 13 and up >= 4:  # tall and narrow: write it upwards
+        rect += "\n" + _text(cx + 4, cy, _fit(label, up), 10, "middle",
+                             f"{style} transform='rotate(-90 {cx + 4:.1f} {cy:.1f})'")
     return rect
+
+
+def _fit(label: str, chars: int) -> str:
+    return label if len(label) <= chars else label[: chars - 1] + "~"
 
 
 def _marker(cx: float, cy: float, direction: str, tensor: int) -> str:
@@ -387,12 +405,12 @@ def render_pareto_svg(points: Iterable[PointLike], title: str) -> str:
         _text(left, 28, title, 15, extra="font-weight='bold'"),
         f"<rect x='{left}' y='{top}' width='{pw}' height='{ph}' fill='none' stroke='#999'/>",
     ]
-    xs = _byte_step(int(x_hi - x_lo))
+    xs = _byte_step(x_hi - x_lo)
     tick = math.ceil(x_lo / xs) * xs
     while tick <= x_hi:
         out.append(f"<line class='xtick' x1='{x(tick):.1f}' y1='{top}' x2='{x(tick):.1f}' "
                    f"y2='{top + ph + 5}' stroke='#eee'/>")
-        out.append(_text(x(tick), top + ph + 18, human_bytes(tick), 10, "middle"))
+        out.append(_text(x(tick), top + ph + 18, tick_label(tick, x_hi - x_lo), 10, "middle"))
         tick += xs
     ys = nice_step(y_hi, 6)
     tick = 0.0
@@ -417,8 +435,11 @@ def render_pareto_svg(points: Iterable[PointLike], title: str) -> str:
                        "stroke-width='1.5'/>")
         for p in mine:
             tip = f"{name} {p.label}: peak {p.peak_bytes:,} B, {p.seconds:.4g} s".strip()
+            # Earlier series get bigger dots, so equal points of several series show as rings.
+            r = 3 + 1.5 * (len(series) - 1 - k)
             out.append(f"<circle class='point' cx='{x(p.peak_bytes):.1f}' "
-                       f"cy='{y(p.seconds):.1f}' r='4' fill='{c}' fill-opacity='0.8'>"
+                       f"cy='{y(p.seconds):.1f}' r='{r:.1f}' fill='{c}' stroke='white' "
+                       "stroke-width='0.8'>"
                        f"<title>{escape(tip)}</title></circle>")
         ly = top + 14 + 18 * k
         out.append(f"<circle cx='{left + pw + 24}' cy='{ly - 4}' r='5' fill='{c}'/>")

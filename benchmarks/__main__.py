@@ -1,0 +1,118 @@
+"""`python -m benchmarks run|minimalloc`: the benchmark suites and the MiniMalloc problems."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from planner.errors import PlannerError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="plan every model x budget x planner; CSV, Markdown, SVG")
+    run.add_argument("--suite", choices=("quick", "full"), default="quick")
+    run.add_argument("--jobs", type=int, default=None, help="worker processes (default: 2)")
+    run.add_argument("-o", "--outdir", default="bench-out")
+    run.add_argument("--models", action="append", default=None, metavar="TEXT",
+                     help="only models whose file name contains TEXT (repeatable)")
+    run.add_argument("--planners", help="comma-separated planner names (default: all)")
+    run.add_argument("--time-limit", type=float, default=None, metavar="SECONDS")
+    run.add_argument("--profile", default=None, help="device profile the spilling planners use")
+    run.add_argument("--no-minimalloc", action="store_true", help="skip the MiniMalloc set")
+    run.add_argument("--no-svg", action="store_true", help="write no pictures")
+    run.set_defaults(func=cmd_run)
+    mm = sub.add_parser("minimalloc", help="MiniMalloc CSV problems through the offset planners")
+    mm.add_argument("paths", nargs="*", help="problem CSVs (default: ../shared/minimalloc)")
+    mm.add_argument("--planners", help="comma-separated (default: all offset planners)")
+    mm.add_argument("--time-limit", type=float, default=10.0, metavar="SECONDS")
+    mm.add_argument("--csv", help="also write the rows to this CSV file")
+    mm.set_defaults(func=cmd_minimalloc)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .report import write_all
+    from .runner import default_jobs, run_suite, suite_named
+
+    suite = suite_named(args.suite)
+    if args.models:
+        suite = replace(suite, models=tuple(p for p in suite.models
+                                            if any(m in p.name for m in args.models)))
+        if not suite.models:
+            raise PlannerError(f"no model matches {', '.join(args.models)}")
+    if args.planners:
+        suite = replace(suite, planners=tuple(p.strip() for p in args.planners.split(",")))
+    if args.time_limit is not None:
+        if args.time_limit <= 0:
+            raise PlannerError("--time-limit must be positive")
+        suite = replace(suite, time_limit=args.time_limit)
+    if args.profile:
+        from planner.device import load_profile
+
+        load_profile(args.profile)  # fail now, in one line, not in every task
+        suite = replace(suite, profile=args.profile)
+    if args.no_minimalloc:
+        suite = replace(suite, minimalloc=())
+    if args.no_svg:
+        suite = replace(suite, svg=False)
+    jobs = args.jobs if args.jobs is not None else default_jobs()
+    if jobs < 1:
+        raise PlannerError("--jobs must be at least 1")
+    outdir = Path(args.outdir)
+    results = run_suite(suite, outdir, jobs)
+    written = write_all(results, suite, outdir, jobs)
+    bad = [r for r in results.rows if r["status"] in ("invalid", "crash")]
+    bad += [r for r in results.minimalloc if r["status"] == "invalid"]
+    print(f"{len(results.rows)} rows from {len(suite.models)} models in "
+          f"{results.seconds:.0f} s; report {written[-1]}")
+    if bad:
+        print(f"{len(bad)} invalid or crashed plans: see {written[-1]}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_minimalloc(args: argparse.Namespace) -> int:
+    from .minimalloc import markdown_table, problem_files, run_all, solvers
+    from .report import write_csv
+
+    paths = [Path(p) for p in args.paths] or problem_files()
+    if not paths:
+        raise PlannerError("no MiniMalloc problems: pass CSV paths or provide ../shared/minimalloc")
+    names = None
+    if args.planners:
+        names = [p.strip() for p in args.planners.split(",")]
+        unknown = [n for n in names if n not in solvers()]
+        if unknown:
+            raise PlannerError(f"unknown offset planner(s) {', '.join(unknown)}: use "
+                               f"{', '.join(solvers())}")
+    results = run_all(paths, names, args.time_limit)
+    print(markdown_table(results), end="")
+    if args.csv:
+        write_csv([r.row() for r in results], Path(args.csv),
+                  list(type(results[0]).__dataclass_fields__) if results else None)
+    return 1 if any(r.status == "invalid" for r in results) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PlannerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""What a benchmark run leaves behind: results.csv, minimalloc.csv, report.md, Pareto SVGs.
+
+Everything here is computed from the rows the runner recorded (each from a plan
+that passed the checker); nothing is typed in by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+
+from .runner import COLUMNS, Results, Suite, safe
+
+HEURISTICS = ("greedy-by-size", "greedy-by-breadth", "hill-climb")
+
+
+def columns_of(rows: Sequence[dict]) -> list[str]:
+    extra = sorted({k for r in rows for k in r} - set(COLUMNS))
+    return list(COLUMNS) + extra
+
+
+def write_csv(rows: Sequence[dict], path: Path, columns: Sequence[str] | None = None) -> Path:
+    cols = list(columns) if columns is not None else columns_of(rows)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in cols})
+    return path
+
+
+def kib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1024:,.1f}"
+
+
+def _ok(r: dict) -> bool:
+    return r.get("peak_bytes") is not None and r["status"] not in ("invalid", "crash", "error")
+
+
+def best_peak(rows: Sequence[dict], model: str, planners: Sequence[str]) -> dict | None:
+    """The lowest valid peak any of `planners` reached for `model`, over every budget."""
+    mine = [r for r in rows if r["model"] == model and r["planner"] in planners and _ok(r)]
+    return min(mine, key=lambda r: (r["peak_bytes"], r.get("est_transfer_s") or 0.0),
+               default=None)
+
+
+def headline(rows: Sequence[dict]) -> list[str]:
+    """Per model: the lowest peak each approach reached, the bounds, and the reduction."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines = [
+        "| model | ops | tflm-greedy KiB | best offset heuristic KiB | TinySeg KiB | ILP KiB "
+        "(status) | load bound KiB | working-set bound KiB | reduction vs tflm-greedy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in models:
+        first = next(r for r in rows if r["model"] == m)
+        tflm = best_peak(rows, m, ["tflm-greedy"])
+        heur = best_peak(rows, m, HEURISTICS)
+        tiny = best_peak(rows, m, ["tinyseg"])
+        ilp = best_peak(rows, m, ["ilp"])
+        best = min((r for r in (tflm, heur, tiny, ilp) if r), key=lambda r: r["peak_bytes"],
+                   default=None)
+        reduction = "-"
+        if tflm and best and tflm["peak_bytes"]:
+            reduction = f"{1 - best['peak_bytes'] / tflm['peak_bytes']:.1%} ({best['planner']})"
+        heur_cell = f"{kib(heur['peak_bytes'])} ({heur['planner']})" if heur else "-"
+        ilp_cell = f"{kib(ilp['peak_bytes'])} ({ilp['status']})" if ilp else "-"
+        lines.append(
+            f"| {m} | {first['ops']} | {kib(tflm and tflm['peak_bytes'])} | {heur_cell} | "
+            f"{kib(tiny and tiny['peak_bytes'])} | {ilp_cell} | {kib(first['load_bound'])} | "
+            f"{kib(first['ws_bound'])} | {reduction} |"
+        )
+    return lines
+
+
+def model_table(rows: Sequence[dict], model: str) -> list[str]:
+    """Planners as rows, budgets as columns: peak KiB, fit mark, est. transfer seconds."""
+    mine = [r for r in rows if r["model"] == model]
+    budgets = list(dict.fromkeys(r["budget"] for r in mine))
+    planners = list(dict.fromkeys(r["planner"] for r in mine))
+    by = {(r["planner"], r["budget"]): r for r in mine}
+    sizes = {r["budget"]: r["budget_bytes"] for r in mine}
+    head = [f"{b} ({kib(sizes[b])} KiB)" if sizes[b] is not None else b for b in budgets]
+    lines = ["| planner | " + " | ".join(head) + " |",
+             "| --- |" + " ---: |" * len(budgets)]
+    for p in planners:
+        cells = []
+        for b in budgets:
+            r = by.get((p, b))
+            if r is None:
+                cells.append("")
+            elif not _ok(r):
+                cells.append(r["status"])
+            else:
+                mark = "" if r["fits"] else " (over)"
+                est = r.get("est_transfer_s") or 0.0
+                cells.append(f"{kib(r['peak_bytes'])}{mark}" + (f", {est:.3g} s" if est else ""))
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def problems(results: Results) -> list[str]:
+    bad = [r for r in results.rows if r["status"] in ("invalid", "crash", "error")]
+    bad_mm = [r for r in results.minimalloc if r["status"] in ("invalid", "error")]
+    lines = [f"- {r['model']} / {r['planner']} / {r['budget']}: {r['status']}: {r['detail']}"
+             for r in bad]
+    lines += [f"- MiniMalloc {r['problem']} / {r['planner']}: {r['status']}: {r['detail']}"
+              for r in bad_mm]
+    lines += [f"- not loaded: {s}" for s in results.skipped]
+    return lines
+
+
+def write_pareto(results: Results, outdir: Path) -> dict[str, Path]:
+    """One plot per model: each valid plan's peak against its estimated transfer time."""
+    from backends.svg import ParetoPoint, render_pareto_svg
+
+    written = {}
+    models = list(dict.fromkeys(r["model"] for r in results.rows))
+    for m in models:
+        seen = set()
+        points = []
+        for r in results.rows:
+            if r["model"] != m or not _ok(r):
+                continue
+            key = (r["planner"], r["peak_bytes"], r.get("est_transfer_s") or 0.0)
+            if key in seen:
+                continue  # spill-free plans repeat once per budget
+            seen.add(key)
+            points.append(ParetoPoint(r["planner"], r["peak_bytes"],
+                                      r.get("est_transfer_s") or 0.0, r["budget"]))
+        folder = outdir / "svg" / safe(m)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "pareto.svg"
+        path.write_text(render_pareto_svg(points, f"{m}: peak vs estimated transfer time"))
+        written[m] = path
+    return written
+
+
+def markdown(results: Results, suite: Suite, jobs: int, pareto: dict[str, Path],
+             outdir: Path) -> str:
+    rows = results.rows
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# Benchmark report: {suite.name} suite",
+        "",
+        f"{now}; {len(set(r['model'] for r in rows))} models, "
+        f"{len(set(r['planner'] for r in rows))} planners, {len(rows)} rows; "
+        f"{results.seconds:.0f} s wall on {os.cpu_count()} cores with {jobs} job(s); "
+        f"Python {platform.python_version()}. Spilling planners plan for profile "
+        f"`{suite.profile}` with a {suite.time_limit:g} s time limit. Every plan passed "
+        "the independent checker before it was recorded.",
+        "",
+        "## Headline",
+        "",
+        "Lowest peak each approach reached on each model (over all budgets; spilling "
+        "planners trade transfer time for it). Reduction: best of all against tflm-greedy.",
+        "",
+        *headline(rows),
+        "",
+    ]
+    bad = problems(results)
+    if bad:
+        lines += ["## Problems", "", *bad, ""]
+    lines += [
+        "## Per model",
+        "",
+        "Cells: peak KiB, `(over)` when it misses the budget, estimated transfer seconds "
+        f"on `{suite.profile}` when the plan moves data. Budgets are fractions of the "
+        "tflm-greedy peak and bundled profiles' SRAM sizes.",
+        "",
+    ]
+    for m in dict.fromkeys(r["model"] for r in rows):
+        lines += [f"### {m}", ""]
+        if m in pareto:
+            lines += [f"Pareto plot: [{pareto[m].relative_to(outdir)}]"
+                      f"({pareto[m].relative_to(outdir)}); layouts in "
+                      f"`svg/{safe(m)}/`.", ""]
+        lines += [*model_table(rows, m), ""]
+    if results.minimalloc:
+        from .minimalloc import Result, markdown_table
+
+        mm = [Result(**r) for r in results.minimalloc]
+        lines += ["## MiniMalloc problems", "",
+                  f"Offset planners only, {suite.minimalloc_time_limit:g} s limit for the "
+                  "searching ones; every answer checked for overlap independently.", "",
+                  markdown_table(mm)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_all(results: Results, suite: Suite, outdir: Path, jobs: int) -> list[Path]:
+    written = [write_csv(results.rows, outdir / "results.csv")]
+    if results.minimalloc:
+        from .minimalloc import Result
+
+        cols = list(Result.__dataclass_fields__)
+        written.append(write_csv(results.minimalloc, outdir / "minimalloc.csv", cols))
+    pareto = write_pareto(results, outdir) if suite.svg else {}
+    written += list(pareto.values())
+    report = outdir / "report.md"
+    report.write_text(markdown(results, suite, jobs, pareto, outdir))
+    written.append(report)
+    return written
