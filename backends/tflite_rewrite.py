@@ -454,6 +454,20 @@ def file_lifetimes(model: Any) -> tuple[dict[int, tuple[int, int]], set[int]]:
     return {t: (first[t], last[t]) for t in first if t not in consts}, consts
 
 
+def _check_options(k: int, name: str, op: Any) -> list[str]:
+    raw = bytes(bytearray(op.customOptions)) if op.customOptions is not None else b""
+    words = io.unpack_int32(raw) if len(raw) % 4 == 0 else []
+    if not words or words[0] != OPTIONS_VERSION:
+        return [f"op {k} {name}: options missing or of an unknown version"]
+    if name in ("Spill", "Fetch"):
+        return [] if len(words) == TRANSFER_FIELDS else [f"op {k} {name}: {len(words)} words"]
+    n = words[2] if len(words) > 2 else -1
+    if n < 0 or len(words) != FUSED_HEADER + n * FUSED_INPUT_FIELDS or \
+            len(op.inputs if op.inputs is not None else []) < n:
+        return [f"op {k} {name}: options do not describe its inputs"]
+    return []
+
+
 def check_rewritten(data: bytes) -> list[str]:
     """What is wrong with a written model's graph and offline plan, from the file alone.
 
@@ -473,7 +487,12 @@ def check_rewritten(data: bytes) -> list[str]:
     split_v = {i for i, c in enumerate(model.operatorCodes)
                if max(c.builtinCode, c.deprecatedBuiltinCode) == fb.BuiltinOperator.SPLIT_V}
     alias: set[tuple[int, int]] = set()
+    custom = {i: io._name(c.customCode) for i, c in enumerate(model.operatorCodes)
+              if max(c.builtinCode, c.deprecatedBuiltinCode) == fb.BuiltinOperator.CUSTOM}
     for k, op in enumerate(sub.operators or []):
+        name = custom.get(op.opcodeIndex)
+        if name in io.CUSTOM_OPS:
+            errors += _check_options(k, name, op)
         for t in op.inputs if op.inputs is not None else []:
             if t >= 0 and int(t) not in consts and int(t) not in produced:
                 errors.append(f"op {k} reads tensor {t} before any op produces it")

@@ -270,8 +270,14 @@ def test_checker_catches_a_broken_rewrite(tmp_path):
     io.set_metadata(model, io.OFFLINE_METADATA, io.offline_entry(offsets))
     errors = check_rewritten(io.write_model(model))
     assert any("share bytes" in e for e in errors)
-    # And reading a tensor before it is produced is caught too.
+    # A custom op whose options are cut short is caught.
     sub = model.subgraphs[0]
+    io.set_metadata(model, io.OFFLINE_METADATA, io.offline_entry(rw.offsets))
+    spill = next(op for op in sub.operators if op.customOptions is not None
+                 and not op.outputs)
+    spill.customOptions = list(bytes(bytearray(spill.customOptions))[:12])
+    assert any("Spill: 3 words" in e for e in check_rewritten(io.write_model(model)))
+    # And reading a tensor before it is produced is caught too.
     sub.operators = sub.operators[1:]
     assert any("before any op produces it" in e for e in check_rewritten(io.write_model(model)))
 
