@@ -166,7 +166,9 @@ def storage_profiles() -> list[DeviceProfile]:
 
 def transfer_seconds_under(graph: Graph, plan: Plan, profile: DeviceProfile) -> float:
     """The plan's transfers timed on `profile`: same-named storage, else its first one."""
-    from planner.costs import transfer_seconds
+    if not plan.transfers:
+        return 0.0
+    from planner.costs import transfer_seconds  # the planners' own cost model
 
     names = {s.name: s for s in profile.storages}
     total = 0.0
