@@ -318,19 +318,20 @@ def test_remote_storage_gives_the_local_outputs(unet: Model):
 
 # -- the exact planner's spill plans --------------------------------------------------
 
-ILP_CASES = [  # (model, budget or None for the working-set bound, storage)
-    (UNET_TFLITE, 290_000, "local"),  # partial spill + fetch, fused concat+conv
-    (UNET_TFLITE, 240_000, "remote"),  # whole-tensor spill + fetch
-    (UNET_ONNX, None, "local"),  # spills streamed into fused concat+convs, channel parts
+ILP_CASES = [  # (model, budget or None for the working-set bound, profile, storage)
+    (UNET_TFLITE, 290_000, "qspi-flash", "local"),  # partial spill + fetch, concat+conv
+    (UNET_TFLITE, 240_000, "qspi-flash", "remote"),  # whole-tensor spill + fetch
+    (UNET_ONNX, None, "qspi-flash", "local"),  # parts streamed into fused concat+convs
+    (UNET_ONNX, None, "mixed", "remote"),  # the same over two storages
 ]
 
 
-@pytest.mark.parametrize(("path", "budget", "storage"), ILP_CASES,
+@pytest.mark.parametrize(("path", "budget", "profile", "storage"), ILP_CASES,
                          ids=lambda v: v.name if isinstance(v, Path) else str(v))
-def test_ilp_spill_plans_match(path: Path, budget: int | None, storage: str):
+def test_ilp_spill_plans_match(path: Path, budget: int | None, profile: str, storage: str):
     m = model(path)
     budget = budget or working_set_bound(m.graph).bytes
-    plan = _plan(m.graph, "ilp", budget)
+    plan = _plan(m.graph, "ilp", budget, profile)
     assert plan.peak_bytes <= budget and plan.transfers and plan.fusions
     kinds = {t.kind for t in plan.transfers}
     if path == UNET_ONNX:  # at the working-set bound the skips must stream
@@ -342,7 +343,12 @@ def test_ilp_spill_plans_match(path: Path, budget: int | None, storage: str):
     stats = result.execution.storage.values()
     assert sum(s.bytes_written for s in stats) == plan.spilled_bytes
     assert sum(s.bytes_read for s in stats) == plan.fetched_bytes
-    if path == UNET_ONNX:
+    for name in {t.storage for t in plan.transfers}:  # bytes moved per storage
+        moved = [t for t in plan.transfers if t.storage == name]
+        st = result.execution.storage[name]
+        assert st.kind == storage
+        assert st.bytes_written == sum(t.nbytes for t in moved if t.kind == "spill")
+    if path == UNET_ONNX and storage == "local":
         assert m.run(move_onto_live(plan, m.graph)).mismatch is not None
 
 
