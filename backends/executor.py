@@ -643,11 +643,16 @@ class RunResult:
 
 def run_plan(graph: Graph, plan: Plan, model_path: str | Path, storage: str = "local",
              inputs: Mapping[int, np.ndarray] | None = None, seed: int = 0,
-             kernels: Kernels | None = None, runtime: str = "auto") -> RunResult:
-    """Execute `plan` in its arena and compare with the model run whole on the same inputs."""
+             kernels: Kernels | None = None, runtime: str = "auto",
+             reference: Mapping[int, np.ndarray] | None = None) -> RunResult:
+    """Execute `plan` in its arena and compare with the model run whole on the same inputs.
+
+    `kernels` and `reference` (outputs of the whole model on `inputs`) may be passed in
+    to run several plans of one model without rebuilding them.
+    """
     kernels = kernels or kernels_for(graph, model_path, runtime)
     feeds = dict(inputs) if inputs is not None else random_inputs(graph, seed)
-    reference = kernels.reference(feeds)
+    reference = dict(reference) if reference is not None else kernels.reference(feeds)
     with open_storages(plan, storage) as backends:
         try:
             execution = execute(graph, plan, kernels, feeds, backends, storage)

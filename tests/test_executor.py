@@ -63,7 +63,8 @@ class Model:
         self.reference = self.kernels.reference(self.inputs)
 
     def run(self, plan: Plan, storage: str = "local"):
-        return run_plan(self.graph, plan, self.path, storage, self.inputs, kernels=self.kernels)
+        return run_plan(self.graph, plan, self.path, storage, self.inputs, kernels=self.kernels,
+                        reference=self.reference)
 
 
 _MODELS: dict[Path, Model] = {}
