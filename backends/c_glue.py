@@ -31,7 +31,7 @@ C_DIR = Path(__file__).parent / "c"
 RUNTIME_SOURCES = (
     "tp_storage.h", "tp_storage_file.c", "tp_storage_flash.c", "tp_storage_remote.c",
     "tp_stream_tcp.h", "tp_stream_tcp.c", "tp_compress.h", "tp_compress.c",
-    "tp_runtime.h", "tp_runtime.c", "tp_kernels.h", "tp_kernels.c",
+    "tp_runtime.h", "tp_runtime.c", "tp_kernels.h", "tp_kernels.c", "tflm_ops.cc",
 )
 SPILL, FETCH, STREAM, COMPACT = 0, 1, 2, 3
 OP_PLAIN, OP_STREAM_CONCAT, OP_FUSED_AWAY, OP_FUSED_CONV = 0, 1, 2, 3
@@ -278,7 +278,7 @@ def _erase_range(storage: StorageDesc, spill: Transfer, erased: set[int]) -> tup
         return (0, 0)
     start = fresh[0] * b
     # Blocks shared with an earlier spill sit at either end, so the fresh ones are contiguous.
-    end = min((fresh[-1] + 1) * b, max(storage.capacity, spill.address + spill.nbytes))
+    end = min((fresh[-1] + 1) * b, storage.capacity)
     return (start, end - start)
 
 
