@@ -85,47 +85,47 @@ def first_fit(items: list[dict]) -> int:
     return max(p["offset"] + p["size"] for p in placed)
 
 
-def concat_conv_plan(g: Graph, split: bool, storage: str = "disk") -> Plan:
+def concat_conv_plan(g: Graph, split: bool, storage: str = "disk",
+                     fuse_conv: bool = True) -> Plan:
     """b spilled after its early read (whole, or its trailing 4 channels) and streamed into
-    the fused concat+conv; f stays resident."""
+    the fused concat+conv (or into the concat alone); f stays resident."""
     b, f, cat = 2, 4, 5
+    read = 6 if fuse_conv else 5  # the step that streams b
+    conv = 5 if fuse_conv else None
     life = lifetimes(g)
     items = []
     for t, (first, last) in life.items():
-        if t in (b, cat):
+        if t == b or (t == cat and fuse_conv):
             continue
-        items.append({"tensor": t, "first": first, "last": 6 if t == f else last,
+        items.append({"tensor": t, "first": first, "last": read if t == f else last,
                       "size": align(g.tensors[t].nbytes)})
     nb = g.tensors[b].nbytes
-    transfers: list[Transfer] = []
     parts: tuple[Part, ...] = ()
     if split:
         keep, spilled = nb // 3, nb - nb // 3
         parts = (Part(b, 0, 0, 2, keep), Part(b, 1, 2, 6, spilled))
-        items.append({"tensor": b, "first": 2, "last": 6, "size": align(keep) + align(spilled),
-                      "block": True})
-        items.append({"tensor": b, "part": 1, "first": 6, "last": 6, "role": "line_buffer",
-                      "size": line_buffer_bytes(g, b, 5, spilled)})
-        transfers += [Transfer("spill", b, 3, storage, spilled, 64, 1),
-                      Transfer("stream", b, 6, storage, spilled, 64, 1)]
+        items.append({"tensor": b, "first": 2, "last": read, "block": True,
+                      "size": align(keep) + align(spilled)})
+        part, moved = 1, spilled
     else:
         items.append({"tensor": b, "first": 2, "last": 3, "size": align(nb)})
-        items.append({"tensor": b, "first": 6, "last": 6, "role": "line_buffer",
-                      "size": line_buffer_bytes(g, b, 5)})
-        transfers += [Transfer("spill", b, 3, storage, nb, 64),
-                      Transfer("stream", b, 6, storage, nb, 64)]
+        part, moved = None, nb
+    items.append({"tensor": b, "part": part, "first": read, "last": read, "role": "line_buffer",
+                  "size": line_buffer_bytes(g, b, conv, moved)})
+    transfers = (Transfer("spill", b, 3, storage, moved, 64, part),
+                 Transfer("stream", b, read, storage, moved, 64, part))
     peak = first_fit(items)
     segments = []
     for it in items:
         if it.get("block"):
             k = align(parts[0].nbytes)
-            segments += [Segment(b, 2, 6, it["offset"], k, 0),
+            segments += [Segment(b, 2, read, it["offset"], k, 0),
                          Segment(b, 2, 3, it["offset"] + k, align(parts[1].nbytes), 1)]
         else:
             segments.append(Segment(it["tensor"], it["first"], it["last"], it["offset"],
                                     it["size"], it.get("part"), it.get("role", "tensor")))
-    plan = Plan(g.name, "hand", g.num_steps, peak, tuple(segments), parts, tuple(transfers),
-                (Fusion(4, 5),))
+    plan = Plan(g.name, "hand", g.num_steps, peak, tuple(segments), parts, transfers,
+                (Fusion(4, conv),))
     assert_valid(g, plan, {storage: 1 << 20})
     return plan
 
@@ -213,7 +213,20 @@ def test_hand_plan_replays_on_file_and_flash(hand_harness: Path, tmp_path: Path)
         assert s["spilled"] == 63 * 4 and s["checked"] > 0
 
 
-def test_harness_catches_a_wrong_fetch_address(tmp_path: Path):
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+def test_stream_into_a_plain_fused_concat(split: bool, tmp_path: Path):
+    g = concat_conv_graph()
+    plan = concat_conv_plan(g, split=split, fuse_conv=False)
+    write_c_glue(g, plan, None, tmp_path, profile=disk_profile(compression=True))
+    tables = build_tables(g, plan, None)
+    assert [o["fused"] for o in tables["ops"]][4:] == [1, 0]  # streaming concat, plain conv
+    done = run(build(tmp_path, HARNESS, "harness"), "2", f"file:{tmp_path / 's.bin'}")
+    assert done.returncode == 0, done.stderr
+    s = stats(done.stdout)
+    assert s["stored"] < s["spilled"] == (252 if split else 378)
+
+
+def test_harness_catches_a_wrong_stream_address(tmp_path: Path):
     g = concat_conv_graph()
     plan = concat_conv_plan(g, split=False)
     write_c_glue(g, plan, None, tmp_path, profile=disk_profile())
@@ -447,13 +460,16 @@ def test_fused_concat_conv_matches_tflite_reference(case: str, tmp_path: Path):
     assert done.returncode == 0, done.stderr
     s = stats(done.stdout)
     assert 0 < s["stored"] < s["spilled"]  # the streamed input came back decompressed
-    got = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.int8).reshape(out_t.shape)
+    concat = np.concatenate([f, b], axis=3).astype(np.int8)
+    raw = (tmp_path / "out.bin").read_bytes()
+    got_concat = np.frombuffer(raw[:concat.size], np.int8).reshape(concat.shape)
+    np.testing.assert_array_equal(got_concat, concat)  # tp_fused_concat
+    got = np.frombuffer(raw[concat.size:], np.int8).reshape(out_t.shape)
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
 
     act = fb.ActivationFunctionType.RELU if relu else fb.ActivationFunctionType.NONE
     model = one_conv_tflite((1, *f_t.shape[1:3], cin), filt, bias, (in_scale, in_zp), f_scales,
                             (out_scale, out_zp), strides, padding, act)
-    concat = np.concatenate([f, b], axis=3).astype(np.int8)
     want = tflite_conv(model, concat)
     assert want.shape == got.shape
     np.testing.assert_array_equal(got, want)

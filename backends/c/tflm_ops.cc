@@ -11,6 +11,8 @@
 //                    channel_start, channel_stop, line_buffer_output, line_rows]
 // Streamed inputs are -1 in the op's inputs; line buffer k is output 1 + k.
 //
+// The rewritten model's SPLIT_V compacts in place: register Register_SPLIT_V_IN_PLACE()
+// for BuiltinOperator_SPLIT_V instead of TFLM's (which copies and would clobber).
 // Before the first Invoke the application hands over its storages:
 //   tp_tflm_set_storages(storages, count, compress_mask);
 // and registers the ops:
@@ -327,7 +329,44 @@ TfLiteStatus EvalFusedConv(TfLiteContext* context, TfLiteNode* node) {
   return kTfLiteOk;
 }
 
+// SPLIT_V of a split tensor in the rewritten model, in place: part 0 (output 0) is
+// compacted forward over the interleaved tensor; part 1 (output 1) is already spilled
+// and dead, so it is not written (writing it would clobber input bytes not yet moved).
+TfLiteStatus PrepareSplitInPlace(TfLiteContext* context, TfLiteNode* node) {
+  TF_LITE_ENSURE(context, node->inputs->size == 3 && node->outputs->size == 2);
+  return kTfLiteOk;
+}
+
+TfLiteStatus EvalSplitInPlace(TfLiteContext* context, TfLiteNode* node) {
+  const TfLiteEvalTensor* input = tflite::micro::GetEvalInput(context, node, 0);
+  const TfLiteEvalTensor* sizes = tflite::micro::GetEvalInput(context, node, 1);
+  const TfLiteEvalTensor* axis_t = tflite::micro::GetEvalInput(context, node, 2);
+  TfLiteEvalTensor* part0 = tflite::micro::GetEvalOutput(context, node, 0);
+  TF_LITE_ENSURE(context, input && sizes && axis_t && part0);
+  const tflite::RuntimeShape shape = tflite::micro::GetTensorShape(input);
+  int axis = tflite::micro::GetTensorData<int32_t>(axis_t)[0];
+  if (axis < 0) axis += shape.DimensionsCount();
+  const int32_t keep = tflite::micro::GetTensorData<int32_t>(sizes)[0];
+  size_t es = 1;
+  TfLiteTypeSizeOf(input->type, &es);
+  uint32_t outer = 1, inner = static_cast<uint32_t>(es);
+  for (int i = 0; i < axis; ++i) outer *= shape.Dims(i);
+  for (int i = axis + 1; i < shape.DimensionsCount(); ++i) inner *= shape.Dims(i);
+  const uint8_t* src = tflite::micro::GetTensorData<uint8_t>(input);
+  uint8_t* dst = tflite::micro::GetTensorData<uint8_t>(part0);
+  TF_LITE_ENSURE(context, dst <= src || dst >= src + Bytes(input));
+  const uint32_t chunk = keep * inner, stride = shape.Dims(axis) * inner;
+  for (uint32_t o = 0; o < outer; ++o) memmove(dst + o * chunk, src + o * stride, chunk);
+  return kTfLiteOk;
+}
+
 }  // namespace
+
+TFLMRegistration* Register_SPLIT_V_IN_PLACE() {
+  static TFLMRegistration r =
+      tflite::micro::RegisterOp(nullptr, PrepareSplitInPlace, EvalSplitInPlace);
+  return &r;
+}
 
 TFLMRegistration* Register_SPILL() {
   static TFLMRegistration r = tflite::micro::RegisterOp(InitTransfer, PrepareTransfer, EvalSpill);

@@ -5,6 +5,8 @@
  * JOB (little-endian): int32 in_c, out_c, k_h, k_w, stride_h, stride_w, same, input_offset,
  * output_offset, act_min, act_max; int8 filter[out_c*k_h*k_w*in_c]; int32 bias[out_c],
  * multiplier[out_c], shift[out_c]; then the bytes of each concat input in concat order.
+ * OUT gets the fused concat's output (the virtual concatenation, materialised) followed
+ * by the fused conv's output.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +94,23 @@ int main(int argc, char **argv) {
       tp_slice slices[8];
       int n = 0, k;
       const tp_segment *o = tp_segment_at(P, (uint32_t)out_tensor, -1, step);
+      /* First the plain fused concat (into test memory), then the streams again for the
+       * conv: tp_before_op re-opens them at the start of the stored data. */
+      int8_t *cat = (int8_t *)malloc((size_t)p.in_h * p.in_w * p.in_c);
+      for (i = 0; i < concat->num_inputs; i++) {
+        k = tp_input_slices(&rt, (uint32_t)cio[i], step, slices + n, 8 - n);
+        if (k < 0) die("slices", k);
+        n += k;
+      }
+      if (cat == NULL) die("malloc", 0);
+      k = tp_fused_concat(&rt, slices, n, p.in_h, p.in_w, cat);
+      if (k != TP_OK) die("fused concat", k);
+      out = fopen(argv[3], "wb");
+      if (out == NULL) die("output", 0);
+      fwrite(cat, 1, (size_t)p.in_h * p.in_w * p.in_c, out);
+      free(cat);
+      if (tp_before_op(&rt, step) != TP_OK) die("re-open streams", rt.error);
+      n = 0;
       for (i = 0; i < concat->num_inputs; i++) {
         k = tp_input_slices(&rt, (uint32_t)cio[i], step, slices + n, 8 - n);
         if (k < 0) die("slices", k);
@@ -99,8 +118,6 @@ int main(int argc, char **argv) {
       }
       k = tp_fused_concat_conv2d(&rt, &p, slices, n, (int8_t *)(arena + o->offset));
       if (k != TP_OK) die("fused conv", k);
-      out = fopen(argv[3], "wb");
-      if (out == NULL) die("output", 0);
       fwrite(arena + o->offset, 1, P->tensors[out_tensor].nbytes, out);
       fclose(out);
     }
