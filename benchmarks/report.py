@@ -34,7 +34,10 @@ def write_csv(rows: Sequence[dict], path: Path, columns: Sequence[str] | None = 
 
 
 def kib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1024:,.1f}"
+    """KiB with one decimal; small arenas (hello_world: 32 B) keep three significant digits."""
+    if n is None:
+        return "-"
+    return f"{n / 1024:,.1f}" if n >= 10 * 1024 else f"{n / 1024:.3g}"
 
 
 def _ok(r: dict) -> bool:

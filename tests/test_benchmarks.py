@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.__main__ import main
 from benchmarks.minimalloc import markdown_table, read_problem, run_problem, solvers
-from benchmarks.report import write_all
+from benchmarks.report import kib, write_all
 from benchmarks.runner import (
     ZOO,
     Progress,
@@ -92,8 +92,8 @@ def test_report_headline_matches_the_csv(tiny_run):
     climb = next(int(r["peak_bytes"]) for r in rows if r["planner"] == "hill-climb")
     line = next(ln for ln in text.splitlines() if ln.startswith(f"| {MODEL.name} |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[2] == f"{greedy / 1024:,.1f}"
-    assert cells[3].startswith(f"{climb / 1024:,.1f} (hill-climb)")
+    assert cells[2] == kib(greedy)
+    assert cells[3].startswith(f"{kib(climb)} (hill-climb)")
     assert "## Problems" not in text
     if TOY.is_file():
         assert "## MiniMalloc problems" in text
@@ -128,6 +128,12 @@ def test_an_invalid_plan_is_recorded_as_invalid_without_numbers(tmp_path):
         assert row.get("peak_bytes") is None
     finally:
         base._REGISTRY.pop("broken-for-test", None)
+
+
+def test_kib_keeps_small_arenas_readable():
+    assert kib(32) == "0.0312"
+    assert kib(16000) == "15.6"
+    assert kib(None) == "-"
 
 
 def test_budgets_are_fractions_of_greedy_and_profile_srams():
