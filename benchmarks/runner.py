@@ -342,6 +342,8 @@ def run_suite(suite: Suite, outdir: Path, jobs: int = 1,
             infos.append(prepare(path, suite))
         except PlannerError as exc:
             results.skipped.append(f"{path.name}: {exc}")
+        except Exception as exc:  # a frontend crash on one model must not end the run
+            results.skipped.append(f"{path.name}: frontend crashed: {type(exc).__name__}: {exc}")
     workers = 1 if jobs > 1 else 2
     tasks: list[Task | MiniMallocTask] = []
     for info in infos:
