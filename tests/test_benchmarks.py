@@ -201,3 +201,13 @@ def test_parallel_jobs_give_the_same_rows(tiny_run, tmp_path):
         return [(r["budget"], r["planner"], r["peak_bytes"], r["fits"]) for r in rows]
 
     assert key(parallel.rows) == key(serial.rows)
+
+
+def test_unreadable_model_is_listed_not_fatal(tmp_path):
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"not a model at all")
+    suite = Suite("t", (junk,), fractions=(), sram_budgets=False, planners=("tflm-greedy",))
+    results = run_suite(suite, tmp_path / "out", progress=lambda n: Progress(n, io.StringIO()))
+    assert results.rows == [] and len(results.skipped) == 1
+    write_all(results, suite, tmp_path / "out", jobs=1)
+    assert "- not loaded: junk.tflite" in (tmp_path / "out" / "report.md").read_text()
