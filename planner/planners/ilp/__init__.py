@@ -1,0 +1,97 @@
+"""The exact planner: spills, storages, fusions, channel splits and offsets in one model."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from ...analysis import load_bound, working_set_bound
+from ...checker import check
+from ...errors import InfeasibleBudget, PlannerError
+from ...ir import ALIGNMENT
+from ...plan import Plan
+from ..base import Request, register
+from ..tflm_greedy import plan_tflm_greedy
+from .extract import to_plan
+from .model import Problem, build_problem
+
+SOLVERS = ("cpsat", "pulp-cbc", "pulp-highs")
+
+
+@register("ilp")
+def plan_ilp(request: Request) -> Plan:
+    if request.solver not in SOLVERS:
+        raise PlannerError(f"unknown solver '{request.solver}': use one of {', '.join(SOLVERS)}")
+    start = time.perf_counter()
+    graph, profile, budget = request.graph, request.profile, request.budget
+    problem = build_problem(graph, profile)
+    seeds = _seed_plans(request)
+    fitting = [p for p in seeds if budget is None or p.peak_bytes <= budget]
+    if budget is not None:
+        upper = budget // ALIGNMENT
+    else:
+        upper = min(p.peak_bytes for p in seeds) // ALIGNMENT
+    budget_units = budget // ALIGNMENT if budget is not None else None
+    solution, infeasible = _solve(problem, request, upper, budget_units, fitting)
+    if solution is None:
+        if infeasible:
+            raise InfeasibleBudget(
+                f"budget {budget:,} B is infeasible: the solver proved that no plan with "
+                f"profile '{profile.name}' fits it"
+            )
+        if fitting:
+            best = min(fitting, key=lambda p: (p.peak_bytes, p.est_transfer_seconds))
+            note = (f"solver found no plan within {request.time_limit:g} s; returning the "
+                    f"{best.planner} plan, not proven optimal")
+            return replace(best, planner="ilp", status="feasible", notes=(*best.notes, note))
+        raise PlannerError(
+            f"no plan under the budget found within {request.time_limit:g} s and none proven "
+            "impossible; try a longer --time-limit"
+        )
+    plan = to_plan(problem, solution, "ilp", request.goal)
+    plan = _certify(plan, request)
+    return replace(plan, solve_seconds=time.perf_counter() - start)
+
+
+def _seed_plans(request: Request) -> list[Plan]:
+    """Valid heuristic plans: hints for the solver and the fallback on a time-out."""
+    plans = [plan_tflm_greedy(request)]
+    try:
+        from ..tinyseg import plan_tinyseg
+    except ImportError:
+        plan_tinyseg = None
+    if plan_tinyseg is not None and request.profile.storages and request.budget is not None:
+        try:
+            plans.append(plan_tinyseg(request))
+        except PlannerError:
+            pass
+    return [p for p in plans if not check(request.graph, p, request.profile.capacities)]
+
+
+def _solve(problem: Problem, request: Request, upper: int, budget_units: int | None,
+           hints: list[Plan]):
+    if request.solver == "cpsat":
+        from .cpsat import CpSatModel
+
+        model = CpSatModel(problem, upper, budget_units)
+        if hints:
+            model.hint(min(hints, key=lambda p: (p.est_transfer_seconds, p.peak_bytes)))
+        solution = model.solve(request.goal, request.time_limit, request.workers)
+        return solution, model.infeasible
+    from .milp import solve_milp
+
+    return solve_milp(problem, upper, budget_units, request)
+
+
+def _certify(plan: Plan, request: Request) -> Plan:
+    """Call a plan optimal when it meets a bound no plan can beat, whatever the solver said."""
+    graph = request.graph
+    if request.goal != "peak" or plan.status == "optimal":
+        return plan
+    bound = working_set_bound(graph, can_stream=bool(request.profile.storages))
+    if not request.profile.storages:
+        bound = load_bound(graph)
+    if plan.peak_bytes <= bound.bytes:
+        return replace(plan, status="optimal", bound_bytes=bound.bytes,
+                       notes=tuple(n for n in plan.notes if "not proven" not in n))
+    return plan

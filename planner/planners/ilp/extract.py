@@ -1,0 +1,96 @@
+"""A solver's answer, and the Plan it describes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+
+from ...costs import footprint, plan_transfer_seconds
+from ...ir import ALIGNMENT
+from ...plan import Fusion, Part, Plan, Segment, Transfer
+from .model import Problem, Stream
+
+
+@dataclass
+class Solution:
+    """Chosen values, solver-neutral. Offsets and sizes in 16-byte units."""
+
+    segments: dict[int, list[tuple[int, int, int]]]  # item -> [(a, b, offset)]
+    streams: dict[int, list[tuple[int, int]]]  # item -> [(point, line-buffer offset)]
+    storage: dict[int, str]  # spilled item -> storage name
+    fused: set[int]  # fusion groups whose concat output is never materialised
+    scratch: dict[int, int]  # scratch tensor -> offset
+    status: str  # optimal / feasible
+    bound_units: int | None = None  # proven lower bound on the peak (units)
+    bound_cost_us: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def to_plan(problem: Problem, sol: Solution, planner: str, objective: str) -> Plan:
+    graph = problem.graph
+    segments: list[Segment] = []
+    transfers: list[Transfer] = []
+    parts: list[Part] = []
+    next_address: dict[str, int] = defaultdict(int)
+    stream_ops: set[int] = set()
+    for i, chosen in sorted(sol.segments.items()):
+        item = problem.items[i]
+        for a, b, off in sorted(chosen):
+            first, last = item.span(a, b)
+            segments.append(Segment(item.tensor, first, last, off * ALIGNMENT,
+                                    item.units * ALIGNMENT, item.part))
+        for j, off in sol.streams.get(i, []):
+            step = item.points[j].step
+            segments.append(Segment(item.tensor, step, step, off * ALIGNMENT,
+                                    item.line_units[j] * ALIGNMENT, item.part, "line_buffer"))
+            if item.points[j].stream == Stream.CONCAT:
+                stream_ops.add(item.points[j].stream_op)
+        if i in sol.storage:
+            name = sol.storage[i]
+            store = problem.profile.storage(name)
+            address = next_address[name]
+            next_address[name] += footprint(store, item.nbytes)
+            a, b, _ = min(chosen)
+            transfers.append(Transfer("spill", item.tensor, item.points[b].step, name,
+                                      item.nbytes, address, item.part))
+            for a, _, _ in chosen:
+                if a > 0:
+                    transfers.append(Transfer("fetch", item.tensor, item.points[a].step, name,
+                                              item.nbytes, address, item.part))
+            for j, _ in sol.streams.get(i, []):
+                transfers.append(Transfer("stream", item.tensor, item.points[j].step, name,
+                                          item.nbytes, address, item.part))
+    for v in problem.variants:
+        if v.spilled_channels and any(sol.segments.get(i) for i in v.items):
+            channels = graph.tensors[v.tensor].channels or 0
+            kept, gone = (problem.items[i] for i in v.items)
+            cut = channels - v.spilled_channels
+            parts += [Part(v.tensor, 0, 0, cut, kept.nbytes), Part(v.tensor, 1, cut, channels,
+                                                                     gone.nbytes)]
+    fixed = {t: (step, units) for t, step, units in problem.fixed}
+    for t, off in sol.scratch.items():
+        step, units = fixed[t]
+        segments.append(Segment(t, step, step, off * ALIGNMENT, units * ALIGNMENT))
+    fusions = []
+    for g, group in enumerate(problem.groups):
+        if g in sol.fused:
+            fusions.append(Fusion(group.concat, group.conv))
+        elif group.concat in stream_ops:
+            fusions.append(Fusion(group.concat, None))
+    peak = max((s.end for s in segments), default=0)
+    plan = Plan(
+        model=graph.name,
+        planner=planner,
+        num_steps=graph.num_steps,
+        peak_bytes=peak,
+        segments=tuple(sorted(segments, key=lambda s: (s.first, s.offset))),
+        parts=tuple(parts),
+        transfers=tuple(sorted(transfers, key=lambda t: (t.step, t.kind != "spill", t.tensor))),
+        fusions=tuple(fusions),
+        status=sol.status,
+        bound_bytes=sol.bound_units * ALIGNMENT if sol.bound_units is not None else None,
+        objective=objective,
+        bound_transfer_seconds=sol.bound_cost_us / 1e6 if sol.bound_cost_us is not None else None,
+        notes=tuple(sol.notes),
+    )
+    return replace(plan, est_transfer_seconds=plan_transfer_seconds(graph, plan, problem.profile))
