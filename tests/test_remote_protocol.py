@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import tty
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,44 @@ def test_cli_serves_loopback_and_refuses_public_address(tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
     assert (tmp_path / DATA_FILE).read_bytes()[4090:] == b"abcdef"
+
+
+def test_serial_side_serves_frames_over_a_pty(tmp_path):
+    import pty
+    import select
+
+    from backends.storage_host import StorageBackend, serve_serial
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)  # no echo, no line discipline: a byte pipe like a UART
+    backend = StorageBackend(1024, tmp_path)
+    stop = threading.Event()
+    server = threading.Thread(target=serve_serial,
+                              args=(backend, os.ttyname(slave), 115200, stop), daemon=True)
+    server.start()
+
+    def exchange(frame: Frame) -> list:
+        # Resend on silence, as a client does: the host flushes its input when it opens
+        # the port, so a frame sent before that is lost.
+        dec = FrameDecoder()
+        for _ in range(20):
+            os.write(master, encode_frame(frame))
+            ready, _, _ = select.select([master], [], [], 0.5)
+            while ready:
+                got = [f for f in dec.feed(os.read(master, 4096)) if f.id == frame.id]
+                if got:
+                    return got
+                ready, _, _ = select.select([master], [], [], 0.5)
+        raise AssertionError("no answer on the serial line")
+
+    try:
+        assert exchange(Frame(1, Op.WRITE, 0, 10, 3, b"abc"))[0].status == Status.OK
+        assert exchange(Frame(2, Op.READ, 0, 10, 3)) == [
+            Frame(2, RESPONSE | Op.READ, Status.OK, 10, 3, b"abc")]
+        assert exchange(Frame(3, Op.READ, 0, 1022, 3))[0].status == Status.RANGE
+    finally:
+        stop.set()
+        server.join(timeout=5)
+        os.close(master)
+        os.close(slave)
+        backend.close()
