@@ -163,6 +163,23 @@ def test_tflm_registrations_compile_to_nothing_without_tflm_headers(tmp_path: Pa
     assert "Register_SPILL" not in syms  # no TFLM here: the guard leaves it empty
 
 
+def test_tflm_registrations_compile_against_the_tflm_api_shape(tmp_path: Path):
+    """Against declaration-only stubs of the TFLM API it uses (no TFLM headers here)."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is absent")
+    src = ROOT / "backends" / "c" / "tflm_ops.cc"
+    obj = tmp_path / "t.o"
+    done = subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-I",
+                           str(src.parent), "-I", str(ROOT / "tests" / "c" / "tflm_api_stub"),
+                           "-c", str(src), "-o", str(obj)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    syms = subprocess.run(["nm", "-C", str(obj)], capture_output=True, text=True).stdout
+    for name in ("Register_SPILL", "Register_FETCH", "Register_FUSED_CONCAT()",
+                 "Register_FUSED_CONCAT_CONV2D", "Register_SPLIT_V_IN_PLACE",
+                 "tp_tflm_set_storages"):
+        assert name in syms
+
+
 def test_tables_follow_the_plan():
     g = concat_conv_graph()
     plan = concat_conv_plan(g, split=True)

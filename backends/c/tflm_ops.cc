@@ -31,6 +31,7 @@
 #include "tensorflow/lite/kernels/internal/quantization_util.h"
 #include "tensorflow/lite/kernels/kernel_util.h"
 #include "tensorflow/lite/micro/kernels/kernel_util.h"
+#include "tensorflow/lite/micro/memory_helpers.h"
 #include "tensorflow/lite/micro/micro_common.h"
 #include "tensorflow/lite/micro/micro_context.h"
 
@@ -96,10 +97,15 @@ TfLiteStatus PrepareTransfer(TfLiteContext* context, TfLiteNode* node) {
 }
 
 size_t Bytes(const TfLiteEvalTensor* t) {
-  size_t n = tflite::micro::GetTensorShape(t).FlatSize();
+  size_t n = 0;
+  if (tflite::TfLiteEvalTensorByteLength(t, &n) != kTfLiteOk) return 0;
+  return n;
+}
+
+size_t ElementBytes(TfLiteType type) {
   size_t es = 1;
-  TfLiteTypeSizeOf(t->type, &es);
-  return n * es;
+  if (tflite::TfLiteTypeSizeOf(type, &es) != kTfLiteOk) return 1;
+  return es;
 }
 
 // The action of a Spill/Fetch; a source larger than the transfer is the whole
@@ -116,9 +122,7 @@ tp_action TransferAction(const TransferData* d, const TfLiteEvalTensor* t) {
   if (t != nullptr && Bytes(t) > a.nbytes && d->opts[4] >= 0) {
     const tflite::RuntimeShape shape = tflite::micro::GetTensorShape(t);
     const int axis = d->opts[4];
-    size_t es = 1;
-    TfLiteTypeSizeOf(t->type, &es);
-    uint32_t outer = 1, inner = static_cast<uint32_t>(es);
+    uint32_t outer = 1, inner = static_cast<uint32_t>(ElementBytes(t->type));
     for (int i = 0; i < axis; ++i) outer *= shape.Dims(i);
     for (int i = axis + 1; i < shape.DimensionsCount(); ++i) inner *= shape.Dims(i);
     a.gather.outer = outer;
@@ -347,9 +351,7 @@ TfLiteStatus EvalSplitInPlace(TfLiteContext* context, TfLiteNode* node) {
   int axis = tflite::micro::GetTensorData<int32_t>(axis_t)[0];
   if (axis < 0) axis += shape.DimensionsCount();
   const int32_t keep = tflite::micro::GetTensorData<int32_t>(sizes)[0];
-  size_t es = 1;
-  TfLiteTypeSizeOf(input->type, &es);
-  uint32_t outer = 1, inner = static_cast<uint32_t>(es);
+  uint32_t outer = 1, inner = static_cast<uint32_t>(ElementBytes(input->type));
   for (int i = 0; i < axis; ++i) outer *= shape.Dims(i);
   for (int i = axis + 1; i < shape.DimensionsCount(); ++i) inner *= shape.Dims(i);
   const uint8_t* src = tflite::micro::GetTensorData<uint8_t>(input);
