@@ -180,6 +180,28 @@ def test_tflm_registrations_compile_against_the_tflm_api_shape(tmp_path: Path):
         assert name in syms
 
 
+def test_tflm_ops_run_against_a_fake_tflm(tmp_path: Path):
+    """Spill / SPLIT_V in place / Fetch / FusedConcat / FusedConcatConv2D driven through a
+    minimal fake of the TFLM API with rewrite-layout options (tests/c/tflm_ops_test.cc)."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is absent")
+    c_dir = ROOT / "backends" / "c"
+    objs = []
+    for src in sorted(c_dir.glob("tp_*.c")):
+        obj = tmp_path / (src.stem + ".o")
+        subprocess.run(["gcc", *CFLAGS, "-c", str(src), "-o", str(obj)], check=True)
+        objs.append(str(obj))
+    exe = tmp_path / "tflm_ops_test"
+    done = subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-I", str(c_dir),
+                           "-I", str(ROOT / "tests" / "c" / "tflm_api_stub"),
+                           str(ROOT / "tests" / "c" / "tflm_ops_test.cc"),
+                           str(c_dir / "tflm_ops.cc"), *objs, "-o", str(exe)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ran = run(exe, str(tmp_path / "storage.bin"))
+    assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr
+
+
 def test_tables_follow_the_plan():
     g = concat_conv_graph()
     plan = concat_conv_plan(g, split=True)

@@ -7,8 +7,8 @@
 typedef enum { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
 typedef enum { kTfLiteNoType = 0, kTfLiteFloat32 = 1, kTfLiteInt32 = 2, kTfLiteInt8 = 9 } TfLiteType;
 typedef enum { kTfLiteActNone = 0, kTfLiteActRelu = 1 } TfLiteFusedActivation;
-typedef struct { int size; int data[1]; } TfLiteIntArray;
-typedef struct { int size; float data[1]; } TfLiteFloatArray;
+typedef struct { int size; int data[8]; } TfLiteIntArray;
+typedef struct { int size; float data[16]; } TfLiteFloatArray;
 typedef struct { TfLiteFloatArray* scale; TfLiteIntArray* zero_point; int32_t quantized_dimension; } TfLiteAffineQuantization;
 typedef struct { float scale; int32_t zero_point; } TfLiteQuantizationParams;
 typedef struct { int type; void* params; } TfLiteQuantization;

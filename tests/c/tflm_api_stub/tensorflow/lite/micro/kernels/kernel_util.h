@@ -5,9 +5,17 @@
 namespace tflite {
 class RuntimeShape {
  public:
-  int DimensionsCount() const;
-  int32_t Dims(int i) const;
-  int FlatSize() const;
+  explicit RuntimeShape(const TfLiteIntArray* dims) : dims_(dims) {}
+  int DimensionsCount() const { return dims_->size; }
+  int32_t Dims(int i) const { return dims_->data[i]; }
+  int FlatSize() const {
+    int n = 1;
+    for (int i = 0; i < dims_->size; ++i) n *= dims_->data[i];
+    return n;
+  }
+
+ private:
+  const TfLiteIntArray* dims_;
 };
 namespace micro {
 TFLMRegistration RegisterOp(void* (*init)(TfLiteContext* context, const char* buffer, size_t length),
