@@ -265,6 +265,18 @@ def test_stream_into_a_plain_fused_concat(split: bool, tmp_path: Path):
     assert s["stored"] < s["spilled"] == (252 if split else 378)
 
 
+def test_spill_free_plan_replays(tmp_path: Path):
+    from planner.planners.base import Request, registry
+
+    g = concat_conv_graph()
+    plan = registry()["tflm-greedy"](Request(g, load_profile("none")))
+    write_c_glue(g, plan, None, tmp_path, profile=load_profile("none"))
+    assert "#define TP_NUM_STORAGES 0u" in (tmp_path / "tinyplan_plan.h").read_text()
+    done = run(build(tmp_path, HARNESS, "harness"), "2")
+    assert done.returncode == 0, done.stderr
+    assert stats(done.stdout)["spilled"] == 0 and stats(done.stdout)["checked"] > 0
+
+
 def test_harness_catches_a_wrong_stream_address(tmp_path: Path):
     g = concat_conv_graph()
     plan = concat_conv_plan(g, split=False)

@@ -222,7 +222,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   inferences = atoi(argv[arg++]);
-  for (i = 0; i < TP_NUM_STORAGES; i++) {
+  for (i = 0; i < P()->num_storages; i++) {
     int rc = open_storage(i, argv[arg + (int)i], &storages[i]);
     if (rc != TP_OK) {
       fprintf(stderr, "FAIL storage %u (%s): %d\n", (unsigned)i, argv[arg + (int)i], rc);
@@ -252,7 +252,7 @@ int main(int argc, char **argv) {
         check_use((int32_t)i, P()->num_steps - 1, 0);
     if (tp_runtime_end(&rt) != TP_OK) fail("flush", 0, -1, 0, (uint32_t)rt.error);
   }
-  for (i = 0; i < TP_NUM_STORAGES; i++)
+  for (i = 0; i < P()->num_storages; i++)
     if (storages[i].read != NULL && strncmp(argv[arg + (int)i], "tcp:", 4) == 0)
       retried += ((tp_remote_storage *)storages[i].ctx)->retried;
   printf("ok spilled=%u stored=%u fetched=%u checked=%lu retried=%u\n",
