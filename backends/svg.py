@@ -247,7 +247,7 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
         out.append(_hline("budget", y(budget), "#d22", "8 4", f"budget {human_bytes(budget)}",
                           0.5))
 
-    out += _legend(LEGEND_X, TOP, bool(away), bool(plan.fusions))
+    out += _legend(LEGEND_X, TOP)
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -311,7 +311,8 @@ def _hline(cls: str, yy: float, stroke: str, dash: str, label: str, where: float
             + "</g>")
 
 
-def _legend(x0: float, y0: float, spills: bool, fusions: bool) -> list[str]:
+def _legend(x0: float, y0: float) -> list[str]:
+    """The same legend on every plan, so pictures compare side by side."""
     out = ["<g class='legend'>", _text(x0, y0 + 10, "legend", 12, extra="font-weight='bold'")]
     rows: list[tuple[str, str]] = [
         (f"<rect width='22' height='10' fill='{colour(3)}' stroke='#333' stroke-width='0.5'/>",
@@ -329,7 +330,6 @@ def _legend(x0: float, y0: float, spills: bool, fusions: bool) -> list[str]:
         ("<line x1='0' y1='5' x2='22' y2='5' stroke='#888' stroke-width='1.6' "
          "stroke-dasharray='2 3'/>", "load bound"),
     ]
-    del spills, fusions  # the legend stays the same for every plan, so pictures compare
     for k, (icon, label) in enumerate(rows):
         yy = y0 + 22 + 18 * k
         out.append(f"<g transform='translate({x0:.0f},{yy:.0f})'>{icon}</g>")
