@@ -211,3 +211,21 @@ def test_unreadable_model_is_listed_not_fatal(tmp_path):
     assert results.rows == [] and len(results.skipped) == 1
     write_all(results, suite, tmp_path / "out", jobs=1)
     assert "- not loaded: junk.tflite" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_exact_offset_solver_is_wired_when_the_ilp_exposes_one(monkeypatch):
+    import sys
+    import types
+
+    from planner.offsets import Block
+    from planner.planners.tflm_greedy import greedy_offsets
+
+    fake = types.ModuleType("planner.planners.ilp")
+    fake.solve_offsets = lambda blocks, time_limit: greedy_offsets(blocks)
+    monkeypatch.setitem(sys.modules, "planner.planners.ilp", fake)
+    found = solvers()
+    assert "ilp" in found
+    blocks = [Block("a", 0, 1, 16), Block("b", 1, 2, 16), Block("c", 2, 3, 32)]
+    assert found["ilp"](blocks, 1.0) == greedy_offsets(blocks)
+    del fake.solve_offsets
+    assert "ilp" not in solvers()
