@@ -201,8 +201,12 @@ class StorageHostServer:
 
 
 def serve_serial(backend: StorageBackend, device: str, baud: int,
-                 stop: threading.Event | None = None) -> None:
-    """Serve over a serial port (pyserial; `device` may be a pyserial URL such as loop://)."""
+                 stop: threading.Event | None = None,
+                 ready: Callable[[], None] | None = None) -> None:
+    """Serve over a serial port (pyserial; `device` may be a pyserial URL such as loop://).
+
+    `ready` is called once the port is open.
+    """
     import serial  # only the serial side needs pyserial
 
     stop = stop or threading.Event()
@@ -210,6 +214,8 @@ def serve_serial(backend: StorageBackend, device: str, baud: int,
         port = serial.serial_for_url(device, baudrate=baud, timeout=0.2)
     except (serial.SerialException, ValueError) as exc:
         raise PlannerError(f"cannot open serial device {device}: {exc}") from None
+    if ready is not None:
+        ready()
     try:
         serve_stream(backend, lambda: port.read(max(1, port.in_waiting)), port.write,
                      stop.is_set)

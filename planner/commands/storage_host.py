@@ -54,10 +54,13 @@ def run(args: argparse.Namespace) -> int:
             server.stop()
         return 0
     backend = StorageBackend(capacity, args.dir)
-    print(f"storage host on {args.serial} at {args.baud} baud, {capacity:,} B in {backend.path}",
-          file=sys.stderr, flush=True)
+
+    def announce() -> None:
+        print(f"storage host on {args.serial} at {args.baud} baud, {capacity:,} B in "
+              f"{backend.path}", file=sys.stderr, flush=True)
+
     try:
-        serve_serial(backend, args.serial, args.baud)
+        serve_serial(backend, args.serial, args.baud, ready=announce)
     except KeyboardInterrupt:
         pass
     finally:
