@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from ...analysis import load_bound, working_set_bound
+from ...analysis import working_set_bound
 from ...checker import check
 from ...errors import InfeasibleBudget, PlannerError
 from ...ir import ALIGNMENT
@@ -84,14 +84,12 @@ def _solve(problem: Problem, request: Request, upper: int, budget_units: int | N
 
 
 def _certify(plan: Plan, request: Request) -> Plan:
-    """Call a plan optimal when it meets a bound no plan can beat, whatever the solver said."""
-    graph = request.graph
-    if request.goal != "peak" or plan.status == "optimal":
+    """Tighten the proven peak bound with the working-set bound; meeting it proves optimality."""
+    if request.goal != "peak":
         return plan
-    bound = working_set_bound(graph, can_stream=bool(request.profile.storages))
-    if not request.profile.storages:
-        bound = load_bound(graph)
-    if plan.peak_bytes <= bound.bytes:
-        return replace(plan, status="optimal", bound_bytes=bound.bytes,
+    # Valid for every plan the model admits; the load bound is not (fusion alone beats it).
+    bound = max(plan.bound_bytes or 0, working_set_bound(request.graph, can_stream=True).bytes)
+    if plan.peak_bytes <= bound:
+        return replace(plan, status="optimal", bound_bytes=plan.peak_bytes,
                        notes=tuple(n for n in plan.notes if "not proven" not in n))
-    return plan
+    return replace(plan, bound_bytes=bound)
