@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..analysis import load_bound, working_set_bound
@@ -18,6 +19,8 @@ from .common import add_model_args, read_graph
 
 DEFAULT_PLANNER = "ilp"
 DEFAULT_PROFILE = "qspi-flash"
+SCRATCH_NOTE = ("--scratch int16: TRANSPOSE_CONV scratch stored as int16 (TinySeg's temporary "
+                "quantization): half the bytes, different numerics")
 
 
 def add_parser(sub) -> None:
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     except InfeasibleBudget as exc:
         return _refuse(args, summary, str(exc))
     elapsed = time.perf_counter() - start
+    if args.scratch == "int16":
+        plan = replace(plan, scratch_dtype="int16", notes=(*plan.notes, SCRATCH_NOTE))
     try:
         assert_valid(graph, plan, profile.capacities)
     except PlanError as exc:

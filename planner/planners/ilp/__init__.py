@@ -14,6 +14,9 @@ from ..base import Request, register
 from ..tflm_greedy import plan_tflm_greedy
 from .extract import to_plan
 from .model import Problem, build_problem
+from .offsets import OffsetResult, solve_offsets
+
+__all__ = ["OffsetResult", "plan_ilp", "solve_offsets"]
 
 SOLVERS = ("cpsat", "pulp-cbc", "pulp-highs")
 

@@ -64,6 +64,8 @@ class CpSatModel:
             ys.append(m.new_fixed_size_interval_var(off, units, f"scrM{t}"))
             m.add(off + units <= self.peak)
         m.add_no_overlap_2d(xs, ys)
+        # Redundant, but gives the search the load bound of whatever is resident.
+        m.add_cumulative(xs, [y.size_expr() for y in ys], self.peak)
         m.add(self.cost == sum(cost_terms))
         for storage in p.storages():
             load = [v.y[(i.index, storage.name)] * footprint(storage, i.nbytes) for i in p.items
