@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from planner.analysis import lifetimes, stream_rows
+from planner.analysis import fusion_groups, lifetimes, stream_rows
 from planner.checker import assert_valid
 from planner.device import DeviceProfile
 from planner.errors import PlannerError
@@ -34,7 +34,7 @@ RUNTIME_SOURCES = (
     "tp_runtime.h", "tp_runtime.c", "tp_kernels.h", "tp_kernels.c", "tflm_ops.cc",
 )
 SPILL, FETCH, STREAM, COMPACT = 0, 1, 2, 3
-OP_PLAIN, OP_STREAM_CONCAT, OP_FUSED_AWAY, OP_FUSED_CONV = 0, 1, 2, 3
+OP_PLAIN, OP_STREAM_CONCAT, OP_FUSED_AWAY, OP_FUSED_CONV, OP_CHANNEL_CONCAT = 0, 1, 2, 3, 4
 Key = tuple[int, "int | None"]
 
 
@@ -244,6 +244,7 @@ def build_tables(graph: Graph, plan: Plan, profile: DeviceProfile | None) -> dic
         })
     ops, op_io = [], []
     fused_away = {f.concat: f.conv for f in plan.fusions if f.conv is not None}
+    channel_concats = {g.concat for g in fusion_groups(graph)}
     for op in graph.ops:
         if op.index in fused_away:
             fused, partner = OP_FUSED_AWAY, fused_away[op.index]
@@ -251,6 +252,8 @@ def build_tables(graph: Graph, plan: Plan, profile: DeviceProfile | None) -> dic
             fused, partner = OP_FUSED_CONV, fused_conv_of[op.index]
         elif op.index in stream_concat:
             fused, partner = OP_STREAM_CONCAT, -1
+        elif op.index in channel_concats:  # may read a split tensor's parts (checker rule)
+            fused, partner = OP_CHANNEL_CONCAT, -1
         else:
             fused, partner = OP_PLAIN, -1
         ops.append({"type": op.op_type, "fused": fused, "partner": partner,

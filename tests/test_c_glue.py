@@ -86,11 +86,13 @@ def first_fit(items: list[dict]) -> int:
 
 
 def concat_conv_plan(g: Graph, split: bool, storage: str = "disk",
-                     fuse_conv: bool = True) -> Plan:
+                     fuse_conv: bool = True, fetch: bool = False) -> Plan:
     """b spilled after its early read (whole, or its trailing 4 channels) and streamed into
-    the fused concat+conv (or into the concat alone); f stays resident."""
+    the fused concat+conv (or into the concat alone), or fetched back before the unfused
+    concat (which takes a split tensor's parts as two inputs); f stays resident."""
     b, f, cat = 2, 4, 5
-    read = 6 if fuse_conv else 5  # the step that streams b
+    fuse_conv = fuse_conv and not fetch
+    read = 6 if fuse_conv else 5  # the step that reads b back
     conv = 5 if fuse_conv else None
     life = lifetimes(g)
     items = []
@@ -110,10 +112,14 @@ def concat_conv_plan(g: Graph, split: bool, storage: str = "disk",
     else:
         items.append({"tensor": b, "first": 2, "last": 3, "size": align(nb)})
         part, moved = None, nb
-    items.append({"tensor": b, "part": part, "first": read, "last": read, "role": "line_buffer",
-                  "size": line_buffer_bytes(g, b, conv, moved)})
+    if fetch:
+        items.append({"tensor": b, "part": part, "first": read, "last": read,
+                      "size": align(moved)})
+    else:
+        items.append({"tensor": b, "part": part, "first": read, "last": read,
+                      "role": "line_buffer", "size": line_buffer_bytes(g, b, conv, moved)})
     transfers = (Transfer("spill", b, 3, storage, moved, 64, part),
-                 Transfer("stream", b, read, storage, moved, 64, part))
+                 Transfer("fetch" if fetch else "stream", b, read, storage, moved, 64, part))
     peak = first_fit(items)
     segments = []
     for it in items:
@@ -125,7 +131,7 @@ def concat_conv_plan(g: Graph, split: bool, storage: str = "disk",
             segments.append(Segment(it["tensor"], it["first"], it["last"], it["offset"],
                                     it["size"], it.get("part"), it.get("role", "tensor")))
     plan = Plan(g.name, "hand", g.num_steps, peak, tuple(segments), parts, transfers,
-                (Fusion(4, conv),))
+                () if fetch else (Fusion(4, conv),))
     assert_valid(g, plan, {storage: 1 << 20})
     return plan
 
@@ -265,6 +271,17 @@ def test_stream_into_a_plain_fused_concat(split: bool, tmp_path: Path):
     assert s["stored"] < s["spilled"] == (252 if split else 378)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+def test_fetch_before_an_unfused_channel_concat(split: bool, tmp_path: Path):
+    g = concat_conv_graph()
+    plan = concat_conv_plan(g, split=split, fetch=True)
+    write_c_glue(g, plan, None, tmp_path, profile=disk_profile(erase_block=64, granule=4))
+    assert [o["fused"] for o in build_tables(g, plan, None)["ops"]][4:] == [4, 0]
+    done = run(build(tmp_path, HARNESS, "harness"), "-c1", "3", "flash:4")
+    assert done.returncode == 0, done.stderr
+    assert stats(done.stdout)["fetched"] == (252 if split else 378)
+
+
 def test_spill_free_plan_replays(tmp_path: Path):
     from planner.planners.base import Request, registry
 
@@ -333,6 +350,8 @@ ILP_CASES = {
     "tflite-split-fetch": (ZOO / "tiny_unet_int8.tflite", 290_000, "qspi-flash"),
     # int8 NHWC: a whole skip tensor spilled to 16 KiB-block flash and fetched back
     "tflite-fetch": (ZOO / "tiny_unet_int8.tflite", 240_000, "mixed"),
+    # two storages: flash cannot hold both streamed parts, the UART host takes one
+    "onnx-mixed": (ZOO / "tiny_unet.onnx", None, "mixed"),
 }
 
 
@@ -341,6 +360,7 @@ def ilp_harness(request, tmp_path_factory):
     g, plan, prof = ilp_plan(*ILP_CASES[request.param])
     assert plan.transfers, "the budget should force spills"
     out = tmp_path_factory.mktemp(request.param)
+    plan.save(out / "plan.json")  # what a failure replayed
     write_c_glue(g, plan, None, out, profile=prof)
     return build(out, HARNESS, "harness"), plan, prof
 
@@ -355,8 +375,10 @@ def test_ilp_plans_replay_on_file_and_flash(ilp_harness, tmp_path: Path):
         assert s["spilled"] == plan.spilled_bytes
         assert s["fetched"] == sum(t.nbytes for t in plan.transfers if t.kind == "fetch")
         assert (s["stored"] < s["spilled"]) == (compress == "-c1")
-    granule = prof.storages[0].write_granularity
-    done = run(exe, "-c1", "2", *[f"flash:{granule}"] * n)
+    # The flash driver for flash storages (the plan erases only where blocks need it).
+    specs = [f"flash:{st.write_granularity}" if st.erase_block > 1 else f"file:{tmp_path / n}"
+             for n in storage_names(plan, prof) for st in [prof.storage(n)]]
+    done = run(exe, "-c1", "2", *specs)
     assert done.returncode == 0, done.stderr
 
 
@@ -374,6 +396,28 @@ def test_ilp_plans_replay_over_the_storage_host(ilp_harness, tmp_path: Path):
     finally:
         for s in servers:
             s.stop()
+
+
+def test_ilp_plans_replay_on_each_storage_own_driver(ilp_harness, tmp_path: Path):
+    """Flash-like storages on the flash driver, the others on the storage host, together."""
+    exe, plan, prof = ilp_harness
+    specs, servers = [], []
+    try:
+        for name in storage_names(plan, prof):
+            st = prof.storage(name)
+            if st.erase_block > 1:
+                specs.append(f"flash:{st.write_granularity}")
+            else:
+                servers.append(StorageHostServer(st.capacity, tmp_path / name))
+                specs.append(f"tcp:{servers[-1].start()}")
+        done = run(exe, "3", *specs)  # compression as each storage's profile says
+        assert done.returncode == 0, done.stderr
+        compressed = any(prof.storage(t.storage).compression for t in plan.transfers)
+        s = stats(done.stdout)
+        assert (s["stored"] < s["spilled"]) == compressed
+    finally:
+        for srv in servers:
+            srv.stop()
 
 
 def test_remote_driver_retries_damaged_frames(hand_harness: Path, tmp_path: Path):

@@ -28,7 +28,16 @@ extern "C" {
 
 enum { TP_SPILL = 0, TP_FETCH = 1, TP_STREAM = 2, TP_COMPACT = 3 };
 enum { TP_ROLE_TENSOR = 0, TP_ROLE_LINE = 1 };
-enum { TP_OP_PLAIN = 0, TP_OP_STREAM_CONCAT = 1, TP_OP_FUSED_AWAY = 2, TP_OP_FUSED_CONV = 3 };
+/* Op roles: plain; concat streaming inputs; concat fused into its conv (never runs);
+ * conv of a fused pair (reads the concat's inputs); channel concat not fused, which may
+ * take both parts of a split tensor (resident) as inputs. */
+enum {
+  TP_OP_PLAIN = 0,
+  TP_OP_STREAM_CONCAT = 1,
+  TP_OP_FUSED_AWAY = 2,
+  TP_OP_FUSED_CONV = 3,
+  TP_OP_CHANNEL_CONCAT = 4
+};
 
 /* Bytes of the part's channels inside one repeat of the tensor: for NHWC a repeat is a
  * pixel, for NCHW the whole tensor. */

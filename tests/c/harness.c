@@ -94,7 +94,9 @@ static void check_part(uint32_t tensor, int32_t part, uint32_t step, int streama
   check_stream(st, tensor, part, step);
 }
 
-static void check_use(int32_t tensor, uint32_t step, int streamable) {
+/* streamable: a fused concat (+conv) may stream it; parts: a channel concat may take the
+ * two parts of a split tensor (streamable implies parts). */
+static void check_use(int32_t tensor, uint32_t step, int streamable, int parts) {
   const tp_tensor *t;
   if (tensor < 0 || (uint32_t)tensor >= P()->num_tensors) return;
   t = &P()->tensors[tensor];
@@ -105,9 +107,9 @@ static void check_use(int32_t tensor, uint32_t step, int streamable) {
     const tp_segment *k = tp_segment_at(P(), (uint32_t)tensor, 0, step);
     check_bytes(arena + k->offset, (uint32_t)tensor, -1, 0, t->nbytes, step);
   } else {
-    if (!streamable) fail("split tensor read whole", (uint32_t)tensor, -1, step, 0);
-    check_part((uint32_t)tensor, 0, step, 1);
-    check_part((uint32_t)tensor, 1, step, 1);
+    if (!streamable && !parts) fail("split tensor read whole", (uint32_t)tensor, -1, step, 0);
+    check_part((uint32_t)tensor, 0, step, streamable);
+    check_part((uint32_t)tensor, 1, step, streamable);
   }
 }
 
@@ -173,12 +175,13 @@ static void run_op(uint32_t step) {
     const tp_op *concat = &P()->ops[op->partner];
     const int32_t *cio = P()->op_io + concat->io_start;
     int32_t virtual_out = cio[concat->num_inputs];
-    for (i = 0; i < concat->num_inputs; i++) check_use(cio[i], step, 1);
+    for (i = 0; i < concat->num_inputs; i++) check_use(cio[i], step, 1, 1);
     for (i = 0; i < op->num_inputs; i++)
-      if (io[i] != virtual_out) check_use(io[i], step, 0);
+      if (io[i] != virtual_out) check_use(io[i], step, 0, 0);
   } else {
     for (i = 0; i < op->num_inputs; i++)
-      check_use(io[i], step, op->fused == TP_OP_STREAM_CONCAT);
+      check_use(io[i], step, op->fused == TP_OP_STREAM_CONCAT,
+                op->fused == TP_OP_STREAM_CONCAT || op->fused == TP_OP_CHANNEL_CONCAT);
   }
 }
 
@@ -249,7 +252,7 @@ int main(int argc, char **argv) {
       if (P()->tensors[i].num_segments > 0 &&
           tp_segment_at(P(), i, -1, P()->num_steps - 1) != NULL &&
           !is_scratch(i, P()->num_steps - 1))
-        check_use((int32_t)i, P()->num_steps - 1, 0);
+        check_use((int32_t)i, P()->num_steps - 1, 0, 0);
     if (tp_runtime_end(&rt) != TP_OK) fail("flush", 0, -1, 0, (uint32_t)rt.error);
   }
   for (i = 0; i < P()->num_storages; i++)
