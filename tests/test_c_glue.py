@@ -208,6 +208,18 @@ def test_tflm_ops_run_against_a_fake_tflm(tmp_path: Path):
     assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr
 
 
+def test_compression_round_trips(tmp_path: Path):
+    c_dir = ROOT / "backends" / "c"
+    exe = tmp_path / "compress_test"
+    subprocess.run(["gcc", *CFLAGS, "-I", str(c_dir), "-o", str(exe),
+                    str(ROOT / "tests" / "c" / "compress_test.c"), str(c_dir / "tp_compress.c"),
+                    str(c_dir / "tp_storage_flash.c")], check=True)
+    done = run(exe)
+    assert done.returncode == 0, done.stderr
+    s = stats(done.stdout)
+    assert s["elided"] > 0 and s["raw"] > 0  # both modes were exercised
+
+
 def test_tables_follow_the_plan():
     g = concat_conv_graph()
     plan = concat_conv_plan(g, split=True)
