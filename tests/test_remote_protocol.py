@@ -40,11 +40,13 @@ def server(tmp_path):
 
 
 class FlakyProxy:
-    """Loopback TCP relay that flips one byte of chosen frames in either direction."""
+    """Loopback TCP relay that flips one byte of chosen frames, or drops answers."""
 
-    def __init__(self, target_port: int, damage_requests=(), damage_responses=()):
+    def __init__(self, target_port: int, damage_requests=(), damage_responses=(),
+                 drop_responses=()):
         self.target = target_port
         self.damage = {"up": set(damage_requests), "down": set(damage_responses)}
+        self.drop = {"up": set(), "down": set(drop_responses)}
         self.counts = {"up": 0, "down": 0}
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.2)
@@ -88,7 +90,10 @@ class FlakyProxy:
                 del decoder_buf[:start + length]
                 if self.counts[way] in self.damage[way]:
                     frame[len(frame) // 2] ^= 0x5A
+                dropped = self.counts[way] in self.drop[way]
                 self.counts[way] += 1
+                if dropped:
+                    continue
                 try:
                     dst.sendall(bytes(frame))
                 except OSError:
@@ -181,6 +186,17 @@ def test_damaged_request_and_response_are_detected_and_retried(server):
             assert c.retried == 1
             assert c.read(0, 11) == b"hello world"  # response 2 damaged: client resends
             assert c.retried == 2
+    finally:
+        proxy.close()
+
+
+def test_lost_answer_times_out_and_is_resent_on_a_new_connection(server):
+    proxy = FlakyProxy(server.port, drop_responses={0})
+    try:
+        with RemoteStorageClient("127.0.0.1", proxy.port, timeout=0.3) as c:
+            c.write(0, b"persist")  # answer lost: timeout, reconnect, resend
+            assert c.retried == 1
+            assert c.read(0, 7) == b"persist"
     finally:
         proxy.close()
 
