@@ -436,13 +436,15 @@ def test_remote_driver_retries_damaged_frames(hand_harness: Path, tmp_path: Path
     from test_remote_protocol import FlakyProxy
 
     with StorageHostServer(1 << 16, tmp_path) as srv:
-        proxy = FlakyProxy(srv.port, damage_requests={0, 5}, damage_responses={3})
+        # Two damaged requests, a damaged answer, a lost answer (1 s timeout, reconnect).
+        proxy = FlakyProxy(srv.port, damage_requests={0, 5}, damage_responses={3},
+                           drop_responses={8})
         try:
             done = run(hand_harness, "-c1", "2", f"tcp:{proxy.port}")
         finally:
             proxy.close()
     assert done.returncode == 0, done.stderr
-    assert stats(done.stdout)["retried"] == 3
+    assert stats(done.stdout)["retried"] == 4
 
 
 # -- the fused concat+conv kernel against TFLite's reference CONV_2D ----------------------
