@@ -268,6 +268,8 @@ def test_hand_plan_replays_on_file_and_flash(hand_harness: Path, tmp_path: Path)
         assert done.returncode == 0, done.stderr
         s = stats(done.stdout)
         assert s["spilled"] == 63 * 4 and s["checked"] > 0
+    # The file is not grown to the storage's capacity (64 KiB here): only what was written.
+    assert (tmp_path / "s.bin").stat().st_size == 64 + 63 * 4
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])

@@ -9,9 +9,17 @@ static int in_range(const tp_storage *s, uint32_t address, uint32_t n) {
 
 static int file_read(tp_storage *s, uint32_t address, uint8_t *dst, uint32_t n) {
   tp_file_storage *f = (tp_file_storage *)s->ctx;
+  size_t got;
   if (!in_range(s, address, n)) return TP_ERANGE;
   if (fseek(f->file, (long)address, SEEK_SET) != 0) return TP_EIO;
-  if (fread(dst, 1, n, f->file) != n) return TP_EIO;
+  got = fread(dst, 1, n, f->file);
+  if (got < n) {
+    /* Past the end of what was ever written: the file is not grown in advance (a
+     * storage of 1 GiB would take 1 GiB of disk), unwritten bytes read as zero. */
+    if (ferror(f->file)) return TP_EIO;
+    clearerr(f->file);
+    memset(dst + got, 0, n - got);
+  }
   return TP_OK;
 }
 
@@ -35,21 +43,10 @@ static int file_flush(tp_storage *s) {
 
 int tp_file_storage_open(tp_storage *s, tp_file_storage *state, const char *path,
                          uint32_t capacity) {
-  static const uint8_t zeros[256];
-  long size;
   memset(s, 0, sizeof *s);
   state->file = fopen(path, "r+b");
   if (state->file == NULL) state->file = fopen(path, "w+b");
   if (state->file == NULL) return TP_EIO;
-  if (fseek(state->file, 0, SEEK_END) != 0) return TP_EIO;
-  size = ftell(state->file);
-  /* Grow the file to its capacity so that every in-range read succeeds. */
-  while (size >= 0 && (uint32_t)size < capacity) {
-    uint32_t n = capacity - (uint32_t)size;
-    if (n > sizeof zeros) n = sizeof zeros;
-    if (fwrite(zeros, 1, n, state->file) != n) return TP_EIO;
-    size += (long)n;
-  }
   s->read = file_read;
   s->write = file_write;
   s->erase = file_erase;
