@@ -10,6 +10,7 @@ planner.offsets.overlap_violations, which shares no code with the planners.
 from __future__ import annotations
 
 import csv
+import functools
 import importlib
 import inspect
 import time
@@ -77,8 +78,10 @@ def exact_solver() -> OffsetSolver | None:
         return None
     params = inspect.signature(fn).parameters
 
-    def run(blocks: Sequence[Block], limit: float) -> list[int]:
+    def run(blocks: Sequence[Block], limit: float, capacity: int | None = None) -> list[int]:
         kwargs = {"time_limit": limit} if "time_limit" in params else {}
+        if capacity is not None and "capacity" in params:
+            kwargs["capacity"] = capacity
         result = fn(list(blocks), **kwargs)
         # Accept a bare offset list or an object/tuple carrying one.
         offsets = getattr(result, "offsets", result)
@@ -151,7 +154,11 @@ def run_all(paths: Sequence[Path], names: Sequence[str] | None = None, time_limi
     results = []
     for path in paths:
         problem = read_problem(path)
-        results += [run_problem(problem, n, available[n], time_limit) for n in chosen]
+        for n in chosen:
+            solve = available[n]
+            if n == "ilp":  # the exact solver packs into the stated capacity
+                solve = functools.partial(solve, capacity=problem.capacity)
+            results.append(run_problem(problem, n, solve, time_limit))
     return results
 
 

@@ -19,6 +19,7 @@ from .offsets import OffsetResult, solve_offsets
 __all__ = ["OffsetResult", "plan_ilp", "solve_offsets"]
 
 SOLVERS = ("cpsat", "pulp-cbc", "pulp-highs")
+TIME_LIMIT_NOTE = "time limit reached"
 
 
 @register("ilp")
@@ -94,5 +95,5 @@ def _certify(plan: Plan, request: Request) -> Plan:
     bound = max(plan.bound_bytes or 0, working_set_bound(request.graph, can_stream=True).bytes)
     if plan.peak_bytes <= bound:
         return replace(plan, status="optimal", bound_bytes=plan.peak_bytes,
-                       notes=tuple(n for n in plan.notes if "not proven" not in n))
+                       notes=tuple(n for n in plan.notes if not n.startswith(TIME_LIMIT_NOTE)))
     return replace(plan, bound_bytes=bound)

@@ -33,7 +33,20 @@ def solve_offsets(
     hint: Sequence[int] | None = None,
     workers: int = 2,
 ) -> OffsetResult:
-    """Offsets minimising the peak (within `capacity` if given)."""
+    """Offsets minimising the peak; with `capacity`, first look for a packing within it.
+
+    When the capacity search finds nothing in half the time, the rest goes to
+    minimising the peak from the heuristic start, so an answer always comes back.
+    """
+    if capacity is not None:
+        first = _solve(blocks, time_limit / 2, capacity, hint, workers)
+        if first.offsets:
+            return first
+        time_limit /= 2
+    return _solve(blocks, time_limit, None, hint, workers)
+
+
+def _solve(blocks, time_limit, capacity, hint, workers) -> OffsetResult:
     if not blocks:
         return OffsetResult([], 0, "optimal", 0)
     if hint is None:
