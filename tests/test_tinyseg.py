@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from backends.executor import run_plan
 from frontends import load_model
 from planner.analysis import cold_ranges, fusion_groups, line_buffer_bytes, touches
 from planner.checker import assert_valid
@@ -180,3 +181,14 @@ def test_exact_planner_never_worse(int16_scratch: bool) -> None:
     exact = registry()["ilp"](Request(graph, QSPI, objective="peak", time_limit=3.0))
     assert_valid(graph, exact, QSPI.capacities)
     assert exact.peak_bytes <= heuristic.peak_bytes
+
+
+@pytest.mark.parametrize("name,budget", [("tiny_unet.onnx", 800_000),
+                                         ("tiny_unet_int8.tflite", 260_000)])
+def test_split_plan_runs_and_matches_the_model(name: str, budget: int) -> None:
+    path = ZOO / name
+    graph = model(path)
+    plan = tinyseg(graph, budget=budget)
+    assert plan.parts and plan.peak_bytes <= budget  # NCHW and NHWC channel splits
+    result = run_plan(graph, plan, path)
+    assert result.mismatch is None, result.mismatch

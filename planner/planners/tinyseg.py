@@ -25,7 +25,7 @@ from ..analysis import buffers, fusion_groups, lifetimes, line_buffer_bytes
 from ..costs import footprint, plan_transfer_seconds
 from ..device import DeviceProfile
 from ..ir import Graph, Role, align
-from ..plan import Fusion, Part, Plan, Segment, Transfer
+from ..plan import Fusion, Part, Plan, Segment, SegmentRole, Transfer
 from .base import Request, register
 from .tflm_greedy import plan_tflm_greedy
 
@@ -66,7 +66,7 @@ class _Piece:
     last: int
     size: int
     part: int | None = None
-    role: str = "tensor"
+    role: SegmentRole = "tensor"
 
 
 class _Context:
@@ -161,7 +161,7 @@ class _Context:
                 blocks.extend([_Piece(0, t, a, b, align(s_bytes), 1)] for a, b in segs[1:])
                 part, nbytes = 1, s_bytes
                 segs = [whole]
-            resident[t] = segs if kept is None else [(segs[0][0], segs[0][1])]
+            resident[t] = segs
             for step in streams:
                 op = step - 1
                 conv = op if op in concat_of_conv else None
@@ -175,7 +175,7 @@ class _Context:
             return None
         offsets = _place(blocks)
         segments = [
-            Segment(p.tensor, p.first, p.last, off + p.rel, p.size, p.part, p.role)  # type: ignore[arg-type]
+            Segment(p.tensor, p.first, p.last, off + p.rel, p.size, p.part, p.role)
             for block, off in zip(blocks, offsets, strict=True) for p in block
         ]
         peak = max((s.end for s in segments), default=0)
@@ -208,9 +208,9 @@ class _Context:
             step, streamable = s, False
             if s != creation and op in readers:
                 if op in fusion:
-                    streamable = True
-                    if fusion[op] is not None:
-                        step = fusion[op] + 1  # type: ignore[operator]
+                    streamable, conv = True, fusion[op]
+                    if conv is not None:
+                        step = conv + 1
                 elif op in stream_ops:
                     streamable = True
             if t in self.outputs and s == self.last_step:
