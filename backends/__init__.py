@@ -21,7 +21,8 @@ WRITERS = {
 
 
 def default_emits(graph: Graph) -> list[str]:
-    return ["tflite", "shim"] if graph.source_format == "tflite" else []
+    """TFLite input gets everything a TFLM project uses; ONNX the plan, a picture (+ --emit c)."""
+    return ["tflite", "shim", "c", "svg"] if graph.source_format == "tflite" else ["svg"]
 
 
 def write_outputs(

@@ -12,7 +12,7 @@ from graph_factory import GraphBuilder, small_unet
 from frontends import load_model
 from planner.analysis import load_bound, working_set_bound
 from planner.checker import assert_valid
-from planner.device import Storage, load_profile
+from planner.device import load_profile
 from planner.errors import InfeasibleBudget
 from planner.ir import OpKind
 from planner.planners.base import Request, registry
