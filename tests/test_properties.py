@@ -1,0 +1,140 @@
+"""Properties over random DAGs: every plan is valid, bounds are ordered, JSON round-trips."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from planner.analysis import load_bound, working_set_bound
+from planner.checker import check
+from planner.device import load_profile
+from planner.errors import InfeasibleBudget, PlannerError
+from planner.ir import Graph
+from planner.plan import Fusion, Part, Plan, Segment, Transfer
+from planner.planners.base import Request, registry
+from tests.graph_factory import random_dag
+
+PLANNERS = registry()
+NONE = load_profile("none")
+QSPI = load_profile("qspi-flash")
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+fast = settings(max_examples=40, deadline=None)
+slow = settings(max_examples=15, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+def dag(seed: int, max_ops: int = 16) -> Graph:
+    return random_dag(random.Random(seed), max_ops)
+
+
+def round_trips(plan: Plan) -> bool:
+    return Plan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+
+
+@fast
+@given(seeds)
+def test_heuristic_plans_are_valid_and_above_the_bounds(seed: int) -> None:
+    g = dag(seed)
+    load, ws = load_bound(g).bytes, working_set_bound(g).bytes
+    assert load >= working_set_bound(g, can_stream=False).bytes >= ws
+    for name in ("tflm-greedy", "linear"):
+        plan = PLANNERS[name](Request(g, NONE))
+        assert check(g, plan, NONE.capacities) == [], name
+        assert plan.peak_bytes >= load  # spill-free and fusion-free: never below the load
+        assert round_trips(plan)
+    linear = PLANNERS["linear"](Request(g, NONE))
+    assert linear.peak_bytes == sum(s.size for s in linear.segments)
+
+
+@slow
+@given(seeds)
+def test_ilp_without_storage_never_beats_greedy_upwards(seed: int) -> None:
+    g = dag(seed)
+    greedy = PLANNERS["tflm-greedy"](Request(g, NONE))
+    plan = PLANNERS["ilp"](Request(g, NONE, time_limit=2))
+    assert check(g, plan, NONE.capacities) == []
+    assert plan.peak_bytes <= greedy.peak_bytes
+    assert not plan.transfers
+    assert plan.peak_bytes >= working_set_bound(g).bytes
+    if plan.bound_bytes is not None:
+        assert plan.bound_bytes <= plan.peak_bytes
+    assert round_trips(plan)
+
+
+@slow
+@given(seeds)
+def test_ilp_with_storage_is_valid_and_above_the_working_set(seed: int) -> None:
+    g = dag(seed)
+    plan = PLANNERS["ilp"](Request(g, QSPI, time_limit=2))
+    assert check(g, plan, QSPI.capacities) == []
+    assert plan.peak_bytes >= working_set_bound(g, can_stream=True).bytes
+    assert plan.peak_bytes <= PLANNERS["tflm-greedy"](Request(g, QSPI)).peak_bytes
+    if plan.bound_bytes is not None:
+        assert plan.bound_bytes <= plan.peak_bytes
+    assert round_trips(plan)
+
+
+@slow
+@given(seeds)
+def test_ilp_under_a_budget_fits_or_refuses(seed: int) -> None:
+    g = dag(seed)
+    ws = working_set_bound(g).bytes
+    greedy = PLANNERS["tflm-greedy"](Request(g, QSPI)).peak_bytes
+    budget = (ws + greedy) // 2
+    try:
+        plan = PLANNERS["ilp"](Request(g, QSPI, budget=budget, time_limit=2))
+    except InfeasibleBudget:
+        return
+    except PlannerError as exc:  # a time-out says so, it does not return a plan over budget
+        assert "time-limit" in str(exc)
+        return
+    assert check(g, plan, QSPI.capacities) == []
+    assert plan.peak_bytes <= budget
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seeds)
+def test_plan_json_round_trips_through_a_file(tmp_path: Path, seed: int) -> None:
+    g = dag(seed)
+    plan = PLANNERS["tflm-greedy"](Request(g, NONE))
+    path = tmp_path / "plan.json"
+    plan.save(path)
+    assert Plan.load(path) == plan
+    assert Plan.load(path).to_json() == plan.to_json()
+
+
+small = st.integers(min_value=0, max_value=1 << 20)
+maybe_part = st.one_of(st.none(), st.integers(0, 1))
+segments = st.builds(Segment, small, small, small, small, small, maybe_part,
+                     st.sampled_from(["tensor", "line_buffer"]))
+transfers = st.builds(Transfer, st.sampled_from(["spill", "fetch", "stream"]), small, small,
+                      st.text(min_size=1, max_size=8), small, small, maybe_part)
+times = st.floats(min_value=0, max_value=1e6, allow_nan=False)
+plans = st.builds(
+    Plan, st.text(max_size=12), st.text(max_size=12), small, small,
+    st.lists(segments, max_size=6).map(tuple),
+    parts=st.lists(st.builds(Part, small, st.integers(0, 1), small, small, small),
+                   max_size=3).map(tuple),
+    transfers=st.lists(transfers, max_size=4).map(tuple),
+    fusions=st.lists(st.builds(Fusion, small, st.one_of(st.none(), small)),
+                     max_size=2).map(tuple),
+    status=st.sampled_from(["optimal", "feasible", "heuristic"]),
+    bound_bytes=st.one_of(st.none(), small), objective=st.sampled_from(["peak", "latency"]),
+    est_transfer_seconds=times, bound_transfer_seconds=st.one_of(st.none(), times),
+    solve_seconds=times, scratch_dtype=st.sampled_from(["int32", "int16"]),
+    notes=st.lists(st.text(max_size=20), max_size=2).map(tuple),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(plans)
+def test_any_plan_round_trips_exactly(plan: Plan) -> None:
+    assert round_trips(plan)
+    data = json.loads(json.dumps(plan.to_json()))
+    assert data["spilled_bytes"] == plan.spilled_bytes
+    assert data["fetched_bytes"] == plan.fetched_bytes
