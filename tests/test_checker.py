@@ -359,6 +359,16 @@ def test_transfer_of_undeclared_part_is_a_violation() -> None:
     assert errors_of(plan)
 
 
+@pytest.mark.xfail(strict=True, reason="checker bug: a line-buffer segment of a tensor id the "
+                   "graph lacks, at a fused op's step, raises IndexError in _check_fusions "
+                   "(line_buffer_bytes) after _check_geometry already reported 'no such tensor'")
+def test_line_buffer_of_unknown_tensor_is_a_violation() -> None:
+    plan = stream_plan()
+    bad = replace(plan, peak_bytes=plan.peak_bytes + 16, segments=(
+        *plan.segments, Segment(99, 4, 4, plan.peak_bytes, 16, None, "line_buffer")))
+    assert any("no such tensor" in e for e in errors_of(bad))
+
+
 # --- streams and fusions --------------------------------------------------------------------
 
 
