@@ -334,3 +334,23 @@ def test_solve_writes_a_plan_that_round_trips(tmp_path: Path, model: Path, plann
     assert plan.peak_bytes == summary["peak_bytes"] and plan.planner == planner
     graph = load_model(model)
     assert check(graph, plan, load_profile("qspi-flash").capacities) == []
+
+
+def test_unknown_emit(tmp_path: Path) -> None:
+    run = cli("solve", TFLITE, "--planner", "linear", "-o", tmp_path / "o", "--emit", "bogus")
+    one_error_line(run, 2, "unknown --emit 'bogus'")
+
+
+@pytest.mark.xfail(strict=True, reason="backends.write_outputs bug: -o naming an existing file "
+                   "ends in a FileExistsError traceback (exit 1), not a one-line error")
+def test_outdir_that_is_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "taken"
+    path.write_text("x")
+    one_error_line(cli("solve", TFLITE, "--planner", "linear", "-o", path), 2)
+
+
+@pytest.mark.xfail(strict=True, reason="backends.write_outputs bug: --svg into a missing "
+                   "directory ends in a FileNotFoundError traceback (exit 1)")
+def test_svg_into_a_missing_directory(tmp_path: Path) -> None:
+    one_error_line(cli("solve", TFLITE, "--planner", "linear", "--svg",
+                       tmp_path / "nodir" / "x.svg"), 2)
