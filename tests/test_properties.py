@@ -143,7 +143,7 @@ def test_any_plan_round_trips_exactly(plan: Plan) -> None:
 
 @pytest.mark.xfail(strict=True, reason="ilp bug: the latency bound is proven on costs rounded up "
                    "to whole microseconds per transfer, so bound_transfer_seconds (0.137334) "
-                   "exceeds the plan's own est_transfer_seconds (0.1373333...) on an 'optimal' plan")
+                   "exceeds the plan's own est_transfer_seconds (0.13733...) of an 'optimal' plan")
 def test_latency_bound_never_exceeds_the_estimate() -> None:
     g = small_unet()
     profile = load_profile("uart-host")
