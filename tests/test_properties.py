@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner.analysis import load_bound, working_set_bound
+from planner.analysis import fusion_groups, load_bound, working_set_bound
 from planner.checker import check
 from planner.device import load_profile
 from planner.errors import InfeasibleBudget, PlannerError
-from planner.ir import Graph
+from planner.ir import Graph, OpKind
 from planner.plan import Fusion, Part, Plan, Segment, Transfer
 from planner.planners.base import Request, registry
 from tests.graph_factory import random_dag, small_unet
@@ -30,6 +31,16 @@ slow = settings(max_examples=15, deadline=None,
 
 def dag(seed: int, max_ops: int = 16) -> Graph:
     return random_dag(random.Random(seed), max_ops)
+
+
+def to_nchw(g: Graph) -> Graph:
+    """The same DAG as ONNX lays it out: NCHW shapes, channel axis 1, concats on axis 1."""
+    tensors = tuple(
+        replace(t, shape=(t.shape[0], t.shape[3], t.shape[1], t.shape[2]), channel_axis=1)
+        if len(t.shape) == 4 else t for t in g.tensors)
+    ops = tuple(replace(op, attrs={**op.attrs, "axis": 1}) if op.kind == OpKind.CONCAT else op
+                for op in g.ops)
+    return replace(g, tensors=tensors, ops=ops, layout="NCHW", source_format="onnx")
 
 
 def round_trips(plan: Plan) -> bool:
@@ -77,6 +88,21 @@ def test_ilp_with_storage_is_valid_and_above_the_working_set(seed: int) -> None:
     if plan.bound_bytes is not None:
         assert plan.bound_bytes <= plan.peak_bytes
     assert round_trips(plan)
+
+
+@slow
+@given(seeds)
+def test_ilp_on_nchw_graphs(seed: int) -> None:
+    nhwc = dag(seed)
+    g = to_nchw(nhwc)
+    assert fusion_groups(g) == fusion_groups(nhwc)
+    # Same heights, channels and bytes: the layout changes no bound.
+    assert working_set_bound(g) == working_set_bound(nhwc)
+    assert load_bound(g) == load_bound(nhwc)
+    plan = PLANNERS["ilp"](Request(g, QSPI, time_limit=2))
+    assert check(g, plan, QSPI.capacities) == []
+    assert plan.peak_bytes >= working_set_bound(g).bytes
+    assert plan.peak_bytes <= PLANNERS["tflm-greedy"](Request(g, QSPI)).peak_bytes
 
 
 @slow
