@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", default=None, help="device profile the spilling planners use")
     run.add_argument("--no-minimalloc", action="store_true", help="skip the MiniMalloc set")
     run.add_argument("--no-svg", action="store_true", help="write no pictures")
+    run.add_argument("--update-readme", metavar="README",
+                     help="replace the block between the benchmark:headline markers in "
+                          "README with the headline tables")
     run.set_defaults(func=cmd_run)
     mm = sub.add_parser("minimalloc", help="MiniMalloc CSV problems through the offset planners")
     mm.add_argument("paths", nargs="*", help="problem CSVs (default: ../shared/minimalloc)")
@@ -41,9 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .report import write_all
+    from .report import read_readme, update_readme, write_all
     from .runner import default_jobs, run_suite, suite_named
 
+    readme = Path(args.update_readme) if args.update_readme else None
+    if readme is not None:
+        read_readme(readme)  # refuse before minutes of planning, not after
     suite = suite_named(args.suite)
     if args.models:
         suite = replace(suite, models=tuple(p for p in suite.models
@@ -75,6 +82,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     bad += [r for r in results.minimalloc if r["status"] == "invalid"]
     print(f"{len(results.rows)} rows from {len(suite.models)} models in "
           f"{results.seconds:.0f} s; report {written[-1]}")
+    if readme is not None:
+        command = "python -m benchmarks " + shlex.join(getattr(args, "argv", ["run"]))
+        update_readme(readme, results, suite, jobs, command)
+        print(f"headline written to {readme}")
     if bad:
         print(f"{len(bad)} invalid or crashed plans: see {written[-1]}", file=sys.stderr)
     return 1 if bad else 0
@@ -103,7 +114,9 @@ def cmd_minimalloc(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the README names the command that made its tables
     try:
         return int(args.func(args))
     except PlannerError as exc:

@@ -13,9 +13,13 @@ import platform
 from collections.abc import Sequence
 from pathlib import Path
 
+from planner.errors import PlannerError
+
 from .runner import COLUMNS, Results, Suite, safe
 
 HEURISTICS = ("greedy-by-size", "greedy-by-breadth", "hill-climb")
+README_START = "<!-- benchmark:headline:start -->"
+README_END = "<!-- benchmark:headline:end -->"
 
 
 def columns_of(rows: Sequence[dict]) -> list[str]:
@@ -51,13 +55,35 @@ def best_peak(rows: Sequence[dict], model: str, planners: Sequence[str]) -> dict
                default=None)
 
 
+def change(new: int | None, old: int | None) -> str:
+    """Peak change from `old` to `new` as a signed percentage; "=" when equal."""
+    if new is None or not old:
+        return "-"
+    return "=" if new == old else f"{new / old - 1:+.1%}"
+
+
+def ilp_status(rows: Sequence[dict], model: str, best: dict) -> str:
+    """The status that speaks for ILP's lowest peak.
+
+    Without a budget the ILP minimises the peak, so that run's status says whether
+    the peak is proven; under a budget it minimises transfer time, and its status
+    says nothing about the peak, hence the budget label.
+    """
+    unbudgeted = next((r for r in rows if r["model"] == model and r["planner"] == "ilp"
+                       and r["budget_bytes"] is None and _ok(r)), None)
+    if unbudgeted is not None and unbudgeted["peak_bytes"] == best["peak_bytes"]:
+        return unbudgeted["status"]
+    return f"{best['status']} at {best['budget']}"
+
+
 def headline(rows: Sequence[dict]) -> list[str]:
-    """Per model: the lowest peak each approach reached, the bounds, and the reduction."""
+    """Per model: the lowest peak each approach reached, the bounds, and ILP's gains."""
     models = list(dict.fromkeys(r["model"] for r in rows))
     lines = [
         "| model | ops | tflm-greedy KiB | best offset heuristic KiB | TinySeg KiB | ILP KiB "
-        "(status) | load bound KiB | working-set bound KiB | reduction vs tflm-greedy |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "(status) | load bound KiB | working-set bound KiB | ILP vs tflm-greedy | "
+        "ILP vs TinySeg |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for m in models:
         first = next(r for r in rows if r["model"] == m)
@@ -65,19 +91,82 @@ def headline(rows: Sequence[dict]) -> list[str]:
         heur = best_peak(rows, m, HEURISTICS)
         tiny = best_peak(rows, m, ["tinyseg"])
         ilp = best_peak(rows, m, ["ilp"])
-        best = min((r for r in (tflm, heur, tiny, ilp) if r), key=lambda r: r["peak_bytes"],
-                   default=None)
-        reduction = "-"
-        if tflm and best and tflm["peak_bytes"]:
-            reduction = f"{1 - best['peak_bytes'] / tflm['peak_bytes']:.1%} ({best['planner']})"
         heur_cell = f"{kib(heur['peak_bytes'])} ({heur['planner']})" if heur else "-"
-        ilp_cell = f"{kib(ilp['peak_bytes'])} ({ilp['status']})" if ilp else "-"
+        ilp_cell = f"{kib(ilp['peak_bytes'])} ({ilp_status(rows, m, ilp)})" if ilp else "-"
+        ilp_peak = ilp and ilp["peak_bytes"]
         lines.append(
             f"| {m} | {first['ops']} | {kib(tflm and tflm['peak_bytes'])} | {heur_cell} | "
             f"{kib(tiny and tiny['peak_bytes'])} | {ilp_cell} | {kib(first['load_bound'])} | "
-            f"{kib(first['ws_bound'])} | {reduction} |"
+            f"{kib(first['ws_bound'])} | {change(ilp_peak, tflm and tflm['peak_bytes'])} | "
+            f"{change(ilp_peak, tiny and tiny['peak_bytes'])} |"
         )
     return lines
+
+
+def seconds(s: float) -> str:
+    return "0" if s == 0 else f"{s:.3g}"
+
+
+def transfer_ratio(tiny_s: float, ilp_s: float) -> str:
+    """How many times longer TinySeg's transfers take than the ILP's."""
+    if tiny_s == ilp_s:
+        return "="
+    if ilp_s == 0:
+        return "∞ (ILP moves nothing)"
+    return f"{tiny_s / ilp_s:.2f}x"
+
+
+def transfer_table(rows: Sequence[dict]) -> list[str]:
+    """Per model and fraction budget both fit: estimated transfer seconds of TinySeg and ILP.
+
+    Under a budget the ILP minimises transfer time; TinySeg only tries to fit. Rows
+    where neither moves data say nothing and are left out.
+    """
+    by = {(r["model"], r["budget"], r["planner"]): r for r in rows
+          if r["planner"] in ("tinyseg", "ilp") and str(r["budget"]).endswith("%")}
+    lines = [
+        "| model | budget KiB | TinySeg KiB | TinySeg s | ILP KiB | ILP s (status) | "
+        "TinySeg s / ILP s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    found = False
+    for (m, b, p), tiny in by.items():
+        ilp = by.get((m, b, "ilp"))
+        if p != "tinyseg" or ilp is None or not (_ok(tiny) and _ok(ilp)):
+            continue
+        if not (tiny["fits"] and ilp["fits"]):
+            continue
+        tiny_s = tiny.get("est_transfer_s") or 0.0
+        ilp_s = ilp.get("est_transfer_s") or 0.0
+        if tiny_s == 0 and ilp_s == 0:
+            continue
+        found = True
+        lines.append(
+            f"| {m} | {b} ({kib(tiny['budget_bytes'])}) | {kib(tiny['peak_bytes'])} | "
+            f"{seconds(tiny_s)} | {kib(ilp['peak_bytes'])} | {seconds(ilp_s)} "
+            f"({ilp['status']}) | {transfer_ratio(tiny_s, ilp_s)} |"
+        )
+    return lines if found else ["No budget where both TinySeg and the ILP fit moves data."]
+
+
+def headline_tables(rows: Sequence[dict], profile: str) -> list[str]:
+    """The two headline tables with their captions: shared by report.md and the README."""
+    return [
+        "Lowest peak each approach reached on each model (over all budgets; spilling "
+        "planners trade transfer time for it). The last two columns: ILP's peak against "
+        "tflm-greedy's and TinySeg's (\"=\": equal). `[int16 scratch]` rows store "
+        "TRANSPOSE_CONV scratch as int16, the setting of TinySeg's published comparison.",
+        "",
+        *headline(rows),
+        "",
+        "### Transfer time under budget",
+        "",
+        "Fraction budgets (of the tflm-greedy peak) that TinySeg and the ILP both meet: "
+        f"estimated seconds spent moving data on `{profile}`. Under a budget the ILP "
+        "minimises transfer time; TinySeg only looks for a fit.",
+        "",
+        *transfer_table(rows),
+    ]
 
 
 def model_table(rows: Sequence[dict], model: str) -> list[str]:
@@ -159,10 +248,7 @@ def markdown(results: Results, suite: Suite, jobs: int, pareto: dict[str, Path],
         "",
         "## Headline",
         "",
-        "Lowest peak each approach reached on each model (over all budgets; spilling "
-        "planners trade transfer time for it). Reduction: best of all against tflm-greedy.",
-        "",
-        *headline(rows),
+        *headline_tables(rows, suite.profile),
         "",
     ]
     bad = problems(results)
@@ -207,3 +293,43 @@ def write_all(results: Results, suite: Suite, outdir: Path, jobs: int) -> list[P
     report.write_text(markdown(results, suite, jobs, pareto, outdir))
     written.append(report)
     return written
+
+
+def readme_block(text: str, path: Path) -> tuple[int, int]:
+    """Line indices of the start and end markers; one clear error when they are not there."""
+    lines = text.splitlines()
+    starts = [k for k, ln in enumerate(lines) if ln.strip() == README_START]
+    ends = [k for k, ln in enumerate(lines) if ln.strip() == README_END]
+    if len(starts) != 1 or len(ends) != 1 or starts[0] > ends[0]:
+        raise PlannerError(f"{path} needs exactly one line {README_START} followed by one "
+                           f"line {README_END}")
+    return starts[0], ends[0]
+
+
+def read_readme(path: Path) -> str:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PlannerError(f"cannot read {path}: {exc.strerror or exc}") from None
+    readme_block(text, path)
+    return text
+
+
+def update_readme(path: Path, results: Results, suite: Suite, jobs: int,
+                  command: str) -> Path:
+    """Replace the marked block of `path` with the headline tables and how they were made."""
+    text = read_readme(path)
+    start, end = readme_block(text, path)
+    lines = text.splitlines()
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    block = [
+        "",
+        f"Generated by `{command}` ({suite.name} suite, {now}, {results.seconds:.0f} s wall "
+        f"on {os.cpu_count()} cores with {jobs} job(s)).",
+        "",
+        *headline_tables(results.rows, suite.profile),
+        "",
+    ]
+    out = lines[:start + 1] + block + lines[end:]
+    path.write_text("\n".join(out) + ("\n" if text.endswith("\n") else ""))
+    return path

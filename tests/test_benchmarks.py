@@ -10,26 +10,31 @@ import pytest
 
 from benchmarks.__main__ import main
 from benchmarks.minimalloc import markdown_table, read_problem, run_problem, solvers
-from benchmarks.report import kib, write_all
+from benchmarks.report import README_END, README_START, change, kib, update_readme, write_all
 from benchmarks.runner import (
     ZOO,
+    ModelSpec,
     Progress,
+    Results,
     Suite,
     budgets_for,
     prepare,
     run_suite,
     run_task,
+    safe,
     tasks_for,
 )
 from frontends import load_model
 from planner.device import load_profile
 from planner.errors import PlannerError
+from planner.ir import OpKind
 from planner.plan import Plan, Segment
 from planner.planners import base
 from planner.planners.base import Request, registry
 
 SVG = "{http://www.w3.org/2000/svg}"
 MODEL = ZOO / "deeplab_lite_int8.tflite"
+UNET = ZOO / "tiny_unet_int8.tflite"  # TRANSPOSE_CONV with int32 scratch
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TOY = SHARED / "minimalloc" / "examples" / "input.12.csv"
 
@@ -90,10 +95,10 @@ def test_report_headline_matches_the_csv(tiny_run):
     text = (out / "report.md").read_text()
     greedy = next(int(r["peak_bytes"]) for r in rows if r["planner"] == "tflm-greedy")
     climb = next(int(r["peak_bytes"]) for r in rows if r["planner"] == "hill-climb")
-    line = next(ln for ln in text.splitlines() if ln.startswith(f"| {MODEL.name} |"))
-    cells = [c.strip() for c in line.strip("|").split("|")]
+    cells = table(text, "| model | ops |")[MODEL.name]
     assert cells[2] == kib(greedy)
     assert cells[3].startswith(f"{kib(climb)} (hill-climb)")
+    assert cells[5] == "-" and cells[8:] == ["-", "-"]  # no ILP in this run
     assert "## Problems" not in text
     if TOY.is_file():
         assert "## MiniMalloc problems" in text
@@ -229,3 +234,192 @@ def test_exact_offset_solver_is_wired_when_the_ilp_exposes_one(monkeypatch):
     assert found["ilp"](blocks, 1.0) == greedy_offsets(blocks)
     del fake.solve_offsets
     assert "ilp" not in solvers()
+
+
+# ------------------------------------------------------------------ int16 scratch, headline
+
+
+def table(text: str, header: str) -> dict[str, list[str]]:
+    """The Markdown table whose header line starts with `header`: first cell -> cells."""
+    lines = text.splitlines()
+    start = next(k for k, ln in enumerate(lines) if ln.startswith(header))
+    rows = {}
+    for ln in lines[start + 2:]:
+        if not ln.startswith("|"):
+            break
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[cells[0] if header.startswith("| model | ops") else f"{cells[0]} {cells[1]}"] = cells
+    return rows
+
+
+@pytest.fixture(scope="module")
+def unet_run(tmp_path_factory):
+    """tiny_unet_int8 (TRANSPOSE_CONV scratch) and deeplab_lite_int8 (none), in 2 processes."""
+    out = tmp_path_factory.mktemp("unet")
+    suite = Suite("unet", (UNET, MODEL), fractions=(0.9,), sram_budgets=False, time_limit=1.0,
+                  planners=("tflm-greedy", "tinyseg", "ilp"), svg=False)
+    results = run_suite(suite, out, jobs=2, progress=lambda n: Progress(n, io.StringIO()))
+    write_all(results, suite, out, jobs=2)
+    return out, results, suite
+
+
+def test_int16_scratch_variant_only_for_transpose_conv_scratch(unet_run):
+    out, _, _ = unet_run
+    rows = read_rows(out / "results.csv")
+    int16 = f"{UNET.name} [int16 scratch]"
+    assert list(dict.fromkeys(r["model"] for r in rows)) == [UNET.name, int16, MODEL.name]
+    assert {r["scratch"] for r in rows if r["model"] == int16} == {"int16"}
+    assert {r["scratch"] for r in rows if r["model"] != int16} == {"int32"}
+    peaks = {(r["model"], r["planner"]): int(r["peak_bytes"]) for r in rows
+             if r["budget"] == "none"}
+    # TinySeg's own comparison point: greedy 230,400 B, TinySeg 192,000 B with int16 scratch.
+    assert peaks[(int16, "tflm-greedy")] == 230_400
+    assert peaks[(int16, "tinyseg")] == 192_000
+    assert peaks[(UNET.name, "tflm-greedy")] == 307_200
+    g16 = load_model(UNET).with_scratch_scale(OpKind.TRANSPOSE_CONV, 1, 2)
+    assert next(r for r in rows if r["model"] == int16)["ws_bound"] == \
+        str(prepare(ModelSpec(UNET, "int16"), Suite("t", ())).ws_bound)
+    assert prepare(ModelSpec(UNET, "int16"), Suite("t", ())).graph == g16
+
+
+def test_model_spec_names_and_refuses_unknown_scratch(tmp_path):
+    assert ModelSpec(UNET).name == UNET.name
+    assert ModelSpec(UNET, "int16").name == f"{UNET.name} [int16 scratch]"
+    assert safe(ModelSpec(UNET, "int16").name) == "tiny_unet_int8.tflite_int16_scratch"
+    with pytest.raises(PlannerError, match="unknown scratch variant"):
+        ModelSpec(UNET, "int8")
+    suite = Suite("t", (UNET,), fractions=(), sram_budgets=False, int16_scratch=False,
+                  planners=("tflm-greedy",), svg=False)
+    results = run_suite(suite, tmp_path, progress=lambda n: Progress(n, io.StringIO()))
+    assert [r["model"] for r in results.rows] == [UNET.name]
+
+
+def expected_headline(rows: list[dict], model: str) -> dict[str, int | None]:
+    def low(planners):
+        peaks = [int(r["peak_bytes"]) for r in rows
+                 if r["model"] == model and r["planner"] in planners and r["peak_bytes"]]
+        return min(peaks, default=None)
+
+    return {"tflm": low({"tflm-greedy"}), "tiny": low({"tinyseg"}), "ilp": low({"ilp"})}
+
+
+def test_headline_columns_match_the_csv(unet_run):
+    out, _, _ = unet_run
+    rows = read_rows(out / "results.csv")
+    head = table((out / "report.md").read_text(), "| model | ops |")
+    assert list(head) == list(dict.fromkeys(r["model"] for r in rows))
+    for model, cells in head.items():
+        want = expected_headline(rows, model)
+        assert cells[2] == kib(want["tflm"])
+        assert cells[4] == kib(want["tiny"])
+        assert cells[5].startswith(f"{kib(want['ilp'])} (")
+        assert cells[8] == change(want["ilp"], want["tflm"])
+        assert cells[9] == change(want["ilp"], want["tiny"])
+        if want["ilp"] is not None and want["tiny"] is not None and want["ilp"] < want["tiny"]:
+            assert cells[9] == f"-{1 - want['ilp'] / want['tiny']:.1%}"
+    int16 = head[f"{UNET.name} [int16 scratch]"]
+    assert int16[2] == kib(230_400) and int16[4] == kib(192_000)
+
+
+def test_change_formats_signed_percentages():
+    assert change(153_600, 192_000) == "-20.0%"
+    assert change(192_000, 192_000) == "="
+    assert change(200, 100) == "+100.0%"
+    assert change(None, 100) == "-" and change(100, None) == "-"
+
+
+def test_transfer_table_matches_the_csv(unet_run):
+    out, _, _ = unet_run
+    rows = read_rows(out / "results.csv")
+    text = (out / "report.md").read_text()
+    assert "### Transfer time under budget" in text
+    by = {(r["model"], r["budget"], r["planner"]): r for r in rows}
+    expected = []
+    for (model, budget, planner), tiny in by.items():
+        ilp = by.get((model, budget, "ilp"))
+        if planner != "tinyseg" or not budget.endswith("%") or ilp is None:
+            continue
+        if tiny["fits"] == ilp["fits"] == "True" and \
+                (float(tiny["est_transfer_s"]) or float(ilp["est_transfer_s"])):
+            expected.append((model, budget, float(tiny["est_transfer_s"]),
+                             float(ilp["est_transfer_s"])))
+    if not expected:
+        assert "No budget where both TinySeg and the ILP fit moves data." in text
+        return
+    got = table(text, "| model | budget KiB |")
+    assert len(got) == len(expected)
+    for model, budget, tiny_s, ilp_s in expected:
+        cells = next(c for c in got.values() if c[0] == model and c[1].startswith(budget))
+        assert float(cells[3]) == pytest.approx(tiny_s, rel=1e-2)
+        assert float(cells[5].split()[0]) == pytest.approx(ilp_s, rel=1e-2)
+        if ilp_s and tiny_s != ilp_s:
+            assert cells[6] == f"{tiny_s / ilp_s:.2f}x"
+
+
+README = """# Project
+
+Intro text.
+
+<!-- benchmark:headline:start -->
+old table
+<!-- benchmark:headline:end -->
+
+## After
+kept
+"""
+
+
+def test_update_readme_replaces_only_the_marked_block(unet_run, tmp_path):
+    _, results, suite = unet_run
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    update_readme(readme, results, suite, 2, "python -m benchmarks run --suite unet")
+    text = readme.read_text()
+    before, rest = text.split(README_START + "\n")
+    block, after = rest.split(README_END + "\n")
+    assert before == README.split(README_START)[0]
+    assert after == README.split(README_END + "\n")[1]
+    assert "old table" not in text
+    assert "Generated by `python -m benchmarks run --suite unet` (unet suite," in block
+    assert f"| {UNET.name} [int16 scratch] |" in block
+    assert "### Transfer time under budget" in block
+    update_readme(readme, results, suite, 2, "again")  # the block can be replaced again
+    assert readme.read_text().count(README_START) == 1 and "Generated by `again`" in \
+        readme.read_text()
+
+
+def test_update_readme_from_the_cli(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    argv = ["run", "--models", MODEL.name, "--planners", "tflm-greedy", "--no-minimalloc",
+            "--no-svg", "-o", str(tmp_path / "out"), "--update-readme", str(readme)]
+    assert main(argv) == 0
+    text = readme.read_text()
+    assert f"Generated by `python -m benchmarks {' '.join(argv)}` (quick suite" in text
+    assert f"| {MODEL.name} | 12 | 20.0 |" in text and text.endswith("## After\nkept\n")
+
+
+@pytest.mark.parametrize("content", [
+    "# no markers\n",
+    f"{README_END}\n{README_START}\n",  # wrong order
+    f"{README_START}\n{README_END}\n{README_START}\n{README_END}\n",  # twice
+])
+def test_update_readme_refuses_without_markers_before_planning(tmp_path, capsys, content):
+    readme = tmp_path / "README.md"
+    readme.write_text(content)
+    out = tmp_path / "out"
+    assert main(["run", "--models", MODEL.name, "-o", str(out), "--update-readme",
+                 str(readme)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "benchmark:headline:start" in err
+    assert not out.exists()  # refused before any planning
+    assert readme.read_text() == content
+    assert main(["run", "-o", str(out), "--update-readme", str(tmp_path / "none.md")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_empty_results_leave_a_readable_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    update_readme(readme, Results(), Suite("t", ()), 1, "cmd")
+    assert "No budget where both TinySeg and the ILP fit moves data." in readme.read_text()
