@@ -38,7 +38,10 @@ def write_outputs(
     written: list[Path] = []
     if outdir is not None:
         out = Path(outdir)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PlannerError(f"cannot write into {out}: {exc.strerror}") from None
         plan_path = out / "plan.json"
         plan.save(plan_path)
         written.append(plan_path)
@@ -51,7 +54,10 @@ def write_outputs(
     if svg is not None:
         from .svg import render_layout_svg
 
-        Path(svg).write_text(render_layout_svg(graph, plan, budget=budget))
+        try:
+            Path(svg).write_text(render_layout_svg(graph, plan, budget=budget))
+        except OSError as exc:
+            raise PlannerError(f"cannot write {svg}: {exc.strerror}") from None
         written.append(Path(svg))
     return written
 

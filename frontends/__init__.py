@@ -27,6 +27,9 @@ def load_model(
     if head[4:8] == TFLITE_MAGIC or path.suffix.lower() == ".tflite":
         from .tflite_frontend import load_tflite
 
+        if input_shapes:
+            raise PlannerError("--input-shape applies to ONNX models; TFLite shapes are static")
+
         return load_tflite(path)
     if path.suffix.lower() == ".onnx":
         from .onnx_frontend import load_onnx

@@ -344,6 +344,14 @@ def _attrs(node: onnx.NodeProto, in_shapes: list[tuple[int, ...]],
         attrs["pads"] = tuple(int(p) for p in pads)
         if weight is not None:
             attrs["group"] = int(_attr(node, "group", 1))
+            # ONNX shape inference leaves a Conv's input channels unchecked against its
+            # weights, so a wrong --input-shape would otherwise plan a model that cannot run.
+            w = in_shapes[weight] if len(in_shapes) > weight else ()
+            if op == "Conv" and len(x) > 1 and len(w) > 1 and x[1] != w[1] * attrs["group"]:
+                raise PlannerError(
+                    f"node '{node.name or op}': input has {x[1]} channels but its weights "
+                    f"expect {w[1] * attrs['group']}; check --input-shape"
+                )
         if op == "ConvTranspose":
             attrs["output_padding"] = tuple(int(p) for p in _attr(node, "output_padding",
                                                                    [0] * n))

@@ -136,7 +136,10 @@ def fusion_groups(graph: Graph) -> list[FusionGroup]:
         readers = users.get(out.id, [])
         if len(readers) == 1 and out.id not in graph.outputs:
             reader = graph.ops[readers[0]]
-            if reader.kind == OpKind.CONV and reader.inputs and reader.inputs[0] == out.id:
+            # A dilated kernel reads rows that are not adjacent: no rolling line buffer.
+            dilated = tuple(reader.attrs.get("dilations", (1, 1)))[:1] != (1,)
+            if reader.kind == OpKind.CONV and reader.inputs and reader.inputs[0] == out.id \
+                    and not dilated:
                 conv = reader.index
         groups.append(FusionGroup(op.index, conv))
     return groups
@@ -195,33 +198,39 @@ def load_bound(graph: Graph) -> Bound:
 
 
 def op_working_set(graph: Graph, op_index: int, can_stream: bool = True) -> tuple[int, str]:
-    """Bytes op `op_index` must hold even with spilling and fused fetching, and why."""
-    groups = {g.concat: g for g in fusion_groups(graph)} if can_stream else {}
+    """Bytes op `op_index` must hold even with spilling and fused fetching, and why.
+
+    Concat+conv fusion needs no storage and is always counted; streaming an input
+    through a line buffer instead of holding it needs storage (`can_stream`).
+    """
+    groups = {g.concat: g for g in fusion_groups(graph)}
     fused_conv_of = {g.conv: g for g in groups.values() if g.conv is not None}
     op = graph.ops[op_index]
     planned = lifetimes(graph)
     if op_index in groups and groups[op_index].conv is not None:
         return 0, "concat fuses into its conv"
-    base = sum(align(graph.tensors[t].nbytes) for t in dict.fromkeys(op.outputs + op.scratch)
-               if t in planned)
+
+    def size(t: int) -> int:
+        return align(graph.tensors[t].nbytes)
+
+    def held(t: int, conv: int | None) -> int:
+        return min(size(t), line_buffer_bytes(graph, t, conv)) if can_stream else size(t)
+
+    base = sum(size(t) for t in dict.fromkeys(op.outputs + op.scratch) if t in planned)
     ins = [t for t in dict.fromkeys(op.inputs) if t >= 0 and t in planned]
-    whole = base + sum(align(graph.tensors[t].nbytes) for t in ins)
+    whole = base + sum(size(t) for t in ins)
     if op_index in fused_conv_of:
-        # Either the concat output is read whole, or the concat's inputs are streamed.
+        # Either the concat output is read whole, or the conv reads the concat's inputs.
         concat = graph.ops[fused_conv_of[op_index].concat]
-        others = sum(align(graph.tensors[t].nbytes) for t in ins if t != op.inputs[0])
-        streamed = sum(
-            min(align(graph.tensors[c].nbytes), line_buffer_bytes(graph, c, op_index))
-            for c in dict.fromkeys(concat.inputs) if c in planned
-        )
+        others = sum(size(t) for t in ins if t != op.inputs[0])
+        streamed = sum(held(c, op_index) for c in dict.fromkeys(concat.inputs) if c in planned)
         fused = base + others + streamed
         if fused < whole:
-            why = f"outputs+scratch {base} B, inputs {others} B, streamed lines {streamed} B"
+            why = f"outputs+scratch {base} B, inputs {others} B, concat inputs {streamed} B"
             return fused, why
         return whole, f"outputs+scratch {base} B, inputs {whole - base} B"
-    if op_index in groups:
-        streamed = sum(min(align(graph.tensors[t].nbytes), line_buffer_bytes(graph, t, None))
-                       for t in ins)
+    if op_index in groups and can_stream:
+        streamed = sum(held(t, None) for t in ins)
         return base + streamed, f"output {base} B, streamed lines {streamed} B"
     return whole, f"outputs+scratch {base} B, inputs {whole - base} B"
 

@@ -213,8 +213,8 @@ def _check_fusions(graph: Graph, plan: Plan):
                 errors.append(f"fused concat output {out} still has arena segments")
     parts = {(p.tensor, p.index): p for p in plan.parts}
     for s in plan.segments:
-        if s.role != "line_buffer":
-            continue
+        if s.role != "line_buffer" or not 0 <= s.tensor < len(graph.tensors):
+            continue  # an unknown tensor is reported by the geometry check
         op = s.first - 1
         if s.first != s.last or op not in stream_ops:
             errors.append(f"line buffer of tensor {s.tensor} is not at one fused op's step")
@@ -234,6 +234,9 @@ def _check_transfers(graph: Graph, plan: Plan, life, parts, capacity) -> list[st
         by_key[(tr.tensor, tr.part)].append(tr)
         if tr.tensor not in life or graph.tensors[tr.tensor].role == Role.SCRATCH:
             errors.append(f"transfer of tensor {tr.tensor}: not a planned activation")
+            continue
+        if tr.part is not None and (tr.tensor, tr.part) not in parts:
+            errors.append(f"{tr.kind} of tensor {tr.tensor}: part {tr.part} is not declared")
             continue
         expected = parts[(tr.tensor, tr.part)].nbytes if tr.part is not None else \
             graph.tensors[tr.tensor].nbytes

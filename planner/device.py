@@ -84,11 +84,23 @@ def load_profile(name_or_path: str) -> DeviceProfile:
             )
             for s in data.get("storage", [])
         )
+        for st in storages:
+            numbers = (st.capacity, st.read_bytes_per_s, st.write_bytes_per_s, st.erase_block,
+                       st.write_granularity)
+            if min(numbers) <= 0 or st.latency_s < 0:
+                raise PlannerError(f"profile {path}: storage '{st.name}' needs positive sizes "
+                                   "and bandwidths and a non-negative latency")
         return DeviceProfile(
             name=data.get("name", path.stem),
-            sram_bytes=parse_size(data["sram"]),
+            sram_bytes=_positive(parse_size(data["sram"]), "sram", path),
             storages=storages,
             description=data.get("description", ""),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PlannerError(f"profile {path} is missing or mangles field {exc}") from None
+
+
+def _positive(value: int, what: str, path: Path) -> int:
+    if value <= 0:
+        raise PlannerError(f"profile {path}: {what} must be positive")
+    return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 from .errors import PlannerError
 
@@ -22,8 +23,8 @@ def parse_size(text: str | int) -> int:
         raise PlannerError(
             f"malformed size {text!r}: use bytes or a unit such as 256KB, 256KiB, 1MB, 1MiB"
         )
-    value = float(match.group(1)) * _UNITS[match.group(2)]
-    if value != int(value):
+    value = Decimal(match.group(1)) * _UNITS[match.group(2)]
+    if value != value.to_integral_value():
         raise PlannerError(f"size {text!r} is not a whole number of bytes")
     return int(value)
 

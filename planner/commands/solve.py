@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -53,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     name = args.planner or DEFAULT_PLANNER
     if name not in planners:
         raise PlannerError(f"unknown planner '{name}': use one of {', '.join(sorted(planners))}")
-    if args.time_limit <= 0:
-        raise PlannerError("--time-limit must be positive")
+    if not math.isfinite(args.time_limit) or args.time_limit <= 0:
+        raise PlannerError("--time-limit must be a positive number of seconds")
     budget = parse_size(args.budget) if args.budget is not None else None
     profile = load_profile(args.profile)
     graph = read_graph(args)
@@ -103,7 +104,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         _print_summary(summary, plan)
-    return 0 if fits else 1
+    if not fits:
+        print(f"error: the {plan.planner} plan needs {plan.peak_bytes:,} B, "
+              f"{plan.peak_bytes - budget:,} B over the budget", file=sys.stderr)
+        return 1
+    return 0
 
 
 def plan_summary(plan, budget: int | None, elapsed: float) -> dict:

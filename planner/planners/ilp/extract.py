@@ -93,4 +93,10 @@ def to_plan(problem: Problem, sol: Solution, planner: str, objective: str) -> Pl
         bound_transfer_seconds=sol.bound_cost_us / 1e6 if sol.bound_cost_us is not None else None,
         notes=tuple(sol.notes),
     )
-    return replace(plan, est_transfer_seconds=plan_transfer_seconds(graph, plan, problem.profile))
+    est = plan_transfer_seconds(graph, plan, problem.profile)
+    # The solver prices each transfer rounded up to a microsecond; its bound is on those
+    # prices, so it may sit a few microseconds above the exact estimate.
+    bound = plan.bound_transfer_seconds
+    if bound is not None:
+        bound = min(bound, est)
+    return replace(plan, est_transfer_seconds=est, bound_transfer_seconds=bound)
