@@ -54,7 +54,8 @@ def test_milp_agrees_with_cpsat_without_storage(solver):
 def test_milp_agrees_with_cpsat_on_spills(solver):
     g = skip_graph()
     reference = ilp(g, time_limit=30)
-    other = ilp(g, time_limit=60, solver=solver)
+    # CBC proves the peak in seconds but rarely closes the transfer-time tie-break: cap it.
+    other = ilp(g, time_limit=15, solver=solver)
     assert reference.status == other.status == "optimal"
     assert reference.peak_bytes == other.peak_bytes
     assert reference.peak_bytes < load_bound(g).bytes  # spilling paid off

@@ -28,8 +28,13 @@ def plan_ilp(request: Request) -> Plan:
         raise PlannerError(f"unknown solver '{request.solver}': use one of {', '.join(SOLVERS)}")
     start = time.perf_counter()
     graph, profile, budget = request.graph, request.profile, request.budget
-    problem = build_problem(graph, profile)
     seeds = _seed_plans(request)
+    splits: dict[int, set[int]] = {}
+    for seed in seeds:
+        for part in seed.parts:
+            if part.index == 1:
+                splits.setdefault(part.tensor, set()).add(part.channel_stop - part.channel_start)
+    problem = build_problem(graph, profile, extra_splits=splits)
     fitting = [p for p in seeds if budget is None or p.peak_bytes <= budget]
     if budget is not None:
         upper = budget // ALIGNMENT

@@ -180,12 +180,13 @@ class CpSatModel:
     def hint(self, plan: Plan) -> None:
         """Seed the search with a valid plan (a heuristic's), mapped onto the candidates."""
         v, p = self.v, self.p
+        spilled_channels = {q.tensor: q.channel_stop - q.channel_start
+                            for q in plan.parts if q.index == 1}
         for item in p.items:
             segs = plan.segments_of(item.tensor, item.part)
-            if item.part is not None:
-                split = any(q.tensor == item.tensor for q in plan.parts)
-                if not split:
-                    segs = []
+            variant = p.variants[item.variant]
+            if spilled_channels.get(item.tensor, 0) != variant.spilled_channels:
+                segs = []  # not the variant the plan chose
             steps = [pt.step for pt in item.points]
             chosen = set()
             for seg in segs:
@@ -198,9 +199,8 @@ class CpSatModel:
                 if (item.index, a, b) in v.z:
                     self.m.add_hint(v.z[(item.index, a, b)], (a, b) in chosen)
         for k, variant in enumerate(p.variants):
-            if variant.spilled_channels == 0:
-                split = any(q.tensor == variant.tensor for q in plan.parts)
-                self.m.add_hint(v.act[k], not split)
+            chosen = spilled_channels.get(variant.tensor, 0) == variant.spilled_channels
+            self.m.add_hint(v.act[k], chosen)
         fused = {f.concat for f in plan.fusions if f.conv is not None}
         for g, var in v.fz.items():
             self.m.add_hint(var, p.groups[g].concat in fused)

@@ -112,7 +112,10 @@ def costs_us(storage: Storage, nbytes: int, rows: int) -> tuple[int, int, int]:
     )
 
 
-def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True) -> Problem:
+def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True,
+                  extra_splits: dict[int, set[int]] | None = None) -> Problem:
+    """The problem for `graph`; `extra_splits` adds spilled-channel counts to try per tensor
+    (those of a heuristic's plan, so the exact model always contains that plan)."""
     life = lifetimes(graph)
     can_spill = bool(profile.storages)
     groups = [Group(g.concat, g.conv) for g in fusion_groups(graph)]
@@ -170,12 +173,16 @@ def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True
         if allow_split and can_spill and streamable and eliminated is None \
                 and spatial(tensor, graph.layout) and (tensor.channels or 0) >= 2:
             split_candidates.append((tensor.nbytes, t))
-    for _, t in sorted(split_candidates, reverse=True)[:MAX_SPLIT_TENSORS]:
+    extra = extra_splits or {}
+    chosen = {t for _, t in sorted(split_candidates, reverse=True)[:MAX_SPLIT_TENSORS]}
+    chosen |= {t for _, t in split_candidates if t in extra}
+    for t in sorted(chosen):
         tensor = graph.tensors[t]
         points, _ = points_for(t)
         channels = tensor.channels or 0
         per_channel = tensor.nbytes // channels
-        options = sorted({min(channels - 1, max(1, round(channels * f))) for f in SPLIT_FRACTIONS})
+        options = {min(channels - 1, max(1, round(channels * f))) for f in SPLIT_FRACTIONS}
+        options = sorted(options | {q for q in extra.get(t, ()) if 0 < q < channels})
         rows = stream_rows(tensor, graph.layout)
         for spilled in options:
             v = len(variants)
