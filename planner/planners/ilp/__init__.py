@@ -57,9 +57,22 @@ def plan_ilp(request: Request) -> Plan:
             f"no plan under the budget found within {request.time_limit:g} s and none proven "
             "impossible; try a longer --time-limit"
         )
-    plan = to_plan(problem, solution, "ilp", request.goal)
-    plan = _certify(plan, request)
+    plan = _certify(to_plan(problem, solution, "ilp", request.goal), request)
+    # A time-limited search can end above its own warm start; never return worse than it.
+    better = [s for s in fitting if _rank(s, request.goal) < _rank(plan, request.goal)]
+    if better:
+        seed = min(better, key=lambda s: _rank(s, request.goal))
+        note = (f"the solver's best in {request.time_limit:g} s was worse than the "
+                f"{seed.planner} plan it started from; returning that plan, not proven optimal")
+        plan = replace(seed, planner="ilp", status="feasible", objective=request.goal,
+                       bound_bytes=plan.bound_bytes, notes=(*seed.notes, note))
     return replace(plan, solve_seconds=time.perf_counter() - start)
+
+
+def _rank(plan: Plan, goal: str) -> tuple[float, float]:
+    if goal == "peak":
+        return (plan.peak_bytes, round(plan.est_transfer_seconds, 9))
+    return (round(plan.est_transfer_seconds, 9), plan.peak_bytes)
 
 
 def _seed_plans(request: Request) -> list[Plan]:
