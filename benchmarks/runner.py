@@ -191,7 +191,7 @@ def prepare(model: Path | ModelSpec, suite: Suite, graph: Graph | None = None) -
     peak = max((o + b.size for b, o in zip(bufs, offsets, strict=True)), default=0)
     profile = load_profile(suite.profile)
     return ModelInfo(spec.name, spec.path, graph, peak, load_bound(graph).bytes,
-                     working_set_bound(graph, can_stream=bool(profile.storages)).bytes,
+                     working_set_bound(graph, profile.can_stream, profile.fusion).bytes,
                      budgets_for(peak, suite), spec.scratch)
 
 

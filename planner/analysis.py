@@ -197,13 +197,15 @@ def load_bound(graph: Graph) -> Bound:
     return best
 
 
-def op_working_set(graph: Graph, op_index: int, can_stream: bool = True) -> tuple[int, str]:
+def op_working_set(graph: Graph, op_index: int, can_stream: bool = True,
+                   can_fuse: bool = True) -> tuple[int, str]:
     """Bytes op `op_index` must hold even with spilling and fused fetching, and why.
 
-    Concat+conv fusion needs no storage and is always counted; streaming an input
-    through a line buffer instead of holding it needs storage (`can_stream`).
+    Concat+conv fusion needs no storage, only the fused kernels (`can_fuse`); streaming
+    an input through a line buffer instead of holding it also needs storage (`can_stream`).
     """
-    groups = {g.concat: g for g in fusion_groups(graph)}
+    can_stream = can_stream and can_fuse
+    groups = {g.concat: g for g in fusion_groups(graph)} if can_fuse else {}
     fused_conv_of = {g.conv: g for g in groups.values() if g.conv is not None}
     op = graph.ops[op_index]
     planned = lifetimes(graph)
@@ -235,11 +237,11 @@ def op_working_set(graph: Graph, op_index: int, can_stream: bool = True) -> tupl
     return whole, f"outputs+scratch {base} B, inputs {whole - base} B"
 
 
-def working_set_bound(graph: Graph, can_stream: bool = True) -> Bound:
+def working_set_bound(graph: Graph, can_stream: bool = True, can_fuse: bool = True) -> Bound:
     """Max over ops of `op_working_set`: no plan, spilling or not, goes below it."""
     best = Bound(0, 0, None, "empty graph")
     for op in graph.ops:
-        need, why = op_working_set(graph, op.index, can_stream)
+        need, why = op_working_set(graph, op.index, can_stream, can_fuse)
         if need > best.bytes:
             best = Bound(need, step_of(op.index), op.index,
                          f"op {op.index} {op.op_type} '{op.name}': {why}")

@@ -41,6 +41,12 @@ class DeviceProfile:
     sram_bytes: int
     storages: tuple[Storage, ...]
     description: str = ""
+    # Fused concat / concat+conv kernels available (the generated C glue); stock TFLM: no.
+    fusion: bool = True
+
+    @property
+    def can_stream(self) -> bool:
+        return bool(self.storages) and self.fusion
 
     def storage(self, name: str) -> Storage:
         for s in self.storages:
@@ -95,6 +101,7 @@ def load_profile(name_or_path: str) -> DeviceProfile:
             sram_bytes=_positive(parse_size(data["sram"]), "sram", path),
             storages=storages,
             description=data.get("description", ""),
+            fusion=bool(data.get("fusion", True)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PlannerError(f"profile {path} is missing or mangles field {exc}") from None

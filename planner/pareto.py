@@ -29,10 +29,11 @@ def sweep(graph: Graph, profile: DeviceProfile, points: int = DEFAULT_POINTS,
     """Budgets evenly spaced from the spill-free optimum down to the working-set bound."""
     ilp = registry()["ilp"]
     top = ilp(Request(graph, profile, None, "peak", time_limit, solver))
-    no_spill = Request(graph, DeviceProfile("none", profile.sram_bytes, ()), None, "peak",
+    no_spill = Request(graph, DeviceProfile("fused", profile.sram_bytes, ()), None, "peak",
                        time_limit, solver)
     high = ilp(no_spill).peak_bytes
-    low = max(top.peak_bytes, working_set_bound(graph).bytes)
+    low = max(top.peak_bytes,
+              working_set_bound(graph, profile.can_stream, profile.fusion).bytes)
     budgets = sorted({align(low + (high - low) * k // max(points - 1, 1), ALIGNMENT)
                       for k in range(points)} | {low, high})
     front: list[ParetoPoint] = []

@@ -21,7 +21,10 @@ RUNNABLE = [
     "mlperf_tiny/ad01_int8", "mlperf_tiny/kws_ref_model", "mlperf_tiny/pretrainedResnet_quant",
     "mlperf_tiny/pretrainedResnet_large_int8", "mlperf_tiny/str_ww_ref_model",
     "mlperf_tiny/vww_96_int8", "tflm/hello_world_int8", "tflm/keyword_scrambled_8bit",
-    "tflm/micro_speech_quantized", "tflm/person_detect", "zoo/tiny_unet_int8",
+    "tflm/micro_speech_quantized", "tflm/person_detect",
+    # The benchmark zoo's int8 models (TinySeg's Tiny U-Net has TRANSPOSE_CONV scratch).
+    "zoo/tiny_unet_int8", "zoo/unet_wide96_int8", "zoo/mbv2_unet_int8", "zoo/deeplab_lite_int8",
+    "zoo/fcn_additive_int8",
 ]
 NONE = load_profile("none")
 # Bundled with the repo: TinySeg's Tiny U-Net, int8, with TRANSPOSE_CONV int32 scratch.
@@ -53,9 +56,7 @@ def test_greedy_plans_verify_on_tflm(name, tmp_path, capsys):
     assert "PASS" in text and f"{peak:,}" in text
 
 
-@pytest.mark.parametrize("name", ["tflm/hello_world_int8", "mlperf_tiny/ad01_int8",
-                                  "tflm/keyword_scrambled_8bit", "mlperf_tiny/kws_ref_model",
-                                  "tflm/person_detect", "zoo/tiny_unet_int8"])
+@pytest.mark.parametrize("name", RUNNABLE)
 def test_ilp_plans_verify_on_tflm(name, tmp_path):
     if "ilp" not in registry():
         pytest.skip("planner 'ilp' is not registered")

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     graph = read_graph(args)
     load = load_bound(graph)
-    ws = working_set_bound(graph, can_stream=bool(profile.storages))
+    ws = working_set_bound(graph, profile.can_stream, profile.fusion)
     summary = {
         "model": str(args.model),
         "planner": name,

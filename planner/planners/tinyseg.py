@@ -77,7 +77,7 @@ class _Context:
         self.life = lifetimes(graph)
         self.bufs = buffers(graph)
         self.scratch = {t.id for t in graph.tensors if t.role == Role.SCRATCH}
-        self.groups = {g.concat: g for g in fusion_groups(graph)}
+        self.groups = {g.concat: g for g in fusion_groups(graph)} if profile.fusion else {}
         self.last_step = graph.num_steps - 1
         self.outputs = set(graph.outputs)
         readers: dict[int, list[int]] = {}

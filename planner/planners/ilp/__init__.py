@@ -110,7 +110,8 @@ def _certify(plan: Plan, request: Request) -> Plan:
     if request.goal != "peak":
         return plan
     # Valid for every plan the model admits; the load bound is not (fusion alone beats it).
-    bound = max(plan.bound_bytes or 0, working_set_bound(request.graph, can_stream=True).bytes)
+    bound = max(plan.bound_bytes or 0, working_set_bound(
+        request.graph, request.profile.can_stream, request.profile.fusion).bytes)
     if plan.peak_bytes <= bound:
         return replace(plan, status="optimal", bound_bytes=plan.peak_bytes,
                        notes=tuple(n for n in plan.notes if not n.startswith(TIME_LIMIT_NOTE)))

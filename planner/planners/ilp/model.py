@@ -118,7 +118,7 @@ def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True
     (those of a heuristic's plan, so the exact model always contains that plan)."""
     life = lifetimes(graph)
     can_spill = bool(profile.storages)
-    groups = [Group(g.concat, g.conv) for g in fusion_groups(graph)]
+    groups = [Group(g.concat, g.conv) for g in fusion_groups(graph)] if profile.fusion else []
     group_of_concat = {g.concat: i for i, g in enumerate(groups)}
     group_of_conv = {g.conv: i for i, g in enumerate(groups) if g.conv is not None}
     last_step = graph.num_steps - 1
