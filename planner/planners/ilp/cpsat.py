@@ -63,6 +63,13 @@ class CpSatModel:
             xs.append(m.new_fixed_size_interval_var(step, 1, f"scrT{t}"))
             ys.append(m.new_fixed_size_interval_var(off, units, f"scrM{t}"))
             m.add(off + units <= self.peak)
+        # Scratch buffers of one size at one step are interchangeable: fix their order.
+        twins: dict[tuple[int, int], list[int]] = {}
+        for t, step, units in p.fixed:
+            twins.setdefault((step, units), []).append(t)
+        for (_, units), ts in twins.items():
+            for a, b in zip(ts, ts[1:], strict=False):
+                m.add(v.scratch_off[a] + units <= v.scratch_off[b])
         m.add_no_overlap_2d(xs, ys)
         # Redundant, but gives the search the load bound of whatever is resident.
         m.add_cumulative(xs, [y.size_expr() for y in ys], self.peak)
