@@ -352,17 +352,14 @@ def test_negative_storage_address() -> None:
     assert_rejects(plan, "negative address")
 
 
-@pytest.mark.xfail(strict=True, reason="checker bug: a transfer naming a part the plan does "
-                   "not declare raises KeyError in _check_transfers instead of a violation")
 def test_transfer_of_undeclared_part_is_a_violation() -> None:
+    # Once raised KeyError in _check_transfers instead of reporting a violation.
     plan = replace(spill_plan(), transfers=(spill(A, 2, part=1), fetch(A, 4, part=1)))
-    assert errors_of(plan)
+    assert_rejects(plan, "spill of tensor 1: part 1 is not declared")
 
 
-@pytest.mark.xfail(strict=True, reason="checker bug: a line-buffer segment of a tensor id the "
-                   "graph lacks, at a fused op's step, raises IndexError in _check_fusions "
-                   "(line_buffer_bytes) after _check_geometry already reported 'no such tensor'")
 def test_line_buffer_of_unknown_tensor_is_a_violation() -> None:
+    # Once raised IndexError in _check_fusions (line_buffer_bytes) instead of reporting.
     plan = stream_plan()
     bad = replace(plan, peak_bytes=plan.peak_bytes + 16, segments=(
         *plan.segments, Segment(99, 4, 4, plan.peak_bytes, 16, None, "line_buffer")))

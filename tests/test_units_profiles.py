@@ -31,17 +31,16 @@ def test_parse_size_rejects(text: str) -> None:
     assert repr(text) in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="units.py bug: sizes go through float, so exact decimal "
-                   "sizes such as 4.1MB (4,100,000 B) are refused as 'not a whole number'")
 @pytest.mark.parametrize("text,expected", [("4.1MB", 4_100_000), ("8.2MB", 8_200_000),
                                            ("8.3GB", 8_300_000_000)])
 def test_parse_size_exact_decimals(text: str, expected: int) -> None:
+    # Once computed in float: 4.1 * 10**6 != 4100000, refused as 'not a whole number'.
     assert parse_size(text) == expected
 
 
 def test_bundled_profiles_are_the_documented_ones() -> None:
-    assert set(bundled_profiles()) >= {"none", "internal-flash", "qspi-flash", "uart-host",
-                                       "sd-card", "mixed"}
+    assert set(bundled_profiles()) >= {"none", "fused", "internal-flash", "qspi-flash",
+                                       "uart-host", "sd-card", "mixed"}
 
 
 @pytest.mark.parametrize("name", bundled_profiles())
@@ -67,6 +66,10 @@ def test_every_bundled_profile_loads(name: str) -> None:
 def test_profile_values() -> None:
     none = load_profile("none")
     assert none.storages == () and none.sram_bytes == 256 * 1024
+    assert not none.fusion and not none.can_stream  # stock TFLM
+    fused = load_profile("fused")
+    assert fused.storages == () and fused.fusion and not fused.can_stream
+    assert load_profile("qspi-flash").can_stream
     uart = load_profile("uart-host")
     (remote,) = uart.storages
     assert remote.capacity == 1 << 20
@@ -133,13 +136,11 @@ def test_missing_profile_file(tmp_path: Path) -> None:
         load_profile(str(tmp_path / "absent.toml"))
 
 
-@pytest.mark.xfail(strict=True, reason="device.py bug: non-positive sizes and bandwidths load "
-                   "(integers bypass parse_size's checks); a zero bandwidth later crashes solve "
-                   "with ZeroDivisionError, a negative capacity with a TypeError in the ilp "
-                   "planner's infeasibility message")
 @pytest.mark.parametrize("field,value", [("capacity", "-100"), ("read_bandwidth", '"0"'),
-                                         ("write_bandwidth", "0")])
+                                         ("write_bandwidth", "0"), ("sram", "0")])
 def test_profile_rejects_non_positive_values(tmp_path: Path, field: str, value: str) -> None:
+    # Integers once bypassed parse_size's checks: a zero bandwidth crashed solve with
+    # ZeroDivisionError, a negative capacity with a TypeError in the ilp planner.
     lines = [f"{field} = {value}" if line.startswith(f"{field} =") else line
              for line in GOOD.splitlines()]
     path = tmp_path / "bad.toml"
