@@ -13,6 +13,7 @@ from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
 
 from backends.tflm_interpreter import arena_head_bytes, invoke
 from benchmarks.models import build_tflite_zoo as zoo
+from benchmarks.models.tflite_builder import ACT_NONE
 
 NAMES = list(zoo.MODELS)
 ARENA = 2 * 1024 * 1024
@@ -24,6 +25,7 @@ EXPECTED_OPS = {
     "mbv2_unet": {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "RESIZE_BILINEAR", "CONCATENATION"},
     "deeplab_lite": {"CONV_2D", "CONCATENATION", "RESIZE_BILINEAR"},
     "fcn_additive": {"CONV_2D", "MAX_POOL_2D", "TRANSPOSE_CONV", "ADD"},
+    "irregular": {"CONV_2D", "MAX_POOL_2D", "TRANSPOSE_CONV", "ADD", "CONCATENATION"},
 }
 OP_NAMES = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
 
@@ -169,3 +171,56 @@ def test_frontend_parses_and_greedy_matches_tflm(name: str) -> None:
     bufs = buffers(graph)
     head = max(off + b.size for off, b in zip(greedy_offsets(bufs), bufs, strict=True))
     assert head == arena_head_bytes(path.read_bytes(), ARENA)
+
+
+# ONNX op -> the TFLite builtin it becomes; Relu/Clip fold into the producer's
+# fused activation, so they have no op of their own.
+_ONNX_TO_TFLITE = {
+    "Conv": {"CONV_2D", "DEPTHWISE_CONV_2D"}, "MaxPool": {"MAX_POOL_2D"},
+    "ConvTranspose": {"TRANSPOSE_CONV"}, "Add": {"ADD"}, "Concat": {"CONCATENATION"},
+    "Resize": {"RESIZE_BILINEAR"},
+}
+_FUSED = {"Relu": fb.ActivationFunctionType.RELU, "Clip": fb.ActivationFunctionType.RELU6}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_graph_and_op_order_as_onnx(name: str) -> None:
+    """The int8 file is the ONNX zoo's graph op for op: same order (for `irregular`
+    the memory-hostile order is the point), same wiring, same fused activations."""
+    import onnx
+
+    from benchmarks.models import ZOO_DIR
+
+    onnx_graph = onnx.load(ZOO_DIR / f"{name}.onnx").graph
+    model = _model(_committed(name))
+    sub = model.subgraphs[0]
+    # ONNX tensor name -> TFLite tensor id; an activation node aliases its input.
+    where = {onnx_graph.input[0].name: sub.inputs[0]}
+    fused: dict[int, int] = {}  # TFLite op index -> activation its ONNX Relu/Clip asks for
+    last: dict[str, int] = {}  # ONNX output name -> TFLite op index that produces it
+    k = 0
+    for node in onnx_graph.node:
+        if node.op_type == "Constant":
+            continue
+        if node.op_type in _FUSED:
+            assert node.input[0] in last, f"{node.name} fuses into no op"
+            fused[last[node.input[0]]] = _FUSED[node.op_type]
+            where[node.output[0]] = where[node.input[0]]
+            continue
+        assert k < len(sub.operators), "the ONNX graph has more ops than the .tflite"
+        op = sub.operators[k]
+        code = model.operatorCodes[op.opcodeIndex].builtinCode
+        assert OP_NAMES[code] in _ONNX_TO_TFLITE[node.op_type], f"op {k}: {node.name}"
+        # Activations are the inputs without constant data (weights, biases, shapes have it).
+        got = [i for i in op.inputs if i >= 0 and model.buffers[sub.tensors[i].buffer].data is None]
+        want = [where[i] for i in node.input if i in where]
+        assert got == want, f"op {k} ({node.name}) reads other tensors than the ONNX node"
+        where[node.output[0]] = op.outputs[0]
+        last[node.output[0]] = k
+        k += 1
+    assert k == len(sub.operators), "the .tflite has ops the ONNX graph lacks"
+    assert where[onnx_graph.output[0].name] == sub.outputs[0]
+    for k, op in enumerate(sub.operators):
+        act = getattr(op.builtinOptions, "fusedActivationFunction", None)
+        if act is not None:
+            assert act == fused.get(k, ACT_NONE), f"op {k}: fused activation {act}"

@@ -125,6 +125,32 @@ def fcn_additive() -> Builder:
     return b
 
 
+def irregular() -> Builder:
+    """Branches of length 2-6 off one stem, merging by ADD and CONCATENATION at
+    different depths. The op order is build_zoo.py's: valid but memory-hostile, as
+    the wide 1x1 heads (64 and 48 channels) run first and their tails only at the end."""
+    b = Builder("irregular", 106)
+    x = b.input("input", (1, 32, 32, 8))
+    s = b.conv2d(x, 16, 1, name="stem")  # 32x32x16
+    b_head = b.conv2d(s, 64, 1, act=ACT_NONE, name="b/head")
+    d_head = b.conv2d(s, 48, 1, act=ACT_NONE, name="d/head")
+    c1 = b.conv2d(b.max_pool(s, name="c/pool"), 32, 3, name="c/conv1")  # 16x16 side branch
+    a1 = b.conv2d(s, 16, 3, name="a/conv1")
+    c2 = b.conv2d(c1, 32, 3, name="c/conv2")
+    a2 = b.conv2d(a1, 16, 3, name="a/conv2")
+    c3 = b.transpose_conv(c2, 16, name="c/upconv")
+    m1 = b.add(a2, c3, name="merge1/add")  # ADD merge at depth 3
+    e1 = b.conv2d(m1, 8, 1, name="e/conv")  # a short branch off the merge
+    a3 = b.conv2d(m1, 16, 3, name="a/conv3")
+    a4 = b.conv2d(a3, 16, 3, name="a/conv4")
+    m2 = b.add(a4, s, name="merge2/add")  # long residual from the stem
+    b_tail = b.conv2d(b_head, 8, 3, name="b/tail")
+    d_tail = b.conv2d(d_head, 8, 3, name="d/tail")
+    x = b.concat([m2, b_tail, d_tail, e1], name="merge3/concat")  # CONCATENATION at the end
+    b.output(b.conv2d(x, 4, 1, act=ACT_NONE, name="head"))
+    return b
+
+
 # name -> a function returning the traced (not yet quantized) graph.
 MODELS: dict[str, Callable[[], Builder]] = {
     "tiny_unet": tiny_unet,
@@ -132,6 +158,7 @@ MODELS: dict[str, Callable[[], Builder]] = {
     "mbv2_unet": mbv2_unet,
     "deeplab_lite": deeplab_lite,
     "fcn_additive": fcn_additive,
+    "irregular": irregular,
 }
 
 
