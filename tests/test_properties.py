@@ -63,6 +63,28 @@ def test_heuristic_plans_are_valid_and_above_the_bounds(seed: int) -> None:
     assert linear.peak_bytes == sum(s.size for s in linear.segments)
 
 
+PROFILES = [load_profile(n) for n in ("none", "fused", "qspi-flash", "mixed")]
+
+
+@settings(max_examples=20, deadline=None)
+@given(seeds, st.sampled_from(PROFILES), st.booleans())
+def test_every_heuristic_planner_gives_a_valid_plan(seed: int, profile, budgeted: bool) -> None:
+    g = dag(seed)
+    budget = working_set_bound(g).bytes if budgeted else None
+    for name, planner in sorted(PLANNERS.items()):
+        if name == "ilp":
+            continue  # its own properties below, with a time limit
+        try:
+            plan = planner(Request(g, profile, budget=budget, time_limit=2))
+        except PlannerError:
+            continue
+        assert check(g, plan, profile.capacities) == [], name
+        assert plan.peak_bytes == max((s.end for s in plan.segments), default=0), name
+        assert profile.storages or not plan.transfers, name
+        assert profile.fusion or not plan.fusions, name
+        assert plan.num_steps == g.num_steps and round_trips(plan)
+
+
 @slow
 @given(seeds)
 def test_ilp_on_stock_tflm_never_exceeds_greedy(seed: int) -> None:
