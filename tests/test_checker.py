@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -347,6 +348,15 @@ def test_overlapping_spill_addresses() -> None:
     assert_rejects(layout(specs, transfers=bad), "storage 'qspi': spills overlap at byte 32")
 
 
+@pytest.mark.xfail(strict=True, reason="checker bug: a fetch or stream is matched to its spill "
+                   "by tensor, part and storage but not by address; reading bytes no spill wrote "
+                   "passes (the executor fails: 'read ... covers bytes no spill wrote')")
+@pytest.mark.parametrize("address", [64, 16, -64])
+def test_fetch_from_another_address(address: int) -> None:
+    plan = replace(spill_plan(), transfers=(spill(A, 2), fetch(A, 4, address=address)))
+    assert_rejects(plan, "fetch of tensor 1 at step 4")
+
+
 def test_negative_storage_address() -> None:
     plan = replace(spill_plan(), transfers=(spill(A, 2, address=-64), fetch(A, 4, address=-64)))
     assert_rejects(plan, "negative address")
@@ -500,3 +510,47 @@ def test_checker_catches_any_single_shift_into_a_live_neighbour() -> None:
                 bad = swap_segment(plan, i, offset=other.offset)
                 assert any("overlap" in e for e in check(g, bad)), (seed, s, other)
                 break
+
+
+# --- the checker and the executor agree ------------------------------------------------------
+
+TINY_TFLITE = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / \
+    "tiny_unet_int8.tflite"
+
+
+@pytest.mark.xfail(strict=True, reason="backends/executor.py bug: a plain (unfused) channel "
+                   "concat reading a split tensor's two parts after its split is accepted by "
+                   "the checker and the C glue ('checker rule'), but ArenaMachine.read_input "
+                   "refuses it ('split tensor read whole ... after its split'); the ilp planner "
+                   "makes such plans (unet_wide96_int8, profile mixed, budget 442368)")
+def test_checker_accepted_split_into_plain_concat_runs() -> None:
+    from backends.executor import run_plan
+    from frontends import load_model
+
+    g = load_model(TINY_TFLITE)
+    profile = load_profile("qspi-flash")
+    plan = registry()["linear"](Request(g, profile))
+    life = lifetimes(g)
+    concat = next(op for op in g.ops if op.kind == OpKind.CONCAT)
+    skip = next(t for t in concat.inputs if life[t][1] - life[t][0] > 2)
+    tensor = g.tensors[skip]
+    channels = tensor.channels
+    assert channels is not None and channels >= 2
+    kept = tensor.nbytes * (channels // 2) // channels
+    gone = tensor.nbytes - kept
+    first, last = life[skip]
+    whole = next(s for s in plan.segments if s.tensor == skip)
+    step = concat.index + 1
+    segments = [s for s in plan.segments if s.tensor != skip] + [
+        Segment(skip, first, last, whole.offset, align(kept), 0),
+        Segment(skip, first, first + 1, whole.offset + align(kept), align(gone), 1),
+        Segment(skip, step, step, plan.peak_bytes, align(gone), 1),
+    ]
+    split = replace(
+        plan, planner="hand", segments=tuple(segments),
+        peak_bytes=plan.peak_bytes + align(gone),
+        parts=(Part(skip, 0, 0, channels // 2, kept), Part(skip, 1, channels // 2, channels, gone)),
+        transfers=(Transfer("spill", skip, first + 1, "qspi", gone, 0, 1),
+                   Transfer("fetch", skip, step, "qspi", gone, 0, 1)))
+    assert check(g, split, profile.capacities) == []
+    assert run_plan(g, split, TINY_TFLITE).mismatch is None
