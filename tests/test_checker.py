@@ -16,7 +16,10 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from planner.analysis import buffers, lifetimes, line_buffer_bytes
 from planner.checker import PlanError, assert_valid, check
@@ -46,13 +49,14 @@ def skip_graph(merge: OpKind = OpKind.CONCAT, extra_output: bool = False) -> Gra
     return g
 
 
-def layout(specs: list[tuple], peak: int | None = None, **plan_fields) -> Plan:
+def layout(specs: list[tuple], peak: int | None = None, graph: Graph | None = None,
+           **plan_fields) -> Plan:
     """A plan whose segments sit one above the other (so never overlap), in list order.
 
     A spec is (tensor, first, last[, size[, part[, role]]]); size defaults to the
-    aligned tensor size of skip_graph.
+    aligned tensor size in `graph` (skip_graph by default).
     """
-    g = skip_graph()
+    g = graph or skip_graph()
     segs, off = [], 0
     for spec in specs:
         t, first, last, *rest = spec
@@ -554,3 +558,144 @@ def test_checker_accepted_split_into_plain_concat_runs() -> None:
                    Transfer("fetch", skip, step, "qspi", gone, 0, 1)))
     assert check(g, split, profile.capacities) == []
     assert run_plan(g, split, TINY_TFLITE).mismatch is None
+
+
+def skip_onnx(path: Path) -> Path:
+    """skip_graph as a float ONNX model (NCHW, no scratch): x, a, m, c, d = concat[a, c], e."""
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, co: int, ci: int):
+        return numpy_helper.from_array(rng.standard_normal((co, ci, 3, 3)).astype(np.float32),
+                                       name)
+
+    def conv(x: str, w: str, y: str):
+        return helper.make_node("Conv", [x, w], [y], pads=[1] * 4, kernel_shape=[3, 3], name=y)
+
+    nodes = [conv("x", "w0", "a"), conv("a", "w1", "m"), conv("m", "w2", "c"),
+             helper.make_node("Concat", ["a", "c"], ["d"], axis=1, name="d"), conv("d", "w3", "e")]
+    graph = helper.make_graph(
+        nodes, "skip", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [weight("w0", 4, 2), weight("w1", 4, 4), weight("w2", 4, 4), weight("w3", 2, 8)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def onnx_plans(g: Graph) -> dict[str, Plan]:
+    """Hand-made plans of skip_onnx: the same shapes of plan as on skip_graph."""
+    ids = {t.name: t.id for t in g.tensors}
+    x, a, m, c, d, e = (ids[n] for n in "xamcde")
+    assert lifetimes(g) == {x: (0, 1), a: (1, 4), m: (2, 3), c: (3, 4), d: (4, 5), e: (5, 5)}
+    n = g.tensors[a].nbytes  # 1024: 8 rows of 128 B
+    base = [(x, 0, 1), (m, 2, 3), (c, 3, 4), (d, 4, 5), (e, 5, 5)]
+    q = "qspi"
+    sp, fe = Transfer("spill", a, 2, q, n), Transfer("fetch", a, 4, q, n)
+
+    def lay(specs, **fields) -> Plan:
+        return layout(specs, graph=g, **fields)
+
+    half = n // 2
+    parts = (Part(a, 0, 0, 2, half), Part(a, 1, 2, 4, half))
+    no_d = [(x, 0, 1), (m, 2, 3), (c, 3, 5), (e, 5, 5)]
+    return {
+        "spill_fetch": lay([*base, (a, 1, 2), (a, 4, 4)], transfers=(sp, fe)),
+        "stream_concat": lay([*base, (a, 1, 2), (a, 4, 4, line_buffer_bytes(g, a, None), None,
+                                                 "line_buffer")],
+                             transfers=(sp, replace(fe, kind="stream")), fusions=(Fusion(3),)),
+        "fused_conv": lay(no_d + [(a, 1, 2), (a, 5, 5, line_buffer_bytes(g, a, 4), None,
+                                              "line_buffer")],
+                          transfers=(sp, replace(fe, kind="stream", step=5)),
+                          fusions=(Fusion(3, 4),)),
+        "fused_conv_split_fetch": lay(
+            no_d + [(a, 1, 5, half, 0), (a, 1, 2, half, 1), (a, 5, 5, half, 1)], parts=parts,
+            transfers=(Transfer("spill", a, 2, q, half, 0, 1),
+                       Transfer("fetch", a, 5, q, half, 0, 1)),
+            fusions=(Fusion(3, 4),)),
+        "fused_conv_split_stream": lay(
+            no_d + [(a, 1, 5, half, 0), (a, 1, 2, half, 1),
+                    (a, 5, 5, line_buffer_bytes(g, a, 4, half), 1, "line_buffer")],
+            parts=parts,
+            transfers=(Transfer("spill", a, 2, q, half, 0, 1),
+                       Transfer("stream", a, 5, q, half, 0, 1)),
+            fusions=(Fusion(3, 4),)),
+    }
+
+
+ONNX_PLANS = ["spill_fetch", "stream_concat", "fused_conv", "fused_conv_split_fetch",
+              "fused_conv_split_stream"]
+
+
+@pytest.mark.parametrize("name", ONNX_PLANS)
+def test_checker_accepted_plans_run_in_the_executor(tmp_path: Path, name: str) -> None:
+    from backends.executor import run_plan
+    from frontends import load_model
+
+    path = skip_onnx(tmp_path / "skip.onnx")
+    g = load_model(path)
+    plan = onnx_plans(g)[name]
+    assert check(g, plan, CAP) == []
+    result = run_plan(g, plan, path)
+    assert result.mismatch is None
+    assert sum(s.bytes_read for s in result.execution.storage.values()) > 0
+
+
+@pytest.fixture(scope="module")
+def onnx_skip(tmp_path_factory):
+    from backends.executor import kernels_for, random_inputs
+    from frontends import load_model
+
+    path = skip_onnx(tmp_path_factory.mktemp("skip") / "skip.onnx")
+    g = load_model(path)
+    kernels = kernels_for(g, path)
+    feeds = random_inputs(g, 0)
+    return path, g, kernels, feeds, kernels.reference(feeds)
+
+
+def mutate(plan: Plan, rng: random.Random) -> Plan:
+    """One random local change to segments, transfers or fusions (addresses kept paired)."""
+    segs, trs = list(plan.segments), list(plan.transfers)
+    i = rng.randrange(len(segs))
+    s = segs[i]
+    kind = rng.randrange(8)
+    if kind == 0:
+        segs[i] = replace(s, offset=rng.randrange(0, plan.peak_bytes // 16 + 1) * 16)
+    elif kind == 1:
+        segs[i] = replace(s, last=min(s.last + rng.randint(1, 2), plan.num_steps - 1))
+    elif kind == 2:
+        segs[i] = replace(s, first=max(s.first - rng.randint(1, 2), 0))
+    elif kind == 3:
+        segs[i] = replace(s, last=max(s.first, s.last - 1))
+    elif kind == 4:
+        segs[i] = replace(s, size=max(16, s.size - 16 * rng.randint(1, 4)))
+    elif kind == 5 and trs:
+        j = rng.randrange(len(trs))
+        trs[j] = replace(trs[j], step=trs[j].step + rng.choice([-1, 1]))
+    elif kind == 6 and trs:
+        j = rng.randrange(len(trs))
+        if trs[j].kind != "spill":
+            trs[j] = replace(trs[j], kind="stream" if trs[j].kind == "fetch" else "fetch")
+    elif kind == 7 and plan.fusions:
+        return replace(plan, fusions=plan.fusions[1:])
+    return replace(plan, segments=tuple(segs), transfers=tuple(trs),
+                   peak_bytes=max(x.end for x in segs))
+
+
+@pytest.mark.parametrize("name", ONNX_PLANS)
+def test_mutants_the_checker_accepts_run_correctly(onnx_skip, name: str) -> None:
+    """Soundness against the executor: no accepted mutant reads poison or stale bytes."""
+    from backends.executor import run_plan
+
+    path, g, kernels, feeds, reference = onnx_skip
+    base = onnx_plans(g)[name]
+    rng = random.Random(name)
+    accepted = 0
+    for _ in range(150):
+        plan = mutate(mutate(base, rng), rng) if rng.random() < 0.3 else mutate(base, rng)
+        if check(g, plan, CAP):
+            continue
+        accepted += 1
+        result = run_plan(g, plan, path, kernels=kernels, inputs=feeds, reference=reference)
+        assert result.mismatch is None, (plan, result.mismatch)
+    assert accepted > 0
