@@ -366,3 +366,29 @@ def test_svg_into_a_missing_directory(tmp_path: Path) -> None:
     # Once a FileNotFoundError traceback.
     one_error_line(cli("solve", TFLITE, "--planner", "linear", "--svg",
                        tmp_path / "nodir" / "x.svg"), 2, "cannot write")
+
+
+def test_emit_tflite_needs_a_tflite_model(tmp_path: Path) -> None:
+    run = cli("solve", ONNX, "--planner", "linear", "-o", tmp_path / "o", "--emit", "tflite")
+    one_error_line(run, 2, "--emit tflite needs a .tflite model")
+
+
+def test_int16_scratch_halves_the_transpose_conv_scratch() -> None:
+    int32, int16 = analysis(TFLITE), json.loads(
+        cli("analyze", TFLITE, "--scratch", "int16", "--json").stdout)
+    scratch32 = {t["id"]: t["bytes"] for t in int32["tensors"] if t["role"] == "scratch"}
+    scratch16 = {t["id"]: t["bytes"] for t in int16["tensors"] if t["role"] == "scratch"}
+    assert scratch32 and scratch16 == {t: b // 2 for t, b in scratch32.items()}
+    assert int16["load_bound_bytes"] < int32["load_bound_bytes"]
+    run = cli("solve", TFLITE, "--scratch", "int16", "--planner", "tflm-greedy", "--json")
+    assert run.returncode == 0, run.stderr
+    data = json.loads(run.stdout)
+    assert data["scratch"] == "int16" and any("int16" in n for n in data["notes"])
+    assert data["peak_bytes"] >= int16["load_bound_bytes"]
+
+
+def test_svg_is_written(tmp_path: Path) -> None:
+    svg = tmp_path / "layout.svg"
+    run = cli("solve", TFLITE, "--planner", "tflm-greedy", "--svg", svg)
+    assert run.returncode == 0, run.stderr
+    assert svg.read_text().lstrip().startswith("<")
