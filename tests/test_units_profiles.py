@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from planner.device import PROFILE_DIR, bundled_profiles, load_profile
 from planner.errors import PlannerError
@@ -147,3 +149,22 @@ def test_profile_rejects_non_positive_values(tmp_path: Path, field: str, value: 
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(PlannerError):
         load_profile(str(path))
+
+
+UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 10**6, "gb": 10**9, "kib": 1024, "mib": 1 << 20,
+         "gib": 1 << 30}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10**7), st.sampled_from(sorted(UNITS)), st.booleans(), st.booleans())
+def test_parse_size_any_whole_size(n: int, unit: str, upper: bool, space: bool) -> None:
+    text = f"{n}{' ' if space else ''}{unit.upper() if upper else unit}"
+    assert parse_size(text) == n * UNITS[unit]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10**6), st.integers(1, 999), st.sampled_from(["kb", "mb", "gb"]))
+def test_parse_size_decimals_are_exact(whole: int, frac: int, unit: str) -> None:
+    digits = f"{frac:03d}"
+    exact = (whole * 1000 + frac) * UNITS[unit] // 1000
+    assert parse_size(f"{whole}.{digits}{unit}") == exact
