@@ -166,6 +166,9 @@ def _check_geometry(graph: Graph, plan: Plan, life, parts) -> list[str]:
 def _check_parts(graph: Graph, plan: Plan, split: set[int]) -> list[str]:
     errors = []
     for t in split:
+        if not 0 <= t < len(graph.tensors):
+            errors.append(f"part of tensor {t}: no such tensor")
+            continue
         tensor = graph.tensors[t]
         ps = sorted((p for p in plan.parts if p.tensor == t), key=lambda p: p.index)
         c = tensor.channels
@@ -258,6 +261,9 @@ def _check_transfers(graph: Graph, plan: Plan, life, parts, capacity) -> list[st
                 continue
             if spill is None or spill.step >= tr.step or tr.storage != spill.storage:
                 errors.append(f"{tr.kind} of tensor {t} at step {tr.step} has no earlier spill")
+            elif tr.address != spill.address:
+                errors.append(f"{tr.kind} of tensor {t} at step {tr.step} reads address "
+                              f"{tr.address}, its spill wrote {spill.address}")
             if tr.kind == "fetch" and not any(s.first == tr.step for s in segs):
                 errors.append(f"fetch of tensor {t} at step {tr.step} starts no segment")
     for t in life:

@@ -333,7 +333,7 @@ def test_ilp_spill_plans_match(path: Path, budget: int | None, profile: str, sto
     m = model(path)
     budget = budget or working_set_bound(m.graph).bytes
     plan = _plan(m.graph, "ilp", budget, profile)
-    assert plan.peak_bytes <= budget and plan.transfers and plan.fusions
+    assert plan.peak_bytes <= budget and plan.transfers
     kinds = {t.kind for t in plan.transfers}
     if path == UNET_ONNX:  # at the working-set bound the skips must stream
         assert "stream" in kinds, kinds

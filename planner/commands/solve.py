@@ -136,6 +136,8 @@ def plan_summary(plan, budget: int | None, elapsed: float) -> dict:
 def _refuse(args: argparse.Namespace, summary: dict, message: str) -> int:
     if args.json:
         summary.update({"status": "infeasible", "fits_budget": False, "peak_bytes": None,
+                        "bound_bytes": None, "gap": None, "spilled_bytes": None,
+                        "fetched_bytes": None, "est_transfer_seconds": None,
                         "solve_seconds": 0.0, "error": message})
         print(json.dumps(summary))
     print(f"error: {message}", file=sys.stderr)
