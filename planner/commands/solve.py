@@ -40,6 +40,8 @@ def add_parser(sub) -> None:
                    help="peak: smallest arena; latency: least transfer time within the budget")
     p.add_argument("--solver", default="cpsat", help="cpsat, pulp-cbc or pulp-highs")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument("--deterministic", action="store_true",
+                   help="the same plan on every run (slower search on large models)")
     p.add_argument("--pareto", action="store_true", help="sweep budgets: peak vs transfer time")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("-o", "--outdir", help="write the plan and the backends' files here")
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         from ..pareto import pareto_front
 
         return pareto_front(graph, profile, args, summary)
-    request = Request(graph, profile, budget, args.objective, args.time_limit, args.solver)
+    request = Request(graph, profile, budget, args.objective, args.time_limit, args.solver,
+                      deterministic=args.deterministic)
     start = time.perf_counter()
     try:
         plan = planners[name](request)

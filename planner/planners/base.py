@@ -20,6 +20,8 @@ class Request:
     time_limit: float = 60.0
     solver: str = "cpsat"
     workers: int = 2
+    # Reproducible search (same plan on every run), at some cost in speed on large models.
+    deterministic: bool = False
 
     @property
     def goal(self) -> str:

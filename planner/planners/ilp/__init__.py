@@ -98,7 +98,8 @@ def _solve(problem: Problem, request: Request, upper: int, budget_units: int | N
         model = CpSatModel(problem, upper, budget_units)
         if hints:
             model.hint(min(hints, key=lambda p: (p.est_transfer_seconds, p.peak_bytes)))
-        solution = model.solve(request.goal, request.time_limit, request.workers)
+        solution = model.solve(request.goal, request.time_limit, request.workers,
+                               request.deterministic)
         return solution, model.infeasible
     from .milp import solve_milp
 

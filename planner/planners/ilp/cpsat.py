@@ -215,12 +215,14 @@ class CpSatModel:
             if seg.tensor in v.scratch_off:
                 self.m.add_hint(v.scratch_off[seg.tensor], seg.offset // 16)
 
-    def solve(self, goal: str, time_limit: float, workers: int) -> Solution | None:
+    def solve(self, goal: str, time_limit: float, workers: int,
+              deterministic: bool = False) -> Solution | None:
         """Lexicographic: (peak, cost) for goal "peak", (cost, peak) for "latency"."""
         primary, secondary = (self.peak, self.cost) if goal == "peak" else (self.cost, self.peak)
         start = time.perf_counter()
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = workers
+        solver.parameters.interleave_search = deterministic
         solver.parameters.max_time_in_seconds = time_limit * 0.7
         self.m.minimize(primary)
         status = solver.solve(self.m)
@@ -235,6 +237,7 @@ class CpSatModel:
         remaining = max(1.0, time_limit - (time.perf_counter() - start))
         solver2 = cp_model.CpSolver()
         solver2.parameters.num_workers = workers
+        solver2.parameters.interleave_search = deterministic
         solver2.parameters.max_time_in_seconds = remaining
         status2 = solver2.solve(self.m)
         chosen = solver2 if status2 in (cp_model.OPTIMAL, cp_model.FEASIBLE) else solver
