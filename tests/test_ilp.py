@@ -148,3 +148,21 @@ def test_partial_spill_when_only_part_must_go():
     assert plan.peak_bytes <= whole - 16 and plan.peak_bytes >= ws
     moved = sum(t.nbytes for t in plan.transfers if t.kind == "spill")
     assert moved < g.tensors[1].nbytes or plan.parts  # only part of the skip leaves
+
+
+def test_pareto_front_trades_peak_for_transfer_time():
+    from planner.pareto import sweep
+
+    g = load_model(BUNDLED / "tiny_unet_int8.tflite")
+    front = sweep(g, load_profile("qspi-flash"), points=4, time_limit=20)
+    assert len(front) >= 2
+    peaks = [p.peak_bytes for p in front]
+    times = [p.est_transfer_seconds for p in front]
+    assert peaks == sorted(peaks) and times == sorted(times, reverse=True)
+    assert peaks[0] == working_set_bound(g).bytes and times[-1] == 0.0
+
+
+def test_deterministic_search_repeats_the_plan():
+    g = load_model(BUNDLED / "tiny_unet_int8.tflite")
+    plans = [ilp(g, budget=240_000, time_limit=30, deterministic=True) for _ in range(2)]
+    assert plans[0].segments == plans[1].segments and plans[0].transfers == plans[1].transfers
