@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from planner.analysis import fusion_groups, lifetimes
+from planner.analysis import lifetimes
 from planner.errors import PlannerError
 from planner.ir import Graph, Op, Role, Tensor
 from planner.plan import Part, Plan, Segment, Transfer
@@ -190,8 +190,6 @@ class ArenaMachine:
                          for n, s in self.stats.items()}
         self.parts: dict[tuple[int, int], Part] = {(p.tensor, p.index): p for p in plan.parts}
         self.split = {p.tensor for p in plan.parts}
-        # Channel concats take a split tensor's parts as separate inputs (checker rule).
-        self.channel_concats = {g.concat for g in fusion_groups(graph)}
         self.segs: dict[tuple[int, int | None], list[Segment]] = defaultdict(list)
         self.lines: dict[tuple[int, int | None, int], Segment] = {}
         for s in plan.segments:
@@ -327,19 +325,16 @@ class ArenaMachine:
     def _row_axis(self) -> int:
         return 2 if self.graph.layout == "NCHW" else 1
 
-    def read_input(self, t: int, step: int, streamable: bool,
-                   parts_ok: bool = False) -> np.ndarray:
-        """`parts_ok`: a channel concat, which takes a split tensor's parts as two inputs."""
+    def read_input(self, t: int, step: int, streamable: bool) -> np.ndarray:
         if t not in self.split:
             if self._resident(t, None, step) is None and streamable:
                 return self.stream_part(t, None, step)
             return self.read_part(t, None, step)
         if self._interleaved(t, step):
             return self._read_whole_split(t)
-        if not streamable and not parts_ok:
+        if not streamable:
             raise ExecutionError(f"split tensor {t} read whole at step {step} after its split")
-        pieces = [self.read_part(t, i, step)
-                  if self._resident(t, i, step) is not None or not streamable
+        pieces = [self.read_part(t, i, step) if self._resident(t, i, step) is not None
                   else self.stream_part(t, i, step) for i in (0, 1)]
         return np.concatenate(pieces, axis=self._tensor(t).channel_axis)  # type: ignore[arg-type]
 
@@ -422,15 +417,13 @@ class ArenaMachine:
         return values
 
     def _gather_plain(self, op: Op, step: int, streamable: bool) -> list[np.ndarray | None]:
-        parts_ok = op.index in self.channel_concats
-        return [self._value(t, step, streamable, parts_ok) for t in op.inputs]
+        return [self._value(t, step, streamable) for t in op.inputs]
 
-    def _value(self, t: int, step: int, streamable: bool,
-               parts_ok: bool = False) -> np.ndarray | None:
+    def _value(self, t: int, step: int, streamable: bool) -> np.ndarray | None:
         if t < 0:
             return None
         if t in self.life:
-            return self.read_input(t, step, streamable, parts_ok)
+            return self.read_input(t, step, streamable)
         if t in self.side:
             return self.side[t]
         if self._tensor(t).role in (Role.CONSTANT, Role.VARIABLE) or self._tensor(t).nbytes == 0:

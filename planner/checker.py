@@ -56,13 +56,11 @@ def check(graph: Graph, plan: Plan, storage_capacity: Mapping[str, int] | None =
         firsts = [plan.segments_of(t, i)[:1] for i in (0, 1)]
         return all(f and f[0].first <= step <= f[0].last for f in firsts)
 
-    # A channel concat takes the two parts of a split tensor as two inputs; any other op
-    # needs the tensor as produced, before part 1 leaves and part 0 is compacted.
-    part_readers = {g.concat for g in fusion_groups(graph)} | set(fused_conv)
-
+    # Only a fused concat (or concat+conv) takes a split tensor's two parts as two inputs;
+    # any other op needs the tensor as produced, before part 1 leaves and part 0 is compacted.
     def available(t: int, step: int, op: int, streamable: bool) -> str | None:
         keys: list[int | None] = [0, 1] if t in split else [None]
-        if t in split and not streamable and op not in part_readers:
+        if t in split and not streamable:
             return None if interleaved(t, step) else "split tensor read whole after its split"
         for part in keys:
             if resident(t, part, step):

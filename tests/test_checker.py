@@ -108,10 +108,11 @@ def fused_conv_plan() -> Plan:
 
 
 def split_plan(merge: OpKind = OpKind.CONCAT) -> Plan:
-    """a split in two 2-channel parts; part 1 spilled at step 2 and fetched at step 4."""
+    """a split in two 2-channel parts; part 1 spilled at step 2 and fetched at step 4 for the
+    concat (op 3), which takes the parts as two inputs: a fused concat."""
     parts = (Part(A, 0, 0, 2, 32), Part(A, 1, 2, 4, 32))
     specs = [*BASE, (A, 1, 4, 32, 0), (A, 1, 2, 32, 1), (A, 4, 4, 32, 1)]
-    return layout(specs, parts=parts,
+    return layout(specs, parts=parts, fusions=(Fusion(3, None),),
                   transfers=(spill(A, 2, 32, part=1), fetch(A, 4, 32, part=1)))
 
 
@@ -463,6 +464,12 @@ def test_split_tensor_read_whole_by_non_concat() -> None:
                    "after its split", graph=g)
 
 
+def test_split_tensor_read_by_an_unfused_concat() -> None:
+    # Only the fused concat kernel takes the parts as two inputs; the builtin reads one tensor.
+    assert_rejects(replace(split_plan(), fusions=()),
+                   "op 3 input tensor 1 't1' at step 4: split tensor read whole after its split")
+
+
 def test_split_tensor_read_whole_while_interleaved_is_fine() -> None:
     # op 1 (a conv) reads a at step 2, while both first segments still hold it whole.
     g = skip_graph(OpKind.ELEMENTWISE)
@@ -526,8 +533,9 @@ TINY_TFLITE = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / \
     "tiny_unet_int8.tflite"
 
 
-def split_into_plain_concat() -> tuple[Graph, Plan]:
-    """tiny_unet_int8's first skip tensor split; part 1 spilled and fetched for a plain concat."""
+def split_into_concat() -> tuple[Graph, Plan]:
+    """tiny_unet_int8's first skip tensor split; part 1 spilled and fetched for its concat,
+    declared a fused concat (the builtin CONCATENATION cannot take the parts)."""
     from frontends import load_model
 
     g = load_model(TINY_TFLITE)
@@ -553,45 +561,35 @@ def split_into_plain_concat() -> tuple[Graph, Plan]:
         peak_bytes=plan.peak_bytes + align(gone),
         parts=(Part(skip, 0, 0, channels // 2, kept), Part(skip, 1, channels // 2, channels, gone)),
         transfers=(Transfer("spill", skip, first + 1, "qspi", gone, 0, 1),
-                   Transfer("fetch", skip, step, "qspi", gone, 0, 1)))
-    assert check(g, split, load_profile("qspi-flash").capacities) == []
+                   Transfer("fetch", skip, step, "qspi", gone, 0, 1)),
+        fusions=(Fusion(concat.index, None),))
+    capacities = load_profile("qspi-flash").capacities
+    assert check(g, split, capacities) == []
+    plain = check(g, replace(split, fusions=()), capacities)
+    assert any("split tensor read whole after its split" in e for e in plain), plain
     return g, split
 
 
-SPLIT_CONCAT_BUG = (
-    "backends disagree with the checker: a plain (unfused) channel concat reading a split "
-    "tensor's two parts after its split passes the checker and the C glue ('checker rule'), "
-    "but {}; the ilp planner makes such plans, so e.g. `solve unet_wide96_int8.tflite "
-    "--profile mixed --budget 442368 -o DIR` exits 2 in most runs ('tensor 6 is read whole at "
-    "step 21 after its split')")
-
-
-@pytest.mark.xfail(strict=True, reason=SPLIT_CONCAT_BUG.format(
-    "backends/executor.py refuses it: the fix in baf79c7 passes parts_ok only from "
-    "_gather_plain (concats inside a fused group); _gather reads a plain concat's inputs "
-    "without it"))
-def test_checker_accepted_split_into_plain_concat_runs() -> None:
+def test_split_into_fused_concat_runs() -> None:
     from backends.executor import run_plan
 
-    g, plan = split_into_plain_concat()
+    g, plan = split_into_concat()
     assert run_plan(g, plan, TINY_TFLITE).mismatch is None
 
 
-@pytest.mark.xfail(strict=True, reason=SPLIT_CONCAT_BUG.format(
-    "backends/tflite_rewrite.py (whole) refuses it for --emit tflite and shim"))
 @pytest.mark.parametrize("emit", ["tflite", "shim"])
-def test_checker_accepted_split_into_plain_concat_is_written(tmp_path: Path, emit: str) -> None:
+def test_split_into_fused_concat_is_written(tmp_path: Path, emit: str) -> None:
     from backends import write_outputs
 
-    g, plan = split_into_plain_concat()
+    g, plan = split_into_concat()
     assert write_outputs(g, plan, TINY_TFLITE, tmp_path, [emit],
                          profile=load_profile("qspi-flash"))
 
 
-def test_split_into_plain_concat_c_glue_is_written(tmp_path: Path) -> None:
+def test_split_into_fused_concat_c_glue_is_written(tmp_path: Path) -> None:
     from backends import write_outputs
 
-    g, plan = split_into_plain_concat()
+    g, plan = split_into_concat()
     written = write_outputs(g, plan, TINY_TFLITE, tmp_path, ["c"],
                             profile=load_profile("qspi-flash"))
     assert any(p.name.endswith(".c") for p in written)

@@ -39,6 +39,11 @@ def to_plan(problem: Problem, sol: Solution, planner: str, objective: str) -> Pl
             first, last = item.span(a, b)
             segments.append(Segment(item.tensor, first, last, off * ALIGNMENT,
                                     item.units * ALIGNMENT, item.part))
+        if item.part is not None:
+            # A concat reading a split tensor's parts is a fused concat (FusedConcat op).
+            for a, b, _ in chosen:
+                stream_ops.update(p.stream_op for p in item.points[a:b + 1]
+                                  if p.stream == Stream.CONCAT)
         for j, off in sol.streams.get(i, []):
             step = item.points[j].step
             segments.append(Segment(item.tensor, step, step, off * ALIGNMENT,
