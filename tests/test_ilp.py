@@ -166,3 +166,38 @@ def test_deterministic_search_repeats_the_plan():
     g = load_model(BUNDLED / "tiny_unet_int8.tflite")
     plans = [ilp(g, budget=240_000, time_limit=30, deterministic=True) for _ in range(2)]
     assert plans[0].segments == plans[1].segments and plans[0].transfers == plans[1].transfers
+
+
+def test_exact_offsets_pack_the_minimalloc_example():
+    from conftest import MINIMALLOC
+
+    from benchmarks.minimalloc import read_problem
+    from planner.offsets import overlap_violations, peak_of
+    from planner.planners.ilp import solve_offsets
+
+    path = MINIMALLOC / "examples" / "input.12.csv"
+    if not path.exists():
+        pytest.skip("../shared/minimalloc absent")
+    problem = read_problem(path)
+    result = solve_offsets(problem.blocks, time_limit=10, capacity=problem.capacity)
+    assert overlap_violations(problem.blocks, result.offsets) == []
+    assert result.peak == peak_of(problem.blocks, result.offsets) <= problem.capacity
+    assert result.status == "optimal" and result.peak == problem.load_bound()
+
+
+def test_exact_offsets_never_worse_than_their_start():
+    import random
+
+    from planner.offsets import Block, overlap_violations, peak_of
+    from planner.planners.ilp import solve_offsets
+    from planner.planners.tflm_greedy import greedy_offsets
+
+    rng = random.Random(7)
+    blocks = []
+    for i in range(40):
+        first = rng.randrange(30)
+        blocks.append(Block(str(i), first, first + rng.randrange(1, 8), 16 * rng.randrange(1, 9)))
+    greedy = peak_of(blocks, greedy_offsets(blocks))
+    result = solve_offsets(blocks, time_limit=5)
+    assert overlap_violations(blocks, result.offsets) == []
+    assert result.bound <= result.peak <= greedy

@@ -35,24 +35,48 @@ def solve_offsets(
 ) -> OffsetResult:
     """Offsets minimising the peak; with `capacity`, first look for a packing within it.
 
-    When the capacity search finds nothing in half the time, the rest goes to
-    minimising the peak from the heuristic start, so an answer always comes back.
+    The search starts from the best heuristic packing (`hint`, else found here with part
+    of the time). When the capacity search finds nothing, the rest of the time goes to
+    minimising the peak from that start, so an answer always comes back.
     """
-    if capacity is not None:
-        first = _solve(blocks, time_limit / 2, capacity, hint, workers)
-        if first.offsets:
-            return first
-        time_limit /= 2
-    return _solve(blocks, time_limit, None, hint, workers)
-
-
-def _solve(blocks, time_limit, capacity, hint, workers) -> OffsetResult:
     if not blocks:
         return OffsetResult([], 0, "optimal", 0)
     if hint is None:
-        hint = _best_heuristic(blocks)
+        spent = min(2.0, time_limit / 10)
+        hint = _best_heuristic(blocks, spent)
+        time_limit -= spent
+    hint = _twins_in_order(blocks, hint)
+    if capacity is not None:
+        first = _solve(blocks, time_limit * 0.75, capacity, hint, workers)
+        if first.offsets:
+            return first
+        time_limit *= 0.25
+    found = _solve(blocks, time_limit, None, hint, workers)
+    hint_peak = max(h + b.size for h, b in zip(hint, blocks, strict=True))
+    if not found.offsets or found.peak > hint_peak:  # the search ran out of time: keep the start
+        return OffsetResult(list(hint), hint_peak, "feasible", found.bound)
+    return found
+
+
+def _twin_groups(blocks: Sequence[Interval]) -> list[list[int]]:
+    twins: dict[tuple[int, int, int], list[int]] = {}
+    for i, b in enumerate(blocks):
+        twins.setdefault((b.first, b.last, b.size), []).append(i)
+    return [g for g in twins.values() if len(g) > 1]
+
+
+def _twins_in_order(blocks: Sequence[Interval], hint: Sequence[int]) -> list[int]:
+    """Swap identical blocks' offsets so the hint meets the symmetry-breaking order."""
+    out = list(hint)
+    for group in _twin_groups(blocks):
+        for i, off in zip(group, sorted(out[i] for i in group), strict=True):
+            out[i] = off
+    return out
+
+
+def _solve(blocks, time_limit, capacity, hint, workers) -> OffsetResult:
     unit = reduce(gcd, [b.size for b in blocks] + ([capacity] if capacity else []))
-    unit = reduce(gcd, [h for h in hint or [] if h], unit)
+    unit = reduce(gcd, [h for h in hint if h], unit)
     sizes = [b.size // unit for b in blocks]
     lower = load_bound(blocks)
     hint_peak = max(h + b.size for h, b in zip(hint, blocks, strict=True))
@@ -69,10 +93,7 @@ def _solve(blocks, time_limit, capacity, hint, workers) -> OffsetResult:
         m.add(off + sizes[i] <= peak)
     m.add_no_overlap_2d(xs, ys)
     m.add_cumulative(xs, sizes, peak)
-    twins: dict[tuple[int, int, int], list[int]] = {}
-    for i, b in enumerate(blocks):
-        twins.setdefault((b.first, b.last, b.size), []).append(i)
-    for group in twins.values():
+    for group in _twin_groups(blocks):
         for a, b in zip(group, group[1:], strict=False):
             m.add(offs[a] + sizes[a] <= offs[b])  # identical blocks: any order is as good
     for off, h in zip(offs, hint, strict=True):
@@ -93,10 +114,11 @@ def _solve(blocks, time_limit, capacity, hint, workers) -> OffsetResult:
     return OffsetResult(offsets, found, "optimal" if proven else "feasible", bound)
 
 
-def _best_heuristic(blocks: Sequence[Interval]) -> list[int]:
-    from ..offset_heuristics import greedy_by_size_offsets
+def _best_heuristic(blocks: Sequence[Interval], time_limit: float) -> list[int]:
+    from ..offset_heuristics import greedy_by_size_offsets, hill_climb_offsets
     from ..tflm_greedy import greedy_offsets
 
-    candidates = [greedy_offsets(blocks), greedy_by_size_offsets(blocks)]
+    starts = [greedy_offsets(blocks), greedy_by_size_offsets(blocks)]
+    candidates = [*starts, hill_climb_offsets(blocks, time_limit=time_limit, starts=starts)[0]]
     return min(candidates, key=lambda offs: max(o + b.size for o, b in zip(offs, blocks,
                                                                               strict=True)))
