@@ -24,7 +24,7 @@ RUNNABLE = [
     "tflm/micro_speech_quantized", "tflm/person_detect",
     # The benchmark zoo's int8 models (TinySeg's Tiny U-Net has TRANSPOSE_CONV scratch).
     "zoo/tiny_unet_int8", "zoo/unet_wide96_int8", "zoo/mbv2_unet_int8", "zoo/deeplab_lite_int8",
-    "zoo/fcn_additive_int8",
+    "zoo/fcn_additive_int8", "zoo/irregular_int8",
 ]
 NONE = load_profile("none")
 # Bundled with the repo: TinySeg's Tiny U-Net, int8, with TRANSPOSE_CONV int32 scratch.
