@@ -77,16 +77,19 @@ def buffers(graph: Graph) -> list[Buffer]:
 
 def touches(graph: Graph, tensor: int) -> list[int]:
     """Steps at which `tensor` is written or read (its last step if it is a graph output)."""
-    life = lifetimes(graph)
-    if tensor not in life:
-        return []
-    steps = {life[tensor][0]}
+    return _touch_map(graph).get(tensor, [])
+
+
+def _touch_map(graph: Graph) -> dict[int, list[int]]:
+    steps = {t: {first} for t, (first, _) in lifetimes(graph).items()}
     for op in graph.ops:
-        if tensor in op.inputs:
-            steps.add(step_of(op.index))
-    if tensor in graph.outputs:
-        steps.add(len(graph.ops))
-    return sorted(steps)
+        for t in op.inputs:
+            if t in steps:
+                steps[t].add(step_of(op.index))
+    for t in graph.outputs:
+        if t in steps:
+            steps[t].add(len(graph.ops))
+    return {t: sorted(s) for t, s in steps.items()}
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,9 @@ class ColdRange:
 def cold_ranges(graph: Graph) -> list[ColdRange]:
     """Every gap between consecutive touches of an activation, longest first."""
     gaps = []
-    for t in lifetimes(graph):
+    for t, steps in _touch_map(graph).items():
         if graph.tensors[t].role == Role.SCRATCH:
             continue
-        steps = touches(graph, t)
         gaps.extend(ColdRange(t, a, b) for a, b in pairwise(steps) if b - a > 1)
     return sorted(gaps, key=lambda g: (-g.length, g.tensor, g.start))
 
@@ -204,44 +206,57 @@ def op_working_set(graph: Graph, op_index: int, can_stream: bool = True,
     Concat+conv fusion needs no storage, only the fused kernels (`can_fuse`); streaming
     an input through a line buffer instead of holding it also needs storage (`can_stream`).
     """
-    can_stream = can_stream and can_fuse
-    groups = {g.concat: g for g in fusion_groups(graph)} if can_fuse else {}
-    fused_conv_of = {g.conv: g for g in groups.values() if g.conv is not None}
-    op = graph.ops[op_index]
-    planned = lifetimes(graph)
-    if op_index in groups and groups[op_index].conv is not None:
-        return 0, "concat fuses into its conv"
+    return _WorkingSets(graph, can_stream, can_fuse).of(op_index)
 
-    def size(t: int) -> int:
-        return align(graph.tensors[t].nbytes)
 
-    def held(t: int, conv: int | None) -> int:
-        return min(size(t), line_buffer_bytes(graph, t, conv)) if can_stream else size(t)
+class _WorkingSets:
+    """What every op's working set needs to know of the graph, computed once."""
 
-    base = sum(size(t) for t in dict.fromkeys(op.outputs + op.scratch) if t in planned)
-    ins = [t for t in dict.fromkeys(op.inputs) if t >= 0 and t in planned]
-    whole = base + sum(size(t) for t in ins)
-    if op_index in fused_conv_of:
-        # Either the concat output is read whole, or the conv reads the concat's inputs.
-        concat = graph.ops[fused_conv_of[op_index].concat]
-        others = sum(size(t) for t in ins if t != op.inputs[0])
-        streamed = sum(held(c, op_index) for c in dict.fromkeys(concat.inputs) if c in planned)
-        fused = base + others + streamed
-        if fused < whole:
-            why = f"outputs+scratch {base} B, inputs {others} B, concat inputs {streamed} B"
-            return fused, why
+    def __init__(self, graph: Graph, can_stream: bool, can_fuse: bool):
+        self.graph = graph
+        self.can_stream = can_stream and can_fuse
+        self.groups = {g.concat: g for g in fusion_groups(graph)} if can_fuse else {}
+        self.fused_conv_of = {g.conv: g for g in self.groups.values() if g.conv is not None}
+        self.planned = lifetimes(graph)
+
+    def of(self, op_index: int) -> tuple[int, str]:
+        graph, groups, planned = self.graph, self.groups, self.planned
+        can_stream, fused_conv_of = self.can_stream, self.fused_conv_of
+        op = graph.ops[op_index]
+        if op_index in groups and groups[op_index].conv is not None:
+            return 0, "concat fuses into its conv"
+
+        def size(t: int) -> int:
+            return align(graph.tensors[t].nbytes)
+
+        def held(t: int, conv: int | None) -> int:
+            return min(size(t), line_buffer_bytes(graph, t, conv)) if can_stream else size(t)
+
+        base = sum(size(t) for t in dict.fromkeys(op.outputs + op.scratch) if t in planned)
+        ins = [t for t in dict.fromkeys(op.inputs) if t >= 0 and t in planned]
+        whole = base + sum(size(t) for t in ins)
+        if op_index in fused_conv_of:
+            # Either the concat output is read whole, or the conv reads the concat's inputs.
+            concat = graph.ops[fused_conv_of[op_index].concat]
+            others = sum(size(t) for t in ins if t != op.inputs[0])
+            streamed = sum(held(c, op_index) for c in dict.fromkeys(concat.inputs) if c in planned)
+            fused = base + others + streamed
+            if fused < whole:
+                why = f"outputs+scratch {base} B, inputs {others} B, concat inputs {streamed} B"
+                return fused, why
+            return whole, f"outputs+scratch {base} B, inputs {whole - base} B"
+        if op_index in groups and can_stream:
+            streamed = sum(held(t, None) for t in ins)
+            return base + streamed, f"output {base} B, streamed lines {streamed} B"
         return whole, f"outputs+scratch {base} B, inputs {whole - base} B"
-    if op_index in groups and can_stream:
-        streamed = sum(held(t, None) for t in ins)
-        return base + streamed, f"output {base} B, streamed lines {streamed} B"
-    return whole, f"outputs+scratch {base} B, inputs {whole - base} B"
 
 
 def working_set_bound(graph: Graph, can_stream: bool = True, can_fuse: bool = True) -> Bound:
     """Max over ops of `op_working_set`: no plan, spilling or not, goes below it."""
     best = Bound(0, 0, None, "empty graph")
+    sets = _WorkingSets(graph, can_stream, can_fuse)
     for op in graph.ops:
-        need, why = op_working_set(graph, op.index, can_stream, can_fuse)
+        need, why = sets.of(op.index)
         if need > best.bytes:
             best = Bound(need, step_of(op.index), op.index,
                          f"op {op.index} {op.op_type} '{op.name}': {why}")

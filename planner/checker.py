@@ -58,7 +58,7 @@ def check(graph: Graph, plan: Plan, storage_capacity: Mapping[str, int] | None =
 
     # Only a fused concat (or concat+conv) takes a split tensor's two parts as two inputs;
     # any other op needs the tensor as produced, before part 1 leaves and part 0 is compacted.
-    def available(t: int, step: int, op: int, streamable: bool) -> str | None:
+    def available(t: int, step: int, streamable: bool) -> str | None:
         keys: list[int | None] = [0, 1] if t in split else [None]
         if t in split and not streamable:
             return None if interleaved(t, step) else "split tensor read whole after its split"
@@ -72,10 +72,10 @@ def check(graph: Graph, plan: Plan, storage_capacity: Mapping[str, int] | None =
             return "not resident" + (" and not streamed" if streamable else "")
         return None
 
-    def need(t: int, step: int, what: str, op: int | None = None, streamable: bool = False):
+    def need(t: int, step: int, what: str, streamable: bool = False):
         if t < 0 or t not in life:
             return
-        why = available(t, step, op if op is not None else -1, streamable)
+        why = available(t, step, streamable)
         if why:
             errors.append(f"{what} tensor {t} '{graph.tensors[t].name}' at step {step}: {why}")
 
@@ -89,16 +89,16 @@ def check(graph: Graph, plan: Plan, storage_capacity: Mapping[str, int] | None =
         if op.index in fused_concat:
             continue  # its reads happen at the conv's step, its output never exists
         for t in op.outputs + op.scratch:
-            need(t, step, f"op {op.index} output", op.index)
+            need(t, step, f"op {op.index} output")
         reads = list(dict.fromkeys(op.inputs))
         streamable = op.index in stream_ops
         if op.index in fused_conv:
             concat = graph.ops[fused_conv[op.index]]
             reads = [t for t in reads if t != concat.outputs[0]]
             for t in dict.fromkeys(concat.inputs):
-                need(t, step, f"op {op.index} fused input", op.index, streamable=True)
+                need(t, step, f"op {op.index} fused input", streamable=True)
         for t in reads:
-            need(t, step, f"op {op.index} input", op.index, streamable)
+            need(t, step, f"op {op.index} input", streamable)
     errors += _check_transfers(graph, plan, life, parts, storage_capacity)
     return errors
 

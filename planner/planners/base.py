@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..analysis import Buffer, buffers
+from ..analysis import Buffer
 from ..device import DeviceProfile
 from ..ir import Graph
 from ..plan import Plan, Segment
@@ -59,7 +59,3 @@ def plan_from_offsets(
     )
     peak = max((s.end for s in segments), default=0)
     return Plan(graph.name, planner, graph.num_steps, peak, segments, **extra)
-
-
-def spill_free_buffers(graph: Graph) -> list[Buffer]:
-    return buffers(graph)

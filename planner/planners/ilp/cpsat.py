@@ -265,7 +265,7 @@ class CpSatModel:
             yield from d.values()
 
     def _read(self, solver: cp_model.CpSolver, status: str, notes: list[str]) -> Solution:
-        v, p = self.v, self.p
+        v = self.v
         segments: dict[int, list[tuple[int, int, int]]] = {}
         for (i, a, b), z in v.z.items():
             if solver.boolean_value(z):
@@ -277,5 +277,4 @@ class CpSatModel:
         storage = {i: name for (i, name), y in v.y.items() if solver.boolean_value(y)}
         fused = {g for g, fz in v.fz.items() if solver.boolean_value(fz)}
         scratch = {t: solver.value(off) for t, off in v.scratch_off.items()}
-        del p
         return Solution(segments, streams, storage, fused, scratch, status, notes=notes)

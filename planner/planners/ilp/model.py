@@ -24,7 +24,7 @@ from enum import Enum
 from ...analysis import fusion_groups, lifetimes, line_buffer_bytes, spatial, stream_rows
 from ...costs import transfer_seconds
 from ...device import DeviceProfile, Storage
-from ...ir import ALIGNMENT, Graph, OpKind, Role, align
+from ...ir import ALIGNMENT, Graph, Role, align
 
 MAX_SPLIT_TENSORS = 8  # split variants only for the largest candidates: they multiply the model
 SPLIT_FRACTIONS = (0.25, 0.5, 0.75)
@@ -126,8 +126,7 @@ def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True
     fixed = [(t, life[t][0], align(graph.tensors[t].nbytes) // ALIGNMENT)
              for t in life if t in scratch]
 
-    def points_for(t: int) -> list[Point]:
-        tensor = graph.tensors[t]
+    def points_for(t: int) -> tuple[list[Point], int | None]:
         eliminated = None
         raw: list[Point] = []
         producer_op = life[t][0] - 1
@@ -153,16 +152,17 @@ def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True
                 raw.append(Point(step, Need.ALWAYS, layout=True))
         if t in graph.outputs:
             raw.append(Point(last_step, Need.ALWAYS, layout=True))
-        del tensor
         return _merge(raw), eliminated
 
     items: list[Item] = []
     variants: list[Variant] = []
     split_candidates: list[tuple[int, int]] = []
+    points_of: dict[int, list[Point]] = {}
     for t in sorted(life):
         if t in scratch:
             continue
         points, eliminated = points_for(t)
+        points_of[t] = points
         tensor = graph.tensors[t]
         rows = stream_rows(tensor, graph.layout)
         v = len(variants)
@@ -178,7 +178,7 @@ def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True
     chosen |= {t for _, t in split_candidates if t in extra}
     for t in sorted(chosen):
         tensor = graph.tensors[t]
-        points, _ = points_for(t)
+        points = points_of[t]  # _item copies them per item
         channels = tensor.channels or 0
         per_channel = tensor.nbytes // channels
         options = {min(channels - 1, max(1, round(channels * f))) for f in SPLIT_FRACTIONS}
@@ -228,7 +228,3 @@ def _merge(raw: list[Point]) -> list[Point]:
         merged.append(Point(step, need, group, layout=any(p.layout for p in ps)
                             or len({p.stream for p in ps}) > 1))
     return merged
-
-
-def has_kind(graph: Graph, kind: OpKind) -> bool:
-    return any(op.kind == kind for op in graph.ops)
