@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .analysis import working_set_bound
 from .checker import assert_valid
@@ -29,7 +29,8 @@ def sweep(graph: Graph, profile: DeviceProfile, points: int = DEFAULT_POINTS,
     """Budgets evenly spaced from the spill-free optimum down to the working-set bound."""
     ilp = registry()["ilp"]
     top = ilp(Request(graph, profile, None, "peak", time_limit, solver))
-    no_spill = Request(graph, DeviceProfile("fused", profile.sram_bytes, ()), None, "peak",
+    # The same device with its storages taken away: what it reaches without moving data.
+    no_spill = Request(graph, replace(profile, storages=()), None, "peak",
                        time_limit, solver)
     high = ilp(no_spill).peak_bytes
     low = max(top.peak_bytes,
