@@ -181,31 +181,77 @@ def test_tflm_registrations_compile_against_the_tflm_api_shape(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     syms = subprocess.run(["nm", "-C", str(obj)], capture_output=True, text=True).stdout
     for name in ("Register_SPILL", "Register_FETCH", "Register_FUSED_CONCAT()",
-                 "Register_FUSED_CONCAT_CONV2D", "Register_SPLIT_V_IN_PLACE",
-                 "tp_tflm_set_storages"):
+                 "Register_FUSED_CONCAT_CONV2D", "Register_TRANSPOSE_CONV_ROWS",
+                 "Register_SPLIT()", "tp_tflm_set_storages"):
         assert name in syms
+    assert "SPLIT_V" not in syms  # no builtin is replaced
 
 
-def test_tflm_ops_run_against_a_fake_tflm(tmp_path: Path):
-    """Spill / SPLIT_V in place / Fetch / FusedConcat / FusedConcatConv2D driven through a
-    minimal fake of the TFLM API with rewrite-layout options (tests/c/tflm_ops_test.cc)."""
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is absent")
+def build_tflm_ops_test(out: Path, ops_source: Path | None = None) -> Path:
+    """tests/c/tflm_ops_test.cc with tflm_ops.cc (or a mutated copy) and the C runtime."""
     c_dir = ROOT / "backends" / "c"
     objs = []
     for src in sorted(c_dir.glob("tp_*.c")):
-        obj = tmp_path / (src.stem + ".o")
+        obj = out / (src.stem + ".o")
         subprocess.run(["gcc", *CFLAGS, "-c", str(src), "-o", str(obj)], check=True)
         objs.append(str(obj))
-    exe = tmp_path / "tflm_ops_test"
+    exe = out / "tflm_ops_test"
     done = subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-I", str(c_dir),
                            "-I", str(ROOT / "tests" / "c" / "tflm_api_stub"),
                            str(ROOT / "tests" / "c" / "tflm_ops_test.cc"),
-                           str(c_dir / "tflm_ops.cc"), *objs, "-o", str(exe)],
+                           str(ops_source or c_dir / "tflm_ops.cc"), *objs, "-o", str(exe)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    ran = run(exe, str(tmp_path / "storage.bin"))
-    assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr
+    return exe
+
+
+@pytest.fixture(scope="module")
+def tflm_ops_test(tmp_path_factory) -> Path:
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is absent")
+    return build_tflm_ops_test(tmp_path_factory.mktemp("tflm_ops"))
+
+
+@pytest.mark.parametrize("driver", ["file", "flash", "remote"])
+def test_tflm_ops_three_inferences_on_every_driver(tflm_ops_test: Path, driver: str,
+                                                   tmp_path: Path):
+    """Every custom op (Spill, Fetch, TinyPlanSplit, FusedConcat, FusedConcatConv2D plain /
+    grouped / depthwise, TinyPlanTransposeConv) through a fake of the TFLM API, prepared
+    once and invoked three times in a row; each inference's outputs must equal the direct
+    computation and the first inference's (tests/c/tflm_ops_test.cc)."""
+    if driver == "remote":
+        with StorageHostServer(4096, tmp_path) as srv:
+            ran = run(tflm_ops_test, "3", f"tcp:{srv.port}")
+    else:
+        spec = f"file:{tmp_path / 's.bin'}" if driver == "file" else "flash:4:128"
+        ran = run(tflm_ops_test, "3", spec)
+    assert ran.returncode == 0 and ran.stdout.startswith("ok"), ran.stderr
+    if driver == "flash":
+        # Two spills share erase block 128: per inference block 128 once, block 256 once.
+        assert stats(ran.stdout)["erases"] == 2 * 3
+
+
+@pytest.mark.parametrize("mutation", ["no_erase", "erase_shared_block"])
+def test_tflm_spill_erase_mutations_fail_on_flash(mutation: str, tmp_path: Path):
+    """Without the erase the second inference programs over old data; erasing a block an
+    earlier spill of the same inference wrote destroys that spill. Both must be caught."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is absent")
+    text = (ROOT / "backends" / "c" / "tflm_ops.cc").read_text()
+    old = {"no_erase": "int rc = EraseForSpill(a.storage, a.address, a.nbytes);",
+           "erase_shared_block": "if (ErasedThisInference(storage, block)) continue;"}[mutation]
+    new = {"no_erase": "int rc = EraseForSpill(a.storage, a.address, 0);",
+           "erase_shared_block":
+               "if (ErasedThisInference(storage, block) && false) continue;"}[mutation]
+    assert old in text
+    mutated = tmp_path / "tflm_ops.cc"
+    mutated.write_text(text.replace(old, new))
+    exe = build_tflm_ops_test(tmp_path, mutated)
+    first = run(exe, "1", "flash:4:128")
+    three = run(exe, "3", "flash:4:128")
+    if mutation == "no_erase":
+        assert first.returncode == 0  # fresh flash is erased
+    assert three.returncode == 1 and "FAIL" in three.stderr
 
 
 def test_compression_round_trips(tmp_path: Path):
