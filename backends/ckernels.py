@@ -15,6 +15,7 @@ import ctypes
 import hashlib
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -26,20 +27,31 @@ import numpy as np
 from planner.errors import PlannerError
 
 C_DIR = Path(__file__).resolve().parent / "c"
-# tp_kernels.c reads slices through tp_runtime.c, which decodes streams with tp_compress.c.
-SOURCES = ("tp_kernels.c", "tp_runtime.c", "tp_compress.c")
-HEADERS = ("tp_kernels.h", "tp_runtime.h", "tp_compress.h", "tp_storage.h")
-# Mirrors tp_kernels.h; the library reports them so a mismatch cannot go unnoticed.
-MAX_SLICES = 8
-MAX_KERNEL_H = 16
-
-TP_OK, TP_EPLAN, TP_ECONFIG = 0, -4, -5
-_ERRORS = {TP_EPLAN: "TP_EPLAN (inputs disagree with the parameters)",
-           TP_ECONFIG: "TP_ECONFIG (unsupported parameters)"}
 
 
 class CKernelError(PlannerError):
     """The C kernels cannot be built or refused their parameters."""
+
+
+# tp_kernels.c reads slices through tp_runtime.c, which decodes streams with tp_compress.c.
+SOURCES = ("tp_kernels.c", "tp_runtime.c", "tp_compress.c")
+HEADERS = ("tp_kernels.h", "tp_runtime.h", "tp_compress.h", "tp_storage.h")
+
+
+def _define(name: str, header: str = "tp_kernels.h") -> int:
+    """A numeric #define of a kernel header: the limits have one source, the C code."""
+    m = re.search(rf"#define\s+{name}\s+(\d+)", (C_DIR / header).read_text())
+    if m is None:
+        raise CKernelError(f"{header} defines no {name}")
+    return int(m.group(1))
+
+
+MAX_SLICES = _define("TP_MAX_SLICES")  # slices (concat inputs or parts) per fused op
+MAX_KERNEL_H = _define("TP_MAX_KERNEL_H")  # kernel rows of a fused conv
+
+TP_OK, TP_EPLAN, TP_ECONFIG = 0, -4, -5
+_ERRORS = {TP_EPLAN: "TP_EPLAN (inputs disagree with the parameters)",
+           TP_ECONFIG: "TP_ECONFIG (unsupported parameters)"}
 
 
 class _ConvParams(ctypes.Structure):
@@ -194,6 +206,16 @@ def activation_range(activation: str, scale: float, zero_point: int) -> tuple[in
 
 # -- the kernels ----------------------------------------------------------------------
 
+def _set_weights(p: _ConvParams | _TconvParams, filt: np.ndarray, bias: np.ndarray | None,
+                 multiplier: np.ndarray, shift: np.ndarray) -> list[np.ndarray | None]:
+    """Point the parameter struct at int32/int8 copies; the caller keeps them alive."""
+    arrays = [filt, None if bias is None else np.ascontiguousarray(bias, dtype=np.int32),
+              np.ascontiguousarray(multiplier, dtype=np.int32),
+              np.ascontiguousarray(shift, dtype=np.int32)]
+    p.filter, p.bias, p.out_multiplier, p.out_shift = (_ptr(a) for a in arrays)
+    return arrays
+
+
 def _int8_nhwc(a: np.ndarray, what: str) -> np.ndarray:
     a = np.ascontiguousarray(a)
     if a.dtype != np.int8 or a.ndim != 4 or a.shape[0] != 1:
@@ -235,11 +257,7 @@ def fused_concat_conv2d(slices: Sequence[np.ndarray], filt: np.ndarray, bias: np
         raise CKernelError(f"padding '{padding}' is not supported by the C kernels")
     p.input_offset, p.output_offset = -int(input_zero_point), int(output_zero_point)
     p.act_min, p.act_max = (int(v) for v in act_range)
-    bias32 = None if bias is None else np.ascontiguousarray(bias, dtype=np.int32)
-    mult = np.ascontiguousarray(multiplier, dtype=np.int32)
-    sh = np.ascontiguousarray(shift, dtype=np.int32)
-    p.filter, p.bias = _ptr(filt), _ptr(bias32)
-    p.out_multiplier, p.out_shift = _ptr(mult), _ptr(sh)
+    keep = _set_weights(p, filt, bias, multiplier, shift)  # noqa: F841 - alive for the call
     p.filter_in_c = 0 if depthwise else int(filt.shape[3])
     p.depthwise = int(depthwise)
     cs = (_Slice * len(arrays))()
@@ -315,11 +333,7 @@ def transpose_conv(x: np.ndarray, filt: np.ndarray, bias: np.ndarray | None,
     p.pad_left = lib.tp_tconv_padding(out_w, p.k_w, p.stride_w, same)
     p.input_offset, p.output_offset = -int(input_zero_point), int(output_zero_point)
     p.act_min, p.act_max = (int(v) for v in act_range)
-    bias32 = None if bias is None else np.ascontiguousarray(bias, dtype=np.int32)
-    mult = np.ascontiguousarray(multiplier, dtype=np.int32)
-    sh = np.ascontiguousarray(shift, dtype=np.int32)
-    p.filter, p.bias = _ptr(filt), _ptr(bias32)
-    p.out_multiplier, p.out_shift = _ptr(mult), _ptr(sh)
+    keep = _set_weights(p, filt, bias, multiplier, shift)  # noqa: F841 - alive for the call
     need = tconv_scratch_bytes(out_shape)
     if row_acc is None:
         row_acc = np.empty(need, dtype=np.uint8)
