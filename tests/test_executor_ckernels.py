@@ -120,3 +120,15 @@ def test_scratch_is_really_used_by_the_kernel():
     moved = tuple(replace(s, offset=x.offset) if s is scratch else s for s in plan.segments)
     assert run_on(g, plan, unet).mismatch is None
     assert run_on(g, replace(plan, segments=moved), unet).mismatch is not None
+
+
+@pytest.mark.parametrize("path", sorted(ZOO.glob("*_int8.tflite")), ids=lambda p: p.name)
+def test_every_fused_op_of_zoo_spill_plans_runs_on_the_c_kernels(path):
+    """TinySeg's plans at 75 % of tflm-greedy (its fused fetches and concat+convs): each
+    fused op runs on the C kernels and the outputs equal the reference model's."""
+    m = model(path)
+    greedy = _plan(m.graph, "tflm-greedy")
+    plan = _plan(m.graph, "tinyseg", int(greedy.peak_bytes * 0.75))
+    result = m.run(plan)
+    assert result.mismatch is None, result.mismatch
+    assert result.execution.c_kernel_ops == len(plan.fusions)
