@@ -131,6 +131,9 @@ def library() -> ctypes.CDLL:
                                     ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p]
     lib.tp_transpose_conv_rows.argtypes = [ctypes.POINTER(_TconvParams), ctypes.c_void_p,
                                            ctypes.c_void_p, ctypes.c_void_p]
+    lib.tp_transpose_conv_rows_s16.argtypes = [ctypes.POINTER(_TconvParams), ctypes.c_void_p,
+                                               ctypes.c_void_p, ctypes.c_void_p,
+                                               ctypes.c_void_p]
     lib.tp_tconv_padding.argtypes = [ctypes.c_int32] * 3 + [ctypes.c_int]
     lib.tp_tconv_padding.restype = ctypes.c_int32
     lib.tp_same_padding.argtypes = [ctypes.c_int32] * 5
@@ -185,9 +188,10 @@ def per_channel_multipliers(input_scale: float, filter_scales: Sequence[float],
     return mult, shift
 
 
-def activation_range(activation: str, scale: float, zero_point: int) -> tuple[int, int]:
-    """CalculateActivationRangeQuantized for int8 outputs."""
-    lo, hi = -128, 127
+def activation_range(activation: str, scale: float, zero_point: int,
+                     dtype: str = "int8") -> tuple[int, int]:
+    """CalculateActivationRangeQuantized for int8 (or int16) outputs."""
+    lo, hi = (-32768, 32767) if dtype == "int16" else (-128, 127)
 
     def q(f: float) -> int:
         v = float(np.float32(f) / np.float32(scale))
@@ -296,9 +300,10 @@ def fused_concat(slices: Sequence[np.ndarray], axis: int) -> np.ndarray:
     return out
 
 
-def tconv_scratch_bytes(out_shape: Sequence[int]) -> int:
-    """The scratch-free TRANSPOSE_CONV's int32 accumulator of one output row."""
-    return int(out_shape[2]) * int(out_shape[3]) * 4
+def tconv_scratch_bytes(out_shape: Sequence[int], dtype: str = "int8") -> int:
+    """The scratch-free TRANSPOSE_CONV's accumulators of one output row: int32 for int8
+    activations, int64 for int16 (16x8)."""
+    return int(out_shape[2]) * int(out_shape[3]) * (8 if dtype == "int16" else 4)
 
 
 def transpose_conv(x: np.ndarray, filt: np.ndarray, bias: np.ndarray | None,
@@ -307,14 +312,18 @@ def transpose_conv(x: np.ndarray, filt: np.ndarray, bias: np.ndarray | None,
                    strides: Sequence[int] = (1, 1), padding: str = "valid",
                    act_range: tuple[int, int] = (-128, 127),
                    row_acc: np.ndarray | None = None) -> np.ndarray:
-    """TRANSPOSE_CONV int8 through tp_transpose_conv_rows. `row_acc`, if given, is the
-    scratch the kernel accumulates in (at least out_w * out_c * 4 bytes, e.g. the plan's
-    scratch segment in an arena); else a private one."""
+    """TRANSPOSE_CONV through tp_transpose_conv_rows (int8) or tp_transpose_conv_rows_s16
+    (int16 activations, zero points 0, int64 bias). `row_acc`, if given, is the scratch the
+    kernel accumulates in (at least tconv_scratch_bytes, e.g. the plan's scratch segment
+    in an arena); else a private one."""
     lib = library()
     x = np.ascontiguousarray(x)
-    if x.dtype != np.int8 or x.ndim != 4:
-        raise CKernelError(f"transpose conv input: int8 NHWC expected, got {x.dtype} "
+    if x.dtype not in (np.int8, np.int16) or x.ndim != 4:
+        raise CKernelError(f"transpose conv input: int8 or int16 NHWC expected, got {x.dtype} "
                            f"{list(x.shape)}")
+    s16 = x.dtype == np.int16
+    if s16 and (input_zero_point or output_zero_point):
+        raise CKernelError("16x8 transpose conv needs zero points 0 (as TFLite's)")
     filt = np.ascontiguousarray(filt, dtype=np.int8)
     n, out_h, out_w, out_c = (int(d) for d in out_shape)
     if padding not in ("same", "valid"):
@@ -333,14 +342,20 @@ def transpose_conv(x: np.ndarray, filt: np.ndarray, bias: np.ndarray | None,
     p.pad_left = lib.tp_tconv_padding(out_w, p.k_w, p.stride_w, same)
     p.input_offset, p.output_offset = -int(input_zero_point), int(output_zero_point)
     p.act_min, p.act_max = (int(v) for v in act_range)
-    keep = _set_weights(p, filt, bias, multiplier, shift)  # noqa: F841 - alive for the call
-    need = tconv_scratch_bytes(out_shape)
+    keep = _set_weights(p, filt, None if s16 else bias, multiplier, shift)  # noqa: F841
+    bias64 = None if bias is None or not s16 else np.ascontiguousarray(bias, dtype=np.int64)
+    need = tconv_scratch_bytes(out_shape, "int16" if s16 else "int8")
     if row_acc is None:
         row_acc = np.empty(need, dtype=np.uint8)
     if not row_acc.flags.c_contiguous or row_acc.nbytes < need:
         raise CKernelError(f"transpose conv row accumulator has {row_acc.nbytes} B, "
                            f"needs {need} B contiguous")
-    out = np.empty((n, out_h, out_w, out_c), dtype=np.int8)
-    _check(lib.tp_transpose_conv_rows(ctypes.byref(p), _ptr(x), _ptr(row_acc), _ptr(out)),
-           "tp_transpose_conv_rows")
+    out = np.empty((n, out_h, out_w, out_c), dtype=x.dtype)
+    if s16:
+        _check(lib.tp_transpose_conv_rows_s16(ctypes.byref(p), _ptr(bias64), _ptr(x),
+                                              _ptr(row_acc), _ptr(out)),
+               "tp_transpose_conv_rows_s16")
+    else:
+        _check(lib.tp_transpose_conv_rows(ctypes.byref(p), _ptr(x), _ptr(row_acc), _ptr(out)),
+               "tp_transpose_conv_rows")
     return out

@@ -37,17 +37,21 @@ def _buf(data: bytes | None):
 
 
 def one_op_model(kind: str, x_shape, filt, bias, in_q, f_scales, out_q, out_shape, strides,
-                 padding: str, act: str, dilations=(1, 1)) -> bytes:
-    """A one-op int8 model: CONV_2D, DEPTHWISE_CONV_2D or TRANSPOSE_CONV."""
+                 padding: str, act: str, dilations=(1, 1), activations: str = "int8") -> bytes:
+    """A one-op model: CONV_2D, DEPTHWISE_CONV_2D or TRANSPOSE_CONV, int8 filter; int8
+    activations with int32 bias, or (activations="int16") 16x8 with int64 bias."""
     import flatbuffers
 
     fb = _schema()
     f_dim = 3 if kind == "DEPTHWISE_CONV_2D" else 0
     cout = out_shape[3]
-    x = _tensor("x", x_shape, fb.TensorType.INT8, 0, _quant([in_q[0]], [in_q[1]]))
+    act_type = fb.TensorType.INT16 if activations == "int16" else fb.TensorType.INT8
+    bias_type, bias_fmt = (fb.TensorType.INT64, "<i8") if activations == "int16" else \
+        (fb.TensorType.INT32, "<i4")
+    x = _tensor("x", x_shape, act_type, 0, _quant([in_q[0]], [in_q[1]]))
     w = _tensor("w", filt.shape, fb.TensorType.INT8, 1, _quant(f_scales, [0] * len(f_scales),
                                                                 f_dim))
-    y = _tensor("y", out_shape, fb.TensorType.INT8, 0, _quant([out_q[0]], [out_q[1]]))
+    y = _tensor("y", out_shape, act_type, 0, _quant([out_q[0]], [out_q[1]]))
     buffers = [_buf(None), _buf(filt.astype(np.int8).tobytes())]
     tensors = [x, w, y]
     b_index = -1
@@ -55,8 +59,8 @@ def one_op_model(kind: str, x_shape, filt, bias, in_q, f_scales, out_q, out_shap
         scales = [float(np.float32(in_q[0]) * np.float32(s)) for s in f_scales]
         if len(scales) == 1:
             scales = scales * cout
-        tensors.append(_tensor("b", (cout,), fb.TensorType.INT32, 2, _quant(scales, [0] * cout)))
-        buffers.append(_buf(bias.astype("<i4").tobytes()))
+        tensors.append(_tensor("b", (cout,), bias_type, 2, _quant(scales, [0] * cout)))
+        buffers.append(_buf(bias.astype(bias_fmt).tobytes()))
         b_index = 3
     op = fb.OperatorT()
     op.opcodeIndex = 0

@@ -61,6 +61,35 @@ def test_transpose_conv_matches_tflite_reference(h, w, cin, cout, kh, kw, sh, sw
     np.testing.assert_array_equal(got, want)
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(h=st.integers(1, 5), w=st.integers(1, 5), cin=st.integers(1, 6), cout=st.integers(1, 6),
+       k=st.integers(1, 4), s=st.integers(1, 3), padding=st.sampled_from(["same", "valid"]),
+       act=st.sampled_from(["none", "relu"]), has_bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_transpose_conv_16x8_matches_tflite_reference(h, w, cin, cout, k, s, padding, act,
+                                                      has_bias, seed):
+    """int16 activations (zero points 0), int8 filter, int64 bias: int64 row accumulators."""
+    rng = np.random.default_rng(seed)
+    oh, ow = (h * s, w * s) if padding == "same" else ((h - 1) * s + k, (w - 1) * s + k)
+    out_shape = (1, oh, ow, cout)
+    filt = rng.integers(-127, 128, (cout, k, k, cin)).astype(np.int8)
+    bias = rng.integers(-200000, 200000, cout).astype(np.int64) if has_bias else None
+    in_q = (float(np.float32(rng.uniform(1e-4, 1e-3))), 0)
+    out_q = (float(np.float32(rng.uniform(1e-3, 1e-2))), 0)
+    f_scales = [float(np.float32(v)) for v in rng.uniform(0.002, 0.03, cout)]
+    x = rng.integers(-32768, 32768, (1, h, w, cin)).astype(np.int16)
+    model = one_op_model("TRANSPOSE_CONV", x.shape, filt, bias, in_q, f_scales, out_q,
+                         out_shape, (s, s), padding, act, activations="int16")
+    want = reference(model, x)
+    mult, shift = ckernels.per_channel_multipliers(in_q[0], f_scales, out_q[0], cout)
+    row_acc = np.empty(ckernels.tconv_scratch_bytes(out_shape, "int16"), dtype=np.uint8)
+    got = ckernels.transpose_conv(x, filt, bias, mult, shift, input_zero_point=0,
+                                  output_zero_point=0, out_shape=out_shape, strides=(s, s),
+                                  padding=padding, row_acc=row_acc,
+                                  act_range=ckernels.activation_range(act, *out_q, "int16"))
+    assert got.dtype == np.int16
+    np.testing.assert_array_equal(got, want)
+
+
 def test_transpose_conv_uses_only_one_output_row_of_scratch():
     """A row accumulator one byte short is refused; exactly out_w * out_c * 4 works."""
     rng = np.random.default_rng(3)

@@ -12,7 +12,8 @@
 //                    channel_start, channel_stop, line_buffer_output, line_rows]
 //   TinyPlanTransposeConv: [version, padding (0 SAME, 1 VALID), stride_h, stride_w,
 //                   fused_activation]; inputs as the builtin TRANSPOSE_CONV
-//                   (output_shape, filter, input[, bias]), output 0.
+//                   (output_shape, filter, input[, bias]), output 0; int8 (int32 bias)
+//                   or 16x8 (int16 activations, int64 bias).
 //   TinyPlanSplit: [version, axis, keep_channels]; input 0 the interleaved tensor,
 //                   output 0 part 0 (compacted in place), optional output 1 part 1
 //                   (already spilled: never written).
@@ -441,6 +442,7 @@ struct TconvData {
   int32_t opts[kTconvFields];
   tp_tconv_params params;
   int scratch_index;
+  bool s16;  // 16x8: int16 activations, int64 bias and accumulators
 };
 
 void* InitTconv(TfLiteContext* context, const char* buffer, size_t length) {
@@ -465,9 +467,20 @@ TfLiteStatus PrepareTconv(TfLiteContext* context, TfLiteNode* node) {
   TfLiteTensor* output = mc->AllocateTempOutputTensor(node, 0);
   TfLiteTensor* shape = mc->AllocateTempInputTensor(node, kTconvOutputShape);
   TF_LITE_ENSURE(context, input != nullptr && filter != nullptr && output != nullptr);
-  TF_LITE_ENSURE_MSG(context, input->type == kTfLiteInt8 && filter->type == kTfLiteInt8 &&
-                                  output->type == kTfLiteInt8,
-                     "TinyPlanTransposeConv: int8 input, filter and output only");
+  d->s16 = input->type == kTfLiteInt16;
+  TF_LITE_ENSURE_MSG(context, (input->type == kTfLiteInt8 || d->s16) &&
+                                  filter->type == kTfLiteInt8 && output->type == input->type,
+                     "TinyPlanTransposeConv: int8 or int16 activations, int8 filter");
+  TF_LITE_ENSURE(context, !d->s16 || (input->params.zero_point == 0 &&
+                                      output->params.zero_point == 0));
+  if (node->inputs->size == 4) {
+    TfLiteTensor* bias = mc->AllocateTempInputTensor(node, kTconvBias);
+    if (bias != nullptr) {
+      TF_LITE_ENSURE_MSG(context, bias->type == (d->s16 ? kTfLiteInt64 : kTfLiteInt32),
+                         "TinyPlanTransposeConv: int32 bias (int8) or int64 bias (16x8)");
+      mc->DeallocateTempTfLiteTensor(bias);
+    }
+  }
   TF_LITE_ENSURE(context, input->dims->size == 4 && filter->dims->size == 4 &&
                               output->dims->size == 4);
   tp_tconv_params& p = d->params;
@@ -504,9 +517,10 @@ TfLiteStatus PrepareTconv(TfLiteContext* context, TfLiteNode* node) {
       context, static_cast<TfLiteFusedActivation>(d->opts[4]), output, &act_min, &act_max));
   p.act_min = act_min;
   p.act_max = act_max;
-  // The whole point: one output row of int32 accumulators, not the whole output.
+  // The whole point: one output row of accumulators, not the whole output.
   TF_LITE_ENSURE_STATUS(context->RequestScratchBufferInArena(
-      context, tp_tconv_scratch_bytes(&p), &d->scratch_index));
+      context, d->s16 ? tp_tconv_scratch_bytes_s16(&p) : tp_tconv_scratch_bytes(&p),
+      &d->scratch_index));
   mc->DeallocateTempTfLiteTensor(input);
   mc->DeallocateTempTfLiteTensor(filter);
   mc->DeallocateTempTfLiteTensor(output);
@@ -520,13 +534,23 @@ TfLiteStatus EvalTconv(TfLiteContext* context, TfLiteNode* node) {
   const TfLiteEvalTensor* filter = tflite::micro::GetEvalInput(context, node, kTconvFilter);
   const TfLiteEvalTensor* bias = tflite::micro::GetEvalInput(context, node, kTconvBias);
   TfLiteEvalTensor* output = tflite::micro::GetEvalOutput(context, node, 0);
-  auto* row_acc = static_cast<int32_t*>(context->GetScratchBuffer(context, d->scratch_index));
+  void* row_acc = context->GetScratchBuffer(context, d->scratch_index);
   TF_LITE_ENSURE(context, input != nullptr && filter != nullptr && output != nullptr &&
                               row_acc != nullptr);
   d->params.filter = tflite::micro::GetTensorData<int8_t>(filter);
-  d->params.bias = bias != nullptr ? tflite::micro::GetTensorData<int32_t>(bias) : nullptr;
-  const int rc = tp_transpose_conv_rows(&d->params, tflite::micro::GetTensorData<int8_t>(input),
-                                        row_acc, tflite::micro::GetTensorData<int8_t>(output));
+  int rc;
+  if (d->s16) {
+    d->params.bias = nullptr;
+    rc = tp_transpose_conv_rows_s16(
+        &d->params, bias != nullptr ? tflite::micro::GetTensorData<int64_t>(bias) : nullptr,
+        tflite::micro::GetTensorData<int16_t>(input), static_cast<int64_t*>(row_acc),
+        tflite::micro::GetTensorData<int16_t>(output));
+  } else {
+    d->params.bias = bias != nullptr ? tflite::micro::GetTensorData<int32_t>(bias) : nullptr;
+    rc = tp_transpose_conv_rows(&d->params, tflite::micro::GetTensorData<int8_t>(input),
+                                static_cast<int32_t*>(row_acc),
+                                tflite::micro::GetTensorData<int8_t>(output));
+  }
   TF_LITE_ENSURE_MSG(context, rc == TP_OK, "TinyPlanTransposeConv failed");
   return kTfLiteOk;
 }

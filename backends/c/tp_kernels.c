@@ -242,3 +242,70 @@ int tp_transpose_conv_rows(const tp_tconv_params *p, const int8_t *input, int32_
   }
   return TP_OK;
 }
+
+uint32_t tp_tconv_scratch_bytes_s16(const tp_tconv_params *p) {
+  return (uint32_t)p->out_w * (uint32_t)p->out_c * 8u;
+}
+
+/* TFLite's MultiplyByQuantizedMultiplier for int64 accumulators (16x8 kernels): the
+ * multiplier reduced to 16 bits, one rounding shift. */
+int32_t tp_multiply_by_quantized_multiplier64(int64_t x, int32_t multiplier, int32_t shift) {
+  const int32_t reduced = multiplier < 0x7FFF0000 ? (multiplier + (1 << 15)) >> 16 : 0x7FFF;
+  const int32_t total_shift = 15 - shift;
+  const int64_t round = (int64_t)1 << (total_shift - 1);
+  return (int32_t)((x * (int64_t)reduced + round) >> total_shift);
+}
+
+int tp_transpose_conv_rows_s16(const tp_tconv_params *p, const int64_t *bias64,
+                               const int16_t *input, int64_t *row_acc, int16_t *output) {
+  const int32_t batches = p->batches > 0 ? p->batches : 1;
+  const size_t row_len = (size_t)p->out_w * p->out_c;
+  const size_t f_oc = (size_t)p->k_h * p->k_w * p->in_c;
+  int32_t b, oy, ky, ix, kx, oc, c;
+  if (p->in_h <= 0 || p->in_w <= 0 || p->in_c <= 0 || p->out_h <= 0 || p->out_w <= 0 ||
+      p->out_c <= 0 || p->k_h <= 0 || p->k_w <= 0 || p->stride_h <= 0 || p->stride_w <= 0)
+    return TP_ECONFIG;
+  for (b = 0; b < batches; b++) {
+    const int16_t *in_b = input + (size_t)b * p->in_h * p->in_w * p->in_c;
+    int16_t *out_b = output + (size_t)b * p->out_h * row_len;
+    for (oy = 0; oy < p->out_h; oy++) {
+      int16_t *out_row = out_b + (size_t)oy * row_len;
+      size_t j;
+      memset(row_acc, 0, row_len * sizeof(int64_t));
+      for (ky = 0; ky < p->k_h; ky++) {
+        const int32_t t = oy + p->pad_top - ky;
+        const int16_t *in_row;
+        if (t < 0 || t % p->stride_h != 0 || t / p->stride_h >= p->in_h) continue;
+        in_row = in_b + (size_t)(t / p->stride_h) * p->in_w * p->in_c;
+        for (ix = 0; ix < p->in_w; ix++) {
+          const int16_t *px = in_row + (size_t)ix * p->in_c;
+          for (kx = 0; kx < p->k_w; kx++) {
+            const int32_t ox = ix * p->stride_w - p->pad_left + kx;
+            int64_t *acc;
+            const int8_t *f;
+            if (ox < 0 || ox >= p->out_w) continue;
+            acc = row_acc + (size_t)ox * p->out_c;
+            f = p->filter + ((size_t)ky * p->k_w + kx) * p->in_c;
+            for (oc = 0; oc < p->out_c; oc++) {
+              const int8_t *fo = f + (size_t)oc * f_oc;
+              int64_t sum = 0;
+              for (c = 0; c < p->in_c; c++) sum += (int32_t)px[c] * (int32_t)fo[c];
+              acc[oc] += sum;
+            }
+          }
+        }
+      }
+      for (j = 0; j < row_len; j++) {
+        const int32_t oc_j = (int32_t)(j % (size_t)p->out_c);
+        int64_t acc = row_acc[j];
+        int32_t v;
+        if (bias64 != NULL) acc += bias64[oc_j];
+        v = tp_multiply_by_quantized_multiplier64(acc, p->out_multiplier[oc_j], p->out_shift[oc_j]);
+        if (v < p->act_min) v = p->act_min;
+        if (v > p->act_max) v = p->act_max;
+        out_row[j] = (int16_t)v;
+      }
+    }
+  }
+  return TP_OK;
+}

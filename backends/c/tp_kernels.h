@@ -95,6 +95,16 @@ int32_t tp_tconv_padding(int32_t out, int32_t k, int32_t stride, int same);
 int tp_transpose_conv_rows(const tp_tconv_params *p, const int8_t *input, int32_t *row_acc,
                            int8_t *output);
 
+/* TRANSPOSE_CONV 16x8 (int16 activations, zero points 0, int8 filter, int64 bias), as
+ * TFLite's reference kernel: int64 accumulators, requantised with the 64-bit
+ * MultiplyByQuantizedMultiplier. p->filter / out_multiplier / out_shift / act range as
+ * for int8; p->bias and the offsets are ignored (use bias64). row_acc holds
+ * out_w * out_c int64: tp_tconv_scratch_bytes_s16. */
+uint32_t tp_tconv_scratch_bytes_s16(const tp_tconv_params *p);
+int32_t tp_multiply_by_quantized_multiplier64(int64_t x, int32_t multiplier, int32_t shift);
+int tp_transpose_conv_rows_s16(const tp_tconv_params *p, const int64_t *bias64,
+                               const int16_t *input, int64_t *row_acc, int16_t *output);
+
 #ifdef __cplusplus
 }
 #endif

@@ -107,7 +107,8 @@ static MicroContext g_micro;
 MicroContext* GetMicroContext(const TfLiteContext*) { return &g_micro; }
 
 TfLiteStatus TfLiteTypeSizeOf(TfLiteType type, size_t* size) {
-  *size = type == kTfLiteInt32 || type == kTfLiteFloat32 ? 4 : 1;
+  *size = type == kTfLiteInt64 ? 8 : type == kTfLiteInt32 || type == kTfLiteFloat32 ? 4
+         : type == kTfLiteInt16 ? 2 : 1;
   return kTfLiteOk;
 }
 TfLiteStatus TfLiteEvalTensorByteLength(const TfLiteEvalTensor* t, size_t* out) {
@@ -132,9 +133,11 @@ void QuantizeMultiplier(double m, int32_t* q, int* shift) {  // as TFLite
 }
 TfLiteStatus CalculateActivationRangeQuantized(TfLiteContext*, TfLiteFusedActivation act,
                                                TfLiteTensor* out, int32_t* lo, int32_t* hi) {
+  const int32_t qmin = out->type == kTfLiteInt16 ? -32768 : -128;
+  const int32_t qmax = out->type == kTfLiteInt16 ? 32767 : 127;
   *lo = act == kTfLiteActRelu || act == kTfLiteActRelu6
-            ? (out->params.zero_point > -128 ? out->params.zero_point : -128) : -128;
-  *hi = 127;
+            ? (out->params.zero_point > qmin ? out->params.zero_point : qmin) : qmin;
+  *hi = qmax;
   if (act == kTfLiteActRelu6) {
     const int32_t six = out->params.zero_point +
                         static_cast<int32_t>(roundf(6.0f / out->params.scale));
@@ -285,6 +288,30 @@ static void ScatterTconv(const int8_t* x, int h, int w, int c, const int8_t* f, 
                       out_zp, lo, hi);
 }
 
+// The 16x8 reference: int16 input, zero points 0, int64 scatter buffer and bias.
+static void ScatterTconv16(const int16_t* x, int h, int w, int c, const int8_t* f, int k, int s,
+                           int pad, const int64_t* bias, int oh, int ow, int oc_n,
+                           const int32_t* mult, const int32_t* shift, int16_t* y) {
+  static int64_t acc[1 << 14];
+  memset(acc, 0, sizeof(int64_t) * oh * ow * oc_n);
+  for (int iy = 0; iy < h; ++iy)
+    for (int ix = 0; ix < w; ++ix)
+      for (int ic = 0; ic < c; ++ic)
+        for (int ky = 0; ky < k; ++ky)
+          for (int kx = 0; kx < k; ++kx)
+            for (int oc = 0; oc < oc_n; ++oc) {
+              const int oy = iy * s - pad + ky, ox = ix * s - pad + kx;
+              if (oy < 0 || oy >= oh || ox < 0 || ox >= ow) continue;
+              acc[(oy * ow + ox) * oc_n + oc] +=
+                  x[(iy * w + ix) * c + ic] * f[((oc * k + ky) * k + kx) * c + ic];
+            }
+  for (int i = 0; i < oh * ow * oc_n; ++i) {
+    int32_t v = tp_multiply_by_quantized_multiplier64(acc[i] + bias[i % oc_n], mult[i % oc_n],
+                                                      shift[i % oc_n]);
+    y[i] = static_cast<int16_t>(v < -32768 ? -32768 : v > 32767 ? 32767 : v);
+  }
+}
+
 // ---- storages ---------------------------------------------------------------------------
 static tp_file_storage g_file;
 static tp_flash_storage g_flash;
@@ -330,6 +357,8 @@ int main(int argc, char** argv) {
   static uint8_t line[K * W * (CB - KEEP)];
   static int32_t bias[CO], gbias[GO], t_bias[CT];
   static int32_t up_shape[4] = {1, UH, UW, CT}, up2_shape[4] = {1, VH, VW, CT};
+  static int16_t x16[H * W * CO], up16[UH * UW * CT], want_up16[UH * UW * CT];
+  static int64_t bias64[CT];
   if (argc != 3) return Fail("usage: tflm_ops_test INFERENCES STORAGE_SPEC");
   const int inferences = atoi(argv[1]);
   srand(7);
@@ -345,6 +374,8 @@ int main(int argc, char** argv) {
   for (int32_t& v : bias) v = rand() % 2000 - 1000;
   for (int32_t& v : gbias) v = rand() % 2000 - 1000;
   for (int32_t& v : t_bias) v = rand() % 2000 - 1000;
+  for (int16_t& v : x16) v = static_cast<int16_t>(rand() % 65536 - 32768);
+  for (int64_t& v : bias64) v = rand() % 400000 - 200000;
   tp_storage storage;
   if (OpenStorage(argv[2], &storage) != TP_OK) return Fail("storage");
   tp_storage* storages[1] = {&storage};
@@ -389,6 +420,9 @@ int main(int argc, char** argv) {
   const int tshape2 = AddTensor(kTfLiteInt32, up2_shape, 1, d_four);
   const int tup = AddTensor(kTfLiteInt8, up, 4, d_up, up_scale, up_zp);
   const int tup2 = AddTensor(kTfLiteInt8, up2, 4, d_up2, up_scale, up_zp);
+  const int tx16 = AddTensor(kTfLiteInt16, x16, 4, d_out, 0.0005f, 0);
+  const int tb64 = AddTensor(kTfLiteInt64, bias64, 1, d_tn);
+  const int tup16 = AddTensor(kTfLiteInt16, up16, 4, d_up, 0.004f, 0);
   const int32_t part_bytes = H * W * (CB - KEEP), a_bytes = H * W * CA;
 
   // Part 1 of b at 128 and the whole of a at 200: with 128-byte erase blocks both live
@@ -401,7 +435,7 @@ int main(int argc, char** argv) {
                               0, -1, -1, H * W * KEEP, 0, KEEP, -1, 0,
                               1, 0, 128, part_bytes, KEEP, CB, 0, 1};
   static Node n_spill_b, n_spill_a, n_split, n_fetch_b, n_fetch_a, n_concat, n_conv, n_gconv,
-      n_dconv, n_tconv, n_tconv2;
+      n_dconv, n_tconv, n_tconv2, n_tconv16;
   using tinyplan::Register_FUSED_CONCAT_CONV2D;
   bool ok = Prepare(&n_spill_b, tinyplan::Register_SPILL(), spill_b, 8, {tb}, {}) &&
             Prepare(&n_spill_a, tinyplan::Register_SPILL(), spill_a, 8, {ta}, {}) &&
@@ -427,14 +461,22 @@ int main(int argc, char** argv) {
                      {tshape, ttf, tout, ttb}, {tup}) &&
        Prepare(&n_tconv2, tinyplan::Register_TRANSPOSE_CONV_ROWS(), tconv2, 5,
                {tshape2, ttf2, tout}, {tup2});
+  const int32_t tconv16[5] = {1, 0, 2, 2, kTfLiteActNone};  // 16x8, SAME, stride 2, bias
+  ok = ok && Prepare(&n_tconv16, tinyplan::Register_TRANSPOSE_CONV_ROWS(), tconv16, 5,
+                     {tshape, ttf, tx16, tb64}, {tup16});
   if (!ok) return Fail("prepare convolutions");
-  // One output row of int32 accumulators each, not the whole output.
-  if (g_num_scratch != scratch_before + 2 || g_scratch_bytes[scratch_before] != UW * CT * 4u ||
-      g_scratch_bytes[scratch_before + 1] != VW * CT * 4u)
+  // One output row of accumulators each (int32; int64 for 16x8), not the whole output.
+  if (g_num_scratch != scratch_before + 3 || g_scratch_bytes[scratch_before] != UW * CT * 4u ||
+      g_scratch_bytes[scratch_before + 1] != VW * CT * 4u ||
+      g_scratch_bytes[scratch_before + 2] != UW * CT * 8u)
     return Fail("TinyPlanTransposeConv scratch request");
 
   // Expected values, from the definitions.
   int32_t mult[CO], shift[CO], gmult[GO], gshift[GO], tmult[CT], tshift[CT];
+  int32_t mult16[CT], shift16[CT];
+  Multipliers(0.0005f, t_scales, CT, 0.004f, CT, mult16, shift16);
+  ScatterTconv16(x16, H, W, CO, tfilt, 3, 2, (((UH + 1) / 2 - 1) * 2 + 3 - UH) / 2, bias64, UH,
+                 UW, CT, mult16, shift16, want_up16);
   Multipliers(in_scale, &f_scale, 1, out_scale, CO, mult, shift);
   Multipliers(in_scale, g_scales, GO, g_scale, GO, gmult, gshift);
   Multipliers(out_scale, t_scales, CT, up_scale, CT, tmult, tshift);
@@ -491,6 +533,9 @@ int main(int argc, char** argv) {
     if (!Invoke(&n_tconv) || !Invoke(&n_tconv2)) return Fail("TinyPlanTransposeConv");
     if (memcmp(up, want_up[set], sizeof up) != 0) return Fail("TinyPlanTransposeConv data (SAME)");
     if (memcmp(up2, want_up2[set], sizeof up2) != 0) return Fail("TinyPlanTransposeConv data (VALID)");
+    memset(up16, 0x5A, sizeof up16);
+    if (!Invoke(&n_tconv16)) return Fail("TinyPlanTransposeConv 16x8");
+    if (memcmp(up16, want_up16, sizeof up16) != 0) return Fail("TinyPlanTransposeConv data (16x8)");
     if (run == 0) memcpy(first_out, out, sizeof out);
     if (set == 0 && memcmp(first_out, out, sizeof out) != 0) return Fail("inferences differ");
   }
@@ -498,6 +543,9 @@ int main(int argc, char** argv) {
   for (int i = 0; i < H * W * CO; ++i) distinct += out[i] != out[0];
   for (int i = 1; i < UH * UW * CT; ++i) distinct += up[i] != up[0];
   if (distinct < 20) return Fail("constant output");
+  int distinct16 = 0;
+  for (int i = 1; i < UH * UW * CT; ++i) distinct16 += up16[i] != up16[0];
+  if (distinct16 < 20) return Fail("constant 16x8 output");
   if (strncmp(argv[2], "file:", 5) == 0) tp_file_storage_close(&storage);
   if (strncmp(argv[2], "tcp:", 4) == 0) tp_tcp_stream_close(&g_tcp);
   printf("ok inferences=%d erases=%u\n", inferences, static_cast<unsigned>(g_flash.erases));

@@ -5,7 +5,7 @@
 #include <stdint.h>
 
 typedef enum { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
-typedef enum { kTfLiteNoType = 0, kTfLiteFloat32 = 1, kTfLiteInt32 = 2, kTfLiteInt16 = 7, kTfLiteInt8 = 9 } TfLiteType;
+typedef enum { kTfLiteNoType = 0, kTfLiteFloat32 = 1, kTfLiteInt32 = 2, kTfLiteInt64 = 4, kTfLiteInt16 = 7, kTfLiteInt8 = 9 } TfLiteType;
 typedef enum { kTfLiteActNone = 0, kTfLiteActRelu = 1, kTfLiteActReluN1To1 = 2, kTfLiteActRelu6 = 3 } TfLiteFusedActivation;
 typedef struct { int size; int data[8]; } TfLiteIntArray;
 typedef struct { int size; float data[16]; } TfLiteFloatArray;
