@@ -240,7 +240,7 @@ class ArenaMachine:
             return None
         device_ops = [self.graph.ops[o] for o in (*self.fused_conv, *self.stream_ops)]
         device_ops += [op for op in self.graph.ops if uses_row_transpose_conv(op)]
-        if not any(op.inputs and self._tensor(op.outputs[0]).dtype == "int8"
+        if not any(op.inputs and self._tensor(op.outputs[0]).dtype in ("int8", "int16")
                    for op in device_ops):
             return None
         return self.kernels.device_kernels()  # type: ignore[attr-defined]
@@ -456,7 +456,10 @@ class ArenaMachine:
         from .kernels_tflite import uses_row_transpose_conv
 
         dev = self.device
-        if dev is None or not op.outputs or not dev.is_int8(op.outputs[0]):
+        if dev is None or not op.outputs:
+            return None
+        dtype = self._tensor(op.outputs[0]).dtype
+        if dtype != "int8" and not (dtype == "int16" and uses_row_transpose_conv(op)):
             return None
         start = time.perf_counter()
         if op.index in self.fused_conv:
@@ -466,7 +469,7 @@ class ArenaMachine:
             result = dev.fused_concat(op, self._slices(op, step))
         elif uses_row_transpose_conv(op):
             seg = self._resident(op.scratch[0], None, step) if op.scratch else None
-            need = dev.ck.tconv_scratch_bytes(self._tensor(op.outputs[0]).shape)
+            need = dev.ck.tconv_scratch_bytes(self._tensor(op.outputs[0]).shape, dtype)
             if seg is None or seg.size < need:
                 raise ExecutionError(
                     f"op {op.index} ({op.op_type}, scratch-free kernel) needs {need} B of "

@@ -251,9 +251,6 @@ class DeviceKernels:
         zps = [int(z) for z in q.zeroPoint] if q.zeroPoint is not None else [0]
         return [float(s) for s in q.scale], zps
 
-    def is_int8(self, t: int) -> bool:
-        return self.graph.tensors[t].dtype == "int8"
-
     def _conv_quant(self, data_in: int, filt: int, out: int, channels: int):
         (in_s,), (in_zp,) = (v[:1] for v in self._quant(data_in))
         f_scales, _ = self._quant(filt)
@@ -283,7 +280,7 @@ class DeviceKernels:
 
     def transpose_conv(self, op: Op, x: np.ndarray, row_acc: np.ndarray) -> np.ndarray:
         """TRANSPOSE_CONV (inputs output_shape, filter, input[, bias]) accumulating in
-        row_acc, one output row of int32: the scratch the plan gave the op."""
+        row_acc, one output row of int32 (int64 for 16x8): the scratch the plan gave it."""
         filt_t, data_t = op.inputs[1], op.inputs[2]
         bias_t = op.inputs[3] if len(op.inputs) > 3 else -1
         out_t = op.outputs[0]
@@ -294,7 +291,7 @@ class DeviceKernels:
             output_zero_point=out_zp, out_shape=out_shape,
             strides=op.attrs.get("strides", (1, 1)), padding=op.attrs.get("padding", "valid"),
             act_range=self.ck.activation_range(op.attrs.get("fused_activation", "none"),
-                                               out_s, out_zp),
+                                               out_s, out_zp, self.graph.tensors[out_t].dtype),
             row_acc=row_acc)
 
 

@@ -132,3 +132,33 @@ def test_every_fused_op_of_zoo_spill_plans_runs_on_the_c_kernels(path):
     result = m.run(plan)
     assert result.mismatch is None, result.mismatch
     assert result.execution.c_kernel_ops == len(plan.fusions)
+
+
+def test_scratch_free_16x8_transpose_conv_in_a_plan(tmp_path):
+    """A one-op 16x8 TRANSPOSE_CONV model: on the row kernel its scratch is one output row
+    of int64, and the planned run matches the reference."""
+    pytest.importorskip("ai_edge_litert")
+    from one_op_models import one_op_model
+
+    from frontends import load_model
+
+    rng = np.random.default_rng(16)
+    filt = rng.integers(-127, 128, (4, 3, 3, 5)).astype(np.int8)
+    bias = rng.integers(-100000, 100000, 4).astype(np.int64)
+    scales = [float(np.float32(v)) for v in rng.uniform(0.002, 0.03, 4)]
+    path = tmp_path / "tconv16.tflite"
+    path.write_bytes(one_op_model("TRANSPOSE_CONV", (1, 6, 5, 5), filt, bias,
+                                  (float(np.float32(4e-4)), 0), scales,
+                                  (float(np.float32(4e-3)), 0), (1, 12, 10, 4), (2, 2), "same",
+                                  "none", activations="int16"))
+    g = load_model(path)
+    op = g.ops[0]
+    assert g.tensors[op.scratch[0]].nbytes == 12 * 10 * 4 * 8  # TFLM's int64 scatter buffer
+    tensors = list(g.tensors)
+    tensors[op.scratch[0]] = replace(tensors[op.scratch[0]], nbytes=10 * 4 * 8, shape=(40,))
+    g = replace(g, tensors=tuple(tensors),
+                ops=(replace(op, attrs={**op.attrs, "kernel": "tinyplan_rows"}),))
+    plan = _plan(g, "tflm-greedy", profile="none")
+    result = run_plan(g, plan, path)
+    assert result.mismatch is None, result.mismatch
+    assert result.execution.c_kernel_ops == 1
