@@ -10,9 +10,16 @@ ACTS = {"none": 0, "relu": 1, "relu_n1_to_1": 2, "relu6": 3}
 
 
 def _schema():
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
+    import importlib
 
-    return fb
+    # The schema moved between tflite-micro wheels; either layout will do.
+    for name in ("tflite_micro.tensorflow.lite.micro.python.schema_py_generated",
+                 "tflite_micro.tensorflow.lite.python.schema_py_generated"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError("tflite-micro's TFLite schema is not importable")
 
 
 def _quant(scales, zps, dim=0):
