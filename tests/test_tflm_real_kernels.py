@@ -100,3 +100,115 @@ def test_tinyplan_transpose_conv_on_real_tflm(registerer: str, case):
     assert len(np.unique(mine[0][0])) > 20
     full, row = align(oh * ow * cout * width), align(ow * cout * width)
     assert stock_arena["head"] - my_arena["head"] == full - row
+
+
+def concat_conv_models(kind: str, a_c: int, b_c: int, filt: np.ndarray, bias: np.ndarray,
+                       hw: tuple[int, int], q: tuple, f_scales, out_q: tuple, act: str):
+    """Two int8 inputs a, b (one scale): stock CONCATENATION + CONV_2D / DEPTHWISE_CONV_2D,
+    and the same computation as one FusedConcatConv2D over both resident inputs."""
+    import flatbuffers
+
+    fb = _schema()
+    h, w = hw
+    cout = bias.shape[0]
+    depthwise = kind == "DEPTHWISE_CONV_2D"
+
+    def quant(scales, zps, dim=0):
+        qp = fb.QuantizationParametersT()
+        qp.scale, qp.zeroPoint, qp.quantizedDimension = list(scales), list(zps), dim
+        return qp
+
+    def tensor(name, shape, ttype, buffer, qp):
+        t = fb.TensorT()
+        t.name, t.shape, t.type, t.buffer, t.quantization = name, list(shape), ttype, buffer, qp
+        return t
+
+    def buf(data=None):
+        b = fb.BufferT()
+        b.data = list(data) if data else None
+        return b
+
+    def pack(m) -> bytes:
+        builder = flatbuffers.Builder(1024)
+        builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+        return bytes(builder.Output())
+
+    i8, i32 = fb.TensorType.INT8, fb.TensorType.INT32
+    base = [tensor("a", (1, h, w, a_c), i8, 0, quant([q[0]], [q[1]])),
+            tensor("b", (1, h, w, b_c), i8, 0, quant([q[0]], [q[1]])),
+            tensor("w", filt.shape, i8, 1, quant(f_scales, [0] * len(f_scales),
+                                                 3 if depthwise else 0)),
+            tensor("bias", (cout,), i32, 2, quant([q[0] * s for s in f_scales], [0] * cout)),
+            tensor("y", (1, h, w, cout), i8, 0, quant([out_q[0]], [out_q[1]]))]
+    buffers = [buf(), buf(filt.tobytes()), buf(bias.astype("<i4").tobytes())]
+
+    def code(builtin, custom=None):
+        c = fb.OperatorCodeT()
+        c.builtinCode = c.deprecatedBuiltinCode = builtin
+        c.customCode, c.version = custom, 1 if custom else 3
+        return c
+
+    def model(ops, codes, tensors):
+        sub = fb.SubGraphT()
+        sub.tensors, sub.operators, sub.inputs, sub.outputs = tensors, ops, [0, 1], [4]
+        m = fb.ModelT()
+        m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, codes, [sub], buffers
+        return pack(m)
+
+    cat = fb.OperatorT()
+    cat.opcodeIndex, cat.inputs, cat.outputs = 0, [0, 1], [5]
+    cat.builtinOptionsType = fb.BuiltinOptions.ConcatenationOptions
+    cat.builtinOptions = fb.ConcatenationOptionsT()
+    cat.builtinOptions.axis = 3
+    conv = fb.OperatorT()
+    conv.opcodeIndex, conv.inputs, conv.outputs = 1, [5, 2, 3], [4]
+    if depthwise:
+        conv.builtinOptionsType = fb.BuiltinOptions.DepthwiseConv2DOptions
+        opts = fb.DepthwiseConv2DOptionsT()
+        opts.depthMultiplier = cout // (a_c + b_c)
+    else:
+        conv.builtinOptionsType = fb.BuiltinOptions.Conv2DOptions
+        opts = fb.Conv2DOptionsT()
+    opts.padding, opts.strideH, opts.strideW = fb.Padding.SAME, 1, 1
+    opts.dilationHFactor = opts.dilationWFactor = 1
+    opts.fusedActivationFunction = ACTS[act]
+    conv.builtinOptions = opts
+    cat_t = tensor("cat", (1, h, w, a_c + b_c), i8, 0, quant([q[0]], [q[1]]))
+    stock = model([cat, conv], [code(fb.BuiltinOperator.CONCATENATION),
+                                code(getattr(fb.BuiltinOperator, kind))], [*base, cat_t])
+    fused = fb.OperatorT()
+    fused.opcodeIndex, fused.inputs, fused.outputs = 0, [0, 1, 2, 3], [4]
+    words = [1, 3, 2, ACTS[act], 0, 1, 1, 1, 1,
+             0, -1, -1, h * w * a_c, 0, a_c, -1, 0,
+             0, -1, -1, h * w * b_c, a_c, a_c + b_c, -1, 0]
+    fused.customOptions = list(struct.pack(f"<{len(words)}i", *words))
+    custom = model([fused], [code(fb.BuiltinOperator.CUSTOM, b"FusedConcatConv2D")], base)
+    return stock, custom
+
+
+@pytest.mark.parametrize("kind", ["grouped", "depthwise"])
+def test_fused_concat_conv_grouped_and_depthwise_on_real_tflm(registerer: str, kind: str):
+    """unet_wide96's case (filter [16,3,3,3] on 16 + 8 channels: 8 groups, a group
+    boundary at the inputs' seam) and a depthwise conv (multiplier 2) as FusedConcatConv2D,
+    against stock CONCATENATION + CONV_2D / DEPTHWISE_CONV_2D, three inferences each."""
+    from backends import tflm_interpreter as ti
+
+    rng = np.random.default_rng(96)
+    h, w, a_c, b_c = 12, 10, 16, 8
+    if kind == "grouped":
+        filt, op = rng.integers(-127, 128, (16, 3, 3, 3)).astype(np.int8), "CONV_2D"
+    else:
+        filt, op = rng.integers(-127, 128, (1, 3, 3, 48)).astype(np.int8), "DEPTHWISE_CONV_2D"
+    cout = filt.shape[0] if kind == "grouped" else filt.shape[3]
+    bias = rng.integers(-3000, 3000, cout).astype(np.int32)
+    f_scales = [float(np.float32(v)) for v in rng.uniform(0.002, 0.02, cout)]
+    stock, fused = concat_conv_models(op, a_c, b_c, filt, bias, (h, w), (0.05, -3), f_scales,
+                                      (0.2, 5), "relu")
+    xs = [[rng.integers(-128, 128, (1, h, w, c)).astype(np.int8) for c in (a_c, b_c)]
+          for _ in range(3)]
+    want, _ = ti.invoke_runs(stock, xs)
+    got, _ = ti.invoke_runs(fused, xs, registerers=[registerer])
+    for a, b in zip(want, got, strict=True):
+        assert not isinstance(a, str) and not isinstance(b, str), (a, b)
+        np.testing.assert_array_equal(b[0], a[0])
+    assert len(np.unique(got[0][0])) > 20
