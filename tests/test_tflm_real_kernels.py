@@ -212,3 +212,65 @@ def test_fused_concat_conv_grouped_and_depthwise_on_real_tflm(registerer: str, k
         assert not isinstance(a, str) and not isinstance(b, str), (a, b)
         np.testing.assert_array_equal(b[0], a[0])
     assert len(np.unique(got[0][0])) > 20
+
+
+def split_model(h: int, w: int, c: int, keep: int) -> bytes:
+    """x -> TinyPlanSplit (part 0 aliases x: OfflineMemoryAllocation puts both at 0) ->
+    MAX_POOL_2D 1x1 (a plain copy into y): y must be x's first `keep` channels."""
+    import flatbuffers
+
+    fb = _schema()
+
+    def tensor(name, shape, buffer=0):
+        t = fb.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, list(shape), fb.TensorType.INT8, buffer
+        qp = fb.QuantizationParametersT()
+        qp.scale, qp.zeroPoint = [0.1], [0]
+        t.quantization = qp
+        return t
+
+    def code(builtin, custom=None):
+        oc = fb.OperatorCodeT()
+        oc.builtinCode = oc.deprecatedBuiltinCode = builtin
+        oc.customCode, oc.version = custom, 1
+        return oc
+
+    split = fb.OperatorT()
+    split.opcodeIndex, split.inputs, split.outputs = 0, [0], [1]
+    split.customOptions = list(struct.pack("<3i", 1, 3, keep))
+    pool = fb.OperatorT()
+    pool.opcodeIndex, pool.inputs, pool.outputs = 1, [1], [2]
+    pool.builtinOptionsType = fb.BuiltinOptions.Pool2DOptions
+    opts = fb.Pool2DOptionsT()
+    opts.padding, opts.strideH, opts.strideW = fb.Padding.VALID, 1, 1
+    opts.filterHeight = opts.filterWidth = 1
+    pool.builtinOptions = opts
+    sub = fb.SubGraphT()
+    sub.tensors = [tensor("x", (1, h, w, c)), tensor("x/part0", (1, h, w, keep)),
+                   tensor("y", (1, h, w, keep))]
+    sub.operators, sub.inputs, sub.outputs = [split, pool], [0], [2]
+    plan = fb.BufferT()
+    plan.data = list(struct.pack("<6i", 1, 0, 3, 0, 0, align(h * w * c)))
+    meta = fb.MetadataT()
+    meta.name, meta.buffer = b"OfflineMemoryAllocation", 1
+    m = fb.ModelT()
+    m.version, m.subgraphs, m.buffers, m.metadata = 3, [sub], [fb.BufferT(), plan], [meta]
+    m.operatorCodes = [code(fb.BuiltinOperator.CUSTOM, b"TinyPlanSplit"),
+                       code(fb.BuiltinOperator.MAX_POOL_2D)]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def test_tinyplan_split_compacts_in_place_on_real_tflm(registerer: str):
+    from backends import tflm_interpreter as ti
+
+    rng = np.random.default_rng(5)
+    h, w, c, keep = 6, 7, 5, 2
+    xs = [[rng.integers(-128, 128, (1, h, w, c)).astype(np.int8)] for _ in range(3)]
+    got, arena = ti.invoke_runs(split_model(h, w, c, keep), xs, registerers=[registerer])
+    for x, y in zip(xs, got, strict=True):
+        assert not isinstance(y, str), y
+        np.testing.assert_array_equal(y[0], x[0][..., :keep])
+    # x and its part 0 share bytes (offline plan), y follows: nothing else in the head.
+    assert arena["head"] == align(h * w * c) + align(h * w * keep)
