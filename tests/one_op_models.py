@@ -9,7 +9,7 @@ import numpy as np
 ACTS = {"none": 0, "relu": 1, "relu_n1_to_1": 2, "relu6": 3}
 
 
-def _schema():
+def schema():
     import importlib
 
     # The schema moved between tflite-micro wheels; either layout will do.
@@ -23,21 +23,21 @@ def _schema():
 
 
 def _quant(scales, zps, dim=0):
-    fb = _schema()
+    fb = schema()
     q = fb.QuantizationParametersT()
     q.scale, q.zeroPoint, q.quantizedDimension = [float(s) for s in scales], list(zps), dim
     return q
 
 
 def _tensor(name, shape, ttype, buffer, q=None):
-    fb = _schema()
+    fb = schema()
     t = fb.TensorT()
     t.name, t.shape, t.type, t.buffer, t.quantization = name, list(shape), ttype, buffer, q
     return t
 
 
 def _buf(data: bytes | None):
-    fb = _schema()
+    fb = schema()
     b = fb.BufferT()
     b.data = list(data) if data else None
     return b
@@ -49,7 +49,7 @@ def one_op_model(kind: str, x_shape, filt, bias, in_q, f_scales, out_q, out_shap
     activations with int32 bias, or (activations="int16") 16x8 with int64 bias."""
     import flatbuffers
 
-    fb = _schema()
+    fb = schema()
     f_dim = 3 if kind == "DEPTHWISE_CONV_2D" else 0
     cout = out_shape[3]
     act_type = fb.TensorType.INT16 if activations == "int16" else fb.TensorType.INT8

@@ -18,7 +18,7 @@ import struct
 
 import numpy as np
 import pytest
-from one_op_models import _schema, one_op_model, reference
+from one_op_models import one_op_model, reference, schema
 
 from planner.errors import PlannerError
 from planner.ir import align
@@ -45,7 +45,7 @@ def custom_twin(model: bytes, padding: str, strides: tuple[int, int], act: str) 
     """The same model with TRANSPOSE_CONV replaced by the custom TinyPlanTransposeConv."""
     import flatbuffers
 
-    fb = _schema()
+    fb = schema()
     m = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(model, 0))
     code = fb.OperatorCodeT()
     code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.CUSTOM
@@ -108,7 +108,7 @@ def concat_conv_models(kind: str, a_c: int, b_c: int, filt: np.ndarray, bias: np
     and the same computation as one FusedConcatConv2D over both resident inputs."""
     import flatbuffers
 
-    fb = _schema()
+    fb = schema()
     h, w = hw
     cout = bias.shape[0]
     depthwise = kind == "DEPTHWISE_CONV_2D"
@@ -219,7 +219,7 @@ def split_model(h: int, w: int, c: int, keep: int) -> bytes:
     MAX_POOL_2D 1x1 (a plain copy into y): y must be x's first `keep` channels."""
     import flatbuffers
 
-    fb = _schema()
+    fb = schema()
 
     def tensor(name, shape, buffer=0):
         t = fb.TensorT()
