@@ -1,0 +1,387 @@
+"""Predict the tail of TFLM's arena for a .tflite model: its persistent allocations.
+
+TFLM's arena is a head (the planned buffers, what the planner changes) and a tail that
+grows down from the arena's end: the allocator objects, one `TfLiteEvalTensor` per
+tensor, one `NodeAndRegistration` per op, each op's parsed builtin options, each
+kernel's `OpData` (Init) and its per-channel arrays (Prepare), scratch-buffer handles,
+variable tensors, and the `TfLiteTensor`s of the graph inputs and outputs with their
+quantization. This module lists those allocations in TFLM's order, with TFLM's size and
+alignment for each, and replays the downward bump allocator
+(`SingleArenaBufferAllocator::AllocatePersistentBuffer`: `AlignPointerDown(tail -
+size, alignment)`) over them.
+
+Sizes are those of the 64-bit host build the `tflite-micro` wheel pinned in
+pyproject.toml runs (reference kernels, `TF_LITE_STATIC_MEMORY`,
+`USE_TFLM_COMPRESSION`). They come from compiling `sizeof`/`alignof` against the TFLM
+source of commit 90b983c2b and were checked against that wheel's `print_allocations()`
+on every runnable shared and zoo model (tests/test_arena_tail.py); one value differs
+from that source and is marked. The custom ops' sizes are the project's own C structs
+(backends/c/tflm_ops.cc, tp_runtime.h); a test recompiles them with the host compiler.
+
+The walk is driven by the model bytes alone, so it follows whatever the rewrite emits;
+an op or dtype path without a rule raises `TailUnknown` rather than guess.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from planner.errors import PlannerError
+
+from .tflite_io import read_model, read_offline_offsets, schema
+
+ARENA_ALIGN = 16  # MicroArenaBufferAlignment(): what AllocatePersistentBuffer(bytes) uses
+
+# Framework structs, (sizeof, alignof) on the 64-bit host (micro_allocator.h, common.h).
+EVAL_TENSOR = (24, 8)  # TfLiteEvalTensor: data, dims, type
+NODE_AND_REGISTRATION = (64, 8)  # TfLiteNode (7 words under TF_LITE_STATIC_MEMORY) + pointer
+TFLITE_TENSOR = (64, 8)  # TfLiteTensor (TF_LITE_STATIC_MEMORY)
+AFFINE_QUANTIZATION = (24, 8)  # TfLiteAffineQuantization: scale*, zero_point*, dimension
+SUBGRAPH_ALLOCATIONS = (24, 8)  # SubgraphAllocations: node_and_registrations*, tensors*, compressed
+BUILTIN_DATA_ALLOCATOR = (16, 8)  # MicroBuiltinDataAllocator: vtable + allocator pointer
+SCRATCH_HANDLE = (8, 8)  # ScratchBufferHandle: data pointer
+POINTER = 8
+
+# The allocator objects TFLM places at the very end of the arena, in creation order.
+# "recording" is what the Python wheel builds (RecordingMicroAllocator::Create) and what
+# print_allocations() reports; "application" is MicroInterpreter(model, resolver, arena,
+# size) -> MicroAllocator::Create (SingleArenaBufferAllocator, GreedyMemoryPlanner,
+# MicroAllocator): 232 B less, from the same source, not measurable through the wheel.
+PREAMBLES: dict[str, tuple[tuple[str, int, int], ...]] = {
+    "recording": (("RecordingSingleArenaBufferAllocator", 104, 8),
+                  ("GreedyMemoryPlanner", 72, 8),
+                  ("RecordingMicroAllocator", 272, 8)),
+    "application": (("SingleArenaBufferAllocator", 72, 8),
+                    ("GreedyMemoryPlanner", 72, 8),
+                    ("MicroAllocator", 72, 8)),
+}
+
+
+class TailUnknown(PlannerError):
+    """The model has an op (or dtype path) whose persistent allocations are not modelled."""
+
+
+@dataclass(frozen=True)
+class Alloc:
+    kind: str  # allocator, eval tensors, nodes, builtin data, op data, ... (for reports)
+    what: str  # which struct or array, for the curious reader
+    size: int
+    align: int
+
+
+@dataclass(frozen=True)
+class TailPrediction:
+    bytes: int
+    allocations: tuple[Alloc, ...]
+
+    def by_kind(self) -> dict[str, int]:
+        """Bytes per kind, each allocation charged its size plus its alignment padding."""
+        out: dict[str, int] = {}
+        for a, used in zip(self.allocations, _used(self.allocations), strict=True):
+            kind = a.kind
+            out[kind] = out.get(kind, 0) + used
+        return out
+
+
+# -- what one op allocates ----------------------------------------------------------------
+
+class OpView:
+    """The tensors of one operator, read from the model (dtype names, shapes, quantization)."""
+
+    def __init__(self, fb: Any, model: Any, sg: Any, op: Any, name: str) -> None:
+        self._fb, self._model, self._sg, self._op, self.name = fb, model, sg, op, name
+        self._types = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
+
+    def _tensor(self, group: Any, pos: int) -> Any | None:
+        group = list(group) if group is not None else []
+        if pos < 0 or pos >= len(group) or group[pos] < 0:
+            return None
+        return self._sg.tensors[group[pos]]
+
+    def input(self, pos: int) -> Any | None:
+        return self._tensor(self._op.inputs, pos)
+
+    def output(self, pos: int) -> Any | None:
+        return self._tensor(self._op.outputs, pos)
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self._op.inputs) if self._op.inputs is not None else 0
+
+    def dtype(self, t: Any | None) -> str:
+        return self._types.get(t.type, "?") if t is not None else "none"
+
+    @staticmethod
+    def dim(t: Any | None, axis: int) -> int:
+        shape = list(t.shape) if t is not None and t.shape is not None else []
+        if not -len(shape) <= axis < len(shape):
+            raise TailUnknown(f"tensor {_tname(t)} has no dimension {axis}")
+        return int(shape[axis])
+
+    @staticmethod
+    def channel_scales(t: Any | None) -> int:
+        q = t.quantization if t is not None else None
+        return len(q.scale) if q is not None and q.scale is not None else 0
+
+    def fail(self, why: str) -> TailUnknown:
+        return TailUnknown(f"no tail model for {self.name} with {why}")
+
+
+def _tname(t: Any | None) -> str:
+    raw = getattr(t, "name", None)
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _int32s(n: int) -> int:
+    return 4 * n
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel's persistent allocations (all but `params` go through
+    context->AllocatePersistentBuffer, so they are 16-byte aligned).
+
+    params: the builtin-options struct the op's parser allocates (size, align), None if
+        the parser allocates nothing (and for every custom op).
+    init: sizes allocated in Init (the OpData), in order.
+    prepare: sizes allocated in Prepare (per-channel multiplier/shift arrays...).
+    scratch: how many RequestScratchBufferInArena calls Prepare makes (each costs a
+        ScratchBufferHandle in the tail; the buffers themselves are in the head).
+    """
+
+    params: tuple[int, int] | None = None
+    init: tuple[int, ...] = ()
+    prepare: Callable[[OpView], list[int]] = field(default=lambda op: [])
+    scratch: Callable[[OpView], int] = field(default=lambda op: 0)
+
+
+def _int8_only(dtypes: Sequence[str]) -> Callable[[OpView], list[int]]:
+    def check(op: OpView) -> list[int]:
+        dt = op.dtype(op.input(0))
+        if dt not in dtypes:
+            raise op.fail(f"{dt} input")
+        return []
+    return check
+
+
+def _per_channel(filter_pos: int, axis: int) -> Callable[[OpView], list[int]]:
+    """Conv-style kernels: int32 multiplier and shift arrays, one entry per filter channel
+    on `axis` (conv_common.cc, depthwise_conv_common.cc, transpose_conv.cc), whatever the
+    dtype: they are allocated before the type checks."""
+    def prepare(op: OpView) -> list[int]:
+        n = op.dim(op.input(filter_pos), axis)
+        return [_int32s(n), _int32s(n)]
+    return prepare
+
+
+def _fully_connected(op: OpView) -> list[int]:
+    # fully_connected_common.cc: the arrays exist only for per-channel int8/int16 filters.
+    dt = op.dtype(op.input(0))
+    if dt == "FLOAT32":
+        return []
+    if dt not in ("INT8", "INT16"):
+        raise op.fail(f"{dt} input")
+    n = op.channel_scales(op.input(1))
+    return [_int32s(n), _int32s(n)] if n > 1 else []
+
+
+def _transpose_conv_scratch(op: OpView) -> int:
+    dt = op.dtype(op.input(2))  # inputs: output_shape, filter, input, [bias]
+    if dt == "INT8":
+        return 1  # the int32 accumulator (output elements x 4)
+    if dt == "FLOAT32":
+        return 0
+    raise op.fail(f"{dt} input")  # int16 adds a bias-conversion path not measured here
+
+
+def _svdf_scratch(op: OpView) -> int:
+    dt = op.dtype(op.input(0))
+    return {"INT8": 2, "FLOAT32": 1}.get(dt) or _raise(op.fail(f"{dt} input"))
+
+
+def _softmax(op: OpView) -> list[int]:
+    # softmax_common.cc: only an int16 input allocates its two lookup tables (not measured
+    # here); int8 in, int16 out (keyword_scrambled) allocates nothing.
+    dt = op.dtype(op.input(0))
+    if dt not in ("INT8", "FLOAT32"):
+        raise op.fail(f"{dt} input")
+    return []
+
+
+def _raise(exc: Exception) -> Any:
+    raise exc
+
+
+_CONV_PARAMS = (28, 4)  # TfLiteConvParams / TfLiteDepthwiseConvParams
+_OP_DATA_CONV = 80  # OpDataConv (conv.h), also used by DEPTHWISE_CONV_2D
+
+# TFLM reference kernels, by builtin name. OpData sizes are sizeof() of the struct each
+# Init allocates (with USE_TFLM_COMPRESSION's extra scratch indices).
+BUILTIN_KERNELS: dict[str, Kernel] = {
+    "CONV_2D": Kernel(_CONV_PARAMS, (_OP_DATA_CONV,), _per_channel(1, 0)),
+    "DEPTHWISE_CONV_2D": Kernel(_CONV_PARAMS, (_OP_DATA_CONV,), _per_channel(1, 3)),
+    # TfLiteFullyConnectedParams: 16 B (align 4) in the 90b983c2b source, but the wheel
+    # allocates 32 B at 8-byte alignment: measured (hello_world's 3 FCs, ad01's 10, and
+    # keyword_scrambled, where an FC after an SVDF's 12 B lands on an 8-byte boundary).
+    "FULLY_CONNECTED": Kernel((32, 8), (72,), _fully_connected),  # OpDataFullyConnected
+    "ADD": Kernel((8, 4), (60,), _int8_only(("INT8", "INT16", "FLOAT32"))),  # OpDataAdd
+    "AVERAGE_POOL_2D": Kernel((40, 4), (32,)),  # TfLitePoolParams, OpDataPooling
+    "MAX_POOL_2D": Kernel((40, 4), (32,)),
+    "CONCATENATION": Kernel((8, 4), (80,)),  # ConcatenationParams + 10 scratch indices
+    "RESHAPE": Kernel((36, 4)),  # TfLiteReshapeParams; no Init
+    "RESIZE_BILINEAR": Kernel((2, 1)),  # two bools; no Init
+    "SOFTMAX": Kernel((4, 4), (80,), _softmax),  # SoftmaxParams
+    "SVDF": Kernel((12, 4), (36,), scratch=_svdf_scratch),  # OpDataSvdf
+    "QUANTIZE": Kernel(None, (32,)),  # OpDataQuantizeReference; ParseQuantize allocates nothing
+    # OpData: ConvParams + 4 buffer indices + 2 pointers; arrays on filter axis 0.
+    "TRANSPOSE_CONV": Kernel((20, 4), (88,), _per_channel(1, 0), _transpose_conv_scratch),
+    "SPLIT_V": Kernel((4, 4)),  # TfLiteSplitVParams; no Init, no Prepare allocation
+}
+
+
+# The project's custom ops (backends/c/tflm_ops.cc), 64-bit host sizes of its C structs;
+# tests/test_arena_tail.py recompiles the structs from the source and checks these.
+# To add an op: its struct sizes here, a Kernel in CUSTOM_KERNELS, and the struct name in
+# the test's list.
+CUSTOM_STRUCTS: dict[str, int] = {
+    "TransferData": 32,  # int32 opts[8]
+    "FusedData": 1128,  # header, per-input words, 8 tp_action, conv params, pointers
+    "tp_stream_state": 344,  # includes its tp_reader (decompression state)
+}
+MAX_FUSED_INPUTS = 8  # TP_TFLM_MAX_INPUTS: InitFused allocates one stream state per slot
+
+
+def _fused_conv(op: OpView) -> list[int]:
+    out_c = op.dim(op.output(0), 3)  # PrepareFused: multiplier and shift per output channel
+    return [_int32s(out_c), _int32s(out_c)]
+
+
+CUSTOM_KERNELS: dict[str, Kernel] = {
+    "Spill": Kernel(init=(CUSTOM_STRUCTS["TransferData"],)),
+    "Fetch": Kernel(init=(CUSTOM_STRUCTS["TransferData"],)),
+    "FusedConcat": Kernel(init=(CUSTOM_STRUCTS["FusedData"],
+                                CUSTOM_STRUCTS["tp_stream_state"] * MAX_FUSED_INPUTS)),
+    "FusedConcatConv2D": Kernel(init=(CUSTOM_STRUCTS["FusedData"],
+                                      CUSTOM_STRUCTS["tp_stream_state"] * MAX_FUSED_INPUTS),
+                                prepare=_fused_conv),
+}
+
+
+# -- the walk ------------------------------------------------------------------------------
+
+def _dtype_bytes(fb: Any, t: Any) -> int:
+    tt = fb.TensorType
+    widths = {tt.FLOAT32: 4, tt.INT32: 4, tt.UINT32: 4, tt.INT16: 2, tt.UINT16: 2,
+              tt.FLOAT16: 2, tt.INT64: 8, tt.FLOAT64: 8, tt.UINT64: 8, tt.INT8: 1,
+              tt.UINT8: 1, tt.BOOL: 1}
+    if t.type not in widths:
+        raise TailUnknown(f"no tail model for a variable tensor of type {t.type}")
+    return widths[t.type] * math.prod(int(d) for d in (t.shape if t.shape is not None else []))
+
+
+def _persistent_tensor(fb: Any, t: Any, role: str) -> list[Alloc]:
+    """AllocatePersistentTfLiteTensor: the TfLiteTensor and, for a quantized tensor, a
+    TfLiteAffineQuantization and a zero-point TfLiteIntArray (size word + one per scale)."""
+    out = [Alloc("io tensors", f"TfLiteTensor ({role})", *TFLITE_TENSOR)]
+    q = t.quantization
+    scales = len(q.scale) if q is not None and q.scale is not None else 0
+    zeros = len(q.zeroPoint) if q is not None and q.zeroPoint is not None else 0
+    if scales > 0 and zeros > 0:
+        out.append(Alloc("io tensors", "TfLiteAffineQuantization", *AFFINE_QUANTIZATION))
+        out.append(Alloc("io tensors", "zero points", 4 + 4 * scales, 4))
+    return out
+
+
+def _op_name(fb: Any, model: Any, op: Any) -> tuple[str, bool]:
+    code = model.operatorCodes[op.opcodeIndex]
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == fb.BuiltinOperator.CUSTOM:
+        raw = code.customCode
+        return (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)), True
+    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    return names.get(builtin, str(builtin)), False
+
+
+def tail_allocations(model: Any, allocator: str = "recording") -> list[Alloc]:
+    """TFLM's persistent allocations for `model` (a ModelT), in the order AllocateTensors
+    makes them (micro_allocator.cc, micro_interpreter.cc)."""
+    fb = schema()
+    if allocator not in PREAMBLES:
+        raise PlannerError(f"unknown allocator '{allocator}': use {', '.join(PREAMBLES)}")
+    subgraphs = list(model.subgraphs or [])
+    if len(subgraphs) != 1:
+        raise TailUnknown(f"no tail model for a model with {len(subgraphs)} subgraphs")
+    if any(_meta_name(m) == "COMPRESSION_METADATA" for m in model.metadata or []):
+        raise TailUnknown("no tail model for compressed tensors (COMPRESSION_METADATA)")
+    sg = subgraphs[0]
+    tensors, ops = list(sg.tensors or []), list(sg.operators or [])
+    allocs = [Alloc("allocator", name, size, align) for name, size, align in PREAMBLES[allocator]]
+    # StartModelAllocation
+    allocs.append(Alloc("allocator", "MicroBuiltinDataAllocator", *BUILTIN_DATA_ALLOCATOR))
+    allocs.append(Alloc("allocator", "SubgraphAllocations", *SUBGRAPH_ALLOCATIONS))
+    allocs.append(Alloc("eval tensors", f"TfLiteEvalTensor x {len(tensors)}",
+                        EVAL_TENSOR[0] * len(tensors), EVAL_TENSOR[1]))
+    allocs.append(Alloc("nodes", f"NodeAndRegistration x {len(ops)}",
+                        NODE_AND_REGISTRATION[0] * len(ops), NODE_AND_REGISTRATION[1]))
+    views = []
+    for op in ops:
+        name, custom = _op_name(fb, model, op)
+        table = CUSTOM_KERNELS if custom else BUILTIN_KERNELS
+        if name not in table:
+            what = "custom op" if custom else "op"
+            raise TailUnknown(f"no tail model for {what} {name}")
+        views.append((OpView(fb, model, sg, op, name), table[name]))
+    # PrepareNodeAndRegistrationDataFromFlatbuffer: the parsed builtin options, op by op
+    for view, kernel in views:
+        if kernel.params is not None:
+            allocs.append(Alloc("builtin data", f"{view.name} params", *kernel.params))
+    # InitSubgraphs, then PrepareSubgraphs
+    for view, kernel in views:
+        allocs.extend(Alloc("op data", f"{view.name} OpData", s, ARENA_ALIGN) for s in kernel.init)
+    scratch = 0
+    for view, kernel in views:
+        allocs.extend(Alloc("op data", f"{view.name} per-channel", s, ARENA_ALIGN)
+                      for s in kernel.prepare(view))
+        scratch += kernel.scratch(view)
+    # FinishModelAllocation: scratch handles, then (CommitStaticMemoryPlan) the variables
+    # the offline plan does not place in the head
+    if scratch:
+        allocs.append(Alloc("scratch handles", f"ScratchBufferHandle x {scratch}",
+                            SCRATCH_HANDLE[0] * scratch, SCRATCH_HANDLE[1]))
+    offsets = read_offline_offsets(model)
+    for i, t in enumerate(tensors):
+        if t.isVariable and (offsets is None or i >= len(offsets) or offsets[i] < 0):
+            allocs.append(Alloc("variables", _tname(t), _dtype_bytes(fb, t), ARENA_ALIGN))
+    # MicroInterpreter::AllocateTensors: input then output TfLiteTensor pointer arrays
+    for role, group in (("input", sg.inputs), ("output", sg.outputs)):
+        group = list(group) if group is not None else []
+        allocs.append(Alloc("io tensors", f"{role} pointers", POINTER * len(group), ARENA_ALIGN))
+        for i in group:
+            allocs.extend(_persistent_tensor(fb, tensors[i], role))
+    return allocs
+
+
+def _meta_name(m: Any) -> str:
+    raw = m.name
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _used(allocs: Sequence[Alloc]) -> list[int]:
+    """Bytes each allocation moves the tail by, from an arena end on a 16-byte boundary."""
+    used, out = 0, []
+    for a in allocs:
+        new = -(-(used + a.size) // a.align) * a.align
+        out.append(new - used)
+        used = new
+    return out
+
+
+def predict_tail(model: bytes | Any, allocator: str = "recording") -> TailPrediction:
+    """The arena tail TFLM allocates for `model` (bytes or a ModelT), for an arena whose end
+    is 16-byte aligned (a 16-aligned buffer whose size is a multiple of 16)."""
+    m = read_model(model) if isinstance(model, (bytes, bytearray)) else model
+    allocs = tuple(tail_allocations(m, allocator))
+    return TailPrediction(sum(_used(allocs)), allocs)
