@@ -24,9 +24,13 @@ an op or dtype path without a rule raises `TailUnknown` rather than guess.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError
@@ -385,3 +389,49 @@ def predict_tail(model: bytes | Any, allocator: str = "recording") -> TailPredic
     m = read_model(model) if isinstance(model, (bytes, bytearray)) else model
     allocs = tuple(tail_allocations(m, allocator))
     return TailPrediction(sum(_used(allocs)), allocs)
+
+
+def plan_tail(graph: Any, plan: Any, model_path: Path, profile: Any = None) -> TailPrediction:
+    """The tail of the .tflite `solve` emits for `plan`: the offline-planned model of a
+    spill-free plan, the rewritten one of a plan with spills or fusions. It is built by
+    the writer itself (into a scratch directory, its notes silenced: `solve` prints them
+    when it writes for real), so the prediction follows whatever the writer emits."""
+    from .tflite_offline import write_offline_tflite
+
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
+        written = write_offline_tflite(graph, plan, Path(model_path), Path(tmp), profile=profile)
+        data = written[0].read_bytes()
+    return predict_tail(data)
+
+
+class ArenaTail:
+    """The tail of what `solve` emits, for its budget loop: None, with a note saying why,
+    where there is no TFLM model (ONNX input) or an op has no rule here."""
+
+    def __init__(self, graph: Any, model_path: Path, profile: Any = None) -> None:
+        self.graph, self.model_path, self.profile = graph, Path(model_path), profile
+        self.note: str | None = None
+        self.parts: dict[str, int] = {}
+        if graph.source_format != "tflite":
+            self._unknown("ONNX input has no TFLM model: no tail predicted")
+
+    def _unknown(self, why: str) -> None:
+        self.note = f"{why}; the budget bounds the head"
+
+    def _guard(self, predict: Callable[[], TailPrediction]) -> int | None:
+        if self.note is not None:
+            return None
+        try:
+            prediction = predict()
+        except TailUnknown as exc:
+            self._unknown(f"tail not predicted: {exc}")
+            return None
+        self.parts = prediction.by_kind()
+        return prediction.bytes
+
+    def of_model(self) -> int | None:
+        """The tail of the model as given (a spill-free plan's, and the first estimate)."""
+        return self._guard(lambda: predict_tail(self.model_path.read_bytes()))
+
+    def of_plan(self, plan: Any) -> int | None:
+        return self._guard(lambda: plan_tail(self.graph, plan, self.model_path, self.profile))
