@@ -176,18 +176,29 @@ def _per_channel(filter_pos: int, axis: int) -> Callable[[OpView], list[int]]:
     on `axis` (conv_common.cc, depthwise_conv_common.cc, transpose_conv.cc), whatever the
     dtype: they are allocated before the type checks."""
     def prepare(op: OpView) -> list[int]:
+        _measured_input(op, op.input(2 if op.name == "TRANSPOSE_CONV" else 0))
         n = op.dim(op.input(filter_pos), axis)
         return [_int32s(n), _int32s(n)]
     return prepare
 
 
+def _measured_input(op: OpView, t: Any | None) -> None:
+    """The weighted kernels' paths checked against the wheel: int8 and float32 inputs."""
+    dt = op.dtype(t)
+    if dt not in ("INT8", "FLOAT32"):
+        raise op.fail(f"{dt} input")
+
+
+def _int4_unpack_scratch(op: OpView) -> int:
+    # Packed int4 weights are unpacked into one scratch buffer before the kernel runs.
+    return 1 if op.dtype(op.input(1)) == "INT4" else 0
+
+
 def _fully_connected(op: OpView) -> list[int]:
     # fully_connected_common.cc: the arrays exist only for per-channel int8/int16 filters.
-    dt = op.dtype(op.input(0))
-    if dt == "FLOAT32":
+    _measured_input(op, op.input(0))
+    if op.dtype(op.input(0)) == "FLOAT32":
         return []
-    if dt not in ("INT8", "INT16"):
-        raise op.fail(f"{dt} input")
     n = op.channel_scales(op.input(1))
     return [_int32s(n), _int32s(n)] if n > 1 else []
 
@@ -204,6 +215,11 @@ def _transpose_conv_scratch(op: OpView) -> int:
 def _svdf_scratch(op: OpView) -> int:
     dt = op.dtype(op.input(0))
     return {"INT8": 2, "FLOAT32": 1}.get(dt) or _raise(op.fail(f"{dt} input"))
+
+
+def _mean_or_sum_scratch(op: OpView) -> int:
+    # input iterator and resolved axes, plus an int32 accumulator for quantized input
+    return 3 if op.dtype(op.input(0)) in ("INT8", "INT16") else 2
 
 
 def _softmax(op: OpView) -> list[int]:
@@ -225,12 +241,15 @@ _OP_DATA_CONV = 80  # OpDataConv (conv.h), also used by DEPTHWISE_CONV_2D
 # TFLM reference kernels, by builtin name. OpData sizes are sizeof() of the struct each
 # Init allocates (with USE_TFLM_COMPRESSION's extra scratch indices).
 BUILTIN_KERNELS: dict[str, Kernel] = {
-    "CONV_2D": Kernel(_CONV_PARAMS, (_OP_DATA_CONV,), _per_channel(1, 0)),
-    "DEPTHWISE_CONV_2D": Kernel(_CONV_PARAMS, (_OP_DATA_CONV,), _per_channel(1, 3)),
+    "CONV_2D": Kernel(_CONV_PARAMS, (_OP_DATA_CONV,), _per_channel(1, 0),
+                      _int4_unpack_scratch),
+    "DEPTHWISE_CONV_2D": Kernel(_CONV_PARAMS, (_OP_DATA_CONV,), _per_channel(1, 3),
+                                _int4_unpack_scratch),
     # TfLiteFullyConnectedParams: 16 B (align 4) in the 90b983c2b source, but the wheel
     # allocates 32 B at 8-byte alignment: measured (hello_world's 3 FCs, ad01's 10, and
     # keyword_scrambled, where an FC after an SVDF's 12 B lands on an 8-byte boundary).
-    "FULLY_CONNECTED": Kernel((32, 8), (72,), _fully_connected),  # OpDataFullyConnected
+    "FULLY_CONNECTED": Kernel((32, 8), (72,), _fully_connected,  # OpDataFullyConnected
+                              _int4_unpack_scratch),
     "ADD": Kernel((8, 4), (60,), _int8_only(("INT8", "INT16", "FLOAT32"))),  # OpDataAdd
     "AVERAGE_POOL_2D": Kernel((40, 4), (32,)),  # TfLitePoolParams, OpDataPooling
     "MAX_POOL_2D": Kernel((40, 4), (32,)),
@@ -243,6 +262,17 @@ BUILTIN_KERNELS: dict[str, Kernel] = {
     # OpData: ConvParams + 4 buffer indices + 2 pointers; arrays on filter axis 0.
     "TRANSPOSE_CONV": Kernel((20, 4), (88,), _per_channel(1, 0), _transpose_conv_scratch),
     "SPLIT_V": Kernel((4, 4)),  # TfLiteSplitVParams; no Init, no Prepare allocation
+    "MUL": Kernel((4, 4), (36,)),  # TfLiteMulParams, OpDataMul
+    "RELU": Kernel(None, (28,)),  # ReluOpData
+    "RELU6": Kernel(None, (8,)),  # Relu6OpData
+    "LOGISTIC": Kernel(None, (16,)),  # OpDataLogistic
+    "HARD_SWISH": Kernel(None, (20,)),  # HardSwishParams
+    "ARG_MAX": Kernel((4, 4)),  # TfLiteArgMaxParams; no Init
+    # TfLiteReducerParams (one bool), OpDataReduce; reduce_common.cc's scratch requests.
+    "MEAN": Kernel((1, 1), (44,), scratch=_mean_or_sum_scratch),
+    "SUM": Kernel((1, 1), (44,), scratch=_mean_or_sum_scratch),
+    "REDUCE_MAX": Kernel((1, 1), (44,), scratch=lambda op: 2),
+    "REDUCE_MIN": Kernel((1, 1), (44,), scratch=lambda op: 2),
 }
 
 
