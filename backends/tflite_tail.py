@@ -154,12 +154,16 @@ class Kernel:
     prepare: sizes allocated in Prepare (per-channel multiplier/shift arrays...).
     scratch: how many RequestScratchBufferInArena calls Prepare makes (each costs a
         ScratchBufferHandle in the tail; the buffers themselves are in the head).
+    temps: the temporary TfLiteTensors Prepare reads, in order ("i1": input 1, "o0":
+        output 0; an absent optional input allocates nothing); None: every input, then
+        every output. Only the arena needed while loading depends on them.
     """
 
     params: tuple[int, int] | None = None
     init: tuple[int, ...] = ()
     prepare: Callable[[OpView], list[int]] = field(default=lambda op: [])
     scratch: Callable[[OpView], int] = field(default=lambda op: 0)
+    temps: tuple[str, ...] | None = None
 
 
 def _int8_only(dtypes: Sequence[str]) -> Callable[[OpView], list[int]]:
@@ -237,14 +241,17 @@ def _raise(exc: Exception) -> Any:
 
 _CONV_PARAMS = (28, 4)  # TfLiteConvParams / TfLiteDepthwiseConvParams
 _OP_DATA_CONV = 80  # OpDataConv (conv.h), also used by DEPTHWISE_CONV_2D
+# ConvPrepare / DepthwiseConvPrepare read output, input, filter, then CalculateOpData*
+# reads input, filter, bias, output again (temporaries are freed only after Prepare).
+_CONV_TEMPS = ("o0", "i0", "i1", "i0", "i1", "i2", "o0")
 
 # TFLM reference kernels, by builtin name. OpData sizes are sizeof() of the struct each
 # Init allocates (with USE_TFLM_COMPRESSION's extra scratch indices).
 BUILTIN_KERNELS: dict[str, Kernel] = {
     "CONV_2D": Kernel(_CONV_PARAMS, (_OP_DATA_CONV,), _per_channel(1, 0),
-                      _int4_unpack_scratch),
+                      _int4_unpack_scratch, _CONV_TEMPS),
     "DEPTHWISE_CONV_2D": Kernel(_CONV_PARAMS, (_OP_DATA_CONV,), _per_channel(1, 3),
-                                _int4_unpack_scratch),
+                                _int4_unpack_scratch, _CONV_TEMPS),
     # TfLiteFullyConnectedParams: 16 B (align 4) in the 90b983c2b source, but the wheel
     # allocates 32 B at 8-byte alignment: measured (hello_world's 3 FCs, ad01's 10, and
     # keyword_scrambled, where an FC after an SVDF's 12 B lands on an 8-byte boundary).
@@ -260,7 +267,8 @@ BUILTIN_KERNELS: dict[str, Kernel] = {
     "SVDF": Kernel((12, 4), (36,), scratch=_svdf_scratch),  # OpDataSvdf
     "QUANTIZE": Kernel(None, (32,)),  # OpDataQuantizeReference; ParseQuantize allocates nothing
     # OpData: ConvParams + 4 buffer indices + 2 pointers; arrays on filter axis 0.
-    "TRANSPOSE_CONV": Kernel((20, 4), (88,), _per_channel(1, 0), _transpose_conv_scratch),
+    "TRANSPOSE_CONV": Kernel((20, 4), (88,), _per_channel(1, 0), _transpose_conv_scratch,
+                             ("o0", "i2", "i1", "i2", "i1", "i3", "o0")),
     "SPLIT_V": Kernel((4, 4)),  # TfLiteSplitVParams; no Init, no Prepare allocation
     "MUL": Kernel((4, 4), (36,)),  # TfLiteMulParams, OpDataMul
     "RELU": Kernel(None, (28,)),  # ReluOpData
@@ -339,9 +347,25 @@ def _op_name(fb: Any, model: Any, op: Any) -> tuple[str, bool]:
     return names.get(builtin, str(builtin)), False
 
 
+@dataclass(frozen=True)
+class HeadNeed:
+    """While TFLM prepares and plans, the head holds temporary data: after the first
+    `index` tail allocations it needs `head` bytes from the arena start, below the tail
+    rounded up to `tail_align`."""
+
+    index: int
+    head: int
+    tail_align: int
+    what: str
+
+
 def tail_allocations(model: Any, allocator: str = "recording") -> list[Alloc]:
     """TFLM's persistent allocations for `model` (a ModelT), in the order AllocateTensors
     makes them (micro_allocator.cc, micro_interpreter.cc)."""
+    return _walk(model, allocator)[0]
+
+
+def _walk(model: Any, allocator: str) -> tuple[list[Alloc], list[HeadNeed]]:
     fb = schema()
     if allocator not in PREAMBLES:
         raise PlannerError(f"unknown allocator '{allocator}': use {', '.join(PREAMBLES)}")
@@ -360,6 +384,8 @@ def tail_allocations(model: Any, allocator: str = "recording") -> list[Alloc]:
                         EVAL_TENSOR[0] * len(tensors), EVAL_TENSOR[1]))
     allocs.append(Alloc("nodes", f"NodeAndRegistration x {len(ops)}",
                         NODE_AND_REGISTRATION[0] * len(ops), NODE_AND_REGISTRATION[1]))
+    needs = [HeadNeed(len(allocs), _SCRATCH_REQUEST * MAX_SCRATCH_PER_OP, 1,
+                      "the scratch-request list")]
     views = []
     for op in ops:
         name, custom = _op_name(fb, model, op)
@@ -377,8 +403,13 @@ def tail_allocations(model: Any, allocator: str = "recording") -> list[Alloc]:
         allocs.extend(Alloc("op data", f"{view.name} OpData", s, ARENA_ALIGN) for s in kernel.init)
     scratch = 0
     for view, kernel in views:
+        # Prepare reads its tensors as temporary TfLiteTensors above the request list;
+        # its arrays must not reach them (TFLM checks them against the list only).
+        requests = _SCRATCH_REQUEST * (scratch + MAX_SCRATCH_PER_OP)
         allocs.extend(Alloc("op data", f"{view.name} per-channel", s, ARENA_ALIGN)
                       for s in kernel.prepare(view))
+        needs.append(HeadNeed(len(allocs), _temp_tensors(requests, view, kernel.temps), 1,
+                              f"{view.name}'s temporary tensors"))
         scratch += kernel.scratch(view)
     # FinishModelAllocation: scratch handles, then (CommitStaticMemoryPlan) the variables
     # the offline plan does not place in the head
@@ -386,16 +417,74 @@ def tail_allocations(model: Any, allocator: str = "recording") -> list[Alloc]:
         allocs.append(Alloc("scratch handles", f"ScratchBufferHandle x {scratch}",
                             SCRATCH_HANDLE[0] * scratch, SCRATCH_HANDLE[1]))
     offsets = read_offline_offsets(model)
+    planned = 0
     for i, t in enumerate(tensors):
-        if t.isVariable and (offsets is None or i >= len(offsets) or offsets[i] < 0):
+        offline = offsets is not None and i < len(offsets) and offsets[i] >= 0
+        if t.isVariable and not offline:
             allocs.append(Alloc("variables", _tname(t), _dtype_bytes(fb, t), ARENA_ALIGN))
+        elif (not _is_constant(model, t) and _tensor_bytes(fb, t) > 0
+              and (not t.isVariable or offline)):
+            planned += 1
+    # CommitStaticMemoryPlan: above the request list, the allocation-info array (one per
+    # tensor and scratch request), then the planner's 40 B per buffer it plans.
+    info = _align(_align(_SCRATCH_REQUEST * (scratch + MAX_SCRATCH_PER_OP), 8) + POINTER, 8)
+    info += ALLOCATION_INFO * (len(tensors) + scratch)
+    needs.append(HeadNeed(len(allocs), _align(info, ARENA_ALIGN)
+                          + PLANNER_PER_BUFFER * (planned + scratch), ARENA_ALIGN,
+                          "the memory planner's working data"))
     # MicroInterpreter::AllocateTensors: input then output TfLiteTensor pointer arrays
     for role, group in (("input", sg.inputs), ("output", sg.outputs)):
         group = list(group) if group is not None else []
         allocs.append(Alloc("io tensors", f"{role} pointers", POINTER * len(group), ARENA_ALIGN))
         for i in group:
             allocs.extend(_persistent_tensor(fb, tensors[i], role))
-    return allocs
+    return allocs, needs
+
+
+# The temporary data of AllocateTensors (micro_allocator.cc, micro_allocation_info.cc,
+# greedy_memory_planner.h), 64-bit host.
+_SCRATCH_REQUEST = 16  # internal::ScratchBufferRequest
+MAX_SCRATCH_PER_OP = 12  # kMaxScratchBuffersPerOp: the request list keeps room for as many
+ALLOCATION_INFO = 32  # AllocationInfo
+PLANNER_PER_BUFFER = 40  # GreedyMemoryPlanner::per_buffer_size()
+
+
+def _align(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+def _temp_tensors(start: int, view: OpView, temps: tuple[str, ...] | None) -> int:
+    """Head bytes after AllocateTempTfLiteTensor of each tensor Prepare reads: a
+    TfLiteTensor and, when quantized, its quantization and zero points."""
+    ins = list(view._op.inputs if view._op.inputs is not None else [])
+    outs = list(view._op.outputs if view._op.outputs is not None else [])
+    if temps is None:
+        group = ins + outs
+    else:
+        group = [(ins if t[0] == "i" else outs)[int(t[1:])] if int(t[1:]) < len(
+            ins if t[0] == "i" else outs) else -1 for t in temps]
+    end = start
+    for i in group:
+        if i < 0:
+            continue
+        end = _align(end, TFLITE_TENSOR[1]) + TFLITE_TENSOR[0]
+        quant = _persistent_tensor(view._fb, view._sg.tensors[i], "temp")[1:]
+        for a in quant:
+            end = _align(end, a.align) + a.size
+    return end
+
+
+def _is_constant(model: Any, t: Any) -> bool:
+    buffers = model.buffers or []
+    data = buffers[t.buffer].data if 0 <= t.buffer < len(buffers) else None
+    return data is not None and len(data) > 0
+
+
+def _tensor_bytes(fb: Any, t: Any) -> int:
+    try:
+        return _dtype_bytes(fb, t)
+    except TailUnknown:
+        return 1  # only "nonzero" matters here
 
 
 def _meta_name(m: Any) -> str:
@@ -465,3 +554,18 @@ class ArenaTail:
 
     def of_plan(self, plan: Any) -> int | None:
         return self._guard(lambda: plan_tail(self.graph, plan, self.model_path, self.profile))
+
+
+def load_arena(model: bytes | Any, head: int, allocator: str = "recording") -> int:
+    """The smallest arena (a multiple of 16, 16-byte aligned) in which TFLM allocates
+    `model` with an arena head of `head` bytes: head + tail, or more where the temporary
+    data of preparing and planning does not fit in that (models with a small head)."""
+    m = read_model(model) if isinstance(model, (bytes, bytearray)) else model
+    allocs, needs = _walk(m, allocator)
+    used = [0]
+    for u in _used(allocs):
+        used.append(used[-1] + u)
+    need = _align(head, ARENA_ALIGN) + used[-1]
+    for n in needs:
+        need = max(need, n.head + _align(used[n.index], n.tail_align))
+    return _align(need, ARENA_ALIGN)
