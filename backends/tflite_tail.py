@@ -510,17 +510,21 @@ def predict_tail(model: bytes | Any, allocator: str = "recording") -> TailPredic
     return TailPrediction(sum(_used(allocs)), allocs)
 
 
-def plan_tail(graph: Any, plan: Any, model_path: Path, profile: Any = None) -> TailPrediction:
-    """The tail of the .tflite `solve` emits for `plan`: the offline-planned model of a
-    spill-free plan, the rewritten one of a plan with spills or fusions. It is built by
-    the writer itself (into a scratch directory, its notes silenced: `solve` prints them
-    when it writes for real), so the prediction follows whatever the writer emits."""
+def emitted_model(graph: Any, plan: Any, model_path: Path, profile: Any = None) -> bytes:
+    """The .tflite `solve` emits for `plan`: the offline-planned model of a spill-free
+    plan, the rewritten one of a plan with spills or fusions. It is built by the writer
+    itself (into a scratch directory, its notes silenced: `solve` prints them when it
+    writes for real), so predictions follow whatever the writer emits."""
     from .tflite_offline import write_offline_tflite
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
         written = write_offline_tflite(graph, plan, Path(model_path), Path(tmp), profile=profile)
-        data = written[0].read_bytes()
-    return predict_tail(data)
+        return written[0].read_bytes()
+
+
+def plan_tail(graph: Any, plan: Any, model_path: Path, profile: Any = None) -> TailPrediction:
+    """The tail of the .tflite `solve` emits for `plan`."""
+    return predict_tail(emitted_model(graph, plan, model_path, profile))
 
 
 class ArenaTail:
@@ -531,29 +535,36 @@ class ArenaTail:
         self.graph, self.model_path, self.profile = graph, Path(model_path), profile
         self.note: str | None = None
         self.parts: dict[str, int] = {}
+        self.model: Any = None
         if graph.source_format != "tflite":
             self._unknown("ONNX input has no TFLM model: no tail predicted")
 
     def _unknown(self, why: str) -> None:
         self.note = f"{why}; the budget bounds the head"
 
-    def _guard(self, predict: Callable[[], TailPrediction]) -> int | None:
+    def _guard(self, data: Callable[[], bytes]) -> int | None:
         if self.note is not None:
             return None
         try:
-            prediction = predict()
+            model = read_model(data())
+            prediction = predict_tail(model)
         except TailUnknown as exc:
             self._unknown(f"tail not predicted: {exc}")
             return None
-        self.parts = prediction.by_kind()
+        self.model, self.parts = model, prediction.by_kind()
         return prediction.bytes
 
     def of_model(self) -> int | None:
         """The tail of the model as given (a spill-free plan's, and the first estimate)."""
-        return self._guard(lambda: predict_tail(self.model_path.read_bytes()))
+        return self._guard(self.model_path.read_bytes)
 
     def of_plan(self, plan: Any) -> int | None:
-        return self._guard(lambda: plan_tail(self.graph, plan, self.model_path, self.profile))
+        return self._guard(lambda: emitted_model(self.graph, plan, self.model_path,
+                                                 self.profile))
+
+    def arena(self, head: int) -> int | None:
+        """The arena the last predicted model needs with this head (see load_arena)."""
+        return None if self.note is not None else load_arena(self.model, head)
 
 
 def load_arena(model: bytes | Any, head: int, allocator: str = "recording") -> int:

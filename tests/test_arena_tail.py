@@ -27,6 +27,7 @@ from backends.tflite_tail import (
     CUSTOM_STRUCTS,
     MAX_FUSED_INPUTS,
     TailUnknown,
+    load_arena,
     plan_tail,
     predict_tail,
 )
@@ -312,3 +313,69 @@ def test_fused_concat_conv_tail_is_its_structs_and_channel_arrays() -> None:
                             CUSTOM_STRUCTS["tp_stream_state"] * MAX_FUSED_INPUTS,
                             4 * out_c, 4 * out_c])
     assert after.bytes > before.bytes
+
+
+# -- the arena TFLM needs while it loads a model --------------------------------------------
+
+_PROBE = """
+import sys
+from backends.tflm_interpreter import make_interpreter
+make_interpreter(open(sys.argv[1], "rb").read(), int(sys.argv[2]))
+"""
+
+
+def loads(path: Path, arena: int) -> bool:
+    """Whether TFLM allocates the model in `arena` bytes; in a child process, because an
+    arena too small for Prepare's temporaries can crash TFLM instead of failing."""
+    run = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(arena)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    return run.returncode == 0
+
+
+def _wide(kind: str) -> bytes:
+    """One weighted op with many channels on a 1x1 input: Prepare's temporary tensors
+    (zero-point arrays of every channel, read twice) outgrow head + tail."""
+    net = Net()
+    if kind == "depthwise":
+        x = net.act([1, 1, 1, 200])
+        y = net.conv(x, 200, k=1, depthwise=True)
+    elif kind == "transpose_conv":
+        x = net.act([1, 1, 1, 3])
+        y = net.transpose_conv(x, 96)
+    else:
+        x = net.act([1, 1, 1, 3])
+        y = net.conv(x, 128, k=1)
+    return net.bytes([x], [y])
+
+
+@pytest.mark.parametrize("source", [
+    "mlperf_tiny/ad01_int8", "tflm/hello_world_int8", "tflm/keyword_scrambled_8bit",
+    "tflm/micro_speech_quantized", "zoo/tiny_unet_int8", "conv", "depthwise",
+    "transpose_conv"])
+def test_load_arena_is_the_smallest_that_loads(source: str, tmp_path: Path) -> None:
+    if source in ("conv", "depthwise", "transpose_conv"):
+        path = tmp_path / f"{source}.tflite"
+        path.write_bytes(_wide(source))
+    elif source.startswith("zoo/"):
+        path = ROOT / "benchmarks" / "models" / f"{source[4:]}.tflite"
+    else:
+        path = MODELS / f"{source}.tflite"
+        if not path.is_file():
+            pytest.skip("../shared data is absent")
+    data = path.read_bytes()
+    real = arena_usage(data)
+    need = load_arena(data, real["head"])
+    assert need >= real["total"]
+    assert loads(path, need) and not loads(path, need - 16)
+
+
+def test_solve_refuses_a_budget_that_only_the_loading_temporaries_exceed() -> None:
+    # ad01: head 768 + tail 3,216 = 3,984 B, but TFLM needs 4,640 B while it plans.
+    path = MODELS / "mlperf_tiny" / "ad01_int8.tflite"
+    if not path.is_file():
+        pytest.skip("../shared data is absent")
+    run = cli("solve", path, "--profile", "none", "--budget", "4000", "--json")
+    assert run.returncode == 1
+    data = json.loads(run.stdout)
+    assert data["head_bytes"] + data["tail_bytes"] <= 4000 < data["arena_bytes"] == 4640
+    assert "only while loading" in run.stderr and "640 B over the budget" in run.stderr

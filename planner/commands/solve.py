@@ -114,9 +114,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"internal error: {exc}", file=sys.stderr)
         return 3
     head_budget = _head_budget(budget, head_cap, tail)
-    fits = head_budget is None or plan.peak_bytes <= head_budget
+    arena = tails.arena(plan.peak_bytes)
+    fits = ((head_budget is None or plan.peak_bytes <= head_budget)
+            and (budget is None or arena is None or arena <= budget))
     summary.update(plan_summary(plan, head_budget, elapsed))
-    summary.update(arena_summary(plan.peak_bytes, tail, head_budget, tails))
+    summary.update(arena_summary(plan.peak_bytes, tail, arena, head_budget, tails),
+                   fits_budget=fits)
     if args.outdir or args.svg:
         from backends import write_outputs
 
@@ -128,10 +131,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary, plan)
     if not fits:
-        if tail is not None and budget is not None:
-            print(f"error: the {plan.planner} plan needs an arena of {plan.peak_bytes + tail:,} B "
-                  f"(head {plan.peak_bytes:,} + tail {tail:,}), "
-                  f"{plan.peak_bytes + tail - budget:,} B over the budget", file=sys.stderr)
+        if arena is not None and budget is not None and arena > budget:
+            print(f"error: the {plan.planner} plan needs an arena of {arena:,} B "
+                  f"(head {plan.peak_bytes:,} + tail {tail:,}{_loading(arena, plan, tail)}), "
+                  f"{arena - budget:,} B over the budget", file=sys.stderr)
         else:
             print(f"error: the {plan.planner} plan needs a head of {plan.peak_bytes:,} B, "
                   f"{plan.peak_bytes - head_budget:,} B over the budget for the head",
@@ -160,9 +163,14 @@ def _below_bound(budget: int | None, head_budget: int, tail: int | None, ws) -> 
             f"{ws.bytes - head_budget:,} B more")
 
 
-def arena_summary(head: int, tail: int | None, head_budget: int | None, tails) -> dict:
-    return {"head_bytes": head, "tail_bytes": tail,
-            "arena_bytes": None if tail is None else head + tail,
+def _loading(arena: int, plan, tail: int) -> str:
+    extra = arena - plan.peak_bytes - tail
+    return f" + {extra:,} TFLM uses only while loading" if extra > 0 else ""
+
+
+def arena_summary(head: int, tail: int | None, arena: int | None, head_budget: int | None,
+                  tails) -> dict:
+    return {"head_bytes": head, "tail_bytes": tail, "arena_bytes": arena,
             "head_budget_bytes": head_budget, "tail_parts": dict(tails.parts),
             "tail_note": tails.note}
 
@@ -209,8 +217,10 @@ def _print_summary(s: dict, plan) -> None:
     if s["tail_bytes"] is not None:
         print(f"tail         {s['tail_bytes']:>10,} B   TFLM's persistent data, predicted "
               "(64-bit host)")
-        print(f"arena total  {s['arena_bytes']:>10,} B   head + tail: the arena size for "
-              "MicroInterpreter")
+        extra = s["arena_bytes"] - s["head_bytes"] - s["tail_bytes"]
+        why = (f"head + tail + {extra:,} B TFLM uses only while loading" if extra > 0
+               else "head + tail: the size for MicroInterpreter")
+        print(f"arena total  {s['arena_bytes']:>10,} B   {why}")
     else:
         print(f"tail         {'-':>10}     {s['tail_note']}")
     print(f"load bound   {s['load_bound_bytes']:>10,} B   (no spilling can go below)")
@@ -220,7 +230,9 @@ def _print_summary(s: dict, plan) -> None:
         bounded = "arena total" if s["tail_bytes"] is not None else "head"
         print(f"budget       {s['budget_bytes']:>10,} B   {verdict} ({bounded})")
     if s["head_budget_bytes"] is not None and s["head_budget_bytes"] != s["budget_bytes"]:
-        print(f"head budget  {s['head_budget_bytes']:>10,} B   {verdict}")
+        head_fits = s["head_bytes"] <= s["head_budget_bytes"]
+        print(f"head budget  {s['head_budget_bytes']:>10,} B   "
+              f"{'fits' if head_fits else 'DOES NOT FIT'}")
     if plan.transfers:
         print(f"spilled      {s['spilled_bytes']:>10,} B in {s['num_spills']} spills, "
               f"fetched {s['fetched_bytes']:,} B, est. transfer {s['est_transfer_seconds']:.4f} s")
