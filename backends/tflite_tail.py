@@ -18,6 +18,10 @@ on every runnable shared and zoo model (tests/test_arena_tail.py); one value dif
 from that source and is marked. The custom ops' sizes are the project's own C structs
 (backends/c/tflm_ops.cc, tp_runtime.h); a test recompiles them with the host compiler.
 
+`load_arena` adds what AllocateTensors holds in the head only while it loads the model
+(temporary tensors, the planner's working data): on models with a small head the arena
+an application must pass is larger than head + tail.
+
 The walk is driven by the model bytes alone, so it follows whatever the rewrite emits;
 an op or dtype path without a rule raises `TailUnknown` rather than guess.
 """
@@ -286,8 +290,10 @@ BUILTIN_KERNELS: dict[str, Kernel] = {
 
 # The project's custom ops (backends/c/tflm_ops.cc), 64-bit host sizes of its C structs;
 # tests/test_arena_tail.py recompiles the structs from the source and checks these.
-# To add an op: its struct sizes here, a Kernel in CUSTOM_KERNELS, and the struct name in
-# the test's list.
+# To add an op (e.g. TinyPlanTransposeConv, TinyPlanSplit): its op-data struct's size here
+# (the test compiles every name listed, from a `struct NAME {...};` in tflm_ops.cc or a
+# typedef in tp_runtime.h / tp_kernels.h) and a Kernel in CUSTOM_KERNELS: what its Init
+# and Prepare allocate, its scratch requests and the tensors Prepare reads.
 CUSTOM_STRUCTS: dict[str, int] = {
     "TransferData": 32,  # int32 opts[8]
     "FusedData": 1128,  # header, per-input words, 8 tp_action, conv params, pointers
@@ -302,10 +308,15 @@ def _fused_conv(op: OpView) -> list[int]:
 
 
 CUSTOM_KERNELS: dict[str, Kernel] = {
-    "Spill": Kernel(init=(CUSTOM_STRUCTS["TransferData"],)),
-    "Fetch": Kernel(init=(CUSTOM_STRUCTS["TransferData"],)),
+    # PrepareTransfer and PrepareFusedConcat read no tensors.
+    "Spill": Kernel(init=(CUSTOM_STRUCTS["TransferData"],), temps=()),
+    "Fetch": Kernel(init=(CUSTOM_STRUCTS["TransferData"],), temps=()),
     "FusedConcat": Kernel(init=(CUSTOM_STRUCTS["FusedData"],
-                                CUSTOM_STRUCTS["tp_stream_state"] * MAX_FUSED_INPUTS)),
+                                CUSTOM_STRUCTS["tp_stream_state"] * MAX_FUSED_INPUTS),
+                          temps=()),
+    # PrepareFused reads the first resident input, the filter and the output; which input
+    # that is depends on the options, so the loading estimate counts every tensor (an
+    # upper bound, a few hundred bytes).
     "FusedConcatConv2D": Kernel(init=(CUSTOM_STRUCTS["FusedData"],
                                       CUSTOM_STRUCTS["tp_stream_state"] * MAX_FUSED_INPUTS),
                                 prepare=_fused_conv),
