@@ -1,9 +1,9 @@
 """A thin wrapper around the real TFLM interpreter (the `tflite-micro` pip package).
 
-It answers two questions the rest of the project checks itself against: how many
-bytes does real TFLM put in the arena head for a model, and what does the model
-compute. TFLM reports arena use only by printing to the C-level stderr, so
-`arena_head_bytes` redirects file descriptor 2 around `print_allocations()`.
+It answers the questions the rest of the project checks itself against: how many
+bytes does real TFLM put in the arena head and tail for a model, and what does the
+model compute. TFLM reports arena use only by printing to the C-level stderr, so
+`arena_usage` redirects file descriptor 2 around `print_allocations()`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from planner.errors import PlannerError
 DEFAULT_ARENA = 8 * 1024 * 1024
 MAX_ARENA = 1 << 30
 _MISSING_RE = re.compile(r"missing: (\d+)")
-_HEAD_RE = re.compile(r"Arena allocation head (\d+) bytes")
 
 
 def _runtime():
@@ -101,14 +100,26 @@ def _capture_fd2(fn) -> str:
         return tmp.read().decode("utf-8", "replace")
 
 
-def arena_head_bytes(model: bytes, arena_size: int | None = None) -> int:
-    """The arena head (planned, non-persistent bytes) real TFLM uses for `model`."""
+def arena_usage(model: bytes, arena_size: int | None = None) -> dict[str, int]:
+    """What real TFLM's print_allocations() reports for `model`: total, head and tail bytes
+    (the tail as the wheel's RecordingMicroAllocator allocates it)."""
     interp = make_interpreter(model, arena_size)
     text = _capture_fd2(interp.print_allocations)
-    match = _HEAD_RE.search(text)
-    if match is None:
-        raise PlannerError("TFLM printed no 'Arena allocation head' line")
-    return int(match.group(1))
+    usage = {key: int(m.group(1)) for key in ("total", "head", "tail")
+             if (m := re.search(rf"Arena allocation {key} (\d+) bytes", text))}
+    if len(usage) != 3:
+        raise PlannerError("TFLM printed no 'Arena allocation total/head/tail' lines")
+    return usage
+
+
+def arena_head_bytes(model: bytes, arena_size: int | None = None) -> int:
+    """The arena head (planned, non-persistent bytes) real TFLM uses for `model`."""
+    return arena_usage(model, arena_size)["head"]
+
+
+def arena_tail_bytes(model: bytes, arena_size: int | None = None) -> int:
+    """The arena tail (persistent bytes: eval tensors, nodes, op data...) real TFLM uses."""
+    return arena_usage(model, arena_size)["tail"]
 
 
 def _num_io(model: bytes) -> tuple[int, int]:

@@ -209,7 +209,7 @@ def test_budget_below_working_set_bound() -> None:
     info = analysis(TFLITE)
     ws, op = info["working_set_bound_bytes"], info["ops"][info["working_set_bound_op"]]
     budget = ws - 30_400
-    run = cli("solve", TFLITE, "--budget", str(budget), "--planner", "tflm-greedy")
+    run = cli("solve", TFLITE, "--head-budget", str(budget), "--planner", "tflm-greedy")
     line = one_error_line(run, 1, "below the working-set bound", f"op {op['index']} ",
                           f"'{op['name']}'", f"{ws:,} B", f"{ws - budget:,} B more")
     assert op["type"] in line
@@ -241,18 +241,19 @@ def test_heuristic_plan_over_budget_exits_1() -> None:
 
 def test_heuristic_plan_over_budget_says_so_on_stderr() -> None:
     # Once said only by the summary on stdout.
-    run = cli("solve", TFLITE, "--planner", "tflm-greedy", "--budget", "250000")
+    run = cli("solve", TFLITE, "--planner", "tflm-greedy", "--head-budget", "250000")
     one_error_line(run, 1, "307,200", "57,200 B over the budget")
     assert "DOES NOT FIT" in run.stdout
 
 
 @pytest.mark.parametrize("budget", ["300KiB", "300kib", "307200", "307.2KB"])
 def test_fitting_budget_exits_0(budget: str) -> None:
-    run = cli("solve", TFLITE, "--planner", "tflm-greedy", "--budget", budget, "--json")
+    # The head alone (--budget bounds head + tail: tests/test_arena_tail.py).
+    run = cli("solve", TFLITE, "--planner", "tflm-greedy", "--head-budget", budget, "--json")
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""
     data = json.loads(run.stdout)
-    assert data["budget_bytes"] == 307_200 and data["fits_budget"] is True
+    assert data["head_budget_bytes"] == 307_200 and data["fits_budget"] is True
 
 
 @pytest.mark.parametrize("budget,expected", [("256KB", 256_000), ("256KiB", 262_144),
@@ -292,12 +293,12 @@ def test_stock_tflm_profile_neither_fuses_nor_goes_below_the_load_bound() -> Non
 
 
 def test_solve_json_summary() -> None:
-    run = cli("solve", TFLITE, "--time-limit", "10", "--json", "--budget", "240KB")
+    run = cli("solve", TFLITE, "--time-limit", "10", "--json", "--head-budget", "240KB")
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.strip().splitlines()) == 1
     data = json.loads(run.stdout)
     assert SUMMARY_KEYS <= set(data)
-    assert data["planner"] == "ilp" and data["budget_bytes"] == 240_000
+    assert data["planner"] == "ilp" and data["head_budget_bytes"] == 240_000
     assert data["fits_budget"] is True and data["peak_bytes"] <= 240_000
     assert data["load_bound_bytes"] >= data["working_set_bound_bytes"]
     assert data["peak_bytes"] >= data["working_set_bound_bytes"]

@@ -32,7 +32,9 @@ def add_parser(sub) -> None:
         "planner-shim header in OUTDIR; ONNX input gets the plan JSON and C glue (--emit c).",
     )
     add_model_args(p)
-    p.add_argument("--budget", help="arena budget: bytes, KB/MB (x1000) or KiB/MiB (x1024)")
+    p.add_argument("--budget", help="whole-arena budget (head + predicted tail for TFLite): "
+                   "bytes, KB/MB (x1000) or KiB/MiB (x1024)")
+    p.add_argument("--head-budget", help="bound the arena head (the planned buffers) alone")
     p.add_argument("--planner", default=None, help=f"planner name (default {DEFAULT_PLANNER})")
     p.add_argument("--profile", default=DEFAULT_PROFILE,
                    help=f"device profile: {', '.join(bundled_profiles())} or a .toml file")
@@ -59,34 +61,50 @@ def run(args: argparse.Namespace) -> int:
     if not math.isfinite(args.time_limit) or args.time_limit <= 0:
         raise PlannerError("--time-limit must be a positive number of seconds")
     budget = parse_size(args.budget) if args.budget is not None else None
+    head_cap = parse_size(args.head_budget) if args.head_budget is not None else None
     profile = load_profile(args.profile)
     graph = read_graph(args)
     load = load_bound(graph)
     ws = working_set_bound(graph, profile.can_stream, profile.fusion)
+    from backends.tflite_tail import ArenaTail
+
+    tails = ArenaTail(graph, Path(args.model), profile)
     summary = {
         "model": str(args.model),
         "planner": name,
         "profile": profile.name,
         "scratch": args.scratch,
         "budget_bytes": budget,
+        "head_budget_bytes": head_cap,
         "load_bound_bytes": load.bytes,
         "working_set_bound_bytes": ws.bytes,
     }
-    if budget is not None and budget < ws.bytes:
-        message = (f"budget {budget:,} B is below the working-set bound: {ws.detail} needs "
-                   f"{ws.bytes:,} B, {ws.bytes - budget:,} B more")
-        return _refuse(args, summary, message)
-    if args.pareto:
-        from ..pareto import pareto_front
-
-        return pareto_front(graph, profile, args, summary)
-    request = Request(graph, profile, budget, args.objective, args.time_limit, args.solver,
-                      deterministic=args.deterministic)
+    # --budget bounds head + tail; the tail is that of the model the plan emits, which a
+    # rewrite (spills, fusions) makes larger: plan, predict, and re-plan with the head
+    # budget that leaves room for it, a few rounds at most.
+    tail = tails.of_model()
     start = time.perf_counter()
-    try:
-        plan = planners[name](request)
-    except InfeasibleBudget as exc:
-        return _refuse(args, summary, str(exc))
+    for _ in range(TAIL_ROUNDS):
+        head_budget = _head_budget(budget, head_cap, tail)
+        summary.update(tail_bytes=tail, head_budget_bytes=head_budget)
+        if head_budget is not None and head_budget < ws.bytes:
+            return _refuse(args, summary, _below_bound(budget, head_budget, tail, ws))
+        if args.pareto:  # the sweep picks its own budgets
+            from ..pareto import pareto_front
+
+            return pareto_front(graph, profile, args, summary)
+        request = Request(graph, profile, head_budget, args.objective, args.time_limit,
+                          args.solver, deterministic=args.deterministic)
+        try:
+            plan = planners[name](request)
+        except InfeasibleBudget as exc:
+            return _refuse(args, summary, str(exc))
+        planned_tail = tails.of_plan(plan)
+        if (budget is None or planned_tail is None or tail is None or planned_tail <= tail
+                or plan.peak_bytes + planned_tail <= budget):
+            tail = planned_tail
+            break
+        tail = planned_tail
     elapsed = time.perf_counter() - start
     if args.scratch == "int16":
         plan = replace(plan, scratch_dtype="int16", notes=(*plan.notes, SCRATCH_NOTE))
@@ -95,8 +113,13 @@ def run(args: argparse.Namespace) -> int:
     except PlanError as exc:
         print(f"internal error: {exc}", file=sys.stderr)
         return 3
-    fits = budget is None or plan.peak_bytes <= budget
-    summary.update(plan_summary(plan, budget, elapsed))
+    head_budget = _head_budget(budget, head_cap, tail)
+    arena = tails.arena(plan.peak_bytes)
+    fits = ((head_budget is None or plan.peak_bytes <= head_budget)
+            and (budget is None or arena is None or arena <= budget))
+    summary.update(plan_summary(plan, head_budget, elapsed))
+    summary.update(arena_summary(plan.peak_bytes, tail, arena, head_budget, tails),
+                   fits_budget=fits)
     if args.outdir or args.svg:
         from backends import write_outputs
 
@@ -108,10 +131,48 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary, plan)
     if not fits:
-        print(f"error: the {plan.planner} plan needs {plan.peak_bytes:,} B, "
-              f"{plan.peak_bytes - budget:,} B over the budget", file=sys.stderr)
+        if arena is not None and budget is not None and arena > budget:
+            print(f"error: the {plan.planner} plan needs an arena of {arena:,} B "
+                  f"(head {plan.peak_bytes:,} + tail {tail:,}{_loading(arena, plan, tail)}), "
+                  f"{arena - budget:,} B over the budget", file=sys.stderr)
+        else:
+            print(f"error: the {plan.planner} plan needs a head of {plan.peak_bytes:,} B, "
+                  f"{plan.peak_bytes - head_budget:,} B over the budget for the head",
+                  file=sys.stderr)
         return 1
     return 0
+
+
+TAIL_ROUNDS = 4
+
+
+def _head_budget(budget: int | None, head_cap: int | None, tail: int | None) -> int | None:
+    whole = None if budget is None else budget - (tail or 0)
+    caps = [c for c in (head_cap, whole) if c is not None]
+    return min(caps) if caps else None
+
+
+def _below_bound(budget: int | None, head_budget: int, tail: int | None, ws) -> str:
+    what = f"head budget {head_budget:,} B"
+    if budget is not None and tail and head_budget == budget - tail:
+        what = (f"budget {budget:,} B leaves a head of {head_budget:,} B after the predicted "
+                f"tail of {tail:,} B, which")
+    elif budget is not None and head_budget == budget:
+        what = f"budget {budget:,} B"
+    return (f"{what} is below the working-set bound: {ws.detail} needs {ws.bytes:,} B, "
+            f"{ws.bytes - head_budget:,} B more")
+
+
+def _loading(arena: int, plan, tail: int) -> str:
+    extra = arena - plan.peak_bytes - tail
+    return f" + {extra:,} TFLM uses only while loading" if extra > 0 else ""
+
+
+def arena_summary(head: int, tail: int | None, arena: int | None, head_budget: int | None,
+                  tails) -> dict:
+    return {"head_bytes": head, "tail_bytes": tail, "arena_bytes": arena,
+            "head_budget_bytes": head_budget, "tail_parts": dict(tails.parts),
+            "tail_note": tails.note}
 
 
 def plan_summary(plan, budget: int | None, elapsed: float) -> dict:
@@ -141,7 +202,9 @@ def _refuse(args: argparse.Namespace, summary: dict, message: str) -> int:
         summary.update({"status": "infeasible", "fits_budget": False, "peak_bytes": None,
                         "bound_bytes": None, "gap": None, "spilled_bytes": None,
                         "fetched_bytes": None, "est_transfer_seconds": None,
-                        "solve_seconds": 0.0, "error": message})
+                        "solve_seconds": 0.0, "head_bytes": None, "arena_bytes": None,
+                        "error": message})
+        summary.setdefault("tail_bytes", None)
         print(json.dumps(summary))
     print(f"error: {message}", file=sys.stderr)
     return 1
@@ -149,13 +212,27 @@ def _refuse(args: argparse.Namespace, summary: dict, message: str) -> int:
 
 def _print_summary(s: dict, plan) -> None:
     print(f"model        {s['model']}  (profile {s['profile']}, planner {s['planner']})")
-    print(f"peak         {s['peak_bytes']:>10,} B   status {s['status']}"
+    print(f"head         {s['head_bytes']:>10,} B   the plan's peak, status {s['status']}"
           + (f", gap {s['gap']:.2%}" if s.get("gap") else ""))
+    if s["tail_bytes"] is not None:
+        print(f"tail         {s['tail_bytes']:>10,} B   TFLM's persistent data, predicted "
+              "(64-bit host)")
+        extra = s["arena_bytes"] - s["head_bytes"] - s["tail_bytes"]
+        why = (f"head + tail + {extra:,} B TFLM uses only while loading" if extra > 0
+               else "head + tail: the size for MicroInterpreter")
+        print(f"arena total  {s['arena_bytes']:>10,} B   {why}")
+    else:
+        print(f"tail         {'-':>10}     {s['tail_note']}")
     print(f"load bound   {s['load_bound_bytes']:>10,} B   (no spilling can go below)")
     print(f"work-set bnd {s['working_set_bound_bytes']:>10,} B   (nothing can go below)")
+    verdict = "fits" if s["fits_budget"] else "DOES NOT FIT"
     if s["budget_bytes"] is not None:
-        verdict = "fits" if s["fits_budget"] else "DOES NOT FIT"
-        print(f"budget       {s['budget_bytes']:>10,} B   {verdict}")
+        bounded = "arena total" if s["tail_bytes"] is not None else "head"
+        print(f"budget       {s['budget_bytes']:>10,} B   {verdict} ({bounded})")
+    if s["head_budget_bytes"] is not None and s["head_budget_bytes"] != s["budget_bytes"]:
+        head_fits = s["head_bytes"] <= s["head_budget_bytes"]
+        print(f"head budget  {s['head_budget_bytes']:>10,} B   "
+              f"{'fits' if head_fits else 'DOES NOT FIT'}")
     if plan.transfers:
         print(f"spilled      {s['spilled_bytes']:>10,} B in {s['num_spills']} spills, "
               f"fetched {s['fetched_bytes']:,} B, est. transfer {s['est_transfer_seconds']:.4f} s")
