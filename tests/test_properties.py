@@ -189,7 +189,9 @@ plans = st.builds(
     status=st.sampled_from(["optimal", "feasible", "heuristic"]),
     bound_bytes=st.one_of(st.none(), small), objective=st.sampled_from(["peak", "latency"]),
     est_transfer_seconds=times, bound_transfer_seconds=st.one_of(st.none(), times),
-    solve_seconds=times, scratch_dtype=st.sampled_from(["int32", "int16"]),
+    solve_seconds=times,
+    op_kernels=st.lists(st.tuples(small, st.sampled_from(["tinyplan_rows"])),
+                        max_size=3).map(tuple),
     notes=st.lists(st.text(max_size=20), max_size=2).map(tuple),
 )
 
