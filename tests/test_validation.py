@@ -110,3 +110,182 @@ def test_parse_size_refuses_non_sizes_and_out_of_range(value) -> None:
     with pytest.raises(PlannerError) as info:
         parse_size(value, "budget")
     assert "\n" not in str(info.value) and "budget" in str(info.value)
+
+
+# -- plans: what they were made for, strict JSON, outputs ----------------------------
+
+UNET8 = Path("benchmarks/models/tiny_unet_int8.tflite")
+
+
+@pytest.fixture(scope="module")
+def solved(tmp_path_factory) -> Path:
+    """A spill plan for the int8 Tiny U-Net (tinyseg: fast), written by solve -o."""
+    from planner.cli import main
+
+    out = tmp_path_factory.mktemp("solved")
+    assert main(["solve", str(UNET8), "--planner", "tinyseg", "--budget", "256KB",
+                 "-o", str(out)]) == 0
+    return out
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    from planner.cli import main
+
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _edited_plan(solved: Path, tmp_path: Path, edit) -> Path:
+    import json
+
+    data = json.loads((solved / "plan.json").read_text())
+    edit(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _one_line_refusal(code: int, err: str, match: str) -> None:
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert match in err, err
+
+
+def test_solve_stamps_model_and_profile(solved: Path) -> None:
+    from planner.plan import Plan
+    from planner.plan_check import file_sha256
+
+    plan = Plan.load(solved / "plan.json")
+    assert plan.model_sha256 == file_sha256(UNET8)
+    assert plan.profile is not None and plan.profile.name == "qspi-flash"
+    assert plan.profile.capacities == {"qspi": 8 << 20}
+    assert plan.transfers  # a spill plan, so the storage checks below mean something
+
+
+def test_d05_run_refuses_a_spill_to_a_storage_the_profile_lacks(solved, tmp_path, capsys):
+    def edit(d):
+        for t in d["transfers"]:
+            t["storage"] = "nonexistent"
+    code, err = _cli(["run", str(UNET8), str(_edited_plan(solved, tmp_path, edit))], capsys)
+    _one_line_refusal(code, err, "nonexistent")
+
+
+def test_d05_run_refuses_addresses_beyond_the_capacity(solved, tmp_path, capsys):
+    for address in (2**31, 2**40):
+        def edit(d, a=address):
+            for t in d["transfers"]:
+                t["address"] = a
+        code, err = _cli(["run", str(UNET8), str(_edited_plan(solved, tmp_path, edit))], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+
+
+def test_d05_run_refuses_a_plan_for_another_model_or_profile(solved, tmp_path, capsys):
+    other = Path("benchmarks/models/irregular_int8.tflite")
+    code, err = _cli(["run", str(other), str(solved / "plan.json")], capsys)
+    _one_line_refusal(code, err, "made for another model")
+    code, err = _cli(["run", str(UNET8), str(solved / "plan.json"), "--profile", "mixed"], capsys)
+    _one_line_refusal(code, err, "made for profile 'qspi-flash'")
+
+    def forged(d):  # claims to be the bundled qspi-flash, with a larger flash
+        d["profile"]["storages"][0]["capacity"] = 2**32 - 1
+    code, err = _cli(["run", str(UNET8), str(_edited_plan(solved, tmp_path, forged))], capsys)
+    _one_line_refusal(code, err, "made for profile")
+    code, err = _cli(["run", str(UNET8), str(solved / "plan.json"), "--profile", "qspi-flash"],
+                     capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("case", ["string", "float", "null", "nan", "huge_peak", "deep",
+                                  "negative_offset", "bool", "unknown_key", "big_int"])
+def test_d12_hand_made_plan_json_is_one_line(solved, tmp_path, capsys, case):
+    def edit(d):
+        seg = d["segments"][0]
+        if case == "string":
+            seg["offset"] = "0"
+        elif case == "float":
+            seg["size"] = float(seg["size"])
+        elif case == "null":
+            d["num_steps"] = None
+        elif case == "huge_peak":
+            d["peak_bytes"] = 10**12
+        elif case == "negative_offset":
+            seg["offset"] = -16
+        elif case == "bool":
+            seg["tensor"] = True
+        elif case == "unknown_key":
+            d["segmnets"] = []
+    path = _edited_plan(solved, tmp_path, edit)
+    if case == "nan":
+        path.write_text(path.read_text().replace('"est_transfer_seconds": ',
+                                                 '"est_transfer_seconds": NaN, "x": '))
+    elif case == "deep":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    elif case == "big_int":
+        path.write_text('{"peak_bytes": ' + "9" * 5000 + "}")
+    for extra in ([], ["--unchecked"]):
+        code, err = _cli(["run", str(UNET8), str(path), *extra], capsys)
+        _one_line_refusal(code, err, "plan")
+
+
+def test_d13_negative_seed_is_refused(solved, capsys):
+    code, err = _cli(["run", str(UNET8), str(solved / "plan.json"), "--seed", "-1"], capsys)
+    _one_line_refusal(code, err, "--seed")
+
+
+def test_d14_corrupt_inputs_npz_is_refused(solved, tmp_path, capsys):
+    import numpy as np
+
+    good = tmp_path / "in.npz"
+    np.savez(good, arr_0=np.zeros((1, 80, 120, 3), np.int8))
+    damaged = tmp_path / "damaged.npz"
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
+    damaged.write_bytes(bytes(data))
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:100])
+    for path in (damaged, truncated):
+        code, err = _cli(["run", str(UNET8), str(solved / "plan.json"), "--inputs", str(path)],
+                         capsys)
+        _one_line_refusal(code, err, "inputs")
+
+
+def test_d07_svg_naming_the_input_model_is_refused(tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "m.tflite"
+    shutil.copy(UNET8, model)
+    before = model.read_bytes()
+    code, err = _cli(["solve", str(model), "--planner", "tflm-greedy", "--svg", str(model)],
+                     capsys)
+    _one_line_refusal(code, err, "names the input model")
+    assert model.read_bytes() == before
+
+
+def test_d09_a_failing_writer_leaves_nothing_half_written(tmp_path, monkeypatch, capsys):
+    import backends.shim_header as shim
+
+    def broken(*args, **kwargs):
+        raise PlannerError("offset beyond int32 (simulated writer failure)")
+    monkeypatch.setattr(shim, "write_shim_header", broken)
+    out = tmp_path / "out"
+    code, err = _cli(["solve", str(UNET8), "--planner", "tflm-greedy", "-o", str(out)], capsys)
+    _one_line_refusal(code, err, "simulated")
+    assert list(out.iterdir()) == []  # no plan.json without its .tflite, no staging folder
+
+
+def test_d09_arena_beyond_int32_is_refused_before_writing(tmp_path):
+    from dataclasses import replace
+
+    from backends import write_outputs
+    from frontends import load_model
+    from planner.planners.base import Request, registry
+
+    graph = load_model(str(UNET8), {})
+    plan = registry()["tflm-greedy"](Request(graph, load_profile("none"), None, None, 5.0,
+                                             "cpsat"))
+    huge = replace(plan, peak_bytes=2**31)
+    with pytest.raises(PlannerError, match="exceeds int32"):
+        write_outputs(graph, huge, UNET8, tmp_path / "o", profile=load_profile("none"))
+    assert not (tmp_path / "o").exists()
