@@ -289,3 +289,66 @@ def test_d09_arena_beyond_int32_is_refused_before_writing(tmp_path):
     with pytest.raises(PlannerError, match="exceeds int32"):
         write_outputs(graph, huge, UNET8, tmp_path / "o", profile=load_profile("none"))
     assert not (tmp_path / "o").exists()
+
+
+# -- models the TFLite frontend refuses ----------------------------------------------
+
+def _mutated_unet(tmp_path: Path, mutate) -> Path:
+    from backends import tflite_io as io
+
+    model = io.read_model(UNET8)
+    mutate(model.subgraphs[0])
+    path = tmp_path / "mutated.tflite"
+    path.write_bytes(io.write_model(model))
+    return path
+
+
+def _solve_refuses(path: Path, capsys, match: str) -> None:
+    # Every planner once built a plan its own checker rejected here (exit 3).
+    for planner in ("tflm-greedy", "ilp"):
+        code, err = _cli(["solve", str(path), "--planner", planner, "--time-limit", "5"], capsys)
+        _one_line_refusal(code, err, match)
+
+
+def test_d17_ops_out_of_topological_order_are_refused(tmp_path, capsys):
+    def swap(sub):
+        sub.operators[1], sub.operators[2] = sub.operators[2], sub.operators[1]
+    _solve_refuses(_mutated_unet(tmp_path, swap), capsys, "not in topological order")
+
+
+def test_d18_an_op_writing_a_subgraph_input_is_refused(tmp_path, capsys):
+    def write_input(sub):
+        sub.operators[3].outputs = [int(sub.inputs[0])]
+    _solve_refuses(_mutated_unet(tmp_path, write_input), capsys, "which is a subgraph input")
+
+
+def test_d18_a_tensor_with_two_writers_is_refused(tmp_path, capsys):
+    def twice(sub):
+        sub.operators[3].outputs = [int(sub.operators[1].outputs[0])]
+    _solve_refuses(_mutated_unet(tmp_path, twice), capsys, "and again by op")
+
+
+def test_d19_concat_inputs_with_inconsistent_shapes_are_refused(tmp_path, capsys):
+    def reshape(sub):
+        concat = sub.operators[12]  # inputs (1, 20, 30, 32) and (1, 20, 30, 16)
+        sub.tensors[concat.inputs[1]].shape = [1, 20, 31, 16]
+    _solve_refuses(_mutated_unet(tmp_path, reshape), capsys, "CONCATENATION")
+
+    def wrong_sum(sub):
+        sub.tensors[sub.operators[12].outputs[0]].shape = [1, 20, 30, 40]
+    _solve_refuses(_mutated_unet(tmp_path, wrong_sum), capsys, "add up to")
+
+
+def test_d08_onnx_dims_beyond_int32_bytes_are_refused(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    dims = [1, 2**62, 2, 2]
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)])
+    path = tmp_path / "big.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    code, err = _cli(["solve", str(path)], capsys)
+    _one_line_refusal(code, err, "int32")
