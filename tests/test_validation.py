@@ -352,3 +352,104 @@ def test_d08_onnx_dims_beyond_int32_bytes_are_refused(tmp_path, capsys):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
     code, err = _cli(["solve", str(path)], capsys)
     _one_line_refusal(code, err, "int32")
+
+
+# -- verify-tflm: offline arrays checked, TFLM isolated -------------------------------
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory) -> Path:
+    from planner.cli import main
+
+    out = tmp_path_factory.mktemp("planned")
+    assert main(["solve", str(UNET8), "--planner", "tflm-greedy", "--profile", "none",
+                 "-o", str(out), "--emit", "tflite"]) == 0
+    return out / "tiny_unet_int8.planned.tflite"
+
+
+def _with_offsets(planned: Path, tmp_path: Path, edit) -> Path:
+    from backends import tflite_io as io
+
+    model = io.read_model(planned)
+    values = io.unpack_int32(io.get_metadata(model, io.OFFLINE_METADATA))
+    io.set_metadata(model, io.OFFLINE_METADATA, io.pack_int32(edit(values)))
+    path = tmp_path / "edited.planned.tflite"
+    path.write_bytes(io.write_model(model))
+    return path
+
+
+def _first_planned(values: list[int]) -> int:
+    return next(i for i, v in enumerate(values) if i >= 3 and v > 0)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("unaligned", "multiple of 16"),      # d06: once passed verification
+    ("minus_two", "neither -1"),          # d20: TFLM aborted the whole process
+    ("truncated", "holds"),               # d20: TypeError
+    ("near_int32", "beyond the plan's peak"),  # d20: TypeError
+    ("odd_bytes", "int32")])
+def test_d06_d20_bad_offline_arrays_are_refused_before_tflm(planned, tmp_path, capsys, case,
+                                                            match):
+    def edit(values: list[int]) -> list[int]:
+        i = _first_planned(values)
+        if case == "unaligned":
+            values[i] += 4
+        elif case == "minus_two":
+            values[i] = -2
+        elif case == "truncated":
+            values = values[:-1]
+        elif case == "near_int32":
+            values[i] = 2**31 - 16
+        return values
+    path = _with_offsets(planned, tmp_path, edit)
+    if case == "odd_bytes":
+        from backends import tflite_io as io
+
+        model = io.read_model(path)
+        io.set_metadata(model, io.OFFLINE_METADATA,
+                        io.get_metadata(model, io.OFFLINE_METADATA)[:-2])
+        path.write_bytes(io.write_model(model))
+    code, err = _cli(["verify-tflm", str(UNET8), str(path), "--runs", "1"], capsys)
+    _one_line_refusal(code, err, match)
+
+
+def test_d20_a_tflm_abort_is_one_line_not_a_dead_process(planned, monkeypatch, capsys):
+    # An offset of -2 made TFLM abort the whole Python process ("double free or
+    # corruption", SIGABRT); how reliably depends on the heap, so the abort is made
+    # certain here: TFLM's invoke on PLANNED calls abort() inside the child.
+    import os
+
+    from backends import tflm_interpreter as tflm
+
+    real = tflm.invoke
+    planned_bytes = planned.read_bytes()
+
+    def aborting(model, inputs, arena_size=None):
+        if bytes(model) == planned_bytes:
+            os.abort()
+        return real(model, inputs, arena_size)
+    monkeypatch.setattr(tflm, "invoke", aborting)
+    code, err = _cli(["verify-tflm", str(UNET8), str(planned), "--runs", "1"], capsys)
+    _one_line_refusal(code, err, "TFLM aborted on PLANNED: killed by SIGABRT")
+
+
+def test_d20_isolation_reports_an_exit_without_answer_and_a_failure():
+    import os
+
+    from backends.tflm_isolation import TFLMAborted, isolated
+
+    with pytest.raises(TFLMAborted, match="exited with status 7"):
+        isolated("PLANNED", os._exit, 7)
+    with pytest.raises(PlannerError, match="ZeroDivisionError"):
+        isolated("PLANNED", lambda: 1 // 0)
+    assert isolated("PLANNED", sum, [1, 2]) == 3
+
+
+def test_verify_tflm_still_passes_a_good_plan_in_isolation(planned, capsys):
+    code, err = _cli(["verify-tflm", str(UNET8), str(planned), "--runs", "1"], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("argv", [["--runs", "0"], ["--seed", "-1"], ["--runs", "100000000"]])
+def test_verify_tflm_arguments_are_bounded(planned, capsys, argv):
+    code, err = _cli(["verify-tflm", str(UNET8), str(planned), *argv], capsys)
+    assert code == 2 and err.count("\n") == 1, err
