@@ -76,6 +76,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if jobs < 1:
         raise PlannerError("--jobs must be at least 1")
     outdir = Path(args.outdir)
+    try:  # before an hour of solving, not after: -o naming a file is one line
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        what = "is a file, not a folder" if outdir.is_file() else (exc.strerror or str(exc))
+        raise PlannerError(f"-o {outdir}: {what}") from None
     results = run_suite(suite, outdir, jobs)
     written = write_all(results, suite, outdir, jobs)
     bad = [r for r in results.rows if r["status"] in ("invalid", "crash")]

@@ -453,3 +453,48 @@ def test_verify_tflm_still_passes_a_good_plan_in_isolation(planned, capsys):
 def test_verify_tflm_arguments_are_bounded(planned, capsys, argv):
     code, err = _cli(["verify-tflm", str(UNET8), str(planned), *argv], capsys)
     assert code == 2 and err.count("\n") == 1, err
+
+
+# -- benchmarks: MiniMalloc CSVs and -o -----------------------------------------------
+
+@pytest.mark.parametrize("body,match", [
+    (b"id,lower,upper,size\n0,0,3,99999999999999999999999\n", "size must be an integer"),
+    (b"id,lower,upper,size\n0,0,3,4294967296\n", "out of range"),
+    (b"id,lower,upper,size\n0,0,3,2147483648\n", "out of range"),
+    (b"id,lower,upper,size\n0,0,99999999999,16\n", "upper = 99,999,999,999 is out of range"),
+    (b"id,lower,upper,size\n0,0,3,1\xff\xfe\n", "not UTF-8"),
+    (b"id,lower,upper,size\n0,0,3,\x0016\n", "size must be an integer"),
+    (b"id,lower,upper,size\n0,0,3,1e3\n", "integer"),
+])
+def test_d08_d11_minimalloc_csv_is_one_line(tmp_path, capsys, body: bytes, match: str):
+    from benchmarks.__main__ import main as bench
+
+    path = tmp_path / "p.1048576.csv"
+    path.write_bytes(body)
+    capsys.readouterr()
+    assert bench(["minimalloc", str(path), "--planners", "tflm-greedy"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and match in err, err
+
+
+def test_d08_minimalloc_capacity_in_the_name_is_bounded(tmp_path, capsys):
+    from benchmarks.__main__ import main as bench
+
+    path = tmp_path / f"p.{10**30}.csv"
+    path.write_text("id,lower,upper,size\n0,0,3,16\n")
+    capsys.readouterr()
+    assert bench(["minimalloc", str(path), "--planners", "tflm-greedy"]) == 2
+    assert "capacity" in capsys.readouterr().err
+
+
+def test_d15_benchmarks_run_onto_an_existing_file(tmp_path, capsys):
+    from benchmarks.__main__ import main as bench
+
+    target = tmp_path / "results.txt"
+    target.write_text("keep me\n")
+    capsys.readouterr()
+    assert bench(["run", "--models", "tiny_unet_int8", "--planners", "tflm-greedy",
+                  "--no-minimalloc", "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file" in err
+    assert target.read_text() == "keep me\n"
