@@ -55,6 +55,6 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
         shape = tuple(int(d) for d in dims.lower().split("x"))
     except ValueError:
         shape = ()
-    if not sep or not name or not shape or any(d <= 0 for d in shape):
+    if not sep or not name or not shape or any(not 0 < d <= INT32_MAX for d in shape):
         raise PlannerError(f"malformed --input-shape {text!r}: use NAME=1x3x80x120")
     return name, shape
