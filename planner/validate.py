@@ -75,7 +75,7 @@ def check_value(value: Any, spec: Field, where: str) -> Any:
     elif kind == "size":
         value = parse_size(value, where, int(spec.maximum), int(spec.minimum))
     elif kind in ("list", "tables"):
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):  # tuples: an in-memory to_json round trip
             raise PlannerError(f"{where} must be a list, not {_type_name(value)}")
         if len(value) > spec.max_items:
             raise PlannerError(f"{where} has {len(value):,} items, more than {spec.max_items:,}")
