@@ -110,19 +110,17 @@ def plan_from_json(data: Any) -> Plan:
     for i, t in enumerate(transfers):
         if t.address + t.nbytes > UINT32_MAX:
             raise PlannerError(f"plan: transfer {i} ends beyond a 32-bit storage address")
-    return Plan(
-        model=top["model"], planner=top["planner"], num_steps=top["num_steps"],
-        peak_bytes=top["peak_bytes"], segments=segments,
-        parts=_rows(top["parts"], PART, Part, "plan: part"),
-        transfers=transfers,
-        fusions=_rows(top["fusions"], FUSION, Fusion, "plan: fusion"),
-        status=top["status"], bound_bytes=top["bound_bytes"], objective=top["objective"],
-        est_transfer_seconds=float(top["est_transfer_seconds"]),
-        bound_transfer_seconds=top["bound_transfer_seconds"],
-        solve_seconds=float(top["solve_seconds"]), scratch_dtype=top["scratch_dtype"],
-        notes=tuple(top["notes"]), model_sha256=top["model_sha256"],
-        model_path=top["model_path"], profile=top["profile"],
-    )
+    # Scalars pass through as checked: a new Plan field needs one line in PLAN above.
+    return Plan(**{
+        **top,
+        "segments": segments,
+        "parts": _rows(top["parts"], PART, Part, "plan: part"),
+        "transfers": transfers,
+        "fusions": _rows(top["fusions"], FUSION, Fusion, "plan: fusion"),
+        "est_transfer_seconds": float(top["est_transfer_seconds"]),
+        "solve_seconds": float(top["solve_seconds"]),
+        "notes": tuple(top["notes"]),
+    })
 
 
 def _no_constant(name: str) -> None:

@@ -12,16 +12,7 @@ import pytest
 from planner.device import load_profile
 from planner.errors import PlannerError
 from planner.units import parse_size
-
-GOOD = """
-name = "x"
-sram = "128KiB"
-[[storage]]
-name = "flash"
-capacity = "64KiB"
-read_bandwidth = "1MB"
-write_bandwidth = "100KB"
-"""
+from tests.test_units_profiles import GOOD  # the minimal valid profile
 
 
 def _profile(tmp_path: Path, text: str | bytes) -> Path:
@@ -498,3 +489,13 @@ def test_d15_benchmarks_run_onto_an_existing_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a file" in err
     assert target.read_text() == "keep me\n"
+
+
+def test_plan_json_table_covers_every_plan_field() -> None:
+    # A field added to Plan needs its line in plan_check.PLAN (or loading refuses it).
+    from dataclasses import fields
+
+    from planner.plan import Plan
+    from planner.plan_check import PLAN
+
+    assert set(PLAN) == {f.name for f in fields(Plan)}
