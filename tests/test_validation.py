@@ -499,3 +499,15 @@ def test_plan_json_table_covers_every_plan_field() -> None:
     from planner.plan_check import PLAN
 
     assert set(PLAN) == {f.name for f in fields(Plan)}
+
+
+def test_d20_run_on_tflm_kernels_is_isolated_too(solved, monkeypatch, capsys):
+    # `run --runtime tflm` loads the user's model (and one-op models cut from it) into
+    # TFLM; a kernel aborting there is one line, not a dead process.
+    import os
+
+    from backends import tflm_interpreter as tflm
+
+    monkeypatch.setattr(tflm, "invoke", lambda *args, **kwargs: os.abort())
+    code, err = _cli(["run", str(UNET8), str(solved / "plan.json"), "--runtime", "tflm"], capsys)
+    _one_line_refusal(code, err, "TFLM aborted on")
