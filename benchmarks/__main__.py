@@ -99,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_minimalloc(args: argparse.Namespace) -> int:
+    from planner.atomic import same_file
+
     from .minimalloc import markdown_table, problem_files, run_all, solvers
     from .report import write_csv
 
@@ -112,6 +114,8 @@ def cmd_minimalloc(args: argparse.Namespace) -> int:
         if unknown:
             raise PlannerError(f"unknown offset planner(s) {', '.join(unknown)}: use "
                                f"{', '.join(solvers())}")
+    if args.csv and any(same_file(args.csv, p) for p in paths):
+        raise PlannerError(f"--csv {args.csv} names an input problem: refusing to overwrite it")
     results = run_all(paths, names, args.time_limit)
     print(markdown_table(results), end="")
     if args.csv:

@@ -511,3 +511,15 @@ def test_d20_run_on_tflm_kernels_is_isolated_too(solved, monkeypatch, capsys):
     monkeypatch.setattr(tflm, "invoke", lambda *args, **kwargs: os.abort())
     code, err = _cli(["run", str(UNET8), str(solved / "plan.json"), "--runtime", "tflm"], capsys)
     _one_line_refusal(code, err, "TFLM aborted on")
+
+
+def test_minimalloc_csv_output_never_overwrites_an_input(tmp_path, capsys):
+    from benchmarks.__main__ import main as bench
+
+    problem = tmp_path / "p.64.csv"
+    problem.write_text("id,lower,upper,size\n0,0,3,16\n")
+    capsys.readouterr()
+    assert bench(["minimalloc", str(problem), "--planners", "tflm-greedy",
+                  "--csv", str(problem)]) == 2
+    assert "names an input" in capsys.readouterr().err
+    assert problem.read_text() == "id,lower,upper,size\n0,0,3,16\n"
