@@ -73,8 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.no_svg:
         suite = replace(suite, svg=False)
     jobs = args.jobs if args.jobs is not None else default_jobs()
-    if jobs < 1:
-        raise PlannerError("--jobs must be at least 1")
+    if not 1 <= jobs <= 256:
+        raise PlannerError(f"--jobs must be 1..256, got {jobs}")
     outdir = Path(args.outdir)
     try:  # before an hour of solving, not after: -o naming a file is one line
         outdir.mkdir(parents=True, exist_ok=True)

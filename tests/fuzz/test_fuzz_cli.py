@@ -99,7 +99,7 @@ def argv(draw, files: dict[str, Path]) -> list[str]:
     return args
 
 
-@fuzz_settings(50)
+@fuzz_settings(100)
 @given(st.data())
 def test_fuzz_cli_arguments(files, data) -> None:
     before = files["model"].read_bytes()

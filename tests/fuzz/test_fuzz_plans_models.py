@@ -91,7 +91,7 @@ def mutated(draw, base: dict) -> dict:
     return data
 
 
-@fuzz_settings(40)
+@fuzz_settings(80)
 @given(st.data())
 def test_fuzz_mutated_plans_never_succeed_wrongly(spill_plan, tmp_path_factory, data) -> None:
     plan = data.draw(mutated(spill_plan))
@@ -162,7 +162,7 @@ def _model_contract(path: Path) -> None:
         assert_contract(code, err, argv)
 
 
-@fuzz_settings(60)
+@fuzz_settings(100)
 @given(st.data())
 def test_fuzz_damaged_tflite_bytes(tmp_path_factory, data) -> None:
     path = tmp_path_factory.mktemp("m") / "m.tflite"
@@ -170,7 +170,7 @@ def test_fuzz_damaged_tflite_bytes(tmp_path_factory, data) -> None:
     _model_contract(path)
 
 
-@fuzz_settings(60)
+@fuzz_settings(100)
 @given(st.data())
 def test_fuzz_crafted_tflite_models(tmp_path_factory, data) -> None:
     from backends import tflite_io as io
