@@ -1,6 +1,15 @@
 """Issue 14: every defect of the fault-injection pass, as a regular test.
 
-Each test names the defect it pins; the comment says what used to happen.
+Each test names the defect it pins (dNN, in the issue's order); comments say what used
+to happen. d01/d02 fusion/compression "false"; d03 true as a number; d04 duplicate
+storage names; d05 run without profile checks; d06 unaligned offline offset; d07 --svg
+onto the model; d08 sizes beyond int64/int32 (budget, capacity, ONNX dims, CSV); d09
+writer failing after plan.json; d10 latency nan/inf/1e300; d11 non-UTF-8 profiles and
+CSVs; d12 hand-made plan JSON, --unchecked negative offsets; d13 negative --seed; d14
+corrupt --inputs; d15 benchmarks run -o onto a file; d16 serial link drop
+(tests/test_remote_protocol.py); d17-d19 TFLite order, producers, concat shapes; d20
+TFLM abort and damaged offline arrays; d21/d22 storage-host payload execution and
+uncapped erase (tests/test_remote_protocol.py, test_guarantee_*).
 """
 
 from __future__ import annotations
