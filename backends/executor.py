@@ -684,10 +684,11 @@ def random_inputs(graph: Graph, seed: int = 0) -> dict[int, np.ndarray]:
 def load_inputs(graph: Graph, path: str | Path) -> dict[int, np.ndarray]:
     """Graph inputs from an .npz: arrays keyed by input name, or arr_0.. in input order."""
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise PlannerError(f"cannot read inputs {path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged npz raises zipfile/zlib/EOF/... errors
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PlannerError(f"cannot read inputs {path}: {why}") from None
     out = {}
     for i, t in enumerate(graph.inputs):
         tensor = graph.tensors[t]
@@ -697,6 +698,8 @@ def load_inputs(graph: Graph, path: str | Path) -> dict[int, np.ndarray]:
         if arr.size * numpy_dtype(tensor).itemsize != tensor.nbytes:
             raise PlannerError(f"{path}: '{tensor.name}' has shape {list(arr.shape)}, the model "
                                f"wants {list(tensor.shape)}")
+        if arr.dtype.kind not in "biuf":
+            raise PlannerError(f"{path}: '{tensor.name}' holds {arr.dtype} data, not numbers")
         out[t] = arr.astype(numpy_dtype(tensor)).reshape(tensor.shape)
     return out
 

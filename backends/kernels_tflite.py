@@ -160,13 +160,16 @@ class TfliteKernels:
         values = {t: v for t, v in zip(op.inputs, inputs, strict=True) if t >= 0}
         if self.runtime == "tflm":
             from .tflm_interpreter import invoke
+            from .tflm_isolation import isolated
 
             arrays = []
             for t in feeds:
                 if values.get(t) is None:
                     raise PlannerError(f"op {op.index}: no value for input tensor {t}")
                 arrays.append(values[t])
-            got = dict(zip(outs, invoke(interp, arrays), strict=True))
+            # In a child: a kernel that aborts on a user's model is one line (issue 14).
+            got = dict(zip(outs, isolated(f"op {op.index} ({op.op_type})", invoke, interp,
+                                          arrays), strict=True))
             return [got.get(t) if t >= 0 else None for t in op.outputs]
         details = interp.get_input_details()
         for detail, t in zip(details, feeds, strict=True):
@@ -190,13 +193,15 @@ class TfliteKernels:
     def reference(self, inputs: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
         if self.runtime == "tflm":
             from .tflm_interpreter import invoke
+            from .tflm_isolation import isolated
 
             sub_inputs = [int(t) for t in self.sub.inputs]
             missing = [t for t in sub_inputs if t not in inputs]
             if missing:
                 raise PlannerError(f"no value for model input tensor {missing[0]}")
             try:
-                outs = invoke(self.data, [inputs[t] for t in sub_inputs])
+                outs = isolated(self.path.name, invoke, self.data,
+                                [inputs[t] for t in sub_inputs])
             except PlannerError as exc:
                 if self.litert_refusal:  # both refused: say why each did
                     raise PlannerError(f"{self.litert_refusal}; {exc}") from None

@@ -45,7 +45,7 @@ class Status(IntEnum):
     OK = 0
     CHECKSUM = 1  # frame damaged in transit: resend
     RANGE = 2  # position + size beyond capacity
-    SIZE = 3  # payload or request larger than MAX_PAYLOAD, or length/size mismatch
+    SIZE = 3  # payload, READ or ERASE larger than MAX_PAYLOAD, or length/size mismatch
     OP = 4  # unknown op
     IO = 5  # the host could not read or write its file
 
@@ -100,14 +100,22 @@ def encode_frame(frame: Frame) -> bytes:
 class FrameDecoder:
     """Incremental decoder over a byte stream that may drop, add or flip bytes.
 
-    On a bad frame it skips only the start marker and rescans, so a good frame that a
-    damaged length field swallowed is still found.
+    Bytes before a start marker are skipped. A frame whose checksum, end marker or
+    length field is wrong is reported once as `Damaged` and then the decoder is
+    *poisoned*: it discards every further byte until `reset()`. It never rescans
+    inside a damaged frame, so bytes that arrived as payload are never read as a
+    frame (a damaged length could otherwise put the scan inside the payload). The
+    owner decides when the stream is clean again: the TCP host closes the connection,
+    the serial host waits for a quiet line, a client reconnects or drains.
     """
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self.poisoned = False
 
     def feed(self, data: bytes) -> list[Frame | Damaged]:
+        if self.poisoned:
+            return []
         self._buf += data
         out: list[Frame | Damaged] = []
         while True:
@@ -121,23 +129,26 @@ class FrameDecoder:
                 return out
             fid, op, status, position, size, length = _HEADER.unpack_from(self._buf, len(START))
             if length > MAX_PAYLOAD:
-                out.append(Damaged(fid))
-                del self._buf[: len(START)]
-                continue
+                return self._poison(out, fid)
             total = HEADER_BYTES + length + TRAILER_BYTES
             if len(self._buf) < total:
                 return out
             body = bytes(self._buf[len(START): HEADER_BYTES + length])
             (crc,) = struct.unpack_from("<I", self._buf, HEADER_BYTES + length)
             if crc != crc32(body) or self._buf[total - len(END): total] != END:
-                out.append(Damaged(fid))
-                del self._buf[: len(START)]
-                continue
+                return self._poison(out, fid)
             out.append(Frame(fid, op, status, position, size, body[_HEADER.size:]))
             del self._buf[:total]
 
+    def _poison(self, out: list[Frame | Damaged], fid: int) -> list[Frame | Damaged]:
+        out.append(Damaged(fid))
+        self._buf.clear()
+        self.poisoned = True
+        return out
+
     def reset(self) -> None:
         self._buf.clear()
+        self.poisoned = False
 
 
 class RemoteStorageClient:
@@ -209,9 +220,11 @@ class RemoteStorageClient:
                 continue
             if isinstance(answer, Damaged):
                 last = "damaged frame"
+                self._close_socket()  # the stream is no longer in step: start a clean one
                 continue
             if answer.status == Status.CHECKSUM:
                 last = "host saw a damaged frame"
+                self._close_socket()  # the host drops the connection after a damaged frame
                 continue
             if answer.status != Status.OK:
                 raise RemoteStorageError(

@@ -2,13 +2,17 @@
 
 Data lives in one file, `DIR/tinyplan_storage.bin`, of `capacity` bytes, so it survives
 client reconnects and host restarts. Every request is range-checked against the
-capacity before the file is touched; nothing else in DIR is ever opened.
+capacity before the file is touched, and no request costs more than one frame's
+4 KiB; nothing else in DIR is ever opened. After a damaged frame nothing more on that
+stream is interpreted (docs/remote_protocol.md, "Guarantees").
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -91,7 +95,7 @@ class StorageBackend:
                 os.pwrite(self._fd, f.payload, f.position)
             return Status.OK, f.size, b""
         if f.op == Op.ERASE:
-            if f.payload:
+            if f.payload or f.size > MAX_PAYLOAD:  # one frame never costs more than 4 KiB
                 return Status.SIZE, 0, b""
             if not self._in_range(f.position, f.size):
                 return Status.RANGE, 0, b""
@@ -102,17 +106,28 @@ class StorageBackend:
 
 
 def serve_stream(backend: StorageBackend, recv: Callable[[], bytes],
-                 send: Callable[[bytes], None], stopped: Callable[[], bool]) -> None:
-    """Answer frames until `recv` returns b"" with `stopped()` true or raises."""
+                 send: Callable[[bytes], None], stopped: Callable[[], bool],
+                 on_damage: Callable[[FrameDecoder], bool] | None = None) -> None:
+    """Answer frames until `stopped()` is true (checked whenever `recv` returns b"").
+
+    After a damaged frame the decoder discards input; `on_damage(decoder)` says what
+    happens next: return False to end the stream (TCP closes the connection), or True
+    to go on (serial resets the decoder once the line has been quiet). Without it the
+    stream ends. `recv` returning b"" with nothing pending is a quiet line.
+    """
     decoder = FrameDecoder()
     while not stopped():
         data = recv()
         if not data:
             if stopped():
                 return
+            if decoder.poisoned:  # a quiet line: the damaged frame's bytes are all gone
+                decoder.reset()
             continue
         for item in decoder.feed(data):
             send(encode_frame(backend.handle(item)))
+        if decoder.poisoned and (on_damage is None or not on_damage(decoder)):
+            return
 
 
 class StorageHostServer:
@@ -202,22 +217,64 @@ class StorageHostServer:
 
 def serve_serial(backend: StorageBackend, device: str, baud: int,
                  stop: threading.Event | None = None,
-                 ready: Callable[[], None] | None = None) -> None:
+                 ready: Callable[[], None] | None = None,
+                 open_port: Callable[[], object] | None = None,
+                 retry_seconds: float = 1.0) -> None:
     """Serve over a serial port (pyserial; `device` may be a pyserial URL such as loop://).
 
-    `ready` is called once the port is open.
+    `ready` is called once the port is open. When the link drops (USB unplugged,
+    cable pulled: pyserial raises) the host says so on stderr and reopens the device
+    every `retry_seconds` until it is back, then serves on; the data file is untouched.
+    After a damaged frame input is discarded until the line has been quiet for one
+    read timeout (0.2 s): a client waits for an answer, so that gap always comes.
     """
     import serial  # only the serial side needs pyserial
 
     stop = stop or threading.Event()
+
+    def default_open():
+        return serial.serial_for_url(device, baudrate=baud, timeout=0.2)
+
+    opener = open_port or default_open
     try:
-        port = serial.serial_for_url(device, baudrate=baud, timeout=0.2)
-    except (serial.SerialException, ValueError) as exc:
+        port = opener()
+    except (serial.SerialException, ValueError, OSError) as exc:
         raise PlannerError(f"cannot open serial device {device}: {exc}") from None
     if ready is not None:
         ready()
+    while not stop.is_set():
+        try:
+            serve_stream(backend, functools.partial(_read_some, port), port.write,
+                         stop.is_set, on_damage=lambda decoder: True)
+            break
+        except (serial.SerialException, OSError) as exc:
+            _close_quietly(port)
+            print(f"storage host: serial link {device} lost ({exc}); waiting for it to return",
+                  file=sys.stderr, flush=True)
+            port = _reopen(opener, stop, retry_seconds)
+            if port is None:
+                return
+            print(f"storage host: serial link {device} is back", file=sys.stderr, flush=True)
+    _close_quietly(port)
+
+
+def _read_some(port) -> bytes:
+    return port.read(max(1, port.in_waiting))
+
+
+def _reopen(opener: Callable[[], object], stop: threading.Event, every: float):
+    import serial
+
+    while not stop.wait(every):
+        try:
+            return opener()
+        except (serial.SerialException, ValueError, OSError):
+            continue
+    return None
+
+
+def _close_quietly(port) -> None:
     try:
-        serve_stream(backend, lambda: port.read(max(1, port.in_waiting)), port.write,
-                     stop.is_set)
-    finally:
         port.close()
+    except Exception:  # noqa: BLE001 - a port whose device vanished may fail to close
+        pass

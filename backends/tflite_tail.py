@@ -290,7 +290,7 @@ BUILTIN_KERNELS: dict[str, Kernel] = {
 
 # The project's custom ops (backends/c/tflm_ops.cc), 64-bit host sizes of its C structs;
 # tests/test_arena_tail.py recompiles the structs from the source and checks these.
-# To add an op (e.g. TinyPlanTransposeConv, TinyPlanSplit): its op-data struct's size here
+# To add an op: its op-data struct's size here
 # (the test compiles every name listed, from a `struct NAME {...};` in tflm_ops.cc or a
 # typedef in tp_runtime.h / tp_kernels.h) and a Kernel in CUSTOM_KERNELS: what its Init
 # and Prepare allocate, its scratch requests and the tensors Prepare reads.
@@ -298,6 +298,8 @@ CUSTOM_STRUCTS: dict[str, int] = {
     "TransferData": 32,  # int32 opts[8]
     "FusedData": 1128,  # header, per-input words, 8 tp_action, conv params, pointers
     "tp_stream_state": 344,  # includes its tp_reader (decompression state)
+    "TconvData": 136,  # int32 opts[5], tp_tconv_params, scratch index, 16x8 flag
+    "SplitData": 12,  # int32 opts[3]
 }
 MAX_FUSED_INPUTS = 8  # TP_TFLM_MAX_INPUTS: InitFused allocates one stream state per slot
 
@@ -320,6 +322,11 @@ CUSTOM_KERNELS: dict[str, Kernel] = {
     "FusedConcatConv2D": Kernel(init=(CUSTOM_STRUCTS["FusedData"],
                                       CUSTOM_STRUCTS["tp_stream_state"] * MAX_FUSED_INPUTS),
                                 prepare=_fused_conv),
+    # PrepareTconv: multiplier and shift per output channel, one row of accumulators.
+    "TinyPlanTransposeConv": Kernel(init=(CUSTOM_STRUCTS["TconvData"],),
+                                    prepare=_fused_conv, scratch=lambda op: 1,
+                                    temps=("i2", "i1", "o0", "i0", "i3")),
+    "TinyPlanSplit": Kernel(init=(CUSTOM_STRUCTS["SplitData"],), temps=()),
 }
 
 

@@ -73,9 +73,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.no_svg:
         suite = replace(suite, svg=False)
     jobs = args.jobs if args.jobs is not None else default_jobs()
-    if jobs < 1:
-        raise PlannerError("--jobs must be at least 1")
+    if not 1 <= jobs <= 256:
+        raise PlannerError(f"--jobs must be 1..256, got {jobs}")
     outdir = Path(args.outdir)
+    try:  # before an hour of solving, not after: -o naming a file is one line
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        what = "is a file, not a folder" if outdir.is_file() else (exc.strerror or str(exc))
+        raise PlannerError(f"-o {outdir}: {what}") from None
     results = run_suite(suite, outdir, jobs)
     written = write_all(results, suite, outdir, jobs)
     bad = [r for r in results.rows if r["status"] in ("invalid", "crash")]
@@ -94,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_minimalloc(args: argparse.Namespace) -> int:
+    from planner.atomic import same_file
+
     from .minimalloc import markdown_table, problem_files, run_all, solvers
     from .report import write_csv
 
@@ -107,6 +114,8 @@ def cmd_minimalloc(args: argparse.Namespace) -> int:
         if unknown:
             raise PlannerError(f"unknown offset planner(s) {', '.join(unknown)}: use "
                                f"{', '.join(solvers())}")
+    if args.csv and any(same_file(args.csv, p) for p in paths):
+        raise PlannerError(f"--csv {args.csv} names an input problem: refusing to overwrite it")
     results = run_all(paths, names, args.time_limit)
     print(markdown_table(results), end="")
     if args.csv:

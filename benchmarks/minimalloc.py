@@ -13,6 +13,7 @@ import csv
 import functools
 import importlib
 import inspect
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ from planner.planners.offset_heuristics import (
     hill_climb_offsets,
 )
 from planner.planners.tflm_greedy import greedy_offsets
+from planner.units import INT32_MAX
 
 SHARED_DIR = Path(__file__).resolve().parents[2] / "shared" / "minimalloc"
 
@@ -33,28 +35,60 @@ SHARED_DIR = Path(__file__).resolve().parents[2] / "shared" / "minimalloc"
 OffsetSolver = Callable[[Sequence[Block], float], list[int]]
 
 
+MAX_CSV_BYTES = 64 << 20
+MAX_BLOCKS = 1_000_000
+
+
 def read_problem(path: str | Path) -> OffsetProblem:
+    """A MiniMalloc CSV (id,lower,upper,size; capacity in the name), strictly checked.
+
+    UTF-8 only; integers only; every time and size inside int32 (what the planners
+    and OR-Tools are given), so a bad file is one line, never a traceback.
+    """
     path = Path(path)
     parts = path.name.split(".")
-    capacity = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
+    capacity = None
+    if len(parts) >= 3 and parts[-2].isdigit():
+        capacity = _bounded(parts[-2], f"{path}: capacity in the file name", 1)
     try:
-        with path.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        if path.stat().st_size > MAX_CSV_BYTES:
+            raise PlannerError(f"{path}: larger than {MAX_CSV_BYTES:,} B")
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(itertools.islice(csv.DictReader(fh), MAX_BLOCKS + 1))
     except OSError as exc:
-        raise PlannerError(f"{path}: cannot read: {exc.strerror}") from None
+        raise PlannerError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise PlannerError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except csv.Error as exc:
+        raise PlannerError(f"{path}: not a CSV file ({exc})") from None
+    if len(rows) > MAX_BLOCKS:
+        raise PlannerError(f"{path}: more than {MAX_BLOCKS:,} blocks")
     blocks = []
     for n, row in enumerate(rows, start=2):
         try:
-            lower, upper, size = int(row["lower"]), int(row["upper"]), int(row["size"])
-        except (KeyError, TypeError, ValueError):
+            lower, upper, size = (_bounded(row[k], f"{path}:{n}: {k}", 0)
+                                  for k in ("lower", "upper", "size"))
+        except (KeyError, TypeError):
             raise PlannerError(f"{path}:{n}: expected integer columns id,lower,upper,size") \
                 from None
-        if upper <= lower or size <= 0 or lower < 0:
+        if upper <= lower or size <= 0:
             raise PlannerError(f"{path}:{n}: needs 0 <= lower < upper and size > 0")
         blocks.append(Block(row.get("id") or str(n - 2), lower, upper - 1, size))
     if not blocks:
         raise PlannerError(f"{path}: no blocks")
     return OffsetProblem(path.name.split(".")[0], tuple(blocks), capacity)
+
+
+def _bounded(text: str, what: str, minimum: int) -> int:
+    """A decimal integer minimum..INT32_MAX (at most 12 characters, so never a huge int)."""
+    text = text.strip() if isinstance(text, str) else text
+    if not isinstance(text, str) or not text.isdigit() or not text.isascii() or len(text) > 12:
+        shown = repr(text)[:40]
+        raise PlannerError(f"{what} must be an integer {minimum}..{INT32_MAX:,}, not {shown}")
+    value = int(text)
+    if not minimum <= value <= INT32_MAX:
+        raise PlannerError(f"{what} = {value:,} is out of range {minimum}..{INT32_MAX:,}")
+    return value
 
 
 def problem_files(root: Path = SHARED_DIR) -> list[Path]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from planner.errors import PlannerError
 from planner.ir import Graph
+from planner.units import INT32_MAX
 
 TFLITE_MAGIC = b"TFL3"
 
@@ -34,8 +35,17 @@ def load_model(
     if path.suffix.lower() == ".onnx":
         from .onnx_frontend import load_onnx
 
-        return load_onnx(path, input_shapes or {})
+        return _addressable(load_onnx(path, input_shapes or {}), path)
     raise PlannerError(f"{path}: not an ONNX (.onnx) or TFLite (.tflite) model")
+
+
+def _addressable(graph: Graph, path: Path) -> Graph:
+    """Refuse tensors beyond int32 bytes: TFLM and the offline array address no more."""
+    for t in graph.tensors:
+        if t.nbytes > INT32_MAX:
+            raise PlannerError(f"{path}: tensor '{t.name}' {list(t.shape)} needs {t.nbytes:,} B, "
+                               "beyond what the target addresses (int32)")
+    return graph
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -45,6 +55,6 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
         shape = tuple(int(d) for d in dims.lower().split("x"))
     except ValueError:
         shape = ()
-    if not sep or not name or not shape or any(d <= 0 for d in shape):
+    if not sep or not name or not shape or any(not 0 < d <= INT32_MAX for d in shape):
         raise PlannerError(f"malformed --input-shape {text!r}: use NAME=1x3x80x120")
     return name, shape

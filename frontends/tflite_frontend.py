@@ -16,6 +16,7 @@ from typing import Any
 
 from planner.errors import PlannerError
 from planner.ir import DTYPE_BYTES, Graph, Op, OpKind, Role, Tensor
+from planner.units import INT32_MAX
 
 TFLITE_MAGIC = b"TFL3"
 
@@ -193,7 +194,74 @@ def _build(fb, model: Any, data: bytes, name: str, where: str) -> Graph:
             ids.append(sid)
         ops.append(Op(k, op_name, op_type, kind, ins, outs, tuple(ids), attrs))
 
+    _check_structure(tensors + scratch, ops, inputs, where)
     return Graph(name, "tflite", tuple(tensors + scratch), tuple(ops), inputs, outputs, "NHWC")
+
+
+def _check_structure(tensors: list[Tensor], ops: list[Op], inputs: tuple[int, ...],
+                     where: str) -> None:
+    """Refuse what TFLM would refuse or what planners would mis-plan, naming the op.
+
+    TFLM runs operators in file order and plans lifetimes from it, so every activation
+    an op reads must be written by an earlier op (or be a subgraph input); a tensor has
+    at most one writer, and no op writes a subgraph input or a constant. Sizes fit
+    int32 (TFLite's offline array). CONCATENATION inputs must agree with the output on
+    every axis but the concat axis, whose extents add up (planners split channels).
+    """
+    for t in tensors:
+        if t.nbytes > INT32_MAX:
+            raise PlannerError(f"{where}: tensor {t.id} '{t.name}' needs {t.nbytes:,} B, "
+                               "beyond what TFLite addresses (int32)")
+    fixed = {t.id for t in tensors if t.role in (Role.CONSTANT, Role.VARIABLE)}
+    writer: dict[int, int] = {}
+    for op in ops:
+        for t in op.outputs:
+            if t < 0:
+                continue
+            if t in writer:
+                raise PlannerError(f"{where}: tensor {t} '{tensors[t].name}' is written by "
+                                   f"op {writer[t]} and again by op {op.index} ({op.op_type})")
+            if t in inputs or t in fixed:
+                what = "a subgraph input" if t in inputs else "a constant or variable"
+                raise PlannerError(f"{where}: op {op.index} ({op.op_type}) writes tensor {t} "
+                                   f"'{tensors[t].name}', which is {what}")
+            writer[t] = op.index
+    for op in ops:
+        for t in op.inputs:
+            if t < 0 or t in fixed or t in inputs:
+                continue
+            # A tensor no op writes is legal (Vela's scratch areas): its life starts at use.
+            if t in writer and writer[t] >= op.index:
+                raise PlannerError(f"{where}: operators are not in topological order: op "
+                                   f"{op.index} ({op.op_type}) reads '{tensors[t].name}', "
+                                   f"written by op {writer[t]}")
+    for op in ops:
+        if op.op_type == "CONCATENATION":
+            _check_concat(op, tensors, where)
+
+
+def _check_concat(op: Op, tensors: list[Tensor], where: str) -> None:
+    ins = [t for t in op.inputs if t >= 0]
+    if len(op.outputs) != 1 or op.outputs[0] < 0 or not ins:
+        raise PlannerError(f"{where}: op {op.index} (CONCATENATION) needs inputs and one output")
+    out = tensors[op.outputs[0]].shape
+    axis = op.attrs.get("axis", len(out) - 1)
+    if not 0 <= axis < len(out):
+        raise PlannerError(f"{where}: op {op.index} (CONCATENATION) has axis {axis} for a "
+                           f"rank-{len(out)} output")
+    total = 0
+    for t in ins:
+        shape = tensors[t].shape
+        same = len(shape) == len(out) and all(
+            a == b for d, (a, b) in enumerate(zip(shape, out, strict=True)) if d != axis)
+        if not same:
+            raise PlannerError(f"{where}: op {op.index} (CONCATENATION) input "
+                               f"'{tensors[t].name}' {list(shape)} does not fit output "
+                               f"{list(out)} on axis {axis}")
+        total += shape[axis]
+    if total != out[axis]:
+        raise PlannerError(f"{where}: op {op.index} (CONCATENATION) inputs add up to {total} "
+                           f"on axis {axis}, the output has {out[axis]}")
 
 
 _PADDING = {0: "same", 1: "valid"}

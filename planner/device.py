@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PlannerError
-from .units import parse_size
+from .units import UINT32_MAX
+from .validate import Field, check_table, check_unique
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -66,6 +67,31 @@ def bundled_profiles() -> list[str]:
     return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
 
 
+# What a profile may say. Sizes take units (planner/units.py); every bound is what the
+# target can address: SRAM and block sizes are int32 (TFLite), storage positions uint32
+# (the C runtime and the remote protocol).
+PROFILE_FIELDS: dict[str, Field] = {
+    "name": Field("str", maximum=200),
+    "description": Field("str", default="", maximum=10_000),
+    "sram": Field("size", required=True, minimum=1),
+    "fusion": Field("bool", default=True),
+    # The project's custom kernels (planner/kernels.py); stock TFLM ('none') has none.
+    "custom_kernels": Field("bool", default=True),
+    "storage": Field("tables", default=[], max_items=64),
+}
+STORAGE_FIELDS: dict[str, Field] = {
+    "name": Field("str", required=True, maximum=200),
+    "capacity": Field("size", required=True, minimum=1, maximum=UINT32_MAX),
+    "read_bandwidth": Field("size", required=True, minimum=1, maximum=2**50),
+    "write_bandwidth": Field("size", required=True, minimum=1, maximum=2**50),
+    "latency_us": Field("number", default=0, maximum=60e6),  # at most a minute per transfer
+    "erase_block": Field("size", default=1, minimum=1),
+    "write_granularity": Field("size", default=1, minimum=1),
+    "compression": Field("bool", default=False),
+}
+MAX_PROFILE_BYTES = 1 << 20
+
+
 def load_profile(name_or_path: str) -> DeviceProfile:
     path = Path(name_or_path)
     if path.suffix != ".toml":
@@ -76,42 +102,41 @@ def load_profile(name_or_path: str) -> DeviceProfile:
                 "or a .toml file"
             )
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise PlannerError(f"cannot read profile {path}: {exc}") from None
-    try:
-        storages = tuple(
-            Storage(
-                name=s["name"],
-                capacity=parse_size(s["capacity"]),
-                read_bytes_per_s=float(parse_size(s["read_bandwidth"])),
-                write_bytes_per_s=float(parse_size(s["write_bandwidth"])),
-                latency_s=float(s.get("latency_us", 0)) * 1e-6,
-                erase_block=int(parse_size(s.get("erase_block", 1))),
-                write_granularity=int(parse_size(s.get("write_granularity", 1))),
-                compression=bool(s.get("compression", False)),
-            )
-            for s in data.get("storage", [])
-        )
-        for st in storages:
-            numbers = (st.capacity, st.read_bytes_per_s, st.write_bytes_per_s, st.erase_block,
-                       st.write_granularity)
-            if min(numbers) <= 0 or st.latency_s < 0:
-                raise PlannerError(f"profile {path}: storage '{st.name}' needs positive sizes "
-                                   "and bandwidths and a non-negative latency")
-        return DeviceProfile(
-            name=data.get("name", path.stem),
-            sram_bytes=_positive(parse_size(data["sram"]), "sram", path),
-            storages=storages,
-            description=data.get("description", ""),
-            fusion=bool(data.get("fusion", True)),
-            custom_kernels=bool(data.get("custom_kernels", True)),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PlannerError(f"profile {path} is missing or mangles field {exc}") from None
+        if path.stat().st_size > MAX_PROFILE_BYTES:
+            raise PlannerError(f"profile {path} is larger than {MAX_PROFILE_BYTES:,} B")
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PlannerError(f"profile {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise PlannerError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else "nesting too deep"
+        raise PlannerError(f"cannot read profile {path}: {why}") from None
+    return profile_from_dict(data, str(path), default_name=path.stem)
 
 
-def _positive(value: int, what: str, path: Path) -> int:
-    if value <= 0:
-        raise PlannerError(f"profile {path}: {what} must be positive")
-    return value
+def profile_from_dict(data: object, where: str, default_name: str = "profile") -> DeviceProfile:
+    """A checked DeviceProfile from parsed TOML; one PlannerError line on anything wrong."""
+    top = check_table(data, PROFILE_FIELDS, f"profile {where}")
+    storages = []
+    for i, table in enumerate(top["storage"]):
+        s = check_table(table, STORAGE_FIELDS, f"profile {where}: storage {i + 1}")
+        storages.append(Storage(
+            name=s["name"],
+            capacity=s["capacity"],
+            read_bytes_per_s=float(s["read_bandwidth"]),
+            write_bytes_per_s=float(s["write_bandwidth"]),
+            latency_s=float(s["latency_us"]) * 1e-6,
+            erase_block=s["erase_block"],
+            write_granularity=s["write_granularity"],
+            compression=s["compression"],
+        ))
+    check_unique([s.name for s in storages], f"profile {where}: storage")
+    return DeviceProfile(
+        name=top["name"] if top["name"] is not None else default_name,
+        sram_bytes=top["sram"],
+        storages=tuple(storages),
+        description=top["description"],
+        fusion=top["fusion"],
+        custom_kernels=top["custom_kernels"],
+    )

@@ -79,6 +79,24 @@ class Fusion:
 
 
 @dataclass(frozen=True)
+class StorageRef:
+    name: str
+    capacity: int
+
+
+@dataclass(frozen=True)
+class ProfileRef:
+    """The profile a plan was made for: its name and storages with capacities."""
+
+    name: str
+    storages: tuple[StorageRef, ...] = ()
+
+    @property
+    def capacities(self) -> dict[str, int]:
+        return {s.name: s.capacity for s in self.storages}
+
+
+@dataclass(frozen=True)
 class Plan:
     model: str
     planner: str
@@ -99,6 +117,10 @@ class Plan:
     # scratch-free TRANSPOSE_CONV: writers swap exactly these ops, re-deriving nothing.
     op_kernels: tuple[tuple[int, str], ...] = ()
     notes: tuple[str, ...] = field(default=())
+    # What the plan was made for (planner/plan_check.py stamps and checks them).
+    model_sha256: str | None = None
+    model_path: str | None = None
+    profile: ProfileRef | None = None
 
     @property
     def spilled_bytes(self) -> int:
@@ -122,29 +144,19 @@ class Plan:
         return data
 
     @staticmethod
-    def from_json(data: dict[str, Any]) -> Plan:
-        return Plan(
-            model=data["model"],
-            planner=data["planner"],
-            num_steps=data["num_steps"],
-            peak_bytes=data["peak_bytes"],
-            segments=tuple(Segment(**s) for s in data["segments"]),
-            parts=tuple(Part(**p) for p in data.get("parts", ())),
-            transfers=tuple(Transfer(**t) for t in data.get("transfers", ())),
-            fusions=tuple(Fusion(**f) for f in data.get("fusions", ())),
-            status=data.get("status", "heuristic"),
-            bound_bytes=data.get("bound_bytes"),
-            objective=data.get("objective", "peak"),
-            est_transfer_seconds=data.get("est_transfer_seconds", 0.0),
-            bound_transfer_seconds=data.get("bound_transfer_seconds"),
-            solve_seconds=data.get("solve_seconds", 0.0),
-            op_kernels=tuple((int(i), str(k)) for i, k in data.get("op_kernels", ())),
-            notes=tuple(data.get("notes", ())),
-        )
+    def from_json(data: Any) -> Plan:
+        """A Plan from parsed JSON, strictly checked (planner/plan_check.py)."""
+        from .plan_check import plan_from_json
+
+        return plan_from_json(data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        from .atomic import write_text_atomic
+
+        write_text_atomic(path, json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n")
 
     @staticmethod
     def load(path: str | Path) -> Plan:
-        return Plan.from_json(json.loads(Path(path).read_text()))
+        from .plan_check import load_plan
+
+        return load_plan(path)

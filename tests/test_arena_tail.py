@@ -196,13 +196,15 @@ def test_solve_reports_the_real_arena_of_its_spill_free_model(tmp_path: Path) ->
 
 
 def test_budget_that_fits_the_head_but_not_the_arena_is_refused() -> None:
-    # tflm-greedy's head is 307,200 B; with its 9,328 B tail it does not fit 307,200 B.
-    run = cli("solve", TINY_UNET, "--planner", "tflm-greedy", "--budget", "307200")
+    # On TFLM's own TRANSPOSE_CONV tflm-greedy's head is 307,200 B; with its 9,328 B tail
+    # it does not fit 307,200 B.
+    stock = ("--planner", "tflm-greedy", "--stock-transpose-conv")
+    run = cli("solve", TINY_UNET, *stock, "--budget", "307200")
     assert run.returncode == 1
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "316,528 B" in lines[0] and "9,328 B over the budget" in lines[0]
     assert "arena total" in run.stdout and "DOES NOT FIT" in run.stdout
-    head_only = cli("solve", TINY_UNET, "--planner", "tflm-greedy", "--head-budget", "307200")
+    head_only = cli("solve", TINY_UNET, *stock, "--head-budget", "307200")
     assert head_only.returncode == 0, head_only.stderr
 
 
@@ -222,8 +224,10 @@ def test_budget_below_the_bound_once_the_tail_is_taken_names_the_op() -> None:
 
 def test_budget_loop_replans_for_the_rewrite_tail(tmp_path: Path) -> None:
     # 256 KB: the first head budget (256,000 - the model's own tail) gives a plan whose
-    # rewritten model has more tail (Spill, Fetch, FusedConcatConv2D); solve re-plans.
-    run = cli("solve", TINY_UNET, "--budget", "256KB", "--time-limit", "20", "--json",
+    # rewritten model has more tail (Spill, Fetch, FusedConcatConv2D); solve re-plans. On
+    # TFLM's own TRANSPOSE_CONV, so that the plan must spill.
+    run = cli("solve", TINY_UNET, "--stock-transpose-conv", "--budget", "256KB",
+              "--time-limit", "20", "--json",
               "-o", tmp_path, "--emit", "tflite")
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout)

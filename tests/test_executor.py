@@ -416,7 +416,11 @@ def test_execute_without_storage_backend_is_refused(unet: Model):
 
 
 def test_run_command(unet: Model, tmp_path: Path, capsys):
-    plan = hand_plan(unet.graph, 6, "stream")
+    from planner.device import load_profile
+    from planner.plan_check import stamp_plan
+
+    # run refuses a plan that names no model and profile (issue 14): stamp the hand-made one.
+    plan = stamp_plan(hand_plan(unet.graph, 6, "stream"), UNET_TFLITE, load_profile("qspi-flash"))
     good = tmp_path / "plan.json"
     plan.save(good)
     np.savez(tmp_path / "in.npz", **{unet.graph.tensors[t].name: a

@@ -128,12 +128,17 @@ def test_frame_round_trip_and_resync():
     assert got == frames
 
 
-def test_damaged_frame_is_reported_and_following_frame_survives():
+def test_damaged_frame_poisons_the_decoder_until_reset():
+    # Issue 14: the decoder once rescanned two bytes past a damaged frame's start, so a
+    # frame hidden in its payload was executed. Now nothing after the damage is read.
     bad = bytearray(encode_frame(Frame(3, Op.WRITE, 0, 0, 4, b"wxyz")))
     bad[20] ^= 1
     good = encode_frame(Frame(4, Op.INFO))
-    got = FrameDecoder().feed(bytes(bad) + good)
-    assert got == [Damaged(3), Frame(4, Op.INFO)]
+    dec = FrameDecoder()
+    assert dec.feed(bytes(bad) + good) == [Damaged(3)]
+    assert dec.poisoned and dec.feed(good) == []
+    dec.reset()
+    assert dec.feed(good) == [Frame(4, Op.INFO)]
 
 
 def test_oversized_payload_cannot_be_encoded():
@@ -285,3 +290,134 @@ def test_serial_side_serves_frames_over_a_pty(tmp_path):
         os.close(master)
         os.close(slave)
         backend.close()
+
+
+# -- guarantees (docs/remote_protocol.md, "Guarantees"): one test each ------------------
+
+def _raw_exchange(port: int, wire: bytes) -> tuple[list, bool]:
+    """Send raw bytes on a fresh connection; (answers, whether the host closed it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2.0) as s:
+        s.sendall(wire)
+        dec, answers, closed = FrameDecoder(), [], False
+        try:
+            while True:
+                data = s.recv(4096)
+                if not data:
+                    closed = True
+                    break
+                answers += dec.feed(data)
+        except TimeoutError:
+            pass
+    return answers, closed
+
+
+def test_guarantee_payload_of_a_damaged_frame_is_never_executed(server):
+    # The attack of issue 14: a WRITE with a bad CRC whose payload is a valid WRITE to
+    # data acknowledged earlier. "ORIGINAL" once became "INJECTED".
+    with RemoteStorageClient("127.0.0.1", server.port) as c:
+        c.write(1000, b"ORIGINAL")
+    inner = encode_frame(Frame(77, Op.WRITE, 0, 1000, 8, b"INJECTED"))
+    outer = bytearray(encode_frame(Frame(76, Op.WRITE, 0, 0, len(inner) + 8,
+                                         b"\0" * 4 + inner + b"\0" * 4)))
+    outer[-6] ^= 0xFF  # damage the CRC only: the declared length is intact
+    answers, closed = _raw_exchange(server.port, bytes(outer) + inner)
+    assert [a.status for a in answers] == [Status.CHECKSUM] and closed
+    with RemoteStorageClient("127.0.0.1", server.port) as c:
+        assert c.read(1000, 8) == b"ORIGINAL"
+
+
+def test_guarantee_a_damaged_length_drops_the_connection(server):
+    header = bytearray(encode_frame(Frame(5, Op.WRITE, 0, 0, 4, b"abcd")))
+    header[14:18] = (MAX_PAYLOAD + 1).to_bytes(4, "little")  # length beyond any frame
+    follow = encode_frame(Frame(6, Op.WRITE, 0, 0, 4, b"EVIL"))
+    answers, closed = _raw_exchange(server.port, bytes(header) + follow)
+    assert [a.status for a in answers] == [Status.CHECKSUM] and closed
+    assert (Path(server.backend.path).read_bytes()[:4]) != b"EVIL"
+
+
+def test_guarantee_erase_span_is_capped_at_one_frame(server):
+    # One 24-byte ERASE of 256 MiB was accepted (host RSS 286 MiB).
+    answers, _ = _raw_exchange(server.port, encode_frame(Frame(9, Op.ERASE, 0, 0, 256 << 20)))
+    assert [a.status for a in answers] == [Status.SIZE]
+    with RemoteStorageClient("127.0.0.1", server.port) as c:
+        c.write(0, b"x" * 10_000)
+        c.erase(0, 10_000)  # the client splits long erases into 4 KiB requests
+        assert c.read(0, 10_000) == b"\xff" * 10_000
+
+
+def test_guarantee_an_ok_write_is_in_the_host_file(server):
+    # An OK answer to WRITE means the bytes are in the data file (a host killed
+    # afterwards keeps them; FLUSH adds fsync against power loss).
+    with RemoteStorageClient("127.0.0.1", server.port) as c:
+        c.write(4096, b"acknowledged")
+        assert Path(server.backend.path).read_bytes()[4096:4108] == b"acknowledged"
+        c.flush()
+
+
+def test_guarantee_serial_discards_until_quiet_then_serves(tmp_path):
+    from backends.storage_host import StorageBackend, serve_stream
+
+    backend = StorageBackend(4096, tmp_path)
+    bad = bytearray(encode_frame(Frame(1, Op.WRITE, 0, 0, 4, b"abcd")))
+    bad[20] ^= 1
+    evil = encode_frame(Frame(2, Op.WRITE, 0, 100, 4, b"EVIL"))
+    good = encode_frame(Frame(3, Op.WRITE, 0, 200, 4, b"good"))
+    # damaged frame and a frame right behind it in one burst, a quiet read, then a frame
+    chunks = [bytes(bad) + evil, evil, b"", good]
+    sent: list[bytes] = []
+    serve_stream(backend, lambda: chunks.pop(0) if chunks else b"", sent.append,
+                 lambda: not chunks, on_damage=lambda decoder: True)
+    answers = FrameDecoder().feed(b"".join(sent))
+    assert [(a.id, a.status) for a in answers] == [(1, Status.CHECKSUM), (3, Status.OK)]
+    data = backend.path.read_bytes()
+    assert data[100:104] != b"EVIL" and data[200:204] == b"good"
+    backend.close()
+
+
+def test_guarantee_serial_host_survives_a_dropped_link(tmp_path, capsys):
+    import serial
+
+    from backends.storage_host import StorageBackend, serve_serial
+
+    backend = StorageBackend(4096, tmp_path)
+    stop = threading.Event()
+    replies: list[bytes] = []
+
+    class Port:
+        """A serial port that fails like an unplugged USB adapter, then comes back."""
+
+        def __init__(self, script: list) -> None:
+            self.script, self.in_waiting = script, 0
+
+        def read(self, n: int) -> bytes:
+            if not self.script:
+                stop.set()
+                return b""
+            item = self.script.pop(0)
+            if isinstance(item, Exception):
+                raise item
+            return item
+
+        def write(self, data: bytes) -> None:
+            replies.append(data)
+
+        def close(self) -> None:
+            pass
+
+    ports = [Port([encode_frame(Frame(1, Op.WRITE, 0, 0, 2, b"hi")),
+                   serial.SerialException("device disconnected")]),
+             Port([encode_frame(Frame(2, Op.READ, 0, 0, 2))])]
+    opened: list[int] = []
+
+    def opener():
+        opened.append(1)
+        if len(opened) == 2:
+            raise serial.SerialException("no such device")  # not back yet
+        return ports.pop(0)
+
+    serve_serial(backend, "/dev/ttyFAKE", 115200, stop, open_port=opener, retry_seconds=0.01)
+    answers = FrameDecoder().feed(b"".join(replies))
+    assert answers[-1] == Frame(2, RESPONSE | Op.READ, Status.OK, 0, 2, b"hi")
+    err = capsys.readouterr().err
+    assert "lost" in err and "is back" in err and "Traceback" not in err
+    backend.close()

@@ -37,7 +37,7 @@ def test_parse_size_rejects(text: str) -> None:
                                            ("8.3GB", 8_300_000_000)])
 def test_parse_size_exact_decimals(text: str, expected: int) -> None:
     # Once computed in float: 4.1 * 10**6 != 4100000, refused as 'not a whole number'.
-    assert parse_size(text) == expected
+    assert parse_size(text, maximum=None) == expected
 
 
 def test_bundled_profiles_are_the_documented_ones() -> None:
@@ -159,7 +159,7 @@ UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 10**6, "gb": 10**9, "kib": 1024, "mib"
 @given(st.integers(0, 10**7), st.sampled_from(sorted(UNITS)), st.booleans(), st.booleans())
 def test_parse_size_any_whole_size(n: int, unit: str, upper: bool, space: bool) -> None:
     text = f"{n}{' ' if space else ''}{unit.upper() if upper else unit}"
-    assert parse_size(text) == n * UNITS[unit]
+    assert parse_size(text, maximum=None) == n * UNITS[unit]
 
 
 @settings(max_examples=200, deadline=None)
@@ -167,4 +167,4 @@ def test_parse_size_any_whole_size(n: int, unit: str, upper: bool, space: bool) 
 def test_parse_size_decimals_are_exact(whole: int, frac: int, unit: str) -> None:
     digits = f"{frac:03d}"
     exact = (whole * 1000 + frac) * UNITS[unit] // 1000
-    assert parse_size(f"{whole}.{digits}{unit}") == exact
+    assert parse_size(f"{whole}.{digits}{unit}", maximum=None) == exact

@@ -11,10 +11,13 @@ import json
 import sys
 from pathlib import Path
 
+from ..atomic import same_file
 from ..checker import check
+from ..device import bundled_profiles, load_profile
 from ..errors import PlannerError
 from ..kernels import with_op_kernels
 from ..plan import Plan
+from ..plan_check import check_plan_for
 from .common import add_model_args, read_graph
 
 
@@ -34,7 +37,10 @@ def add_parser(sub) -> None:
     p.add_argument("--inputs", metavar="FILE.npz",
                    help="model inputs keyed by input name (or arr_0, arr_1, ...); "
                    "default: random inputs from --seed")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (>= 0)")
+    p.add_argument("--profile", default=None,
+                   help="refuse the plan unless it was made for this profile (name or .toml); "
+                   "the plan's own storages and capacities are checked either way")
     p.add_argument("--runtime", choices=("auto", "litert", "tflm"), default="auto",
                    help="TFLite kernels: ai-edge-litert reference kernels, real TFLM, or auto "
                    "(litert unless it cannot run the model)")
@@ -44,25 +50,24 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _load_plan(path: str) -> Plan:
-    try:
-        return Plan.load(path)
-    except OSError as exc:
-        raise PlannerError(f"cannot read plan {path}: {exc.strerror}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PlannerError(f"{path} is not a plan JSON: {exc}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from backends.executor import load_inputs, run_plan
 
-    plan = _load_plan(args.plan)
+    if not 0 <= args.seed < 2**63:
+        raise PlannerError(f"--seed must be 0..2^63-1, got {args.seed}")
+    plan = Plan.load(args.plan)  # strict: planner/plan_check.py
+    if same_file(args.plan, args.model):
+        raise PlannerError("the plan and the model are the same file")
+    profile = load_profile(args.profile) if args.profile else None
+    if profile is None and plan.profile is not None and plan.profile.name in bundled_profiles():
+        profile = load_profile(plan.profile.name)  # a bundled name must mean the bundled one
+    made_for = check_plan_for(plan, args.model, profile)
     # The graph the plan was made for: the same ops on the same custom kernels.
     graph = with_op_kernels(read_graph(args), plan.op_kernels)
     if plan.num_steps != graph.num_steps:
         raise PlannerError(f"plan {args.plan} has {plan.num_steps} steps, model "
                            f"{Path(args.model).name} has {graph.num_steps}: not its plan")
-    errors = check(graph, plan)
+    errors = check(graph, plan, made_for.capacities)
     if errors and not args.unchecked:
         raise PlannerError(f"plan {args.plan} is invalid ({errors[0]}); --unchecked runs it anyway")
     inputs = load_inputs(graph, args.inputs) if args.inputs else None

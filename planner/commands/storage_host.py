@@ -7,7 +7,7 @@ import sys
 import threading
 
 from ..errors import PlannerError
-from ..units import parse_size
+from ..units import UINT32_MAX, parse_size
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -35,7 +35,7 @@ def parse_tcp(text: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     from backends.storage_host import StorageBackend, StorageHostServer, serve_serial
 
-    capacity = parse_size(args.capacity)
+    capacity = parse_size(args.capacity, "--capacity", maximum=UINT32_MAX, minimum=1)
     if args.baud <= 0:
         raise PlannerError(f"--baud must be positive, got {args.baud}")
     if args.tcp:

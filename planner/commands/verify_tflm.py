@@ -59,12 +59,33 @@ def compare_outputs(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[bool, str
     return True, "identical"
 
 
+MAX_RUNS = 1000
+
+
+def _reference(original: bytes, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Random inputs for ORIGINAL and its outputs on them (one TFLM child)."""
+    from backends import tflm_interpreter as tflm
+
+    inputs = tflm.random_inputs(original, seed)
+    return inputs, tflm.invoke(original, inputs)
+
+
 def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0) -> dict:
-    """Everything the command reports, as a dict (`ok` says whether it passed)."""
+    """Everything the command reports, as a dict (`ok` says whether it passed).
+
+    TFLM runs in child processes (backends/tflm_isolation.py): a TFLM abort becomes
+    one TFLMAborted line, and the offline array is checked before TFLM reads it.
+    """
     from backends import tflite_io as io
     from backends import tflm_interpreter as tflm
+    from backends.offline_check import check_offline_array
     from backends.tflite_offline import read_peak
+    from backends.tflm_isolation import TFLMAborted, isolated
 
+    if not 1 <= runs <= MAX_RUNS:
+        raise PlannerError(f"--runs must be 1..{MAX_RUNS}, got {runs}")
+    if not 0 <= seed <= 2**63 - 1 - runs:
+        raise PlannerError(f"--seed must be 0..2^63-1, got {seed}")
     model = io.read_model(planned)
     custom = sorted(set(io.custom_op_names(model)) & set(io.CUSTOM_OPS))
     if custom:
@@ -75,9 +96,10 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0) -> dic
     if recorded is None:
         raise PlannerError("the planned model carries no TinyPlanPeak metadata: write it with "
                            "`solve --emit tflite`")
-    if runs < 1:
-        raise PlannerError("--runs must be at least 1")
-    original_head = tflm.arena_head_bytes(original)
+    if not 0 < int(recorded["peak"]) <= 2**31 - 1:
+        raise PlannerError(f"TinyPlanPeak records a peak of {recorded['peak']} B")
+    check_offline_array(model, planned, int(recorded["peak"]))
+    original_head = isolated("ORIGINAL", tflm.arena_head_bytes, original)
     report: dict = {
         "plan_peak_bytes": recorded["peak"],
         "predicted_head_bytes": recorded["predicted_head"],
@@ -85,18 +107,21 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0) -> dic
         "runs": [],
     }
     try:
-        planned_head = tflm.arena_head_bytes(planned)
+        planned_head = isolated("PLANNED", tflm.arena_head_bytes, planned)
+    except TFLMAborted:
+        raise
     except PlannerError as exc:  # the plan itself broke the model: a failed verification
         report.update(planned_head_bytes=None, error=str(exc), ok=False)
         return report
     report["planned_head_bytes"] = planned_head
     all_same = True
     for r in range(runs):
-        inputs = tflm.random_inputs(original, seed + r)
-        expected = tflm.invoke(original, inputs)
+        inputs, expected = isolated("ORIGINAL", _reference, original, seed + r)
         try:
-            got = tflm.invoke(planned, inputs)
+            got = isolated("PLANNED", tflm.invoke, planned, inputs)
             same, why = compare_outputs(expected, got)
+        except TFLMAborted:
+            raise
         except PlannerError as exc:
             same, why = False, str(exc)
         report["runs"].append({"seed": seed + r, "identical": same, "detail": why})
