@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,11 +22,35 @@ WRITERS = {
     "c": ("backends.c_glue", "write_c_glue"),
     "svg": ("backends.svg", "write_layout_svg"),
 }
+# What each input format can get (the .tflite writers need the TFLite file and its order).
+EMITS_FOR = {"tflite": ("tflite", "shim", "c", "svg"), "onnx": ("c", "svg")}
 
 
-def default_emits(graph: Graph) -> list[str]:
+def default_emits(source_format: Graph | str) -> list[str]:
     """TFLite input gets everything a TFLM project uses; ONNX the plan, a picture (+ --emit c)."""
-    return ["tflite", "shim", "c", "svg"] if graph.source_format == "tflite" else ["svg"]
+    fmt = source_format if isinstance(source_format, str) else source_format.source_format
+    return ["tflite", "shim", "c", "svg"] if fmt == "tflite" else ["svg"]
+
+
+def check_emits(source_format: str, emits: Iterable[str] | None) -> list[str]:
+    """The emits to write for this input format; a bad or impossible one raises at once."""
+    if emits is None:
+        return default_emits(source_format)
+    allowed = EMITS_FOR.get(source_format, ())
+    for emit in emits:
+        if emit not in WRITERS:
+            raise PlannerError(f"unknown --emit '{emit}': use one of {', '.join(WRITERS)}")
+        if emit not in allowed:
+            raise PlannerError(f"--emit {emit} needs a .tflite model; {source_format.upper()} "
+                               f"input can get: {', '.join(allowed)}")
+    return list(dict.fromkeys(emits))
+
+
+def plan_json(graph: Graph, plan: Plan) -> dict:
+    """plan.json: the plan plus the tensors' names and shapes (a plan names what it places)."""
+    from .tensor_report import tensor_table
+
+    return {**plan.to_json(), "tensors": tensor_table(graph)}
 
 
 def write_outputs(
@@ -35,35 +63,48 @@ def write_outputs(
     budget: int | None = None,
     profile: DeviceProfile | None = None,
 ) -> list[Path]:
+    """Write everything into a staging folder, then move it in: Ctrl-C leaves nothing half-made."""
     written: list[Path] = []
     if outdir is not None:
         out = Path(outdir)
         try:
             out.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=".tinyplan-", dir=out))
         except OSError as exc:
             raise PlannerError(f"cannot write into {out}: {exc.strerror}") from None
-        plan_path = out / "plan.json"
-        plan.save(plan_path)
-        written.append(plan_path)
-        for emit in emits if emits is not None else default_emits(graph):
-            if emit not in WRITERS:
-                raise PlannerError(f"unknown --emit '{emit}': use one of {', '.join(WRITERS)}")
-            if emit == "tflite" and graph.source_format != "tflite":
-                raise PlannerError("--emit tflite needs a .tflite model; ONNX gets plan.json and C")
-            written += _writer(emit)(graph, plan, model_path, out, budget=budget, profile=profile)
+        try:
+            (stage / "plan.json").write_text(json.dumps(plan_json(graph, plan), indent=1) + "\n")
+            staged = [stage / "plan.json"]
+            staged += _writer("report")(graph, plan, model_path, stage, budget=budget,
+                                        profile=profile)
+            for emit in check_emits(graph.source_format, emits):
+                staged += _writer(emit)(graph, plan, model_path, stage, budget=budget,
+                                        profile=profile)
+            for p in staged:
+                target = out / p.relative_to(stage)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(p, target)
+                written.append(target)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     if svg is not None:
         from .svg import render_layout_svg
 
+        target = Path(svg)
+        tmp = target.with_name(f".{target.name}.partial")
         try:
-            Path(svg).write_text(render_layout_svg(graph, plan, budget=budget))
+            tmp.write_text(render_layout_svg(graph, plan, budget=budget))
+            os.replace(tmp, target)
         except OSError as exc:
+            tmp.unlink(missing_ok=True)
             raise PlannerError(f"cannot write {svg}: {exc.strerror}") from None
-        written.append(Path(svg))
+        written.append(target)
     return written
 
 
 def _writer(emit: str):
-    module, fn = WRITERS[emit]
+    module, fn = WRITERS[emit] if emit in WRITERS else \
+        ("backends.tensor_report", "write_tensor_report")
     try:
         return getattr(importlib.import_module(module), fn)
     except (ModuleNotFoundError, AttributeError):
