@@ -251,6 +251,10 @@ def markdown(results: Results, suite: Suite, jobs: int, pareto: dict[str, Path],
         *headline_tables(rows, suite.profile),
         "",
     ]
+    if getattr(results, "interrupted", False):
+        lines += ["## Interrupted", "",
+                  f"Stopped by Ctrl-C: these tables hold the {len(rows)} rows of the tasks "
+                  f"that finished (of {getattr(results, 'tasks', 0)} tasks queued).", ""]
     bad = problems(results)
     if bad:
         lines += ["## Problems", "", *bad, ""]

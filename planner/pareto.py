@@ -21,7 +21,7 @@ from .errors import InfeasibleBudget, PlannerError
 from .ir import ALIGNMENT, Graph, align
 from .planners.base import Request, registry
 from .schema import stamp
-from .stopping import was_interrupted
+from .stopping import sigint_kept, was_interrupted
 
 DEFAULT_POINTS = 8
 
@@ -55,8 +55,9 @@ def sweep(graph: Graph, profile: DeviceProfile, points: int = DEFAULT_POINTS,
     state = result if result is not None else Sweep([])
 
     def solve(budget: int | None, prof: DeviceProfile, goal: str):
-        plan = ilp(Request(graph, prof, budget, goal, time_limit, solver,
-                           deterministic=deterministic))
+        with sigint_kept():
+            plan = ilp(Request(graph, prof, budget, goal, time_limit, solver,
+                               deterministic=deterministic))
         if was_interrupted(plan):
             state.interrupted = True
         return plan

@@ -15,7 +15,7 @@ from ..device import bundled_profiles, load_profile
 from ..errors import InfeasibleBudget
 from ..planners.base import Request, registry
 from ..schema import stamp
-from ..stopping import as_interrupted, was_interrupted
+from ..stopping import as_interrupted, sigint_kept, was_interrupted
 from .common import add_model_args, read_graph
 from .solve_checks import check_after_reading, check_arguments, sram_warning
 
@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                       deterministic=args.deterministic)
     start = time.perf_counter()
     try:
-        plan = registry()[args.planner](request)
+        with sigint_kept():
+            plan = registry()[args.planner](request)
     except InfeasibleBudget as exc:
         return _refuse(args, summary, str(exc))
     elapsed = time.perf_counter() - start
