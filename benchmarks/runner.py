@@ -265,7 +265,8 @@ def run_task(task: Task) -> list[dict]:
     """Plan once, check, score against each budget; returns one row per budget."""
     info, suite = task.model, task.suite
     profile = load_profile(suite.profile)
-    base = {"model": info.name, "source": info.graph.source_format, "scratch": info.scratch,
+    base = {"model": info.name, "model_path": str(info.path),
+            "source": info.graph.source_format, "scratch": info.scratch,
             "ops": len(info.graph.ops),
             "buffers": len(buffers(info.graph)), "planner": task.planner,
             "load_bound": info.load_bound, "ws_bound": info.ws_bound}
@@ -408,9 +409,13 @@ class Progress:
             from tqdm import tqdm
 
             self._last_decile = decile
-            meter = tqdm.format_meter(self.done, self.total, time.perf_counter() - self.start,
-                                      unit="task", ncols=0)
-            self.stream.write(f"benchmarks {meter} {label}\n")
+            elapsed = time.perf_counter() - self.start
+            rate = self.done / elapsed if elapsed > 0 else 0.0
+            eta = (self.total - self.done) / rate if rate > 0 else 0.0
+            self.stream.write(
+                f"benchmarks {self.done}/{self.total} {100 * self.done // max(self.total, 1)}% "
+                f"{tqdm.format_interval(elapsed)} elapsed, {rate:.2f} task/s, "
+                f"ETA {tqdm.format_interval(eta)}: {label}\n")
             self.stream.flush()
 
     def close(self) -> None:

@@ -111,6 +111,7 @@ def test_progress_reports_every_task(tiny_run):
     _, results, log = tiny_run
     lines = log.strip().splitlines()
     assert lines[-1].split()[1] == f"{2 + 2 * bool(TOY.is_file())}/{2 + 2 * bool(TOY.is_file())}"
+    assert all("task/s" in line and "ETA" in line for line in lines)  # rate and ETA
 
 
 def test_an_invalid_plan_is_recorded_as_invalid_without_numbers(tmp_path):

@@ -27,6 +27,13 @@ HELPER = ROOT / "tests" / "helpers" / "slow_planners.py"
 TFLITE = ROOT / "benchmarks" / "models" / "tiny_unet_int8.tflite"
 
 
+def schema_valid(data: dict) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from planner.schema import load_schema
+
+    jsonschema.Draft202012Validator(load_schema()).validate(data)
+
+
 def start(*args: str | Path, env: dict | None = None, helper: bool = True) -> subprocess.Popen:
     cmd = [sys.executable, str(HELPER), *map(str, args)] if helper else \
         [sys.executable, "-m", "planner", *map(str, args)]
@@ -67,6 +74,7 @@ def test_interrupted_search_writes_its_best_plan_and_exits_130(tmp_path: Path) -
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     summary = json.loads(stdout)
+    schema_valid(summary)
     assert summary["interrupted"] is True
     assert not any("time limit" in n for n in summary["notes"])
     assert any(n.startswith("interrupted") for n in summary["notes"])
@@ -100,6 +108,7 @@ def test_pareto_keeps_the_points_found_before_ctrl_c(tmp_path: Path) -> None:
     stdout, stderr = ctrl_c(proc)
     assert proc.returncode == 130, stderr
     data = json.loads(stdout)
+    schema_valid(data)
     assert data["interrupted"] is True and data["budgets_planned"] == 1
     assert len(data["pareto"]) == 1 and data["budgets_total"] > 1
     assert json.loads((tmp_path / "pareto.json").read_text())["pareto"] == data["pareto"]

@@ -7,6 +7,7 @@ import json
 
 from ..analysis import buffers, cold_ranges, load_bound, working_set_bound
 from ..ir import Graph
+from ..schema import stamp
 from .common import add_model_args, read_graph
 
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     graph = read_graph(args)
     data = report(graph)
     if args.json:
-        print(json.dumps(data))
+        print(json.dumps(stamp("analyze", {**data, "model_path": str(args.model)})))
         return 0
     print(f"model {graph.name} ({graph.source_format}): {len(graph.ops)} ops, "
           f"{len(graph.tensors)} tensors")

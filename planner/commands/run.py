@@ -14,6 +14,7 @@ from pathlib import Path
 from ..checker import check
 from ..errors import PlannerError
 from ..plan import Plan
+from ..schema import stamp
 from .common import add_model_args, read_graph
 
 
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     ex = result.execution
     summary = {
         "model": graph.name,
+        "model_path": str(args.model),
+        "plan_path": str(args.plan),
         "planner": plan.planner,
         "arena_bytes": plan.peak_bytes,
         "ops": len(graph.ops),
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         "est_transfer_seconds": plan.est_transfer_seconds,
     }
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(stamp("run", summary)))
     else:
         _print(summary)
     if result.mismatch is not None:
