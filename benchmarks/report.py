@@ -227,7 +227,10 @@ def write_pareto(results: Results, outdir: Path) -> dict[str, Path]:
         folder = outdir / "svg" / safe(m)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "pareto.svg"
-        path.write_text(render_pareto_svg(points, f"{m}: peak vs estimated transfer time"))
+        budgets = {r["budget"]: r["budget_bytes"] for r in results.rows
+                   if r["model"] == m and r["budget_bytes"] is not None}
+        path.write_text(render_pareto_svg(points, f"{m}: peak vs estimated transfer time",
+                                          budgets))
         written[m] = path
     return written
 

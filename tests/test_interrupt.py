@@ -155,3 +155,22 @@ def test_pulp_leaves_no_temporary_files(tmp_path: Path) -> None:
     _, stderr = ctrl_c(proc, timeout=60)
     assert proc.returncode == 130, stderr
     assert list(tmp.rglob("*")) == []
+
+
+SELFIE = ROOT.parent / "shared" / "models" / "segmentation" / "selfie_segmentation.tflite"
+
+
+@pytest.mark.skipif("stopped" not in Plan.__dataclass_fields__,
+                    reason="the exact planner does not mark interrupted plans yet")
+@pytest.mark.skipif(not SELFIE.is_file(), reason="../shared data is absent")
+def test_ctrl_c_on_a_real_cp_sat_search(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = start("solve", SELFIE, "--budget", "1MiB", "--time-limit", "300", "-o", out,
+                 "--json", helper=False)
+    time.sleep(8)  # reading, analysis and model building are done; CP-SAT is searching
+    stdout, stderr = ctrl_c(proc, timeout=60)
+    assert proc.returncode == 130, stderr
+    summary = json.loads(stdout)
+    schema_valid(summary)
+    assert summary["interrupted"] is True and "time limit" not in stdout + stderr
+    assert check(load_model(SELFIE), Plan.load(out / "plan.json")) == []

@@ -171,3 +171,13 @@ def test_outdir_gets_the_per_tensor_report(tmp_path: Path) -> None:
         assert by_id[t]["name"] == graph.tensors[t].name
     md = (out / "tensors.md").read_text()
     assert all(graph.tensors[t].name in md for t in spilled)
+
+
+def test_benchmark_options_have_help_and_defaults() -> None:
+    from benchmarks.__main__ import build_parser as bench_parser
+
+    for name, sub in _subparsers(bench_parser()).items():
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, (name, action.dest)
+        assert "--data DIR" in sub.format_help()
