@@ -75,8 +75,9 @@ def write_outputs(
         try:
             (stage / "plan.json").write_text(json.dumps(plan_json(graph, plan), indent=1) + "\n")
             staged = [stage / "plan.json"]
-            staged += _writer("report")(graph, plan, model_path, stage, budget=budget,
-                                        profile=profile)
+            for report in ("report", "html"):
+                staged += _writer(report)(graph, plan, model_path, stage, budget=budget,
+                                          profile=profile)
             for emit in check_emits(graph.source_format, emits):
                 staged += _writer(emit)(graph, plan, model_path, stage, budget=budget,
                                         profile=profile)
@@ -102,9 +103,15 @@ def write_outputs(
     return written
 
 
+# Written with every -o, whatever --emit says: the reports a person reads.
+REPORTS = {
+    "report": ("backends.tensor_report", "write_tensor_report"),
+    "html": ("backends.html_report", "write_html_report"),
+}
+
+
 def _writer(emit: str):
-    module, fn = WRITERS[emit] if emit in WRITERS else \
-        ("backends.tensor_report", "write_tensor_report")
+    module, fn = WRITERS[emit] if emit in WRITERS else REPORTS[emit]
     try:
         return getattr(importlib.import_module(module), fn)
     except (ModuleNotFoundError, AttributeError):

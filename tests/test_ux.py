@@ -156,7 +156,8 @@ def test_outdir_gets_the_per_tensor_report(tmp_path: Path) -> None:
     run = cli("solve", TFLITE, "--budget", "256KiB", "--time-limit", "20", "-o", out)
     assert run.returncode == 0, run.stderr
     names = {p.name for p in out.iterdir()}
-    assert {"plan.json", "tensors.csv", "tensors.md", "tiny_unet_int8.planned.tflite",
+    assert {"plan.json", "tensors.csv", "tensors.md", "report.html",
+            "tiny_unet_int8.planned.tflite",
             "tiny_unet_int8_plan.h", "tiny_unet_int8.ilp.layout.svg"} <= names
     assert not [n for n in names if n.startswith(".tinyplan-")]  # no staging folder left
     graph = load_model(TFLITE)
