@@ -12,6 +12,7 @@ Everything is read from the plan; nothing is re-planned here.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,12 +212,14 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
     # Segments: one rect each. Line buffers (a few rows of a streamed input) are drawn at
     # least MIN_LINE_BUFFER_PX tall so that they show at any arena scale.
     labels = short_labels({s.tensor: graph.tensors[s.tensor].name for s in plan.segments})
+    key_uses = Counter(key_part(label) for label in labels.values())
     for seg in plan.segments:
         y0, y1 = y(seg.end), y(seg.offset)
         if seg.role == "line_buffer" and y1 - y0 < MIN_LINE_BUFFER_PX:
             y0 = y1 - MIN_LINE_BUFFER_PX
+        key = key_part(labels[seg.tensor])
         out.append(_segment(graph, seg, x(seg.first), x(seg.last + 1), y0, y1,
-                            labels[seg.tensor]))
+                            labels[seg.tensor], key if key_uses[key] == 1 else None))
 
     # Spill / fetch markers on the arena, storage stretches in the band above it.
     if away:
@@ -272,7 +275,7 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
 
 
 def _segment(graph: Graph, seg: Segment, x0: float, x1: float, y0: float, y1: float,
-             short: str) -> str:
+             short: str, key: str | None) -> str:
     tensor = graph.tensors[seg.tensor]
     name = tensor.name + ("" if seg.part is None else f" [part {seg.part}]")
     tip = (f"#{tensor.id} {name} ({seg.role.replace('_', ' ')}) steps {seg.first}..{seg.last}, "
@@ -294,22 +297,23 @@ def _segment(graph: Graph, seg: Segment, x0: float, x1: float, y0: float, y1: fl
     cx, cy = x0 + w / 2, y0 + h / 2
     style = "fill='#111' pointer-events='none'"
     if h >= 13 and across >= 2 and (across >= up or w < 13):
-        label = _fit(short, suffix, tensor.id, across)
+        label = _fit(short, key, suffix, tensor.id, across)
         if label:
             rect += "\n" + _text(cx, cy + 4, label, 10, "middle", style)
     elif w >= 13 and up >= 2:  # tall and narrow: write it upwards
-        label = _fit(short, suffix, tensor.id, up)
+        label = _fit(short, key, suffix, tensor.id, up)
         if label:
             rect += "\n" + _text(cx + 4, cy, label, 10, "middle",
                                  f"{style} transform='rotate(-90 {cx + 4:.1f} {cy:.1f})'")
     return rect
 
 
-def _fit(short: str, suffix: str, tensor: int, chars: int) -> str:
-    """The longest of: the short label, its numbered component, the key "#id" that fits."""
-    for label in (short + suffix, key_part(short) + suffix, f"#{tensor}{suffix}"):
-        if len(label) <= chars:
-            return label
+def _fit(short: str, key: str | None, suffix: str, tensor: int, chars: int) -> str:
+    """The first that fits of: the short label, its key component (when no other label
+    shares it), the key "#id" that the tooltip resolves."""
+    for label in (short, key, f"#{tensor}"):
+        if label is not None and len(label + suffix) <= chars:
+            return label + suffix
     return ""
 
 
@@ -484,7 +488,7 @@ def render_pareto_svg(points: Iterable[PointLike], title: str,
     pts = [_point(p) for p in points]
     series = list(dict.fromkeys(p.series for p in pts))
     style = series_style(series)
-    width, height, left, top, pw, ph = 860, 480, 90, 60, 540, 350
+    width, height, left, top, pw, ph = 920, 480, 90, 60, 540, 350
     peaks = sorted({p.peak_bytes for p in pts})
     cut = next((b for a, b in zip(peaks, peaks[1:], strict=False)
                 if b > max(a * OUTLIER_FACTOR, a + 16)), None)
