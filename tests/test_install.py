@@ -75,7 +75,9 @@ def test_solve_from_the_wheel(installed) -> None:
 
 def test_the_wheel_carries_the_zoo_and_the_schema(installed) -> None:
     bin_dir, cwd = installed
-    code = ("from benchmarks.runner import ZOO; from planner.schema import load_schema; "
+    code = ("import pathlib, tinyplan; "
+            "assert (pathlib.Path(tinyplan.__file__).parent / 'py.typed').is_file(); "
+            "from benchmarks.runner import ZOO; from planner.schema import load_schema; "
             "print(len(list(ZOO.glob('*.onnx'))), len(list(ZOO.glob('*.tflite'))), "
             "load_schema()['properties']['schema_version']['const'])")
     got = run([bin_dir / "python", "-c", code], cwd)
