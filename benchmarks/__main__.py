@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", metavar="DIR", default=None, help=DATA_HELP)
     run.add_argument("--jobs", type=int, default=None,
                      help="worker processes (default: min(2, CPUs))")
+    run.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                     help="send the tasks to this dask.distributed scheduler (tcp://HOST:PORT) "
+                     "instead of the local process pool")
     run.add_argument("-o", "--outdir", default="bench-out",
                      help="results.csv, report.md and the pictures go here")
     run.add_argument("--models", action="append", default=None, metavar="TEXT",
@@ -104,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if jobs < 1:
         raise PlannerError("--jobs must be at least 1")
     outdir = Path(args.outdir)
-    results = run_suite(suite, outdir, jobs)
+    results = run_suite(suite, outdir, jobs, scheduler=args.scheduler)
     written = write_all(results, suite, outdir, jobs)
     if results.interrupted:
         print(f"interrupted: {len(results.rows)} rows from the tasks that finished; report "

@@ -434,7 +434,11 @@ class Results:
 
 
 def run_suite(suite: Suite, outdir: Path, jobs: int = 1,
-              progress: Callable[[int], Progress] | None = None) -> Results:
+              progress: Callable[[int], Progress] | None = None,
+              scheduler: str | None = None) -> Results:
+    """Run every task; `scheduler`: a dask.distributed scheduler address instead of the
+    local process pool (same tasks, same rows; SVGs are written by the workers, so a
+    remote cluster needs `outdir` on a shared file system or svg=False)."""
     start = time.perf_counter()
     outdir.mkdir(parents=True, exist_ok=True)
     available = registry()
@@ -468,7 +472,7 @@ def run_suite(suite: Suite, outdir: Path, jobs: int = 1,
     tasks.sort(key=lambda t: 0 if isinstance(t, Task) and t.planner not in SPILL_FREE else 1)
     bar = (progress or Progress)(len(tasks))
     results.tasks = len(tasks)
-    running = _execute(tasks, jobs)
+    running = _execute_dask(tasks, scheduler) if scheduler else _execute(tasks, jobs)
     try:
         for task, rows in running:
             if isinstance(task, MiniMallocTask):
@@ -523,6 +527,30 @@ def _execute(tasks, jobs: int):
             proc.join(timeout=5)
         raise
     pool.shutdown()
+
+
+def _execute_dask(tasks, address: str):
+    """The tasks on a Dask cluster, yielded as they finish; Ctrl-C cancels the rest there."""
+    try:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+    except ModuleNotFoundError:
+        raise PlannerError("--scheduler needs dask.distributed: pip install "
+                           "'tinyplan[dask]'") from None
+    try:
+        client = Client(address, timeout=10)
+    except OSError as exc:
+        raise PlannerError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    futures = {}
+    try:
+        futures = {client.submit(_run_any, t, pure=False): t for t in tasks}
+        for fut in dask_completed(list(futures)):
+            yield futures[fut], fut.result()
+    except BaseException:
+        client.cancel(list(futures), force=True)
+        raise
+    finally:
+        client.close()
 
 
 def default_jobs() -> int:
