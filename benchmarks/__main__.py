@@ -151,11 +151,27 @@ def cmd_minimalloc(args: argparse.Namespace) -> int:
         if unknown:
             raise PlannerError(f"unknown offset planner(s) {', '.join(unknown)}: use "
                                f"{', '.join(solvers())}")
-    results = run_all(paths, names, args.time_limit)
-    print(markdown_table(results), end="")
+    from planner.progress import bar
+
+    results, interrupted = [], False
+    progress = bar(len(paths), "minimalloc", unit="problem")
+    try:
+        for path in paths:  # one problem at a time: progress, and Ctrl-C keeps the rest
+            results += run_all([path], names, args.time_limit)
+            progress.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+    if results:
+        print(markdown_table(results), end="")
     if args.csv:
         write_csv([r.row() for r in results], Path(args.csv),
                   list(type(results[0]).__dataclass_fields__) if results else None)
+    if interrupted:
+        print(f"interrupted: {len(results)} results from the problems that finished",
+              file=sys.stderr)
+        return 130
     return 1 if any(r.status == "invalid" for r in results) else 0
 
 
