@@ -182,3 +182,21 @@ def test_benchmark_options_have_help_and_defaults() -> None:
             if not isinstance(action, argparse._HelpAction):
                 assert action.help, (name, action.dest)
         assert "--data DIR" in sub.format_help()
+
+
+def test_readme_command_list_names_every_option() -> None:
+    from benchmarks.__main__ import build_parser as bench_parser
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    missing = []
+    for parser in (build_parser(), bench_parser()):
+        for name, sub in _subparsers(parser).items():
+            assert name in block, name
+            for action in sub._actions:
+                if isinstance(action, argparse._HelpAction):
+                    continue
+                longest = max(action.option_strings, key=len, default=None)
+                if longest and not any(o in block for o in action.option_strings):
+                    missing.append(f"{name} {longest}")
+    assert not missing, missing
