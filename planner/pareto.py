@@ -107,10 +107,12 @@ def pareto_front(graph: Graph, profile: DeviceProfile, args: argparse.Namespace,
     from .progress import bar
 
     state = Sweep([])
-    progress = bar(0, "pareto", unit="point")
+    progress = bar(0, "pareto: solving both ends of the sweep", unit="point")
 
     def on_point(done: int, total: int, point: ParetoPoint | None) -> None:
-        progress.total = total
+        if progress.total != total:
+            progress.total = total
+            progress.set_description("pareto", refresh=False)
         if point is not None:
             progress.set_postfix_str(f"{point.peak_bytes:,} B {point.est_transfer_seconds:.3g} s")
         progress.update(1)
