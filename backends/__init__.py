@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import tempfile
@@ -24,11 +25,40 @@ WRITERS = {
     "c": ("backends.c_glue", "write_c_glue"),
     "svg": ("backends.svg", "write_layout_svg"),
 }
+# What each input format can get (the .tflite writers need the TFLite file and its order).
+EMITS_FOR = {"tflite": ("tflite", "shim", "c", "svg"), "onnx": ("c", "svg")}
+# Written with every -o, whatever --emit says: the reports a person reads.
+REPORTS = {
+    "report": ("backends.tensor_report", "write_tensor_report"),
+    "html": ("backends.html_report", "write_html_report"),
+}
 
 
-def default_emits(graph: Graph) -> list[str]:
+def default_emits(source_format: Graph | str) -> list[str]:
     """TFLite input gets everything a TFLM project uses; ONNX the plan, a picture (+ --emit c)."""
-    return ["tflite", "shim", "c", "svg"] if graph.source_format == "tflite" else ["svg"]
+    fmt = source_format if isinstance(source_format, str) else source_format.source_format
+    return ["tflite", "shim", "c", "svg"] if fmt == "tflite" else ["svg"]
+
+
+def check_emits(source_format: str, emits: Iterable[str] | None) -> list[str]:
+    """The emits to write for this input format; a bad or impossible one raises at once."""
+    if emits is None:
+        return default_emits(source_format)
+    allowed = EMITS_FOR.get(source_format, ())
+    for emit in emits:
+        if emit not in WRITERS:
+            raise PlannerError(f"unknown --emit '{emit}': use one of {', '.join(WRITERS)}")
+        if emit not in allowed:
+            raise PlannerError(f"--emit {emit} needs a .tflite model; {source_format.upper()} "
+                               f"input can get: {', '.join(allowed)}")
+    return list(dict.fromkeys(emits))
+
+
+def plan_json(graph: Graph, plan: Plan) -> dict:
+    """plan.json: the plan plus the tensors' names and shapes (a plan names what it places)."""
+    from .tensor_report import tensor_table
+
+    return {**plan.to_json(), "tensors": tensor_table(graph)}
 
 
 def write_outputs(
@@ -41,10 +71,10 @@ def write_outputs(
     budget: int | None = None,
     profile: DeviceProfile | None = None,
 ) -> list[Path]:
-    """Write plan.json and the chosen backends' files; all of them or none.
+    """Write plan.json, the reports and the chosen backends' files; all of them or none.
 
     Every file is first written into a staging folder inside OUTDIR and renamed into
-    place only once every writer has succeeded, so a failing writer leaves no
+    place only once every writer has succeeded, so a failing writer (or Ctrl-C) leaves no
     plan.json without its .tflite. No output may name an input (the model).
     """
     if plan.model_sha256 is not None:  # a plan read back: it must be this model's
@@ -54,12 +84,7 @@ def write_outputs(
     if plan.peak_bytes > INT32_MAX or any(s.end > INT32_MAX for s in plan.segments):
         raise PlannerError(f"the plan's arena ({plan.peak_bytes:,} B) exceeds int32, "
                            "what TFLite's offline array stores: nothing written")
-    emits = list(emits) if emits is not None else (default_emits(graph) if outdir else [])
-    for emit in emits:
-        if emit not in WRITERS:
-            raise PlannerError(f"unknown --emit '{emit}': use one of {', '.join(WRITERS)}")
-        if emit == "tflite" and graph.source_format != "tflite":
-            raise PlannerError("--emit tflite needs a .tflite model; ONNX gets plan.json and C")
+    emits = check_emits(graph.source_format, emits) if outdir is not None else []
     if svg is not None:
         _refuse_input(Path(svg), model_path, "--svg")
     written: list[Path] = []
@@ -87,14 +112,16 @@ def _write_staged(graph: Graph, plan: Plan, model_path: Path, out: Path, emits: 
         raise PlannerError(f"cannot write into {out}: {exc.strerror or exc}") from None
     try:
         staged = [stage / "plan.json"]
-        plan.save(staged[0])
-        for emit in emits:
-            staged += _writer(emit)(graph, plan, model_path, stage, budget=budget,
+        staged[0].write_text(json.dumps(plan_json(graph, plan), indent=1, allow_nan=False)
+                             + "\n")
+        for name in (*REPORTS, *emits):
+            staged += _writer(name)(graph, plan, model_path, stage, budget=budget,
                                     profile=profile)
         finals = [out / p.relative_to(stage) for p in staged]
         for final in finals:
             _refuse_input(final, model_path, "output")
         for src, final in zip(staged, finals, strict=True):
+            final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, final)
         return finals
     except OSError as exc:
@@ -104,7 +131,7 @@ def _write_staged(graph: Graph, plan: Plan, model_path: Path, out: Path, emits: 
 
 
 def _writer(emit: str):
-    module, fn = WRITERS[emit]
+    module, fn = WRITERS[emit] if emit in WRITERS else REPORTS[emit]
     try:
         return getattr(importlib.import_module(module), fn)
     except (ModuleNotFoundError, AttributeError):

@@ -12,6 +12,7 @@ Everything is read from the plan; nothing is re-planned here.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from planner.analysis import load_bound
 from planner.ir import Graph
 from planner.plan import Plan, Segment
 
+from .labels import key_part, short_labels
+
 WIDTH = 1100
 PLOT_W = 800
 PLOT_H = 420
@@ -28,6 +31,7 @@ LEFT = 80
 TOP = 56
 LANE_H = 14
 LEGEND_X = LEFT + PLOT_W + 24
+MIN_LINE_BUFFER_PX = 4.0
 FONT = "font-family='Helvetica, Arial, sans-serif'"
 
 
@@ -161,10 +165,11 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
         "<line x1='0' y1='0' x2='0' y2='6' stroke='#333' stroke-width='2'/></pattern></defs>",
         f"<rect width='{WIDTH}' height='{height}' fill='white'/>",
     ]
-    title = f"{plan.model} - {plan.planner}: peak {human_bytes(plan.peak_bytes)}"
+    title = (f"{plan.model} - {plan.planner}: peak {human_bytes(plan.peak_bytes)} "
+             f"({plan.peak_bytes:,} B)")
     if budget is not None:
         verdict = "fits" if plan.peak_bytes <= budget else "over"
-        title += f", budget {human_bytes(budget)} ({verdict})"
+        title += f", budget {budget:,} B ({verdict})"
     if plan.transfers:
         title += (f", spilled {human_bytes(plan.spilled_bytes)}, fetched "
                   f"{human_bytes(plan.fetched_bytes)}")
@@ -204,10 +209,17 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
     out.append(_text(18, plot_top + PLOT_H / 2, "arena offset", 12, "middle",
                      f"transform='rotate(-90 18 {plot_top + PLOT_H / 2:.1f})'"))
 
-    # Segments: one rect each.
+    # Segments: one rect each. Line buffers (a few rows of a streamed input) are drawn at
+    # least MIN_LINE_BUFFER_PX tall so that they show at any arena scale.
+    labels = short_labels({s.tensor: graph.tensors[s.tensor].name for s in plan.segments})
+    key_uses = Counter(key_part(label) for label in labels.values())
     for seg in plan.segments:
-        out.append(_segment(graph, seg, x(seg.first), x(seg.last + 1), y(seg.end),
-                            y(seg.offset)))
+        y0, y1 = y(seg.end), y(seg.offset)
+        if seg.role == "line_buffer" and y1 - y0 < MIN_LINE_BUFFER_PX:
+            y0 = y1 - MIN_LINE_BUFFER_PX
+        key = key_part(labels[seg.tensor])
+        out.append(_segment(graph, seg, x(seg.first), x(seg.last + 1), y0, y1,
+                            labels[seg.tensor], key if key_uses[key] == 1 else None))
 
     # Spill / fetch markers on the arena, storage stretches in the band above it.
     if away:
@@ -237,26 +249,37 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
             at = [s for s in seg_list if s.first == t.step]
             if at:
                 out.append(_marker(x(t.step), y(at[0].end), "up", t.tensor))
+        else:  # stream: the op reads it from storage through its line buffer
+            lb = [s for s in plan.segments if s.role == "line_buffer" and s.tensor == t.tensor
+                  and s.first <= t.step <= s.last]
+            # On top of the line buffer as drawn (at least MIN_LINE_BUFFER_PX tall).
+            top = min(y(lb[0].end), y(lb[0].offset) - MIN_LINE_BUFFER_PX) if lb \
+                else plot_top + 10
+            out.append(_stream_marker(x(t.step + 0.5), top, graph, t))
 
     # Horizontal lines: load bound, peak, budget.
-    out.append(_hline("bound", y(bound), "#666", "2 3", f"load bound {human_bytes(bound)}",
-                      0.0))
-    out.append(_hline("peak", y(plan.peak_bytes), "#111", "",
-                      f"peak {human_bytes(plan.peak_bytes)}", 1.0))
+    out.append(_hline("bound", y(bound), "#666", "2 3", f"load bound {bound:,} B", 0.0))
+    out.append(_hline("peak", y(plan.peak_bytes), "#111", "", f"peak {plan.peak_bytes:,} B",
+                      1.0))
     if budget is not None:
-        out.append(_hline("budget", y(budget), "#d22", "8 4", f"budget {human_bytes(budget)}",
-                          0.5))
+        out.append(_hline("budget", y(budget), "#d22", "8 4", f"budget {budget:,} B", 0.5))
 
-    out += _legend(LEGEND_X, TOP)
+    kinds = {t.kind for t in plan.transfers}
+    drawn = {"line_buffer": any(s.role == "line_buffer" for s in plan.segments),
+             "away": bool(away), "spill": "spill" in kinds, "fetch": "fetch" in kinds,
+             "stream": "stream" in kinds, "fusion": bool(plan.fusions),
+             "budget": budget is not None}
+    out += _legend(LEGEND_X, TOP, drawn)
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
-def _segment(graph: Graph, seg: Segment, x0: float, x1: float, y0: float, y1: float) -> str:
+def _segment(graph: Graph, seg: Segment, x0: float, x1: float, y0: float, y1: float,
+             short: str, key: str | None) -> str:
     tensor = graph.tensors[seg.tensor]
     name = tensor.name + ("" if seg.part is None else f" [part {seg.part}]")
-    tip = (f"{name} ({seg.role}) steps {seg.first}..{seg.last}, offset {seg.offset:,}, "
-           f"{seg.size:,} B")
+    tip = (f"#{tensor.id} {name} ({seg.role.replace('_', ' ')}) steps {seg.first}..{seg.last}, "
+           f"offset {seg.offset:,}..{seg.end:,}, {seg.size:,} B")
     w, h = max(x1 - x0, 0.5), max(y1 - y0, 0.5)
     if seg.role == "line_buffer":
         fill = "url(#hatch)"
@@ -269,20 +292,29 @@ def _segment(graph: Graph, seg: Segment, x0: float, x1: float, y0: float, y1: fl
             f"<title>{escape(tip)}</title></rect>")
     if seg.role != "tensor":
         return rect
-    label = tensor.name if seg.part is None else f"{tensor.name}/{seg.part}"
+    suffix = "" if seg.part is None else f"/{seg.part}"
     across, up = int((w - 6) / 6), int((h - 6) / 6)  # characters that fit each way
     cx, cy = x0 + w / 2, y0 + h / 2
     style = "fill='#111' pointer-events='none'"
-    if h >= 13 and across >= 4 and (across >= len(label) or across >= up or w < 13):
-        rect += "\n" + _text(cx, cy + 4, _fit(label, across), 10, "middle", style)
-    elif w >= 13 and up >= 4:  # tall and narrow: write it upwards
-        rect += "\n" + _text(cx + 4, cy, _fit(label, up), 10, "middle",
-                             f"{style} transform='rotate(-90 {cx + 4:.1f} {cy:.1f})'")
+    if h >= 13 and across >= 2 and (across >= up or w < 13):
+        label = _fit(short, key, suffix, tensor.id, across)
+        if label:
+            rect += "\n" + _text(cx, cy + 4, label, 10, "middle", style)
+    elif w >= 13 and up >= 2:  # tall and narrow: write it upwards
+        label = _fit(short, key, suffix, tensor.id, up)
+        if label:
+            rect += "\n" + _text(cx + 4, cy, label, 10, "middle",
+                                 f"{style} transform='rotate(-90 {cx + 4:.1f} {cy:.1f})'")
     return rect
 
 
-def _fit(label: str, chars: int) -> str:
-    return label if len(label) <= chars else label[: chars - 1] + "~"
+def _fit(short: str, key: str | None, suffix: str, tensor: int, chars: int) -> str:
+    """The first that fits of: the short label, its key component (when no other label
+    shares it), the key "#id" that the tooltip resolves."""
+    for label in (short, key, f"#{tensor}"):
+        if label is not None and len(label + suffix) <= chars:
+            return label + suffix
+    return ""
 
 
 def _marker(cx: float, cy: float, direction: str, tensor: int) -> str:
@@ -294,6 +326,15 @@ def _marker(cx: float, cy: float, direction: str, tensor: int) -> str:
         cls, tip = "fetch-marker", "fetch"
     return (f"<polygon class='{cls}' points='{pts}' fill='#222' stroke='white' "
             f"stroke-width='0.8'><title>{tip} of tensor {tensor}</title></polygon>")
+
+
+def _stream_marker(cx: float, cy: float, graph: Graph, t) -> str:
+    name = graph.tensors[t.tensor].name
+    pts = (f"{cx:.1f},{cy - 10:.1f} {cx + 5:.1f},{cy - 5:.1f} {cx:.1f},{cy:.1f} "
+           f"{cx - 5:.1f},{cy - 5:.1f}")
+    return (f"<polygon class='stream-marker' points='{pts}' fill='#1f6fd1' stroke='white' "
+            f"stroke-width='0.8'><title>stream of #{t.tensor} {escape(name)} from "
+            f"{escape(t.storage)} at step {t.step}: {t.nbytes:,} B</title></polygon>")
 
 
 def _hline(cls: str, yy: float, stroke: str, dash: str, label: str, where: float) -> str:
@@ -311,9 +352,11 @@ def _hline(cls: str, yy: float, stroke: str, dash: str, label: str, where: float
             + "</g>")
 
 
-def _legend(x0: float, y0: float) -> list[str]:
-    """The same legend on every plan, so pictures compare side by side."""
+def _legend(x0: float, y0: float, drawn: Mapping[str, bool]) -> list[str]:
+    """Legend rows for what this picture draws, in one fixed order."""
     out = ["<g class='legend'>", _text(x0, y0 + 10, "legend", 12, extra="font-weight='bold'")]
+    keys = ["tensor", "line_buffer", "away", "spill", "fetch", "stream", "fusion", "peak",
+            "budget", "bound"]
     rows: list[tuple[str, str]] = [
         (f"<rect width='22' height='10' fill='{colour(3)}' stroke='#333' stroke-width='0.5'/>",
          "tensor (colour per tensor)"),
@@ -323,6 +366,7 @@ def _legend(x0: float, y0: float) -> list[str]:
          f"stroke='{colour(3)}' stroke-dasharray='4 2'/>", "in storage (spilled)"),
         ("<polygon points='6,0 16,0 11,9' fill='#222'/>", "spill"),
         ("<polygon points='6,9 16,9 11,0' fill='#222'/>", "fetch"),
+        ("<polygon points='11,0 16,5 11,10 6,5' fill='#1f6fd1'/>", "stream (read in place)"),
         ("<rect width='22' height='10' fill='#fff3c4'/>", "fused op"),
         ("<line x1='0' y1='5' x2='22' y2='5' stroke='#111' stroke-width='1.6'/>", "peak"),
         ("<line x1='0' y1='5' x2='22' y2='5' stroke='#d22' stroke-width='1.6' "
@@ -330,7 +374,8 @@ def _legend(x0: float, y0: float) -> list[str]:
         ("<line x1='0' y1='5' x2='22' y2='5' stroke='#888' stroke-width='1.6' "
          "stroke-dasharray='2 3'/>", "load bound"),
     ]
-    for k, (icon, label) in enumerate(rows):
+    shown = [row for key, row in zip(keys, rows, strict=True) if drawn.get(key, True)]
+    for k, (icon, label) in enumerate(shown):
         yy = y0 + 22 + 18 * k
         out.append(f"<g transform='translate({x0:.0f},{yy:.0f})'>{icon}</g>")
         out.append(_text(x0 + 30, yy + 9, label, 11))
@@ -381,12 +426,78 @@ def pareto_front(points: Iterable[ParetoPoint]) -> list[ParetoPoint]:
     return front
 
 
-def render_pareto_svg(points: Iterable[PointLike], title: str) -> str:
+# Colour-blind-safe Okabe-Ito colours and one marker shape per series, so planners that
+# coincide stay apart (hollow shapes of different kinds overlap visibly, unlike rings).
+SERIES_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
+                  "#000000", "#8C564B")
+SERIES_SHAPES = ("circle", "square", "triangle", "diamond", "triangle-down", "plus", "cross",
+                 "star")
+# Planners keep their style from plot to plot.
+KNOWN_SERIES = ("ilp", "tinyseg", "tflm-greedy", "greedy-by-size", "greedy-by-breadth",
+                "hill-climb", "linear")
+# Points past a gap of this factor between consecutive peaks are drawn at the right edge,
+# so one far outlier (the linear planner) does not squeeze everything else into a corner.
+OUTLIER_FACTOR = 2.5
+
+
+def series_style(names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    order = [n for n in KNOWN_SERIES if n in names] + [n for n in names if n not in KNOWN_SERIES]
+    slot = {n: KNOWN_SERIES.index(n) if n in KNOWN_SERIES else len(KNOWN_SERIES) + k
+            for k, n in enumerate(order)}
+    return {n: (SERIES_COLOURS[slot[n] % len(SERIES_COLOURS)],
+                SERIES_SHAPES[slot[n] % len(SERIES_SHAPES)]) for n in names}
+
+
+def marker_path(shape: str, cx: float, cy: float, r: float = 5.0) -> str:
+    """SVG path data of a marker of `shape` centred on (cx, cy)."""
+    if shape == "circle":
+        return (f"M{cx - r:.1f},{cy:.1f} a{r:.1f},{r:.1f} 0 1,0 {2 * r:.1f},0 "
+                f"a{r:.1f},{r:.1f} 0 1,0 {-2 * r:.1f},0 Z")
+    if shape == "square":
+        q = r * 0.85
+        return f"M{cx - q:.1f},{cy - q:.1f} h{2 * q:.1f} v{2 * q:.1f} h{-2 * q:.1f} Z"
+    if shape in ("triangle", "triangle-down"):
+        d = 1 if shape == "triangle" else -1
+        return (f"M{cx:.1f},{cy - d * r:.1f} L{cx + r:.1f},{cy + d * r * 0.8:.1f} "
+                f"L{cx - r:.1f},{cy + d * r * 0.8:.1f} Z")
+    if shape == "diamond":
+        return (f"M{cx:.1f},{cy - r:.1f} L{cx + r:.1f},{cy:.1f} L{cx:.1f},{cy + r:.1f} "
+                f"L{cx - r:.1f},{cy:.1f} Z")
+    if shape == "plus":
+        return f"M{cx - r:.1f},{cy:.1f} H{cx + r:.1f} M{cx:.1f},{cy - r:.1f} V{cy + r:.1f}"
+    if shape == "cross":
+        q = r * 0.8
+        return (f"M{cx - q:.1f},{cy - q:.1f} L{cx + q:.1f},{cy + q:.1f} "
+                f"M{cx - q:.1f},{cy + q:.1f} L{cx + q:.1f},{cy - q:.1f}")
+    pts = []  # star
+    for k in range(10):
+        a = math.pi / 2 + k * math.pi / 5
+        rr = r if k % 2 == 0 else r * 0.45
+        pts.append(f"{cx + rr * math.cos(a):.1f},{cy - rr * math.sin(a):.1f}")
+    return "M" + " L".join(pts) + " Z"
+
+
+def render_pareto_svg(points: Iterable[PointLike], title: str,
+                      budgets: Mapping[str, int] | None = None) -> str:
+    """Peak against transfer time, one marker shape and colour per series.
+
+    The x axis stops at the first gap of OUTLIER_FACTOR between consecutive peaks; points
+    beyond it sit at the right edge with an arrow and their exact peak. `budgets`
+    (label -> bytes) are drawn as labelled vertical lines where they fall in range.
+    """
     pts = [_point(p) for p in points]
     series = list(dict.fromkeys(p.series for p in pts))
-    width, height, left, top, pw, ph = 820, 480, 90, 50, 520, 360
-    x_lo = min((p.peak_bytes for p in pts), default=0)
-    x_hi = max((p.peak_bytes for p in pts), default=1)
+    style = series_style(series)
+    width, height, left, top, pw, ph = 920, 480, 90, 60, 540, 350
+    peaks = sorted({p.peak_bytes for p in pts})
+    cut = next((b for a, b in zip(peaks, peaks[1:], strict=False)
+                if b > max(a * OUTLIER_FACTOR, a + 16)), None)
+    near = [p for p in pts if cut is None or p.peak_bytes < cut]
+    outliers = [p for p in pts if p not in near]
+    x_lo = min((p.peak_bytes for p in near), default=0)
+    x_hi = max((p.peak_bytes for p in near), default=1)
+    in_range = [b for b in (budgets or {}).values() if b is not None and b <= x_hi * 1.1]
+    x_lo, x_hi = min([x_lo, *in_range]), max([x_hi, *in_range])
     pad = max((x_hi - x_lo) * 0.08, x_hi * 0.02, 16)
     x_lo, x_hi = max(0, x_lo - pad), x_hi + pad
     y_hi = max((p.seconds for p in pts), default=0.0)
@@ -405,6 +516,10 @@ def render_pareto_svg(points: Iterable[PointLike], title: str) -> str:
         _text(left, 28, title, 15, extra="font-weight='bold'"),
         f"<rect x='{left}' y='{top}' width='{pw}' height='{ph}' fill='none' stroke='#999'/>",
     ]
+    if outliers:
+        out.append(_text(left, 46, f"x axis zoomed to {x_lo / 1024:,.0f}-{x_hi / 1024:,.0f} "
+                         "KiB; points beyond it sit at the right edge (arrow, exact peak)", 10,
+                         extra="fill='#555'"))
     xs = _byte_step(x_hi - x_lo)
     tick = math.ceil(x_lo / xs) * xs
     while tick <= x_hi:
@@ -419,30 +534,54 @@ def render_pareto_svg(points: Iterable[PointLike], title: str) -> str:
                    f"y2='{y(tick):.1f}' stroke='#eee'/>")
         out.append(_text(left - 8, y(tick) + 4, f"{tick:.3g} s", 10, "end"))
         tick += ys
+    # Budgets: where each sits on the peak axis, labelled at the top.
+    by_bytes: dict[int, list[str]] = {}
+    for label, b in (budgets or {}).items():
+        if b is not None and x_lo <= b <= x_hi:
+            by_bytes.setdefault(b, []).append(label)
+    for k, (b, labels) in enumerate(sorted(by_bytes.items())):
+        text = "/".join(labels)
+        out.append(f"<g class='budget'><line x1='{x(b):.1f}' y1='{top}' x2='{x(b):.1f}' "
+                   f"y2='{top + ph}' stroke='#d22' stroke-width='1' stroke-dasharray='4 3'>"
+                   f"<title>budget {escape(text)}: {b:,} B</title></line>"
+                   + _text(x(b) + 2, top + 10 + 11 * (k % 3), f"budget {text}", 9, "start",
+                           "fill='#d22'") + "</g>")
     out.append(_text(left + pw / 2, top + ph + 40, "peak arena bytes", 12, "middle"))
     out.append(_text(20, top + ph / 2, "estimated transfer time", 12, "middle",
                      f"transform='rotate(-90 20 {top + ph / 2:.1f})'"))
+    edge = left + pw + 10
     for k, name in enumerate(series):
-        c = f"hsl({(k * 137.508) % 360:.0f},65%,42%)"
+        c, shape = style[name]
         mine = [p for p in pts if p.series == name]
-        front = pareto_front(mine)
+        front = pareto_front([p for p in mine if p in near])
         if len(front) > 1:
             path = " ".join(
                 f"{'M' if i == 0 else 'L'}{x(p.peak_bytes):.1f},{y(p.seconds):.1f}"
                 for i, p in enumerate(front)
             )
             out.append(f"<path class='front' d='{path}' fill='none' stroke='{c}' "
-                       "stroke-width='1.5'/>")
+                       "stroke-width='1.2' stroke-opacity='0.7'/>")
         for p in mine:
-            tip = f"{name} {p.label}: peak {p.peak_bytes:,} B, {p.seconds:.4g} s".strip()
-            # Earlier series get bigger dots, so equal points of several series show as rings.
-            r = 3 + 1.5 * (len(series) - 1 - k)
-            out.append(f"<circle class='point' cx='{x(p.peak_bytes):.1f}' "
-                       f"cy='{y(p.seconds):.1f}' r='{r:.1f}' fill='{c}' stroke='white' "
-                       "stroke-width='0.8'>"
-                       f"<title>{escape(tip)}</title></circle>")
+            same = [q.series for q in pts if (q.peak_bytes, q.seconds) ==
+                    (p.peak_bytes, p.seconds) and q.series != name]
+            tip = f"{name} {p.label}: peak {p.peak_bytes:,} B, {p.seconds:.6g} s".strip()
+            if same:
+                tip += f" (same point: {', '.join(dict.fromkeys(same))})"
+            far = p not in near
+            cx = edge if far else x(p.peak_bytes)
+            out.append(f"<path class='point' data-series='{escape(name)}'"
+                       f"{' data-outlier=' + chr(39) + '1' + chr(39) if far else ''} "
+                       f"d='{marker_path(shape, cx, y(p.seconds))}' fill='white' "
+                       f"fill-opacity='0.6' stroke='{c}' stroke-width='1.8'>"
+                       f"<title>{escape(tip)}</title></path>")
+            if far:
+                out.append(_text(edge - 12, y(p.seconds) + 3, "→", 12, "end", f"fill='{c}'"))
+                out.append(_text(edge + 8, y(p.seconds) + 4,
+                                 f"{name}: {p.peak_bytes:,} B", 9, "start", f"fill='{c}'"))
         ly = top + 14 + 18 * k
-        out.append(f"<circle cx='{left + pw + 24}' cy='{ly - 4}' r='5' fill='{c}'/>")
-        out.append(_text(left + pw + 36, ly, name, 11))
+        lx = left + pw + 24 + (110 if outliers else 0)
+        out.append(f"<path d='{marker_path(shape, lx, ly - 4)}' fill='white' stroke='{c}' "
+                   "stroke-width='1.8'/>")
+        out.append(_text(lx + 12, ly, name, 11))
     out.append("</svg>")
     return "\n".join(out) + "\n"

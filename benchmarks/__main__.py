@@ -17,17 +17,38 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+DATA_HELP = ("the shared data folder (models/, minimalloc/); default: ../shared next to a "
+             "checkout, else only the bundled zoo")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m benchmarks", description=__doc__)
+    from planner.cli import HelpFormatter
+    from planner.version import __version__
+
+    parser = _Parser(prog="python -m benchmarks", description=__doc__,
+                     formatter_class=HelpFormatter,
+                     epilog="exit codes: 0 done, 1 invalid or crashed plans, 2 bad input or no "
+                     "data, 130 interrupted (the tables of what finished are still written)")
+    parser.add_argument("--version", action="version", version=f"tinyplan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="plan every model x budget x planner; CSV, Markdown, SVG")
-    run.add_argument("--suite", choices=("quick", "full"), default="quick")
-    run.add_argument("--jobs", type=int, default=None, help="worker processes (default: 2)")
-    run.add_argument("-o", "--outdir", default="bench-out")
+    run = sub.add_parser("run", help="plan every model x budget x planner; CSV, Markdown, SVG",
+                         formatter_class=HelpFormatter)
+    run.add_argument("--suite", choices=("quick", "full"), default="quick",
+                     help="quick: the zoo and three shared models, short limits; full: every "
+                     "model, SRAM budgets, 30 s limits")
+    run.add_argument("--data", metavar="DIR", default=None, help=DATA_HELP)
+    run.add_argument("--jobs", type=int, default=None,
+                     help="worker processes (default: min(2, CPUs))")
+    run.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                     help="send the tasks to this dask.distributed scheduler (tcp://HOST:PORT) "
+                     "instead of the local process pool")
+    run.add_argument("-o", "--outdir", default="bench-out",
+                     help="results.csv, report.md and the pictures go here")
     run.add_argument("--models", action="append", default=None, metavar="TEXT",
                      help="only models whose file name contains TEXT (repeatable)")
     run.add_argument("--planners", help="comma-separated planner names (default: all)")
-    run.add_argument("--time-limit", type=float, default=None, metavar="SECONDS")
+    run.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                     help="per exact solve (default: the suite's, 5 s quick, 30 s full)")
     run.add_argument("--profile", default=None, help="device profile the spilling planners use")
     run.add_argument("--no-minimalloc", action="store_true", help="skip the MiniMalloc set")
     run.add_argument("--no-svg", action="store_true", help="write no pictures")
@@ -35,10 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace the block between the benchmark:headline markers in "
                           "README with the headline tables")
     run.set_defaults(func=cmd_run)
-    mm = sub.add_parser("minimalloc", help="MiniMalloc CSV problems through the offset planners")
-    mm.add_argument("paths", nargs="*", help="problem CSVs (default: ../shared/minimalloc)")
+    mm = sub.add_parser("minimalloc", help="MiniMalloc CSV problems through the offset planners",
+                        formatter_class=HelpFormatter)
+    mm.add_argument("paths", nargs="*", help="problem CSVs (default: DATA/minimalloc)")
+    mm.add_argument("--data", metavar="DIR", default=None, help=DATA_HELP)
     mm.add_argument("--planners", help="comma-separated (default: all offset planners)")
-    mm.add_argument("--time-limit", type=float, default=10.0, metavar="SECONDS")
+    mm.add_argument("--time-limit", type=float, default=10.0, metavar="SECONDS",
+                    help="per searching planner and problem")
     mm.add_argument("--csv", help="also write the rows to this CSV file")
     mm.set_defaults(func=cmd_minimalloc)
     return parser
@@ -46,12 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .report import read_readme, update_readme, write_all
-    from .runner import default_jobs, run_suite, suite_named
+    from .runner import default_jobs, run_suite, shared_dir, suite_named
 
     readme = Path(args.update_readme) if args.update_readme else None
     if readme is not None:
         read_readme(readme)  # refuse before minutes of planning, not after
-    suite = suite_named(args.suite)
+    data = shared_dir(args.data)
+    suite = suite_named(args.suite, data)
+    if not suite.models:
+        raise PlannerError("no benchmark models found (the bundled zoo is missing from this "
+                           "install): pass --data DIR with the shared models/")
+    if data is None:
+        print("note: no shared data (../shared next to a checkout, or --data DIR): only the "
+              "bundled zoo, no MiniMalloc problems", file=sys.stderr)
     if args.models:
         suite = replace(suite, models=tuple(p for p in suite.models
                                             if any(m in p.name for m in args.models)))
@@ -81,8 +112,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         what = "is a file, not a folder" if outdir.is_file() else (exc.strerror or str(exc))
         raise PlannerError(f"-o {outdir}: {what}") from None
-    results = run_suite(suite, outdir, jobs)
+    results = run_suite(suite, outdir, jobs, scheduler=args.scheduler)
     written = write_all(results, suite, outdir, jobs)
+    if results.interrupted:
+        print(f"interrupted: {len(results.rows)} rows from the tasks that finished; report "
+              f"{written[-1]}", file=sys.stderr)
+        return 130
+    if not results.rows and not results.minimalloc:
+        print(f"error: no rows: every model failed to load ({'; '.join(results.skipped)})",
+              file=sys.stderr)
+        return 2
     bad = [r for r in results.rows if r["status"] in ("invalid", "crash")]
     bad += [r for r in results.minimalloc if r["status"] == "invalid"]
     variants = len({r["model"] for r in results.rows})
@@ -103,10 +142,15 @@ def cmd_minimalloc(args: argparse.Namespace) -> int:
 
     from .minimalloc import markdown_table, problem_files, run_all, solvers
     from .report import write_csv
+    from .runner import shared_dir
 
-    paths = [Path(p) for p in args.paths] or problem_files()
+    data = shared_dir(args.data)
+    folder = data / "minimalloc" if data is not None else None
+    paths = [Path(p) for p in args.paths] or (problem_files(folder) if folder else [])
     if not paths:
-        raise PlannerError("no MiniMalloc problems: pass CSV paths or provide ../shared/minimalloc")
+        where = folder or "no shared folder (none next to a checkout)"
+        raise PlannerError(f"no MiniMalloc problems in {where}: pass CSV paths or "
+                           "--data DIR (the folder that holds minimalloc/)")
     names = None
     if args.planners:
         names = [p.strip() for p in args.planners.split(",")]
@@ -116,11 +160,27 @@ def cmd_minimalloc(args: argparse.Namespace) -> int:
                                f"{', '.join(solvers())}")
     if args.csv and any(same_file(args.csv, p) for p in paths):
         raise PlannerError(f"--csv {args.csv} names an input problem: refusing to overwrite it")
-    results = run_all(paths, names, args.time_limit)
-    print(markdown_table(results), end="")
+    from planner.progress import bar
+
+    results, interrupted = [], False
+    progress = bar(len(paths), "minimalloc", unit="problem")
+    try:
+        for path in paths:  # one problem at a time: progress, and Ctrl-C keeps the rest
+            results += run_all([path], names, args.time_limit)
+            progress.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        progress.close()
+    if results:
+        print(markdown_table(results), end="")
     if args.csv:
         write_csv([r.row() for r in results], Path(args.csv),
                   list(type(results[0]).__dataclass_fields__) if results else None)
+    if interrupted:
+        print(f"interrupted: {len(results)} results from the problems that finished",
+              file=sys.stderr)
+        return 130
     return 1 if any(r.status == "invalid" for r in results) else 0
 
 

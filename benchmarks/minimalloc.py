@@ -29,7 +29,15 @@ from planner.planners.offset_heuristics import (
 from planner.planners.tflm_greedy import greedy_offsets
 from planner.units import INT32_MAX
 
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared" / "minimalloc"
+
+def _shared_minimalloc() -> Path:
+    from .runner import ROOT, shared_dir
+
+    shared = shared_dir()
+    return (shared if shared is not None else ROOT.parent / "shared") / "minimalloc"
+
+
+SHARED_DIR = _shared_minimalloc()
 
 # name -> fn(blocks, time_limit) -> offsets
 OffsetSolver = Callable[[Sequence[Block], float], list[int]]

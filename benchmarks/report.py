@@ -228,7 +228,10 @@ def write_pareto(results: Results, outdir: Path) -> dict[str, Path]:
         folder = outdir / "svg" / safe(m)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "pareto.svg"
-        path.write_text(render_pareto_svg(points, f"{m}: peak vs estimated transfer time"))
+        budgets = {r["budget"]: r["budget_bytes"] for r in results.rows
+                   if r["model"] == m and r["budget_bytes"] is not None}
+        path.write_text(render_pareto_svg(points, f"{m}: peak vs estimated transfer time",
+                                          budgets))
         written[m] = path
     return written
 
@@ -252,6 +255,10 @@ def markdown(results: Results, suite: Suite, jobs: int, pareto: dict[str, Path],
         *headline_tables(rows, suite.profile),
         "",
     ]
+    if getattr(results, "interrupted", False):
+        lines += ["## Interrupted", "",
+                  f"Stopped by Ctrl-C: these tables hold the {len(rows)} rows of the tasks "
+                  f"that finished (of {getattr(results, 'tasks', 0)} tasks queued).", ""]
     bad = problems(results)
     if bad:
         lines += ["## Problems", "", *bad, ""]

@@ -19,6 +19,7 @@ one output row, planner/kernels.py), and every planner sees that same graph.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
@@ -37,10 +38,29 @@ from planner.kernels import apply_kernels
 from planner.plan import Plan
 from planner.planners.base import Request, registry
 from planner.planners.tflm_greedy import greedy_offsets
+from planner.stopping import sigint_kept, was_interrupted
 
 ROOT = Path(__file__).resolve().parents[1]
-ZOO = ROOT / "benchmarks" / "models"
-SHARED_MODELS = ROOT.parent / "shared" / "models"
+ZOO = ROOT / "benchmarks" / "models"  # package data: in a checkout and in an installed wheel
+
+
+def shared_dir(data: str | Path | None = None) -> Path | None:
+    """The shared data folder (models/, minimalloc/): --data DIR, else ../shared next to a
+    checkout; None when neither exists (an installed wheel without --data)."""
+    if data is not None:
+        path = Path(data)
+        if not path.is_dir():
+            raise PlannerError(f"--data {data}: no such folder")
+        if not (path / "models").is_dir() and not (path / "minimalloc").is_dir():
+            raise PlannerError(f"--data {data}: has neither models/ nor minimalloc/ "
+                               "(expected the shared data folder)")
+        return path
+    if (ROOT / "pyproject.toml").is_file() and (ROOT.parent / "shared").is_dir():
+        return ROOT.parent / "shared"
+    return None
+
+
+SHARED_MODELS = (shared_dir() or ROOT.parent / "shared") / "models"
 
 # Planners whose plan does not depend on the budget: run once per model.
 SPILL_FREE = frozenset({"linear", "tflm-greedy", "greedy-by-size", "greedy-by-breadth",
@@ -70,11 +90,11 @@ class Suite:
     svg: bool = True
 
 
-def zoo_models() -> list[Path]:
+def zoo_models(shared: Path | None = SHARED_MODELS) -> list[Path]:
     onnx = sorted(ZOO.glob("*.onnx"))
     tflite = sorted(ZOO.glob("*.tflite"))
-    shared = sorted(SHARED_MODELS.glob("**/*.tflite")) if SHARED_MODELS.is_dir() else []
-    return onnx + tflite + shared
+    found = sorted(shared.glob("**/*.tflite")) if shared is not None and shared.is_dir() else []
+    return onnx + tflite + found
 
 
 # The project's own zoo plus three MLPerf Tiny / TFLM references; the big segmentation
@@ -82,30 +102,35 @@ def zoo_models() -> list[Path]:
 QUICK_SHARED = ("vww_96_int8.tflite", "kws_ref_model.tflite", "person_detect.tflite")
 
 
-def quick_suite() -> Suite:
+def quick_suite(data: Path | None = None) -> Suite:
     """About two minutes on two cores: small models, short limits, no exact MiniMalloc."""
     from .minimalloc import problem_files
 
-    models = tuple(p for p in zoo_models() if p.parent == ZOO or p.name in QUICK_SHARED)
+    shared = data if data is not None else shared_dir()
+    models = tuple(p for p in zoo_models(shared / "models" if shared else None)
+                   if p.parent == ZOO or p.name in QUICK_SHARED)
     return Suite("quick", models, sram_budgets=False, time_limit=5.0,
-                 minimalloc=tuple(problem_files()),
+                 minimalloc=tuple(problem_files(shared / "minimalloc")) if shared else (),
                  minimalloc_planners=("tflm-greedy", "greedy-by-size", "greedy-by-breadth",
                                       "hill-climb"),
                  minimalloc_time_limit=2.0)
 
 
-def full_suite() -> Suite:
+def full_suite(data: Path | None = None) -> Suite:
     from .minimalloc import problem_files
 
-    return Suite("full", tuple(zoo_models()), time_limit=30.0,
-                 minimalloc=tuple(problem_files()), minimalloc_time_limit=30.0)
+    shared = data if data is not None else shared_dir()
+    return Suite("full", tuple(zoo_models(shared / "models" if shared else None)),
+                 time_limit=30.0,
+                 minimalloc=tuple(problem_files(shared / "minimalloc")) if shared else (),
+                 minimalloc_time_limit=30.0)
 
 
-def suite_named(name: str) -> Suite:
+def suite_named(name: str, data: Path | None = None) -> Suite:
     if name == "quick":
-        return quick_suite()
+        return quick_suite(data)
     if name == "full":
-        return full_suite()
+        return full_suite(data)
     raise PlannerError(f"unknown suite '{name}': use quick or full")
 
 
@@ -189,7 +214,8 @@ def run_task(task: Task) -> list[dict]:
     """Plan once, check, score against each budget; returns one row per budget."""
     info, suite = task.model, task.suite
     profile = load_profile(suite.profile)
-    base = {"model": info.name, "source": info.graph.source_format,
+    base = {"model": info.name, "model_path": str(info.path),
+            "source": info.graph.source_format,
             "ops": len(info.graph.ops),
             "buffers": len(buffers(info.graph)), "planner": task.planner,
             "load_bound": info.load_bound, "ws_bound": info.ws_bound}
@@ -206,7 +232,8 @@ def run_task(task: Task) -> list[dict]:
                       workers=task.workers)
     start = time.perf_counter()
     try:
-        plan = registry()[task.planner](request)
+        with sigint_kept():
+            plan = registry()[task.planner](request)
         elapsed = time.perf_counter() - start
         assert_valid(info.graph, plan, profile.capacities)
     except InfeasibleBudget as exc:
@@ -220,6 +247,8 @@ def run_task(task: Task) -> list[dict]:
         last = traceback.extract_tb(exc.__traceback__)[-1]
         return rows_with({"status": "crash", "fits": False,
                           "detail": f"{type(exc).__name__}: {exc} ({last.filename}:{last.lineno})"})
+    if was_interrupted(plan):  # CP-SAT took the Ctrl-C: stop the suite, as the parent does
+        raise KeyboardInterrupt
     summary = plan_summary(plan, task.plan_budget, elapsed)
     svg = ""
     if suite.svg:
@@ -300,7 +329,7 @@ def run_minimalloc_task(task: MiniMallocTask) -> list[dict]:
 
 
 class Progress:
-    """A plain stderr progress bar; one line per 10% when stderr is not a terminal."""
+    """The suite's progress with rate and ETA: a tqdm bar on a terminal, else a line per 10%."""
 
     def __init__(self, total: int, stream=None):
         self.total, self.done = total, 0
@@ -308,24 +337,38 @@ class Progress:
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.perf_counter()
         self._last_decile = -1
+        self._bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc="benchmarks", unit="task", file=self.stream,
+                             dynamic_ncols=True)
 
     def update(self, label: str) -> None:
         self.done += 1
-        elapsed = time.perf_counter() - self.start
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        bar = "#" * filled + "." * (width - filled)
-        line = f"[{bar}] {self.done}/{self.total} {elapsed:5.0f}s {label}"
-        if self.tty:
-            self.stream.write("\r" + line[:110].ljust(110))
+        if self._bar is not None:
+            self._bar.set_postfix_str(label[:40], refresh=False)
+            self._bar.update(1)
             if self.done == self.total:
-                self.stream.write("\n")
-        else:
-            decile = 10 * self.done // max(self.total, 1)
-            if decile != self._last_decile:
-                self._last_decile = decile
-                self.stream.write(line + "\n")
-        self.stream.flush()
+                self._bar.close()
+            return
+        decile = 10 * self.done // max(self.total, 1)
+        if decile != self._last_decile:
+            from tqdm import tqdm
+
+            self._last_decile = decile
+            elapsed = time.perf_counter() - self.start
+            rate = self.done / elapsed if elapsed > 0 else 0.0
+            eta = (self.total - self.done) / rate if rate > 0 else 0.0
+            self.stream.write(
+                f"benchmarks {self.done}/{self.total} {100 * self.done // max(self.total, 1)}% "
+                f"{tqdm.format_interval(elapsed)} elapsed, {rate:.2f} task/s, "
+                f"ETA {tqdm.format_interval(eta)}: {label}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 @dataclass
@@ -334,10 +377,16 @@ class Results:
     minimalloc: list[dict] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # models that could not be loaded
     seconds: float = 0.0
+    interrupted: bool = False  # Ctrl-C: the rows are the tasks that finished before it
+    tasks: int = 0  # tasks the suite meant to run
 
 
 def run_suite(suite: Suite, outdir: Path, jobs: int = 1,
-              progress: Callable[[int], Progress] | None = None) -> Results:
+              progress: Callable[[int], Progress] | None = None,
+              scheduler: str | None = None) -> Results:
+    """Run every task; `scheduler`: a dask.distributed scheduler address instead of the
+    local process pool (same tasks, same rows; SVGs are written by the workers, so a
+    remote cluster needs `outdir` on a shared file system or svg=False)."""
     start = time.perf_counter()
     outdir.mkdir(parents=True, exist_ok=True)
     available = registry()
@@ -370,13 +419,21 @@ def run_suite(suite: Suite, outdir: Path, jobs: int = 1,
     # Long tasks first so the pool's tail is short.
     tasks.sort(key=lambda t: 0 if isinstance(t, Task) and t.planner not in SPILL_FREE else 1)
     bar = (progress or Progress)(len(tasks))
-    for task, rows in _execute(tasks, jobs):
-        if isinstance(task, MiniMallocTask):
-            results.minimalloc += rows
-            bar.update(f"minimalloc {task.path.name} {task.planner}")
-        else:
-            results.rows += rows
-            bar.update(f"{task.model.name} {task.planner} {task.budgets[0][0]}")
+    results.tasks = len(tasks)
+    running = _execute_dask(tasks, scheduler) if scheduler else _execute(tasks, jobs)
+    try:
+        for task, rows in running:
+            if isinstance(task, MiniMallocTask):
+                results.minimalloc += rows
+                bar.update(f"minimalloc {task.path.name} {task.planner}")
+            else:
+                results.rows += rows
+                bar.update(f"{task.model.name} {task.planner} {task.budgets[0][0]}")
+    except KeyboardInterrupt:  # keep what finished; the caller writes it and exits 130
+        results.interrupted = True
+    finally:
+        running.close()  # ends the pool (cancels the queue, stops the workers) now, not at GC
+        getattr(bar, "close", lambda: None)()
     order = {info.name: k for k, info in enumerate(infos)}
     planner_rank = {p: k for k, p in enumerate(planners)}
     budget_rank = {(info.name, label): k for info in infos
@@ -394,15 +451,54 @@ def _run_any(task: Task | MiniMallocTask) -> list[dict]:
     return run_minimalloc_task(task) if isinstance(task, MiniMallocTask) else run_task(task)
 
 
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which cancels the queue and ends them at once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _execute(tasks, jobs: int):
     if jobs <= 1:
         for task in tasks:
             yield task, _run_any(task)
         return
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint)
+    try:
         futures = {pool.submit(_run_any, t): t for t in tasks}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
+    except BaseException:  # Ctrl-C (or a broken pool): nothing queued may start or run on
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            proc.join(timeout=5)
+        raise
+    pool.shutdown()
+
+
+def _execute_dask(tasks, address: str):
+    """The tasks on a Dask cluster, yielded as they finish; Ctrl-C cancels the rest there."""
+    try:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+    except ModuleNotFoundError:
+        raise PlannerError("--scheduler needs dask.distributed: pip install "
+                           "'tinyplan[dask]'") from None
+    try:
+        client = Client(address, timeout=10)
+    except OSError as exc:
+        raise PlannerError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    futures = {}
+    try:
+        futures = {client.submit(_run_any, t, pure=False): t for t in tasks}
+        for fut in dask_completed(list(futures)):
+            yield futures[fut], fut.result()
+    except BaseException:
+        client.cancel(list(futures), force=True)
+        raise
+    finally:
+        client.close()
 
 
 def default_jobs() -> int:

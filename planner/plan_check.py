@@ -82,7 +82,9 @@ PLAN = {
     "profile": Field("custom", nullable=True,
                      check=lambda v, w: _profile_ref(v, w)),
 }
-DERIVED = frozenset({"spilled_bytes", "fetched_bytes"})  # written by to_json, recomputed
+# Written beside the plan, not read back: spilled/fetched bytes (to_json, recomputed) and
+# the tensors' names and shapes (plan.json's writer, for people and other tools).
+DERIVED = frozenset({"spilled_bytes", "fetched_bytes", "tensors"})
 
 
 def _op_kernels(data: Any, where: str) -> tuple[tuple[int, str], ...]:

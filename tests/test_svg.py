@@ -5,10 +5,12 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from backends.svg import (
+    KNOWN_SERIES,
     ParetoPoint,
     pareto_front,
     render_layout_svg,
     render_pareto_svg,
+    series_style,
     write_layout_svg,
 )
 from planner.analysis import line_buffer_bytes
@@ -143,9 +145,69 @@ def test_pareto_plot_series_points_and_front():
         ParetoPoint("fcn", 80_000, 0.3, "50%"),
     ]
     root = parse(render_pareto_svg(points, "peak vs time <test>"))
-    assert len(by_class(root, "circle", "point")) == 5
+    assert len(by_class(root, "path", "point")) == 5
     assert len(by_class(root, "path", "front")) == 2
     front = pareto_front([ParetoPoint("u", 300_000, 0.0), ParetoPoint("u", 200_000, 0.5),
                           ParetoPoint("u", 250_000, 0.6)])
     assert [p.peak_bytes for p in front] == [200_000, 300_000]
     parse(render_pareto_svg([], "empty"))
+
+
+def test_pareto_zooms_past_an_outlier_and_labels_budgets():
+    points = [("ilp", 200_000, 0.4, "75%"), ("ilp", 240_000, 0.1, "90%"),
+              ("tflm-greedy", 300_000, 0.0), ("greedy-by-size", 300_000, 0.0),
+              ("linear", 1_200_000, 0.0)]
+    root = parse(render_pareto_svg(points, "zoom", {"75%": 225_000, "90%": 270_000}))
+    pts = by_class(root, "path", "point")
+    far = [p for p in pts if p.get("data-outlier") == "1"]
+    assert [p.get("data-series") for p in far] == ["linear"]
+    text = ET.tostring(root, "unicode")
+    assert "linear: 1,200,000 B" in text and "budget 75%" in text and "budget 90%" in text
+    ticks = [e.text for e in root.iter(f"{{{NS['s']}}}text") if e.text and e.text.endswith(" KiB")]
+    assert all(float(t.split()[0].replace(",", "")) < 400 for t in ticks)  # zoomed axis
+    # Coinciding planners: distinct shapes and colours, and the tooltip names both.
+    a, b = (p for p in pts if p.get("data-series") in ("tflm-greedy", "greedy-by-size"))
+    assert a.get("d") != b.get("d") and a.get("stroke") != b.get("stroke")
+    assert "same point: greedy-by-size" in a.find("s:title", NS).text
+    assert len(set(series_style(list(KNOWN_SERIES)).values())) == len(KNOWN_SERIES)
+
+
+def test_layout_labels_use_the_distinguishing_part_and_legend_shows_only_what_is_drawn():
+    graph = skip_graph()
+    renamed = tuple(
+        Tensor(t.id, f"model/block_{t.id}/conv/Relu;model/bn_{t.id}/FusedBatchNorm", t.shape,
+               t.dtype, t.nbytes, t.role, t.source_index, t.channel_axis)
+        for t in graph.tensors)
+    graph = Graph(graph.name, graph.source_format, renamed, graph.ops, graph.inputs,
+                  graph.outputs)
+    plan = registry()["tflm-greedy"](Request(graph, load_profile("none")))
+    root = parse(render_layout_svg(graph, plan))
+    texts = [e.text or "" for e in root.iter(f"{{{NS['s']}}}text")]
+    assert not any(t.startswith("model/") for t in texts)
+    assert any(t.startswith("block_") or t.startswith("#") for t in texts)
+    legend = [e.text for g in by_class(root, "g", "legend")
+              for e in g.iter(f"{{{NS['s']}}}text")]
+    assert "spill" not in legend and "line buffer (streamed)" not in legend
+    assert "budget" not in legend and "peak" in legend
+    tips = [e.find("s:title", NS).text for e in by_class(root, "rect", "seg")]
+    assert all(t.startswith("#") and " B" in t for t in tips)  # key and exact bytes
+    spilled = parse(render_layout_svg(skip_graph(), spill_plan(skip_graph()), budget=300))
+    legend = [e.text for g in by_class(spilled, "g", "legend")
+              for e in g.iter(f"{{{NS['s']}}}text")]
+    assert "spill" in legend and "budget" in legend
+
+
+def test_short_labels():
+    from backends.labels import short_labels
+
+    labels = short_labels({1: "model/a_1/Relu;model/x", 2: "model/a_2/Relu", 3: "input"})
+    assert labels == {1: "a_1/Relu", 2: "a_2/Relu", 3: "input"}
+    assert short_labels({1: "x/y", 2: "x/y"}) == {1: "y#1", 2: "y#2"}
+
+
+def test_stream_marker_and_visible_line_buffer():
+    graph = skip_graph()
+    root = parse(render_layout_svg(graph, stream_plan(graph), budget=256))
+    assert by_class(root, "polygon", "stream-marker")
+    hatched = [r for r in by_class(root, "rect", "seg") if r.get("fill") == "url(#hatch)"]
+    assert all(float(r.get("height")) >= 4.0 for r in hatched)

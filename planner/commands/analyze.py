@@ -9,6 +9,7 @@ from ..analysis import buffers, cold_ranges, load_bound, working_set_bound
 from ..device import bundled_profiles, load_profile
 from ..ir import Graph
 from ..kernels import op_kernels_of
+from ..schema import stamp
 from .common import add_kernel_args, add_model_args, planned_graph
 
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     graph = planned_graph(args, load_profile(args.profile))
     data = report(graph)
     if args.json:
-        print(json.dumps(data))
+        print(json.dumps(stamp("analyze", {**data, "model_path": str(args.model)})))
         return 0
     print(f"model {graph.name} ({graph.source_format}): {len(graph.ops)} ops, "
           f"{len(graph.tensors)} tensors")

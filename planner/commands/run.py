@@ -18,6 +18,7 @@ from ..errors import PlannerError
 from ..kernels import with_op_kernels
 from ..plan import Plan
 from ..plan_check import check_plan_for
+from ..schema import stamp
 from .common import add_model_args, read_graph
 
 
@@ -76,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     ex = result.execution
     summary = {
         "model": graph.name,
+        "model_path": str(args.model),
+        "plan_path": str(args.plan),
         "planner": plan.planner,
         "arena_bytes": plan.peak_bytes,
         "ops": len(graph.ops),
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         "est_transfer_seconds": plan.est_transfer_seconds,
     }
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(stamp("run", summary)))
     else:
         _print(summary)
     if result.mismatch is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -12,72 +11,90 @@ from pathlib import Path
 from ..analysis import load_bound, working_set_bound
 from ..checker import PlanError, assert_valid
 from ..device import bundled_profiles, load_profile
-from ..errors import InfeasibleBudget, PlannerError
+from ..errors import InfeasibleBudget
 from ..kernels import op_kernels_of
 from ..planners.base import Request, registry
+from ..schema import stamp
+from ..stopping import as_interrupted, sigint_kept, was_interrupted
 from ..units import parse_size
 from .common import add_kernel_args, add_model_args, planned_graph
+from .solve_checks import check_after_reading, check_arguments, sram_warning
 
 DEFAULT_PLANNER = "ilp"
 DEFAULT_PROFILE = "qspi-flash"
+DEFAULT_TIME_LIMIT = 60.0
+SOLVERS = ("cpsat", "pulp-cbc", "pulp-highs")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "solve",
         help="plan the arena (spills, fused fetches, offsets) and write the plan",
-        description="Plan a model's arena. TFLite input gets an offline-planned .tflite and a "
-        "planner-shim header in OUTDIR; ONNX input gets the plan JSON and C glue (--emit c).",
+        description="Plan a model's arena. With -o, TFLite input gets an offline-planned "
+        ".tflite, a planner-shim header, the C glue and a layout SVG; ONNX input gets a "
+        "layout SVG (and the C glue with --emit c); both get plan.json and the per-tensor "
+        "report tensors.csv / tensors.md. Exit 0 fits (or no budget), 1 does not fit, 2 bad "
+        "input, 3 internal error, 130 interrupted (the best plan so far is still written).",
     )
     add_model_args(p)
     add_kernel_args(p)
-    p.add_argument("--budget", help="whole-arena budget (head + predicted tail for TFLite): "
-                   "bytes, KB/MB (x1000) or KiB/MiB (x1024)")
-    p.add_argument("--head-budget", help="bound the arena head (the planned buffers) alone")
-    p.add_argument("--planner", default=None, help=f"planner name (default {DEFAULT_PLANNER})")
+    p.add_argument("--budget", metavar="SIZE",
+                   help="whole-arena budget (head + predicted tail for TFLite; the head for "
+                   "ONNX): bytes, KB/MB (x1000) or K/KiB/MiB (x1024); default: none, minimise "
+                   "the peak (a budget above the profile's SRAM gets a warning)")
+    p.add_argument("--head-budget", metavar="SIZE",
+                   help="bound the arena head (the planned buffers) alone; default: none")
+    p.add_argument("--planner", default=DEFAULT_PLANNER,
+                   help=f"planner: {', '.join(sorted(registry()))}")
     p.add_argument("--profile", default=DEFAULT_PROFILE,
                    help=f"device profile: {', '.join(bundled_profiles())} or a .toml file")
     p.add_argument("--objective", choices=("peak", "latency"), default=None,
-                   help="peak: smallest arena; latency: least transfer time within the budget")
-    p.add_argument("--solver", default="cpsat", help="cpsat, pulp-cbc or pulp-highs")
-    p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS")
+                   help="peak: smallest arena; latency: least transfer time within the budget "
+                   "(default: latency with a budget, peak without)")
+    p.add_argument("--solver", default="cpsat", choices=SOLVERS,
+                   help="the exact planner's solver")
+    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="SECONDS",
+                   help="stop the exact search after this long and return the best plan found "
+                   "(with --pareto: per sweep point)")
     p.add_argument("--deterministic", action="store_true",
                    help="the same plan on every run (slower search on large models)")
-    p.add_argument("--pareto", action="store_true", help="sweep budgets: peak vs transfer time")
+    p.add_argument("--pareto", action="store_true",
+                   help="sweep budgets with the ilp planner: peak vs transfer time (honours "
+                   "--profile, --solver, --time-limit, --deterministic, --json, -o)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("-o", "--outdir", help="write the plan and the backends' files here")
-    p.add_argument("--emit", action="append", default=None,
-                   help="what -o writes besides plan.json: tflite, shim, c, svg (repeatable)")
-    p.add_argument("--svg", help="draw the memory layout of the plan into this SVG file")
+    p.add_argument("--emit", action="append", default=None, choices=("tflite", "shim", "c", "svg"),
+                   help="what -o writes besides plan.json and tensors.csv/.md (repeatable; "
+                   "default: tflite, shim, c, svg for TFLite input, svg for ONNX)")
+    p.add_argument("--svg", metavar="FILE", help="draw the memory layout of the plan into FILE")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    planners = registry()
-    name = args.planner or DEFAULT_PLANNER
-    if name not in planners:
-        raise PlannerError(f"unknown planner '{name}': use one of {', '.join(sorted(planners))}")
-    if not math.isfinite(args.time_limit) or args.time_limit <= 0:
-        raise PlannerError("--time-limit must be a positive number of seconds")
-    budget = parse_size(args.budget) if args.budget is not None else None
+    budget = check_arguments(args)  # everything that needs no model: before reading it
     head_cap = parse_size(args.head_budget) if args.head_budget is not None else None
     profile = load_profile(args.profile)
     graph = planned_graph(args, profile)
+    check_after_reading(args, graph)
     load = load_bound(graph)
     ws = working_set_bound(graph, profile.can_stream, profile.fusion)
     from backends.tflite_tail import ArenaTail
 
     tails = ArenaTail(graph, Path(args.model), profile)
     summary = {
-        "model": str(args.model),
-        "planner": name,
+        "model": graph.name,
+        "model_path": str(args.model),
+        "planner": args.planner,
         "profile": profile.name,
+        "sram_bytes": profile.sram_bytes,
         "op_kernels": [list(k) for k in op_kernels_of(graph)],
         "budget_bytes": budget,
         "head_budget_bytes": head_cap,
         "load_bound_bytes": load.bytes,
         "working_set_bound_bytes": ws.bytes,
     }
+    if budget is not None and budget > profile.sram_bytes:
+        print(sram_warning("budget", budget, profile), file=sys.stderr)
     # --budget bounds head + tail; the tail is that of the model the plan emits, which a
     # rewrite (spills, fusions) makes larger: plan, predict, and re-plan with the head
     # budget that leaves room for it, a few rounds at most.
@@ -95,16 +112,20 @@ def run(args: argparse.Namespace) -> int:
         request = Request(graph, profile, head_budget, args.objective, args.time_limit,
                           args.solver, deterministic=args.deterministic)
         try:
-            plan = planners[name](request)
+            with sigint_kept():
+                plan = registry()[args.planner](request)
         except InfeasibleBudget as exc:
             return _refuse(args, summary, str(exc))
         planned_tail = tails.of_plan(plan)
-        if (budget is None or planned_tail is None or tail is None or planned_tail <= tail
-                or plan.peak_bytes + planned_tail <= budget):
-            tail = planned_tail
-            break
+        done = (budget is None or planned_tail is None or tail is None or planned_tail <= tail
+                or plan.peak_bytes + planned_tail <= budget or was_interrupted(plan))
         tail = planned_tail
+        if done:
+            break
     elapsed = time.perf_counter() - start
+    interrupted = was_interrupted(plan)
+    if interrupted:
+        plan = as_interrupted(plan)
     try:
         assert_valid(graph, plan, profile.capacities)
     except PlanError as exc:
@@ -117,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
     summary.update(plan_summary(plan, head_budget, elapsed))
     summary.update(arena_summary(plan.peak_bytes, tail, arena, head_budget, tails),
                    fits_budget=fits)
+    summary["interrupted"] = interrupted
+    device_bytes = arena if arena is not None else plan.peak_bytes
+    summary["fits_sram"] = device_bytes <= profile.sram_bytes
     if args.outdir or args.svg:
         from backends import write_outputs
 
@@ -124,9 +148,16 @@ def run(args: argparse.Namespace) -> int:
                                 svg=args.svg, budget=budget, profile=profile)
         summary["files"] = [str(p) for p in written]
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(stamp("solve", summary)))
     else:
         _print_summary(summary, plan)
+    if not summary["fits_sram"] and (budget is None or budget <= profile.sram_bytes):
+        what = "arena total" if arena is not None else "plan"
+        print(sram_warning(what, device_bytes, profile), file=sys.stderr)
+    if interrupted:
+        print("interrupted: wrote the best valid plan found so far (not proven optimal)",
+              file=sys.stderr)
+        return 130
     if not fits:
         if arena is not None and budget is not None and arena > budget:
             print(f"error: the {plan.planner} plan needs an arena of {arena:,} B "
@@ -202,13 +233,14 @@ def _refuse(args: argparse.Namespace, summary: dict, message: str) -> int:
                         "solve_seconds": 0.0, "head_bytes": None, "arena_bytes": None,
                         "error": message})
         summary.setdefault("tail_bytes", None)
-        print(json.dumps(summary))
+        print(json.dumps(stamp("solve", summary)))
     print(f"error: {message}", file=sys.stderr)
     return 1
 
 
 def _print_summary(s: dict, plan) -> None:
-    print(f"model        {s['model']}  (profile {s['profile']}, planner {s['planner']})")
+    print(f"model        {s['model']} ({s['model_path']}; profile {s['profile']}, "
+          f"planner {s['planner']})")
     print(f"head         {s['head_bytes']:>10,} B   the plan's peak, status {s['status']}"
           + (f", gap {s['gap']:.2%}" if s.get("gap") else ""))
     if s["tail_bytes"] is not None:
@@ -220,8 +252,13 @@ def _print_summary(s: dict, plan) -> None:
         print(f"arena total  {s['arena_bytes']:>10,} B   {why}")
     else:
         print(f"tail         {'-':>10}     {s['tail_note']}")
-    print(f"load bound   {s['load_bound_bytes']:>10,} B   (no spilling can go below)")
-    print(f"work-set bnd {s['working_set_bound_bytes']:>10,} B   (nothing can go below)")
+    # The load bound is what no plan reaches without moving data or fusing ops; a plan
+    # below it spilled or fused (or both), so say which way it was passed.
+    below = " (passed by spilling/fusion)" if s["head_bytes"] < s["load_bound_bytes"] else ""
+    print(f"load bound   {s['load_bound_bytes']:>10,} B   (live bytes at the busiest step: no "
+          f"plan without spilling or fusion goes below){below}")
+    print(f"work-set bnd {s['working_set_bound_bytes']:>10,} B   (what one op must hold: "
+          "no head goes below)")
     verdict = "fits" if s["fits_budget"] else "DOES NOT FIT"
     if s["budget_bytes"] is not None:
         bounded = "arena total" if s["tail_bytes"] is not None else "head"
@@ -230,6 +267,8 @@ def _print_summary(s: dict, plan) -> None:
         head_fits = s["head_bytes"] <= s["head_budget_bytes"]
         print(f"head budget  {s['head_budget_bytes']:>10,} B   "
               f"{'fits' if head_fits else 'DOES NOT FIT'}")
+    print(f"sram         {s['sram_bytes']:>10,} B   ({s['profile']} profile; the stack and the "
+          "rest of the firmware need room too)")
     if plan.transfers:
         print(f"spilled      {s['spilled_bytes']:>10,} B in {s['num_spills']} spills, "
               f"fetched {s['fetched_bytes']:,} B, est. transfer {s['est_transfer_seconds']:.4f} s")

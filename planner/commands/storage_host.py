@@ -13,13 +13,15 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("storage-host", help="serve the remote storage protocol over serial or TCP")
+    p = sub.add_parser("storage-host", help="serve the remote storage protocol over serial or TCP",
+                       description="Keep spilled tensors for a device (or `run --storage "
+                       "remote`). Runs until Ctrl-C, then exits 130.")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--serial", metavar="DEVICE", help="serial device (or pyserial URL)")
     where.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP, e.g. 127.0.0.1:9000")
-    p.add_argument("--baud", type=int, default=115200, help="serial baud rate (default 115200)")
-    p.add_argument("--capacity", default="1MiB", help="bytes the host keeps (default 1MiB)")
-    p.add_argument("--dir", default=".", help="folder of the data file (default: here)")
+    p.add_argument("--baud", type=int, default=115200, help="serial baud rate")
+    p.add_argument("--capacity", default="1MiB", help="bytes the host keeps")
+    p.add_argument("--dir", default=".", help="folder of the data file")
     p.add_argument("--public", action="store_true",
                    help="allow a non-loopback TCP address (the protocol has no authentication)")
     p.set_defaults(run=run)
@@ -48,11 +50,10 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         try:
             threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
+        except KeyboardInterrupt:  # the usual way to stop it: exit 130 as every command does
+            return 130
         finally:
             server.stop()
-        return 0
     backend = StorageBackend(capacity, args.dir)
 
     def announce() -> None:
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         serve_serial(backend, args.serial, args.baud, ready=announce)
     except KeyboardInterrupt:
-        pass
+        return 130
     finally:
         backend.close()
     return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PlannerError
+from ..schema import stamp
 
 
 def add_parser(sub) -> None:
@@ -134,8 +135,9 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0) -> dic
 def run(args: argparse.Namespace) -> int:
     report = verify(_read(args.original), _read(args.planned), args.runs, args.seed)
     report["original"], report["planned"] = args.original, args.planned
+    report["model"], report["model_path"] = Path(args.original).stem, args.original
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(stamp("verify-tflm", report)))
         return 0 if report["ok"] else 1
     print(f"original  {args.original}")
     print(f"planned   {args.planned}")

@@ -8,6 +8,7 @@ It is meant for cross-checking and for small models: the pair count grows fast.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from itertools import combinations
 
@@ -215,9 +216,14 @@ class _Milp:
 
                 raise PlannerError("solver pulp-highs needs highspy (pip install highspy==1.12.0)")
             solver = pulp.HiGHS(msg=False, timeLimit=limit)
+            self.lp.solve(solver)
         else:
-            solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=limit)
-        self.lp.solve(solver)
+            # CBC runs from files: keep them in a folder of our own, removed even on Ctrl-C
+            # (PuLP leaves its own in $TMPDIR when the solve is interrupted).
+            with tempfile.TemporaryDirectory(prefix="tinyplan-cbc-") as tmp:
+                solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=limit)
+                solver.tmpDir = tmp
+                self.lp.solve(solver)
         if self.lp.sol_status == pulp.LpSolutionOptimal:
             return "optimal"
         if self.lp.sol_status == pulp.LpSolutionIntegerFeasible:

@@ -1,0 +1,118 @@
+"""tinyplan's Python API, for notebooks and scripts: load, analyse, plan, check, write.
+
+    import tinyplan
+
+    graph = tinyplan.load("benchmarks/models/tiny_unet_int8.tflite")
+    print(tinyplan.analyse(graph).load_bound_bytes)
+    plan = tinyplan.plan(graph, budget="256KiB", device="qspi-flash")
+    assert tinyplan.check(graph, plan) == []
+    tinyplan.write(graph, plan, "out", model_path="benchmarks/models/tiny_unet_int8.tflite")
+
+Every function is a thin layer over the same stages the `tinyplan` command runs
+(frontends -> analysis -> planners -> checker -> backends); bad input raises
+`tinyplan.PlannerError` with the message the command would print. docs/python_api.md
+has a worked example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.analysis import load_bound, working_set_bound
+from planner.checker import check as _check
+from planner.device import DeviceProfile, bundled_profiles, load_profile
+from planner.errors import InfeasibleBudget, PlannerError
+from planner.ir import Graph
+from planner.plan import Plan
+from planner.planners.base import Request, registry
+from planner.units import parse_size
+from planner.version import __version__
+
+__all__ = [
+    "Analysis", "Graph", "InfeasibleBudget", "Plan", "PlannerError", "__version__", "analyse",
+    "check", "load", "planners", "plan", "profile", "profiles", "write",
+]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The two lower bounds of a model on a device (bytes), and what sets them."""
+
+    load_bound_bytes: int  # live bytes at the busiest step: no plan without spilling/fusion
+    load_bound_step: int
+    working_set_bound_bytes: int  # what one op must hold: no plan at all goes below
+    working_set_bound_detail: str
+    num_ops: int
+    num_tensors: int
+
+
+def load(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
+    """Read an .onnx or .tflite model; `input_shapes` fixes dynamic ONNX dimensions."""
+    from frontends import load_model
+
+    shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
+    return load_model(path, shapes)
+
+
+def profiles() -> list[str]:
+    """The bundled device profile names."""
+    return list(bundled_profiles())
+
+
+def profile(name: str | Path | DeviceProfile = "qspi-flash") -> DeviceProfile:
+    """A bundled profile by name, or a .toml file."""
+    return name if isinstance(name, DeviceProfile) else load_profile(str(name))
+
+
+def planners() -> list[str]:
+    """The registered planner names (`ilp` is the exact one)."""
+    return sorted(registry())
+
+
+def analyse(graph: Graph, device: str | DeviceProfile = "qspi-flash") -> Analysis:
+    """Lower bounds of `graph` on `device` (streaming and fusion as the profile allows)."""
+    prof = profile(device)
+    load_b = load_bound(graph)
+    ws = working_set_bound(graph, prof.can_stream, prof.fusion)
+    return Analysis(load_b.bytes, load_b.step, ws.bytes, ws.detail, len(graph.ops),
+                    len(graph.tensors))
+
+
+def plan(graph: Graph, budget: int | str | None = None, planner: str = "ilp",
+         device: str | DeviceProfile = "qspi-flash", objective: str | None = None,
+         time_limit: float = 60.0, solver: str = "cpsat", deterministic: bool = False) -> Plan:
+    """Plan the arena with a named planner; the plan is checked before it is returned.
+
+    `budget`: bytes or a size such as "256KiB" (None: minimise the peak). Raises
+    InfeasibleBudget when no plan fits, PlannerError on bad input.
+    """
+    found = registry()
+    if planner not in found:
+        raise PlannerError(f"unknown planner '{planner}': use one of {', '.join(sorted(found))}")
+    prof = profile(device)
+    nbytes = parse_size(budget) if budget is not None else None
+    result = found[planner](Request(graph, prof, nbytes, objective, time_limit, solver,
+                                    deterministic=deterministic))
+    errors = _check(graph, result, prof.capacities)
+    if errors:  # a planner bug, never a plan to use
+        raise RuntimeError(f"the {planner} plan fails the checker: {errors[0]}")
+    return result
+
+
+def check(graph: Graph, plan: Plan, device: str | DeviceProfile | None = None) -> list[str]:
+    """The independent checker's violations ([] for a valid plan)."""
+    return _check(graph, plan, profile(device).capacities if device is not None else None)
+
+
+def write(graph: Graph, plan: Plan, outdir: str | Path, model_path: str | Path,
+          emits: Iterable[str] | None = None, budget: int | str | None = None,
+          device: str | DeviceProfile = "qspi-flash") -> list[Path]:
+    """Write what `tinyplan solve -o OUTDIR` writes (plan.json, reports, backends' files)."""
+    from backends import check_emits, write_outputs
+
+    emits = check_emits(graph.source_format, list(emits) if emits is not None else None)
+    nbytes = parse_size(budget) if budget is not None else None
+    return write_outputs(graph, plan, Path(model_path), outdir, emits, budget=nbytes,
+                         profile=profile(device))
