@@ -69,7 +69,7 @@ def _build(runtime, model: bytes, size: int, config, registerers: Sequence[str] 
         )
 
     try:
-        log = _capture_fd2(build)
+        log = _capture_fd2(lambda: _stdout_to_stderr(build))
     except Exception as exc:  # flatbuffer parse errors (struct.error, IndexError) included
         # TFLM explains itself on fd 2 ("Failed to get registration ..."); keep its first line.
         why = _first_line(getattr(exc, "tflm_log", "")) or _first_line(str(exc))
@@ -82,6 +82,19 @@ def _build(runtime, model: bytes, size: int, config, registerers: Sequence[str] 
 def _first_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[0] if lines else ""
+
+
+def _stdout_to_stderr(fn) -> None:
+    """Run fn() with fd 1 sent to fd 2: the wheel prints notes ("Number of resource
+    variables ...") on the C-level stdout, which would corrupt `--json` output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        fn()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _capture_fd2(fn) -> str:
