@@ -85,14 +85,18 @@ def _first_line(text: str) -> str:
 
 
 def _stdout_to_stderr(fn) -> None:
-    """Run fn() with fd 1 sent to fd 2: the wheel prints notes ("Number of resource
-    variables ...") on the C-level stdout, which would corrupt `--json` output."""
+    """Run fn() with stdout sent to stderr: some wheels print notes ("Number of resource
+    variables ...") while loading a model, which would corrupt `--json` output."""
+    import contextlib
+
     sys.stdout.flush()
     saved = os.dup(1)
     try:
         os.dup2(2, 1)
-        fn()
+        with contextlib.redirect_stdout(sys.stderr):
+            fn()
     finally:
+        sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
 
