@@ -89,6 +89,45 @@ def planned(tmp_path_factory):
     return get
 
 
+def _streamed(kind: str, outdir: Path) -> tuple[Path, Path]:
+    """Tiny U-Net with its longest skip spilled and streamed row by row into the last
+    concat: `conv` fuses it with the conv (FusedConcatConv2D), `concat` alone
+    (FusedConcat). No solver picks these here, so the plan is built by hand."""
+    from test_tflite_rewrite import PROFILE as QSPI
+    from test_tflite_rewrite import hand_plan
+
+    from backends.tflite_rewrite import write_rewritten_tflite
+    from frontends import load_model
+    from planner.analysis import lifetimes
+    from planner.checker import assert_valid
+    from planner.plan import Fusion
+
+    path = ZOO / "tiny_unet_int8.tflite"
+    graph = load_model(path)
+    life = dict(lifetimes(graph))
+    k = max(i for i, op in enumerate(graph.ops) if op.op_type == "CONCATENATION")
+    skip = max(graph.ops[k].inputs, key=lambda t: life[t][1] - life[t][0])
+    fusion = Fusion(k, k + 1) if kind == "conv" else Fusion(k, None)
+    back = k + 2 if kind == "conv" else k + 1  # the step of the op reading the stream
+    # Spilled after its last read before the gap (the pool right after its producer).
+    plan = hand_plan(graph, spills=[(skip, life[skip][0] + 1, back, "stream")],
+                     fusions=[fusion])
+    assert_valid(graph, plan)
+    [out] = write_rewritten_tflite(graph, plan, path, outdir, profile=QSPI)
+    return path, out
+
+
+@pytest.mark.parametrize("storage", STORAGES, ids=lambda s: "+".join(s).replace("--", ""))
+@pytest.mark.parametrize("kind", ["conv", "concat"])
+def test_streamed_input_runs_on_real_tflm(kind, storage, ops, capsys, tmp_path):
+    original, written = _streamed(kind, tmp_path)
+    op = "FusedConcatConv2D" if kind == "conv" else "FusedConcat"
+    assert op in io.custom_op_names(io.read_model(written.read_bytes()))
+    report = _verify(capsys, original, written, "--storage", *storage)
+    assert [r["detail"] for r in report["runs"]] == ["identical"] * 3
+    assert report["planned_head_bytes"] == report["plan_peak_bytes"]
+
+
 def _verify(capsys, original: Path, planned: Path, *extra: str) -> dict:
     capsys.readouterr()
     code = main(["verify-tflm", str(original), str(planned), "--runs", "3", "--json",
@@ -114,15 +153,23 @@ def test_spill_plan_runs_on_real_tflm(name, budget, storage, ops, planned, capsy
         assert all(n and n > 0 for n in report["flash_erases"]), "Spill never erased the flash"
 
 
-def _corrupt_fetch(data: bytes) -> bytes:
-    """Put a Fetch's output on the bytes of another input of the op reading it."""
+def _corrupt(data: bytes) -> bytes:
+    """Put a Fetch's output (or a fused op's line buffer) on the bytes of another input of
+    the op reading it; the checker of the rewrite would refuse to write this."""
     model = io.read_model(data)
     offsets = io.read_offline_offsets(model)
     sg = model.subgraphs[0]
-    codes = model.operatorCodes
-    names = [code.customCode for code in codes]
+    names = [code.customCode for code in model.operatorCodes]
+    names = [n.decode() if isinstance(n, bytes) else n for n in names]
+    for op in sg.operators:
+        if names[op.opcodeIndex] in ("FusedConcat", "FusedConcatConv2D") and \
+                len(op.outputs) > 1:
+            resident = [t for t in op.inputs if t >= 0 and offsets[t] >= 0]
+            offsets[op.outputs[1]] = offsets[resident[0]]  # line buffer over an input
+            io.set_metadata(model, io.OFFLINE_METADATA, io.offline_entry(offsets))
+            return io.write_model(model)
     for k, op in enumerate(sg.operators):
-        if names[op.opcodeIndex] not in (b"Fetch", "Fetch"):
+        if names[op.opcodeIndex] != "Fetch":
             continue
         fetched = op.outputs[0]
         for reader in sg.operators[k + 1:]:
@@ -134,13 +181,15 @@ def _corrupt_fetch(data: bytes) -> bytes:
     pytest.skip("no fetched tensor shares a reader with an arena tensor")
 
 
-@pytest.mark.parametrize("name,budget", [("fcn_additive_int8", None),
-                                         ("irregular_int8", None)])
-def test_planted_offset_corruption_changes_outputs(name, budget, ops, planned, capsys,
-                                                   tmp_path):
-    original, written = planned(name, budget)
+@pytest.mark.parametrize("case", ["fcn_additive_int8", "irregular_int8", "stream-conv",
+                                  "stream-concat"])
+def test_planted_offset_corruption_changes_outputs(case, ops, planned, capsys, tmp_path):
+    if case.startswith("stream-"):
+        original, written = _streamed(case[7:], tmp_path)
+    else:
+        original, written = planned(case, None)
     bad = tmp_path / "corrupt.tflite"
-    bad.write_bytes(_corrupt_fetch(written.read_bytes()))
+    bad.write_bytes(_corrupt(written.read_bytes()))
     report = _verify(capsys, original, bad, "--storage", "ram")
     assert not report["ok"]
     assert not any(r["identical"] for r in report["runs"]), report["runs"]
