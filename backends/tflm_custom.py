@@ -167,7 +167,9 @@ def build(root: str | os.PathLike | None = None,
     for cmd in cmds:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            lines = [ln for ln in (done.stderr + done.stdout).splitlines() if "error" in ln]
+            lines = [ln for ln in (done.stderr + done.stdout).splitlines()
+                     if ("error" in ln or "undefined reference" in ln)
+                     and not ln.startswith("collect2")]
             why = (lines or (done.stderr + done.stdout).splitlines() or ["failed"])[0]
             what = Path(cmd[cmd.index("-c") + 1]).name if "-c" in cmd else "link"
             raise PlannerError(f"building the TFLM custom ops failed ({what}): {why.strip()}")
