@@ -13,10 +13,17 @@ What is *not* in the arena, on purpose:
 - constants (weights, biases): the kernels carry them, as TFLM reads them from flash;
 - kernel inputs assembled for a streamed or fused read. A fused concat+conv reads
   its inputs as a virtual channel concatenation; on a device the conv pulls lines
-  straight from the parts. Here the kernels are whole-tensor kernels, so the
-  executor pulls every streamed line through the plan's line-buffer bytes in the
-  arena and then assembles the kernel's input (and, for concat+conv, the concat)
-  in a temporary numpy array outside the arena. The arena never holds the concat.
+  straight from the parts. The executor pulls every streamed line through the plan's
+  line-buffer bytes in the arena, then hands the parts (one slice per resident or
+  streamed part) to the kernel outside the arena. The arena never holds the concat.
+
+Which kernels run which op: for a TFLite int8 model the ops a device runs on the
+project's own C kernels run on exactly those (backends/ckernels.py, built from
+backends/c/tp_kernels.c at first use): every fused concat+conv and fused concat, and
+every TRANSPOSE_CONV the plan puts on the scratch-free kernel (IR attrs["kernel"] ==
+"tinyplan_rows"), which accumulates in the plan's own scratch bytes in the arena. Every
+other op, and the whole-model reference, runs on the reference kernels, so a C kernel
+that differs from TFLite shows up as an output mismatch.
 
 Step order (TFLM: op k runs at step k + 1, step 0 holds the graph inputs):
 fetches into segments starting at s; scratch clobbered; inputs read (streamed
@@ -143,6 +150,7 @@ class Execution:
     seconds: float = 0.0  # whole run, kernels included
     kernel_seconds: float = 0.0
     poisoned_bytes: int = 0
+    c_kernel_ops: int = 0  # ops run on the project's C kernels (what the device runs)
 
 
 def numpy_dtype(tensor: Tensor) -> np.dtype:
@@ -221,6 +229,21 @@ class ArenaMachine:
         self.side: dict[int, np.ndarray] = {}  # unplanned non-constant values (shapes etc.)
         self.poisoned = 0
         self.kernel_seconds = 0.0
+        self.c_kernel_ops = 0
+        self.device = self._device_kernels()
+
+    def _device_kernels(self):
+        """The C kernels, when this plan has an op a device runs on them (TFLite int8)."""
+        from .kernels_tflite import uses_row_transpose_conv
+
+        if self.graph.source_format != "tflite" or not hasattr(self.kernels, "device_kernels"):
+            return None
+        device_ops = [self.graph.ops[o] for o in (*self.fused_conv, *self.stream_ops)]
+        device_ops += [op for op in self.graph.ops if uses_row_transpose_conv(op)]
+        if not any(op.inputs and self._tensor(op.outputs[0]).dtype in ("int8", "int16")
+                   for op in device_ops):
+            return None
+        return self.kernels.device_kernels()  # type: ignore[attr-defined]
 
     # -- geometry -------------------------------------------------------------
 
@@ -416,6 +439,50 @@ class ArenaMachine:
                 values.append(self._value(t, step, streamable))
         return values
 
+    def _slices(self, op: Op, step: int) -> list[np.ndarray]:
+        """The concat's inputs as the fused kernel sees them: one slice per resident or
+        streamed part (a split tensor after its split gives two)."""
+        out: list[np.ndarray] = []
+        for t in op.inputs:
+            if t in self.split and not self._interleaved(t, step):
+                out += [self.read_part(t, i, step) if self._resident(t, i, step) is not None
+                        else self.stream_part(t, i, step) for i in (0, 1)]
+            else:
+                out.append(self.read_input(t, step, True))
+        return out
+
+    def _on_device(self, op: Op, step: int) -> list[np.ndarray | None] | None:
+        """Run `op` on the C kernels if the device does; None if it runs on the reference."""
+        from .kernels_tflite import uses_row_transpose_conv
+
+        dev = self.device
+        if dev is None or not op.outputs:
+            return None
+        dtype = self._tensor(op.outputs[0]).dtype
+        if dtype != "int8" and not (dtype == "int16" and uses_row_transpose_conv(op)):
+            return None
+        start = time.perf_counter()
+        if op.index in self.fused_conv:
+            concat = self.graph.ops[self.fused_conv[op.index]]
+            result = dev.fused_conv(op, self._slices(concat, step))
+        elif op.index in self.stream_ops:
+            result = dev.fused_concat(op, self._slices(op, step))
+        elif uses_row_transpose_conv(op):
+            seg = self._resident(op.scratch[0], None, step) if op.scratch else None
+            need = dev.ck.tconv_scratch_bytes(self._tensor(op.outputs[0]).shape, dtype)
+            if seg is None or seg.size < need:
+                raise ExecutionError(
+                    f"op {op.index} ({op.op_type}, scratch-free kernel) needs {need} B of "
+                    f"scratch at step {step}, the plan gives {seg.size if seg else 0} B")
+            x = self.read_input(op.inputs[2], step, False)
+            # The kernel accumulates in the plan's scratch bytes, inside the arena.
+            result = dev.transpose_conv(op, x, self.arena[seg.offset:seg.offset + seg.size])
+        else:
+            return None
+        self.kernel_seconds += time.perf_counter() - start
+        self.c_kernel_ops += 1
+        return [result]
+
     def _gather_plain(self, op: Op, step: int, streamable: bool) -> list[np.ndarray | None]:
         return [self._value(t, step, streamable) for t in op.inputs]
 
@@ -459,7 +526,9 @@ class ArenaMachine:
                 self._fetch(step)
                 if op.index not in self.fused_concat:
                     self._clobber_scratch(op, step)
-                    results = self._compute(op, self._gather(op, step))
+                    results = self._on_device(op, step)
+                    if results is None:
+                        results = self._compute(op, self._gather(op, step))
                     for t, value in zip(op.outputs, results, strict=True):
                         if t < 0 or value is None:
                             continue
@@ -476,7 +545,7 @@ class ArenaMachine:
                                   else self.side[t])
             self._free(step)
         return Execution(outputs, dict(self.stats), time.perf_counter() - start,
-                         self.kernel_seconds, self.poisoned)
+                         self.kernel_seconds, self.poisoned, self.c_kernel_ops)
 
 
 def execute(graph: Graph, plan: Plan, kernels: Kernels, inputs: Mapping[int, np.ndarray],

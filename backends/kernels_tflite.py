@@ -91,6 +91,7 @@ class TfliteKernels:
             runtime = "tflm" if unsafe or not self._litert_runs() else "litert"
         self.runtime = runtime
         self._cache: dict[int, tuple[Any, list[int], list[int]]] = {}
+        self._device: DeviceKernels | None = None
 
     def _litert_runs(self) -> bool:
         try:
@@ -179,6 +180,13 @@ class TfliteKernels:
                for t, d in zip(outs, interp.get_output_details(), strict=True)}
         return [got.get(t) if t >= 0 else None for t in op.outputs]
 
+    def device_kernels(self) -> DeviceKernels:
+        """The C kernels a device runs for the fused and scratch-free ops (built at first
+        use; PlannerError with one line when they cannot be)."""
+        if self._device is None:
+            self._device = DeviceKernels(self)
+        return self._device
+
     def reference(self, inputs: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
         if self.runtime == "tflm":
             from .tflm_interpreter import invoke
@@ -205,3 +213,91 @@ class TfliteKernels:
         return {int(d["index"]): np.array(interp.get_tensor(d["index"]), copy=True)
                 for d in interp.get_output_details()}
 
+
+
+class DeviceKernels:
+    """The project's C kernels (backends/ckernels.py) for the ops a device runs through
+    them: fused concat+conv (CONV_2D, grouped, DEPTHWISE_CONV_2D), fused concat, and the
+    scratch-free TRANSPOSE_CONV. Constants and quantization come from the model, as the
+    TFLM Prepare functions take them."""
+
+    def __init__(self, kernels: TfliteKernels):
+        from . import ckernels
+
+        self.ck = ckernels
+        self.ck.library()  # fails here, with one line, when no C compiler is present
+        self.sub = kernels.sub
+        self.model = kernels.model
+        self.graph = kernels.graph
+
+    def _const(self, t: int) -> np.ndarray | None:
+        if t < 0:
+            return None
+        src = self.sub.tensors[t]
+        buf = self.model.buffers[src.buffer] if 0 < src.buffer < len(self.model.buffers) \
+            else None
+        if buf is None or buf.data is None or not len(buf.data):
+            raise PlannerError(f"tensor {t} '{self.graph.tensors[t].name}' has no constant data")
+        from .executor import numpy_dtype
+
+        dtype = numpy_dtype(self.graph.tensors[t])
+        raw = np.asarray(buf.data, dtype=np.uint8).tobytes()
+        return np.frombuffer(raw, dtype=dtype).reshape(self.graph.tensors[t].shape)
+
+    def _quant(self, t: int) -> tuple[list[float], list[int]]:
+        q = self.sub.tensors[t].quantization
+        if q is None or q.scale is None or not len(q.scale):
+            raise PlannerError(f"tensor {t} '{self.graph.tensors[t].name}' is not quantized")
+        zps = [int(z) for z in q.zeroPoint] if q.zeroPoint is not None else [0]
+        return [float(s) for s in q.scale], zps
+
+    def _conv_quant(self, data_in: int, filt: int, out: int, channels: int):
+        (in_s,), (in_zp,) = (v[:1] for v in self._quant(data_in))
+        f_scales, _ = self._quant(filt)
+        (out_s,), (out_zp,) = (v[:1] for v in self._quant(out))
+        mult, shift = self.ck.per_channel_multipliers(in_s, f_scales, out_s, channels)
+        return in_zp, out_s, out_zp, mult, shift
+
+    def fused_conv(self, conv: Op, slices: Sequence[np.ndarray]) -> np.ndarray:
+        """The conv of a fused concat+conv over the concat's input slices."""
+        x, filt_t = conv.inputs[0], conv.inputs[1]
+        bias_t = conv.inputs[2] if len(conv.inputs) > 2 else -1
+        out_t = conv.outputs[0]
+        out_shape = self.graph.tensors[out_t].shape
+        in_zp, out_s, out_zp, mult, shift = self._conv_quant(x, filt_t, out_t, out_shape[3])
+        return self.ck.fused_concat_conv2d(
+            slices, self._const(filt_t), self._const(bias_t), mult, shift,
+            input_zero_point=in_zp, output_zero_point=out_zp, out_shape=out_shape,
+            strides=conv.attrs.get("strides", (1, 1)),
+            dilations=conv.attrs.get("dilations", (1, 1)),
+            padding=conv.attrs.get("padding", "valid"),
+            act_range=self.ck.activation_range(conv.attrs.get("fused_activation", "none"),
+                                               out_s, out_zp),
+            depthwise=conv.op_type == "DEPTHWISE_CONV_2D")
+
+    def fused_concat(self, concat: Op, slices: Sequence[np.ndarray]) -> np.ndarray:
+        return self.ck.fused_concat(slices, int(concat.attrs.get("axis", -1)))
+
+    def transpose_conv(self, op: Op, x: np.ndarray, row_acc: np.ndarray) -> np.ndarray:
+        """TRANSPOSE_CONV (inputs output_shape, filter, input[, bias]) accumulating in
+        row_acc, one output row of int32 (int64 for 16x8): the scratch the plan gave it."""
+        filt_t, data_t = op.inputs[1], op.inputs[2]
+        bias_t = op.inputs[3] if len(op.inputs) > 3 else -1
+        out_t = op.outputs[0]
+        out_shape = self.graph.tensors[out_t].shape
+        in_zp, out_s, out_zp, mult, shift = self._conv_quant(data_t, filt_t, out_t, out_shape[3])
+        return self.ck.transpose_conv(
+            x, self._const(filt_t), self._const(bias_t), mult, shift, input_zero_point=in_zp,
+            output_zero_point=out_zp, out_shape=out_shape,
+            strides=op.attrs.get("strides", (1, 1)), padding=op.attrs.get("padding", "valid"),
+            act_range=self.ck.activation_range(op.attrs.get("fused_activation", "none"),
+                                               out_s, out_zp, self.graph.tensors[out_t].dtype),
+            row_acc=row_acc)
+
+
+def uses_row_transpose_conv(op: Op) -> bool:
+    """Whether the plan runs this TRANSPOSE_CONV on the scratch-free kernel
+    (TinyPlanTransposeConv): the IR marks it attrs["kernel"] == "tinyplan_rows"
+    (attrs["kernel_impl"] is accepted too, since "kernel" also names the kernel size)."""
+    return op.op_type == "TRANSPOSE_CONV" and "tinyplan_rows" in (
+        op.attrs.get("kernel"), op.attrs.get("kernel_impl"))

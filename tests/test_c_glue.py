@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from backends import ckernels
 from backends.c_glue import build_tables, storage_names, write_c_glue
 from backends.storage_host import StorageHostServer
 from planner.analysis import lifetimes, line_buffer_bytes, working_set_bound
@@ -181,31 +182,77 @@ def test_tflm_registrations_compile_against_the_tflm_api_shape(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     syms = subprocess.run(["nm", "-C", str(obj)], capture_output=True, text=True).stdout
     for name in ("Register_SPILL", "Register_FETCH", "Register_FUSED_CONCAT()",
-                 "Register_FUSED_CONCAT_CONV2D", "Register_SPLIT_V_IN_PLACE",
-                 "tp_tflm_set_storages"):
+                 "Register_FUSED_CONCAT_CONV2D", "Register_TRANSPOSE_CONV_ROWS",
+                 "Register_SPLIT()", "tp_tflm_set_storages"):
         assert name in syms
+    assert "SPLIT_V" not in syms  # no builtin is replaced
 
 
-def test_tflm_ops_run_against_a_fake_tflm(tmp_path: Path):
-    """Spill / SPLIT_V in place / Fetch / FusedConcat / FusedConcatConv2D driven through a
-    minimal fake of the TFLM API with rewrite-layout options (tests/c/tflm_ops_test.cc)."""
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is absent")
+def build_tflm_ops_test(out: Path, ops_source: Path | None = None) -> Path:
+    """tests/c/tflm_ops_test.cc with tflm_ops.cc (or a mutated copy) and the C runtime."""
     c_dir = ROOT / "backends" / "c"
     objs = []
     for src in sorted(c_dir.glob("tp_*.c")):
-        obj = tmp_path / (src.stem + ".o")
+        obj = out / (src.stem + ".o")
         subprocess.run(["gcc", *CFLAGS, "-c", str(src), "-o", str(obj)], check=True)
         objs.append(str(obj))
-    exe = tmp_path / "tflm_ops_test"
+    exe = out / "tflm_ops_test"
     done = subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", "-I", str(c_dir),
                            "-I", str(ROOT / "tests" / "c" / "tflm_api_stub"),
                            str(ROOT / "tests" / "c" / "tflm_ops_test.cc"),
-                           str(c_dir / "tflm_ops.cc"), *objs, "-o", str(exe)],
+                           str(ops_source or c_dir / "tflm_ops.cc"), *objs, "-o", str(exe)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    ran = run(exe, str(tmp_path / "storage.bin"))
-    assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr
+    return exe
+
+
+@pytest.fixture(scope="module")
+def tflm_ops_test(tmp_path_factory) -> Path:
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is absent")
+    return build_tflm_ops_test(tmp_path_factory.mktemp("tflm_ops"))
+
+
+@pytest.mark.parametrize("driver", ["file", "flash", "remote"])
+def test_tflm_ops_three_inferences_on_every_driver(tflm_ops_test: Path, driver: str,
+                                                   tmp_path: Path):
+    """Every custom op (Spill, Fetch, TinyPlanSplit, FusedConcat, FusedConcatConv2D plain /
+    grouped / depthwise, TinyPlanTransposeConv) through a fake of the TFLM API, prepared
+    once and invoked three times in a row; each inference's outputs must equal the direct
+    computation and the first inference's (tests/c/tflm_ops_test.cc)."""
+    if driver == "remote":
+        with StorageHostServer(4096, tmp_path) as srv:
+            ran = run(tflm_ops_test, "3", f"tcp:{srv.port}")
+    else:
+        spec = f"file:{tmp_path / 's.bin'}" if driver == "file" else "flash:4:128"
+        ran = run(tflm_ops_test, "3", spec)
+    assert ran.returncode == 0 and ran.stdout.startswith("ok"), ran.stderr
+    if driver == "flash":
+        # Two spills share erase block 128: per inference block 128 once, block 256 once.
+        assert stats(ran.stdout)["erases"] == 2 * 3
+
+
+@pytest.mark.parametrize("mutation", ["no_erase", "erase_shared_block"])
+def test_tflm_spill_erase_mutations_fail_on_flash(mutation: str, tmp_path: Path):
+    """Without the erase the second inference programs over old data; erasing a block an
+    earlier spill of the same inference wrote destroys that spill. Both must be caught."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is absent")
+    text = (ROOT / "backends" / "c" / "tflm_ops.cc").read_text()
+    old = {"no_erase": "int rc = EraseForSpill(a.storage, a.address, a.nbytes);",
+           "erase_shared_block": "if (ErasedThisInference(storage, block)) continue;"}[mutation]
+    new = {"no_erase": "int rc = EraseForSpill(a.storage, a.address, 0);",
+           "erase_shared_block":
+               "if (ErasedThisInference(storage, block) && false) continue;"}[mutation]
+    assert old in text
+    mutated = tmp_path / "tflm_ops.cc"
+    mutated.write_text(text.replace(old, new))
+    exe = build_tflm_ops_test(tmp_path, mutated)
+    first = run(exe, "1", "flash:4:128")
+    three = run(exe, "3", "flash:4:128")
+    if mutation == "no_erase":
+        assert first.returncode == 0  # fresh flash is erased
+    assert three.returncode == 1 and "FAIL" in three.stderr
 
 
 def test_compression_round_trips(tmp_path: Path):
@@ -460,86 +507,6 @@ def test_remote_driver_retries_damaged_frames(hand_harness: Path, tmp_path: Path
 
 # -- the fused concat+conv kernel against TFLite's reference CONV_2D ----------------------
 
-def quantize_multiplier(m: float) -> tuple[int, int]:
-    """TFLite's QuantizeMultiplier."""
-    if m == 0:
-        return 0, 0
-    q, shift = math.frexp(m)
-    fixed = round(q * (1 << 31))
-    if fixed == 1 << 31:
-        fixed //= 2
-        shift += 1
-    if shift < -31:
-        return 0, 0
-    return fixed, shift
-
-
-def one_conv_tflite(x_shape, filt, bias, in_q, f_scales, out_q, strides, padding, act):
-    """A one-op int8 CONV_2D model through the schema object API tflite-micro ships."""
-    import flatbuffers
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
-
-    def quant(scales, zps, dim=0):
-        q = fb.QuantizationParametersT()
-        q.scale, q.zeroPoint, q.quantizedDimension = list(scales), list(zps), dim
-        return q
-
-    def tensor(name, shape, ttype, buffer, q):
-        t = fb.TensorT()
-        t.name, t.shape, t.type, t.buffer, t.quantization = name, list(shape), ttype, buffer, q
-        return t
-
-    def buf(data: bytes | None):
-        b = fb.BufferT()
-        b.data = list(data) if data else None
-        return b
-
-    cout, kh, kw, _ = filt.shape
-    oh = math.ceil(x_shape[1] / strides[0]) if padding == "same" else \
-        (x_shape[1] - kh) // strides[0] + 1
-    ow = math.ceil(x_shape[2] / strides[1]) if padding == "same" else \
-        (x_shape[2] - kw) // strides[1] + 1
-    sub = fb.SubGraphT()
-    sub.tensors = [
-        tensor("x", x_shape, fb.TensorType.INT8, 1, quant([in_q[0]], [in_q[1]])),
-        tensor("w", filt.shape, fb.TensorType.INT8, 2, quant(f_scales, [0] * cout)),
-        tensor("b", (cout,), fb.TensorType.INT32, 3,
-               quant([in_q[0] * s for s in f_scales], [0] * cout)),
-        tensor("y", (1, oh, ow, cout), fb.TensorType.INT8, 4, quant([out_q[0]], [out_q[1]])),
-    ]
-    op = fb.OperatorT()
-    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1, 2], [3]
-    op.builtinOptionsType = fb.BuiltinOptions.Conv2DOptions
-    opts = fb.Conv2DOptionsT()
-    opts.padding = fb.Padding.SAME if padding == "same" else fb.Padding.VALID
-    opts.strideH, opts.strideW = strides
-    opts.dilationHFactor = opts.dilationWFactor = 1
-    opts.fusedActivationFunction = act
-    op.builtinOptions = opts
-    sub.operators, sub.inputs, sub.outputs = [op], [0], [3]
-    code = fb.OperatorCodeT()
-    code.builtinCode = code.deprecatedBuiltinCode = fb.BuiltinOperator.CONV_2D
-    code.version = 3
-    model = fb.ModelT()
-    model.version, model.operatorCodes, model.subgraphs = 3, [code], [sub]
-    model.buffers = [buf(None), buf(None), buf(filt.astype(np.int8).tobytes()),
-                     buf(bias.astype("<i4").tobytes()), buf(None)]
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def tflite_conv(model: bytes, x: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    it = Interpreter(model_content=model,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], x)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
-
-
 CONV_CASES = {  # kernel, strides, padding, relu, split
     "3x3-s1-same-relu-split": ((3, 3), (1, 1), "same", True, True),
     "3x3-s2-valid-whole": ((3, 3), (2, 2), "valid", False, False),
@@ -566,9 +533,7 @@ def test_fused_concat_conv_matches_tflite_reference(case: str, tmp_path: Path):
     filt = rng.integers(-127, 128, (cout, *kernel, cin)).astype(np.int8)
     f_scales = [float(np.float32(s)) for s in rng.uniform(0.002, 0.02, cout)]
     bias = rng.integers(-3000, 3000, cout).astype(np.int32)
-    mult, shift = zip(*(quantize_multiplier(float(np.float32(in_scale)) * s /
-                                            float(np.float32(out_scale))) for s in f_scales),
-                      strict=True)
+    mult, shift = ckernels.per_channel_multipliers(in_scale, f_scales, out_scale, cout)
     act_min = max(-128, out_zp) if relu else -128
     header = [cin, cout, *kernel, *strides, int(padding == "same"), -in_zp, out_zp, act_min, 127]
     job = tmp_path / "job.bin"
@@ -585,12 +550,12 @@ def test_fused_concat_conv_matches_tflite_reference(case: str, tmp_path: Path):
     got_concat = np.frombuffer(raw[:concat.size], np.int8).reshape(concat.shape)
     np.testing.assert_array_equal(got_concat, concat)  # tp_fused_concat
     got = np.frombuffer(raw[concat.size:], np.int8).reshape(out_t.shape)
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
+    from one_op_models import one_op_model, reference
 
-    act = fb.ActivationFunctionType.RELU if relu else fb.ActivationFunctionType.NONE
-    model = one_conv_tflite((1, *f_t.shape[1:3], cin), filt, bias, (in_scale, in_zp), f_scales,
-                            (out_scale, out_zp), strides, padding, act)
-    want = tflite_conv(model, concat)
+    model = one_op_model("CONV_2D", (1, *f_t.shape[1:3], cin), filt, bias, (in_scale, in_zp),
+                         f_scales, (out_scale, out_zp), out_t.shape, strides, padding,
+                         "relu" if relu else "none")
+    want = reference(model, concat)
     assert want.shape == got.shape
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want)) > 20  # a real signal, not a saturated constant

@@ -1,6 +1,7 @@
 // TFLM custom-op registrations for a rewritten .tflite (backends/tflite_rewrite.py):
-// Spill, Fetch, FusedConcat, FusedConcatConv2D. Compiled only where the TFLM headers
-// are on the include path; elsewhere this file is empty.
+// Spill, Fetch, FusedConcat, FusedConcatConv2D, TinyPlanTransposeConv, TinyPlanSplit.
+// Compiled only where the TFLM headers are on the include path; elsewhere this file is
+// empty. No builtin is replaced: every op here is registered with AddCustom.
 //
 // Custom options are little-endian int32 blobs (docs/tflm_backend.md):
 //   Spill / Fetch: [version, storage_id, address, nbytes, axis, channel_start,
@@ -9,14 +10,18 @@
 //                   stride_h, stride_w, dilation_h, dilation_w] then per concat input
 //                   [source (0 arena, 1 stream), storage_id, address, nbytes,
 //                    channel_start, channel_stop, line_buffer_output, line_rows]
+//   TinyPlanTransposeConv: [version, padding (0 SAME, 1 VALID), stride_h, stride_w,
+//                   fused_activation]; inputs as the builtin TRANSPOSE_CONV
+//                   (output_shape, filter, input[, bias]), output 0; int8 (int32 bias)
+//                   or 16x8 (int16 activations, int64 bias).
+//   TinyPlanSplit: [version, axis, keep_channels]; input 0 the interleaved tensor,
+//                   output 0 part 0 (compacted in place), optional output 1 part 1
+//                   (already spilled: never written).
 // Streamed inputs are -1 in the op's inputs; line buffer k is output 1 + k.
 //
-// The rewritten model's SPLIT_V compacts in place: register Register_SPLIT_V_IN_PLACE()
-// for BuiltinOperator_SPLIT_V instead of TFLM's (which copies and would clobber).
 // Before the first Invoke the application hands over its storages:
 //   tp_tflm_set_storages(storages, count, compress_mask);
-// and registers the ops:
-//   resolver.AddCustom("Spill", tinyplan::Register_SPILL()); ... (see docs/c_runtime.md)
+// and registers the ops (the complete snippet is in docs/c_runtime.md).
 #if defined(__has_include)
 #if __has_include("tensorflow/lite/micro/micro_common.h") && \
     __has_include("tensorflow/lite/micro/kernels/kernel_util.h")
@@ -61,13 +66,59 @@ tp_spill_record g_records[TP_TFLM_MAX_SPILLS];
 int32_t g_record_keys[TP_TFLM_MAX_SPILLS][2];
 int g_num_records = 0;
 
-tp_spill_record* Record(int32_t storage, int32_t address, bool create) {
+// Flash erase bookkeeping. Every Spill erases the erase blocks it programs, except the
+// blocks an earlier Spill of the same inference already erased (they may hold that
+// spill's data). An inference starts when a Spill's record was already written in the
+// current generation: each tensor (part) is spilled at most once per inference.
+uint32_t g_generation = 1;
+uint32_t g_record_generation[TP_TFLM_MAX_SPILLS];
+uint32_t g_erased[TP_TFLM_MAX_SPILLS][3];  // storage, first byte, end (block aligned)
+int g_num_erased = 0;
+
+int RecordIndex(int32_t storage, int32_t address, bool create) {
   for (int i = 0; i < g_num_records; ++i)
-    if (g_record_keys[i][0] == storage && g_record_keys[i][1] == address) return &g_records[i];
-  if (!create || g_num_records == TP_TFLM_MAX_SPILLS) return nullptr;
+    if (g_record_keys[i][0] == storage && g_record_keys[i][1] == address) return i;
+  if (!create || g_num_records == TP_TFLM_MAX_SPILLS) return -1;
   g_record_keys[g_num_records][0] = storage;
   g_record_keys[g_num_records][1] = address;
-  return &g_records[g_num_records++];
+  g_record_generation[g_num_records] = 0;
+  g_records[g_num_records].valid = 0;
+  return g_num_records++;
+}
+
+tp_spill_record* Record(int32_t storage, int32_t address, bool create) {
+  const int i = RecordIndex(storage, address, create);
+  return i < 0 ? nullptr : &g_records[i];
+}
+
+bool ErasedThisInference(uint32_t storage, uint32_t block) {
+  for (int i = 0; i < g_num_erased; ++i)
+    if (g_erased[i][0] == storage && g_erased[i][1] <= block && block < g_erased[i][2])
+      return true;
+  return false;
+}
+
+// Erase the blocks of [address, address + n) on `storage` not yet erased in this
+// inference. Storages whose erase block is 1 (file, remote, RAM) need no erase.
+int EraseForSpill(uint32_t storage, uint32_t address, uint32_t n) {
+  tp_storage* s = g_rt.storages[storage];
+  const uint32_t eb = s->erase_block;
+  if (eb <= 1 || n == 0) return TP_OK;
+  const uint32_t start = address - address % eb;
+  uint32_t end = address + n;
+  if (end % eb) end += eb - end % eb;
+  if (end > s->capacity) return TP_ERANGE;
+  for (uint32_t block = start; block < end; block += eb) {
+    if (ErasedThisInference(storage, block)) continue;
+    const int rc = s->erase(s, block, eb);
+    if (rc != TP_OK) return rc;
+  }
+  if (g_num_erased == TP_TFLM_MAX_SPILLS) return TP_ECONFIG;
+  g_erased[g_num_erased][0] = storage;
+  g_erased[g_num_erased][1] = start;
+  g_erased[g_num_erased][2] = end;
+  ++g_num_erased;
+  return TP_OK;
 }
 
 int32_t Option(const void* buffer, size_t length, int index) {
@@ -93,6 +144,8 @@ TfLiteStatus PrepareTransfer(TfLiteContext* context, TfLiteNode* node) {
   const auto* d = static_cast<const TransferData*>(node->user_data);
   TF_LITE_ENSURE(context, d != nullptr && d->opts[0] == 1);
   TF_LITE_ENSURE(context, d->opts[1] >= 0 && d->opts[1] < TP_MAX_STORAGES);
+  TF_LITE_ENSURE_MSG(context, g_rt.storages[d->opts[1]] != nullptr,
+                     "tinyplan: storage not set (call tp_tflm_set_storages first)");
   return kTfLiteOk;
 }
 
@@ -109,7 +162,8 @@ size_t ElementBytes(TfLiteType type) {
 }
 
 // The action of a Spill/Fetch; a source larger than the transfer is the whole
-// interleaved tensor, gathered on its channel axis.
+// interleaved tensor, gathered on its channel axis. The erase range stays empty here:
+// EvalSpill erases through EraseForSpill, which knows what this inference erased.
 tp_action TransferAction(const TransferData* d, const TfLiteEvalTensor* t) {
   tp_action a;
   memset(&a, 0, sizeof a);
@@ -136,11 +190,19 @@ tp_action TransferAction(const TransferData* d, const TfLiteEvalTensor* t) {
 TfLiteStatus EvalSpill(TfLiteContext* context, TfLiteNode* node) {
   const auto* d = static_cast<const TransferData*>(node->user_data);
   const TfLiteEvalTensor* src = tflite::micro::GetEvalInput(context, node, 0);
-  tp_spill_record* rec = Record(d->opts[1], d->opts[2], true);
-  TF_LITE_ENSURE(context, src != nullptr && rec != nullptr);
+  const int index = RecordIndex(d->opts[1], d->opts[2], true);
+  TF_LITE_ENSURE(context, src != nullptr && index >= 0);
+  tp_spill_record* rec = &g_records[index];
+  if (g_record_generation[index] == g_generation) {  // spilled before: a new inference
+    ++g_generation;
+    g_num_erased = 0;
+  }
+  g_record_generation[index] = g_generation;
   tp_action a = TransferAction(d, src);
   TF_LITE_ENSURE(context, a.gather.outer * a.gather.chunk_len == a.nbytes);
-  int rc = tp_spill_data(&g_rt, &a, tflite::micro::GetTensorData<uint8_t>(src), rec);
+  int rc = EraseForSpill(a.storage, a.address, a.nbytes);
+  TF_LITE_ENSURE_MSG(context, rc == TP_OK, "tinyplan Spill: flash erase failed");
+  rc = tp_spill_data(&g_rt, &a, tflite::micro::GetTensorData<uint8_t>(src), rec);
   TF_LITE_ENSURE_MSG(context, rc == TP_OK, "tinyplan Spill failed");
   return kTfLiteOk;
 }
@@ -188,11 +250,35 @@ int FirstResident(const FusedData* d) {
   return -1;
 }
 
+// Per-channel output multipliers and shifts as TFLM's PopulateConvolutionQuantizationParams
+// computes them: double(input scale) * double(filter scale) / double(output scale).
+TfLiteStatus PerChannel(TfLiteContext* context, const TfLiteTensor* input,
+                        const TfLiteTensor* filter, const TfLiteTensor* output, int channels,
+                        int32_t** multiplier, int32_t** shift) {
+  const auto* fq = static_cast<const TfLiteAffineQuantization*>(filter->quantization.params);
+  TF_LITE_ENSURE(context, fq != nullptr && fq->scale != nullptr);
+  TF_LITE_ENSURE(context, fq->scale->size == 1 || fq->scale->size == channels);
+  *multiplier = static_cast<int32_t*>(
+      context->AllocatePersistentBuffer(context, sizeof(int32_t) * channels));
+  *shift = static_cast<int32_t*>(
+      context->AllocatePersistentBuffer(context, sizeof(int32_t) * channels));
+  TF_LITE_ENSURE(context, *multiplier != nullptr && *shift != nullptr);
+  for (int c = 0; c < channels; ++c) {
+    const float fs = fq->scale->data[fq->scale->size == 1 ? 0 : c];
+    const double m = static_cast<double>(input->params.scale) * static_cast<double>(fs) /
+                     static_cast<double>(output->params.scale);
+    int sh = 0;
+    tflite::QuantizeMultiplier(m, &(*multiplier)[c], &sh);
+    (*shift)[c] = sh;
+  }
+  return kTfLiteOk;
+}
+
 TfLiteStatus PrepareFused(TfLiteContext* context, TfLiteNode* node, bool conv) {
   auto* d = static_cast<FusedData*>(node->user_data);
   TF_LITE_ENSURE(context, d != nullptr && d->streams != nullptr && d->header[0] == 1);
   const int n = d->header[2];
-  TF_LITE_ENSURE(context, n > 0 && n <= TP_TFLM_MAX_INPUTS);
+  TF_LITE_ENSURE(context, n > 0 && n <= TP_TFLM_MAX_INPUTS && n <= TP_MAX_SLICES);
   const int first = FirstResident(d);
   TF_LITE_ENSURE_MSG(context, first >= 0,
                      "tinyplan fused op needs one resident input (geometry, zero point)");
@@ -203,31 +289,33 @@ TfLiteStatus PrepareFused(TfLiteContext* context, TfLiteNode* node, bool conv) {
   TfLiteTensor* output = mc->AllocateTempOutputTensor(node, 0);
   TF_LITE_ENSURE(context, input != nullptr && filter != nullptr && output != nullptr);
   TF_LITE_ENSURE_TYPES_EQ(context, input->type, kTfLiteInt8);
-  const auto* fq = static_cast<const TfLiteAffineQuantization*>(filter->quantization.params);
+  TF_LITE_ENSURE(context, d->header[1] == 3 && filter->dims->size == 4);
   const int out_c = output->dims->data[3];
-  TF_LITE_ENSURE(context, fq != nullptr && fq->scale != nullptr);
-  d->multiplier = static_cast<int32_t*>(
-      context->AllocatePersistentBuffer(context, sizeof(int32_t) * out_c));
-  d->shift = static_cast<int32_t*>(
-      context->AllocatePersistentBuffer(context, sizeof(int32_t) * out_c));
-  TF_LITE_ENSURE(context, d->multiplier != nullptr && d->shift != nullptr);
-  for (int c = 0; c < out_c; ++c) {
-    const float fs = fq->scale->data[fq->scale->size == 1 ? 0 : c];
-    const double m = static_cast<double>(input->params.scale) * static_cast<double>(fs) /
-                     static_cast<double>(output->params.scale);
-    int shift = 0;
-    tflite::QuantizeMultiplier(m, &d->multiplier[c], &shift);
-    d->shift[c] = shift;
-  }
+  int in_c = 0;
+  for (int k = 0; k < n; ++k) in_c += d->inputs[k][5] - d->inputs[k][4];
+  TF_LITE_ENSURE_STATUS(PerChannel(context, input, filter, output, out_c, &d->multiplier,
+                                   &d->shift));
   tp_conv_params& p = d->conv;
   p.in_h = input->dims->data[1];
   p.in_w = input->dims->data[2];
+  p.in_c = in_c;
   p.out_h = output->dims->data[1];
   p.out_w = output->dims->data[2];
   p.out_c = out_c;
   p.k_h = filter->dims->data[1];
   p.k_w = filter->dims->data[2];
-  p.in_c = filter->dims->data[3];
+  // DEPTHWISE_CONV_2D filters are [1, kh, kw, out_c]; CONV_2D ones [out_c, kh, kw,
+  // in_c / groups]. The two readings only coincide when they compute the same thing
+  // (one input and one output channel).
+  p.depthwise = filter->dims->data[0] == 1 && filter->dims->data[3] == out_c && out_c > 1;
+  p.filter_in_c = p.depthwise ? 0 : filter->dims->data[3];
+  TF_LITE_ENSURE_MSG(context,
+                     p.depthwise ? out_c % in_c == 0
+                                 : in_c % p.filter_in_c == 0 &&
+                                       out_c % (in_c / p.filter_in_c) == 0,
+                     "tinyplan FusedConcatConv2D: channels do not split into groups");
+  TF_LITE_ENSURE_MSG(context, p.k_h <= TP_MAX_KERNEL_H,
+                     "tinyplan FusedConcatConv2D: kernel taller than TP_MAX_KERNEL_H");
   p.stride_h = d->header[5];
   p.stride_w = d->header[6];
   p.dilation_h = d->header[7];
@@ -259,10 +347,10 @@ TfLiteStatus PrepareFusedConv(TfLiteContext* context, TfLiteNode* node) {
   return PrepareFused(context, node, true);
 }
 
-// Slices of the virtual concatenation: resident inputs in place, streamed ones opened
-// on their line buffers. Returns the slice count or -1.
-int Slices(TfLiteContext* context, TfLiteNode* node, FusedData* d, tp_slice* slices,
-           int32_t height) {
+// Slices of the virtual concatenation on `axis`: resident inputs in place, streamed ones
+// opened on their line buffers, whose stream has `rows` rows. Returns the slice count or -1.
+int Slices(TfLiteContext* context, TfLiteNode* node, FusedData* d, tp_slice* slices, int axis,
+           int32_t rows) {
   const int n = d->header[2];
   for (int k = 0; k < n; ++k) {
     const int32_t* r = d->inputs[k];
@@ -272,26 +360,28 @@ int Slices(TfLiteContext* context, TfLiteNode* node, FusedData* d, tp_slice* sli
     s.stream = nullptr;
     if (r[0] == 0) {
       const TfLiteEvalTensor* t = tflite::micro::GetEvalInput(context, node, k);
-      if (t == nullptr) return -1;
-      const uint32_t c = static_cast<uint32_t>(t->dims->data[t->dims->size - 1]);
+      if (t == nullptr || axis >= t->dims->size) return -1;
+      const uint32_t c = static_cast<uint32_t>(t->dims->data[axis]);
+      uint32_t inner = static_cast<uint32_t>(ElementBytes(t->type));
+      for (int i = axis + 1; i < t->dims->size; ++i) inner *= t->dims->data[i];
       // A compact part copy holds only its channels; a whole tensor holds them all.
-      const uint32_t skip = c == channels ? 0 : static_cast<uint32_t>(r[4]);
+      const uint32_t skip = c == channels ? 0 : static_cast<uint32_t>(r[4]) * inner;
       s.data = tflite::micro::GetTensorData<int8_t>(t) + skip;
       s.pixel_stride = c;
       continue;
     }
     TfLiteEvalTensor* line = tflite::micro::GetEvalOutput(context, node, 1 + r[6]);
     const tp_spill_record* rec = Record(r[1], r[2], false);
-    if (line == nullptr || rec == nullptr || height <= 0) return -1;
+    if (line == nullptr || rec == nullptr || rows <= 0) return -1;
     tp_action& a = d->actions[k];
     memset(&a, 0, sizeof a);
     a.kind = TP_STREAM;
     a.storage = static_cast<uint32_t>(r[1]);
     a.address = static_cast<uint32_t>(r[2]);
     a.nbytes = static_cast<uint32_t>(r[3]);
-    a.rows = static_cast<uint32_t>(height);
+    a.rows = static_cast<uint32_t>(rows);
     a.row_bytes = (a.nbytes + a.rows - 1) / a.rows;
-    a.line_rows = static_cast<uint32_t>(r[7] < height ? r[7] : height);
+    a.line_rows = static_cast<uint32_t>(r[7] < rows ? r[7] : rows);
     a.line_bytes = static_cast<uint32_t>(Bytes(line));
     if (a.storage >= TP_MAX_STORAGES || g_rt.storages[a.storage] == nullptr) return -1;
     if (tp_stream_open(&d->streams[k], &a, tflite::micro::GetTensorData<uint8_t>(line),
@@ -307,11 +397,22 @@ int Slices(TfLiteContext* context, TfLiteNode* node, FusedData* d, tp_slice* sli
 TfLiteStatus EvalFusedConcat(TfLiteContext* context, TfLiteNode* node) {
   auto* d = static_cast<FusedData*>(node->user_data);
   TfLiteEvalTensor* out = tflite::micro::GetEvalOutput(context, node, 0);
+  TF_LITE_ENSURE(context, out != nullptr);
+  int axis = d->header[1];
+  const int rank = out->dims->size;
+  if (axis < 0) axis += rank;
+  TF_LITE_ENSURE(context, axis >= 0 && axis < rank);
+  // Byte geometry of the concat: outer repeats of (channels x inner bytes).
+  uint32_t outer = 1, inner = static_cast<uint32_t>(ElementBytes(out->type));
+  for (int i = 0; i < axis; ++i) outer *= out->dims->data[i];
+  for (int i = axis + 1; i < rank; ++i) inner *= out->dims->data[i];
+  // Streams move in the plan's rows: the height of a 4-D tensor, else one row.
+  const int32_t rows = rank == 4 ? out->dims->data[1] : 1;
   tp_slice slices[TP_TFLM_MAX_INPUTS];
-  const int32_t h = out->dims->data[1], w = out->dims->data[2];
-  const int n = Slices(context, node, d, slices, h);
+  const int n = Slices(context, node, d, slices, axis, rows);
   TF_LITE_ENSURE_MSG(context, n > 0, "tinyplan FusedConcat: cannot open its inputs");
-  int rc = tp_fused_concat(&g_rt, slices, n, h, w, tflite::micro::GetTensorData<int8_t>(out));
+  int rc = tp_fused_concat(&g_rt, slices, n, outer, inner,
+                           tflite::micro::GetTensorData<uint8_t>(out));
   TF_LITE_ENSURE_MSG(context, rc == TP_OK, "tinyplan FusedConcat failed");
   return kTfLiteOk;
 }
@@ -324,7 +425,7 @@ TfLiteStatus EvalFusedConv(TfLiteContext* context, TfLiteNode* node) {
   const TfLiteEvalTensor* bias = tflite::micro::GetEvalInput(context, node, n + 1);
   tp_slice slices[TP_TFLM_MAX_INPUTS];
   TF_LITE_ENSURE(context, out != nullptr && filter != nullptr);
-  TF_LITE_ENSURE(context, Slices(context, node, d, slices, d->conv.in_h) == n);
+  TF_LITE_ENSURE(context, Slices(context, node, d, slices, 3, d->conv.in_h) == n);
   d->conv.filter = tflite::micro::GetTensorData<int8_t>(filter);
   d->conv.bias = bias != nullptr ? tflite::micro::GetTensorData<int32_t>(bias) : nullptr;
   int rc = tp_fused_concat_conv2d(&g_rt, &d->conv, slices, n,
@@ -333,42 +434,177 @@ TfLiteStatus EvalFusedConv(TfLiteContext* context, TfLiteNode* node) {
   return kTfLiteOk;
 }
 
-// SPLIT_V of a split tensor in the rewritten model, in place: part 0 (output 0) is
-// compacted forward over the interleaved tensor; part 1 (output 1) is already spilled
-// and dead, so it is not written (writing it would clobber input bytes not yet moved).
-TfLiteStatus PrepareSplitInPlace(TfLiteContext* context, TfLiteNode* node) {
-  TF_LITE_ENSURE(context, node->inputs->size == 3 && node->outputs->size == 2);
+// ---- TinyPlanTransposeConv: TRANSPOSE_CONV int8 with one output row of int32 scratch ----
+constexpr int kTconvFields = 5;
+constexpr int kTconvOutputShape = 0, kTconvFilter = 1, kTconvInput = 2, kTconvBias = 3;
+
+struct TconvData {
+  int32_t opts[kTconvFields];
+  tp_tconv_params params;
+  int scratch_index;
+  bool s16;  // 16x8: int16 activations, int64 bias and accumulators
+};
+
+void* InitTconv(TfLiteContext* context, const char* buffer, size_t length) {
+  auto* d = static_cast<TconvData*>(context->AllocatePersistentBuffer(context, sizeof(TconvData)));
+  if (d == nullptr) return nullptr;
+  memset(d, 0, sizeof *d);
+  for (int i = 0; i < kTconvFields; ++i) d->opts[i] = Option(buffer, length, i);
+  d->scratch_index = -1;
+  return d;
+}
+
+TfLiteStatus PrepareTconv(TfLiteContext* context, TfLiteNode* node) {
+  auto* d = static_cast<TconvData*>(node->user_data);
+  TF_LITE_ENSURE(context, d != nullptr && d->opts[0] == 1);
+  TF_LITE_ENSURE(context, node->inputs->size == 3 || node->inputs->size == 4);
+  TF_LITE_ENSURE(context, node->outputs->size == 1);
+  TF_LITE_ENSURE(context, (d->opts[1] == 0 || d->opts[1] == 1) && d->opts[2] > 0 &&
+                              d->opts[3] > 0);
+  tflite::MicroContext* mc = tflite::GetMicroContext(context);
+  TfLiteTensor* input = mc->AllocateTempInputTensor(node, kTconvInput);
+  TfLiteTensor* filter = mc->AllocateTempInputTensor(node, kTconvFilter);
+  TfLiteTensor* output = mc->AllocateTempOutputTensor(node, 0);
+  TfLiteTensor* shape = mc->AllocateTempInputTensor(node, kTconvOutputShape);
+  TF_LITE_ENSURE(context, input != nullptr && filter != nullptr && output != nullptr);
+  d->s16 = input->type == kTfLiteInt16;
+  TF_LITE_ENSURE_MSG(context, (input->type == kTfLiteInt8 || d->s16) &&
+                                  filter->type == kTfLiteInt8 && output->type == input->type,
+                     "TinyPlanTransposeConv: int8 or int16 activations, int8 filter");
+  TF_LITE_ENSURE(context, !d->s16 || (input->params.zero_point == 0 &&
+                                      output->params.zero_point == 0));
+  if (node->inputs->size == 4) {
+    TfLiteTensor* bias = mc->AllocateTempInputTensor(node, kTconvBias);
+    if (bias != nullptr) {
+      TF_LITE_ENSURE_MSG(context, bias->type == (d->s16 ? kTfLiteInt64 : kTfLiteInt32),
+                         "TinyPlanTransposeConv: int32 bias (int8) or int64 bias (16x8)");
+      mc->DeallocateTempTfLiteTensor(bias);
+    }
+  }
+  TF_LITE_ENSURE(context, input->dims->size == 4 && filter->dims->size == 4 &&
+                              output->dims->size == 4);
+  tp_tconv_params& p = d->params;
+  p.batches = input->dims->data[0];
+  p.in_h = input->dims->data[1];
+  p.in_w = input->dims->data[2];
+  p.in_c = input->dims->data[3];
+  p.out_h = output->dims->data[1];
+  p.out_w = output->dims->data[2];
+  p.out_c = output->dims->data[3];
+  p.k_h = filter->dims->data[1];
+  p.k_w = filter->dims->data[2];
+  TF_LITE_ENSURE(context, filter->dims->data[0] == p.out_c && filter->dims->data[3] == p.in_c &&
+                              output->dims->data[0] == p.batches);
+  if (shape != nullptr && shape->data.data != nullptr) {  // the constant output_shape
+    TF_LITE_ENSURE(context, shape->type == kTfLiteInt32);
+    const int32_t* dims = static_cast<const int32_t*>(shape->data.data);
+    for (int i = 0; i < 4; ++i) TF_LITE_ENSURE(context, dims[i] == output->dims->data[i]);
+  }
+  p.stride_h = d->opts[2];
+  p.stride_w = d->opts[3];
+  const int same = d->opts[1] == 0;  // tflite schema Padding: SAME = 0, VALID = 1
+  p.pad_top = tp_tconv_padding(p.out_h, p.k_h, p.stride_h, same);
+  p.pad_left = tp_tconv_padding(p.out_w, p.k_w, p.stride_w, same);
+  p.input_offset = -input->params.zero_point;
+  p.output_offset = output->params.zero_point;
+  int32_t* multiplier = nullptr;
+  int32_t* shift = nullptr;
+  TF_LITE_ENSURE_STATUS(PerChannel(context, input, filter, output, p.out_c, &multiplier, &shift));
+  p.out_multiplier = multiplier;
+  p.out_shift = shift;
+  int32_t act_min = 0, act_max = 0;
+  TF_LITE_ENSURE_STATUS(tflite::CalculateActivationRangeQuantized(
+      context, static_cast<TfLiteFusedActivation>(d->opts[4]), output, &act_min, &act_max));
+  p.act_min = act_min;
+  p.act_max = act_max;
+  // The whole point: one output row of accumulators, not the whole output.
+  TF_LITE_ENSURE_STATUS(context->RequestScratchBufferInArena(
+      context, d->s16 ? tp_tconv_scratch_bytes_s16(&p) : tp_tconv_scratch_bytes(&p),
+      &d->scratch_index));
+  mc->DeallocateTempTfLiteTensor(input);
+  mc->DeallocateTempTfLiteTensor(filter);
+  mc->DeallocateTempTfLiteTensor(output);
+  if (shape != nullptr) mc->DeallocateTempTfLiteTensor(shape);
   return kTfLiteOk;
 }
 
-TfLiteStatus EvalSplitInPlace(TfLiteContext* context, TfLiteNode* node) {
+TfLiteStatus EvalTconv(TfLiteContext* context, TfLiteNode* node) {
+  auto* d = static_cast<TconvData*>(node->user_data);
+  const TfLiteEvalTensor* input = tflite::micro::GetEvalInput(context, node, kTconvInput);
+  const TfLiteEvalTensor* filter = tflite::micro::GetEvalInput(context, node, kTconvFilter);
+  const TfLiteEvalTensor* bias = tflite::micro::GetEvalInput(context, node, kTconvBias);
+  TfLiteEvalTensor* output = tflite::micro::GetEvalOutput(context, node, 0);
+  void* row_acc = context->GetScratchBuffer(context, d->scratch_index);
+  TF_LITE_ENSURE(context, input != nullptr && filter != nullptr && output != nullptr &&
+                              row_acc != nullptr);
+  d->params.filter = tflite::micro::GetTensorData<int8_t>(filter);
+  int rc;
+  if (d->s16) {
+    d->params.bias = nullptr;
+    rc = tp_transpose_conv_rows_s16(
+        &d->params, bias != nullptr ? tflite::micro::GetTensorData<int64_t>(bias) : nullptr,
+        tflite::micro::GetTensorData<int16_t>(input), static_cast<int64_t*>(row_acc),
+        tflite::micro::GetTensorData<int16_t>(output));
+  } else {
+    d->params.bias = bias != nullptr ? tflite::micro::GetTensorData<int32_t>(bias) : nullptr;
+    rc = tp_transpose_conv_rows(&d->params, tflite::micro::GetTensorData<int8_t>(input),
+                                static_cast<int32_t*>(row_acc),
+                                tflite::micro::GetTensorData<int8_t>(output));
+  }
+  TF_LITE_ENSURE_MSG(context, rc == TP_OK, "TinyPlanTransposeConv failed");
+  return kTfLiteOk;
+}
+
+// ---- TinyPlanSplit: in-place compaction of a split tensor's part 0 -----------------------
+// Part 0 (output 0) aliases the front of the interleaved input and is compacted forward
+// over it; part 1 (output 1, optional) is already spilled and dead, so it is not written
+// (writing it would clobber input bytes not yet moved).
+constexpr int kSplitFields = 3;
+
+struct SplitData {
+  int32_t opts[kSplitFields];
+};
+
+void* InitSplit(TfLiteContext* context, const char* buffer, size_t length) {
+  auto* d = static_cast<SplitData*>(context->AllocatePersistentBuffer(context, sizeof(SplitData)));
+  if (d == nullptr) return nullptr;
+  for (int i = 0; i < kSplitFields; ++i) d->opts[i] = Option(buffer, length, i);
+  return d;
+}
+
+TfLiteStatus PrepareSplit(TfLiteContext* context, TfLiteNode* node) {
+  const auto* d = static_cast<const SplitData*>(node->user_data);
+  TF_LITE_ENSURE(context, d != nullptr && d->opts[0] == 1 && d->opts[2] > 0);
+  TF_LITE_ENSURE(context, node->inputs->size == 1);
+  TF_LITE_ENSURE(context, node->outputs->size == 1 || node->outputs->size == 2);
+  return kTfLiteOk;
+}
+
+TfLiteStatus EvalSplit(TfLiteContext* context, TfLiteNode* node) {
+  const auto* d = static_cast<const SplitData*>(node->user_data);
   const TfLiteEvalTensor* input = tflite::micro::GetEvalInput(context, node, 0);
-  const TfLiteEvalTensor* sizes = tflite::micro::GetEvalInput(context, node, 1);
-  const TfLiteEvalTensor* axis_t = tflite::micro::GetEvalInput(context, node, 2);
   TfLiteEvalTensor* part0 = tflite::micro::GetEvalOutput(context, node, 0);
-  TF_LITE_ENSURE(context, input && sizes && axis_t && part0);
+  TF_LITE_ENSURE(context, input != nullptr && part0 != nullptr);
   const tflite::RuntimeShape shape = tflite::micro::GetTensorShape(input);
-  int axis = tflite::micro::GetTensorData<int32_t>(axis_t)[0];
+  int axis = d->opts[1];
   if (axis < 0) axis += shape.DimensionsCount();
-  const int32_t keep = tflite::micro::GetTensorData<int32_t>(sizes)[0];
+  TF_LITE_ENSURE(context, axis >= 0 && axis < shape.DimensionsCount());
+  const int32_t keep = d->opts[2];
+  TF_LITE_ENSURE(context, keep <= shape.Dims(axis));
   uint32_t outer = 1, inner = static_cast<uint32_t>(ElementBytes(input->type));
   for (int i = 0; i < axis; ++i) outer *= shape.Dims(i);
   for (int i = axis + 1; i < shape.DimensionsCount(); ++i) inner *= shape.Dims(i);
+  const uint32_t chunk = keep * inner, stride = shape.Dims(axis) * inner;
+  TF_LITE_ENSURE(context, Bytes(part0) == static_cast<size_t>(outer) * chunk);
   const uint8_t* src = tflite::micro::GetTensorData<uint8_t>(input);
   uint8_t* dst = tflite::micro::GetTensorData<uint8_t>(part0);
+  // Moving front to back is safe when part 0 sits at or below its source.
   TF_LITE_ENSURE(context, dst <= src || dst >= src + Bytes(input));
-  const uint32_t chunk = keep * inner, stride = shape.Dims(axis) * inner;
   for (uint32_t o = 0; o < outer; ++o) memmove(dst + o * chunk, src + o * stride, chunk);
   return kTfLiteOk;
 }
 
 }  // namespace
-
-TFLMRegistration* Register_SPLIT_V_IN_PLACE() {
-  static TFLMRegistration r =
-      tflite::micro::RegisterOp(nullptr, PrepareSplitInPlace, EvalSplitInPlace);
-  return &r;
-}
 
 TFLMRegistration* Register_SPILL() {
   static TFLMRegistration r = tflite::micro::RegisterOp(InitTransfer, PrepareTransfer, EvalSpill);
@@ -391,6 +627,16 @@ TFLMRegistration* Register_FUSED_CONCAT_CONV2D() {
   return &r;
 }
 
+TFLMRegistration* Register_TRANSPOSE_CONV_ROWS() {
+  static TFLMRegistration r = tflite::micro::RegisterOp(InitTconv, PrepareTconv, EvalTconv);
+  return &r;
+}
+
+TFLMRegistration* Register_SPLIT() {
+  static TFLMRegistration r = tflite::micro::RegisterOp(InitSplit, PrepareSplit, EvalSplit);
+  return &r;
+}
+
 }  // namespace tinyplan
 
 extern "C" int tp_tflm_set_storages(tp_storage* const* storages, uint32_t count,
@@ -399,6 +645,8 @@ extern "C" int tp_tflm_set_storages(tp_storage* const* storages, uint32_t count,
   for (uint32_t i = 0; i < count; ++i) tinyplan::g_rt.storages[i] = storages[i];
   tinyplan::g_rt.compress_mask = compress_mask;
   tinyplan::g_num_records = 0;  // a new session: earlier spills are gone
+  tinyplan::g_num_erased = 0;
+  ++tinyplan::g_generation;
   return TP_OK;
 }
 #endif  // TP_HAVE_TFLM

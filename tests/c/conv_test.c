@@ -103,7 +103,7 @@ int main(int argc, char **argv) {
         n += k;
       }
       if (cat == NULL) die("malloc", 0);
-      k = tp_fused_concat(&rt, slices, n, p.in_h, p.in_w, cat);
+      k = tp_fused_concat(&rt, slices, n, (uint32_t)(p.in_h * p.in_w), 1u, (uint8_t *)cat);
       if (k != TP_OK) die("fused concat", k);
       out = fopen(argv[3], "wb");
       if (out == NULL) die("output", 0);

@@ -5,8 +5,8 @@
 #include <stdint.h>
 
 typedef enum { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
-typedef enum { kTfLiteNoType = 0, kTfLiteFloat32 = 1, kTfLiteInt32 = 2, kTfLiteInt8 = 9 } TfLiteType;
-typedef enum { kTfLiteActNone = 0, kTfLiteActRelu = 1 } TfLiteFusedActivation;
+typedef enum { kTfLiteNoType = 0, kTfLiteFloat32 = 1, kTfLiteInt32 = 2, kTfLiteInt64 = 4, kTfLiteInt16 = 7, kTfLiteInt8 = 9 } TfLiteType;
+typedef enum { kTfLiteActNone = 0, kTfLiteActRelu = 1, kTfLiteActReluN1To1 = 2, kTfLiteActRelu6 = 3 } TfLiteFusedActivation;
 typedef struct { int size; int data[8]; } TfLiteIntArray;
 typedef struct { int size; float data[16]; } TfLiteFloatArray;
 typedef struct { TfLiteFloatArray* scale; TfLiteIntArray* zero_point; int32_t quantized_dimension; } TfLiteAffineQuantization;
@@ -19,6 +19,8 @@ typedef struct { TfLiteIntArray* inputs; TfLiteIntArray* outputs; void* user_dat
 typedef struct TfLiteContext {
   void* (*AllocatePersistentBuffer)(struct TfLiteContext* ctx, size_t bytes);
   void (*ReportError)(struct TfLiteContext*, const char* format, ...);
+  TfLiteStatus (*RequestScratchBufferInArena)(struct TfLiteContext* ctx, size_t bytes, int* buffer_idx);
+  void* (*GetScratchBuffer)(struct TfLiteContext* ctx, int buffer_idx);
 } TfLiteContext;
 
 #define TF_LITE_ENSURE(context, a) do { (void)(context); if (!(a)) return kTfLiteError; } while (0)
