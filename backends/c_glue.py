@@ -25,6 +25,7 @@ from planner.checker import assert_valid
 from planner.device import DeviceProfile
 from planner.errors import PlannerError
 from planner.ir import DTYPE_BYTES, Graph
+from planner.kernels import c_defines, plan_violations
 from planner.plan import Plan, Segment, Transfer
 
 C_DIR = Path(__file__).parent / "c"
@@ -320,7 +321,9 @@ def render(graph: Graph, plan: Plan, tables: dict[str, Any]) -> tuple[str, str]:
         f"#define TP_ARENA_BYTES {plan.peak_bytes}u",
         f"#define TP_NUM_STEPS {plan.num_steps}u",
         f"#define TP_NUM_STORAGES {len(storages)}u",
+        "/* The kernel table's limits (planner/kernels.py); backends/c must agree. */",
     ]
+    header += [f"#define TP_TABLE_{name} {value}" for name, value in sorted(c_defines().items())]
     header += [f"#define TP_STORAGE_{_ident(s.name)} {i}u" for i, s in enumerate(storages)]
     header += ["", "#ifdef __cplusplus", 'extern "C" {', "#endif",
                "extern const tp_plan tinyplan_plan;",
@@ -378,6 +381,9 @@ def write_c_glue(graph: Graph, plan: Plan, model_path: Path | None, outdir: str 
     """Write tinyplan_plan.h/.c and copy the runtime sources into `outdir`."""
     profile: DeviceProfile | None = ctx.get("profile")
     capacities = profile.capacities if profile is not None else None
+    refused = plan_violations(graph, plan)
+    if refused:  # the runtime would have no kernel for it (planner/kernels.py)
+        raise PlannerError(f"the plan needs a kernel that does not exist: {refused[0]}")
     assert_valid(graph, plan, capacities)
     tables = build_tables(graph, plan, profile)
     out = Path(outdir)

@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError
+from planner.kernels import KERNELS
 
 OFFLINE_METADATA = "OfflineMemoryAllocation"
 PEAK_METADATA = "TinyPlanPeak"
 STORAGE_METADATA = "TinyPlanStorages"
 # Custom ops only the generated C glue (or the Python executor) can run.
-CUSTOM_OPS = ("Spill", "Fetch", "FusedConcat", "FusedConcatConv2D")
+# The project's custom ops, from the one kernel table.
+CUSTOM_OPS = tuple(k.custom_op for k in KERNELS.values())
 
 
 def schema():

@@ -9,17 +9,23 @@ whole schedule:
   first step; readers in that segment read the copy;
 - a `Spill` op after the op at the spill step writes the data to storage;
 - a channel-split tensor (plan.parts) is produced whole at part 0's offset; after
-  the last step both parts are resident (its interleaved phase) a SPLIT_V compacts
-  part 0 in place and names part 1 (already spilled, dead); later readers are
-  fused concats, which get the parts as separate CONCATENATION inputs;
+  the last step both parts are resident (its interleaved phase) a custom
+  `TinyPlanSplit` compacts part 0 in place (part 1 is already spilled and dead);
+  later readers are fused concats, which get the parts as separate inputs. No
+  builtin changes meaning: stock TFLM's SPLIT_V copies and cannot be replaced;
 - a fused concat becomes `FusedConcat` when an input streams from storage (else it
   stays a CONCATENATION, with parts as inputs); a fused concat+conv pair becomes
   one `FusedConcatConv2D` at the conv's position and the concat output never
   exists. Streamed inputs are -1 in the op's input list; each stream's line
-  buffer is an extra output of the fused op (lives at that op only).
+  buffer is an extra output of the fused op (lives at that op only);
+- a TRANSPOSE_CONV the plan runs on the row kernel (`plan.op_kernels`) becomes
+  `TinyPlanTransposeConv` with the builtin's inputs, so the model needs the C glue
+  even when the plan spills nothing.
+
+A plan that needs a kernel the table (planner/kernels.py) does not offer is refused.
 
 Ops inserted between original op k-1 and op k run in this order: spills of step
-k-1, SPLIT_Vs of step k-1, fetches of step k. Custom options are fixed little-endian
+k-1, TinyPlanSplits of step k-1, fetches of step k. Custom options are fixed little-endian
 int32 blobs (layouts below and in the docs) so C glue can read them without a
 flexbuffer parser.
 """
@@ -37,6 +43,12 @@ from typing import Any
 from planner.analysis import lifetimes
 from planner.errors import PlannerError
 from planner.ir import Graph, Role, align
+from planner.kernels import (
+    ROWS_KERNEL,
+    SPLIT_IN_PLACE,
+    TRANSPOSE_CONV_ROWS,
+    plan_violations,
+)
 from planner.plan import Plan, Segment, Transfer
 
 from . import tflite_io as io
@@ -51,6 +63,9 @@ FUSED_HEADER = 9
 #  line_buffer_output, line_rows]; storage fields -1 for arena inputs.
 FUSED_INPUT_FIELDS = 8
 SOURCE_ARENA, SOURCE_STREAM = 0, 1
+# TinyPlanSplit: [version, axis, keep_channels]; TinyPlanTransposeConv: [version, padding
+# (0 SAME, 1 VALID), stride_h, stride_w, fused_activation].
+SIMPLE_FIELDS = {SPLIT_IN_PLACE.custom_op: 3, TRANSPOSE_CONV_ROWS.custom_op: 5}
 
 Key = tuple[int, "int | None"]
 
@@ -63,7 +78,7 @@ class Rewrite:
     offsets: list[int]  # per tensor of the rewritten subgraph, -1: not in the arena
     op_steps: list[int]  # plan step each rewritten op runs at
     segment_of: dict[int, Segment] = field(default_factory=dict)  # tensor -> plan segment
-    inplace: set[int] = field(default_factory=set)  # SPLIT_V op indices (alias by design)
+    inplace: set[int] = field(default_factory=set)  # TinyPlanSplit ops (alias by design)
     storages: list[str] = field(default_factory=list)
     scratch_offsets: list[int] = field(default_factory=list)
 
@@ -88,6 +103,7 @@ class _Builder:
         self.ops: list[Any] = []
         self.op_steps: list[int] = []
         self.inplace: set[int] = set()
+        self.op_kernels = dict(plan.op_kernels)
 
     # -- tensors ---------------------------------------------------------------------
     def index(self, t: int) -> int:
@@ -225,19 +241,17 @@ class _Builder:
         self.emit(self.custom("Fetch", [], [out], self.transfer_options(tr)), tr.step)
 
     def split_v(self, t: int, step: int) -> None:
-        p0, p1 = self.parts[(t, 0)], self.parts[(t, 1)]
+        """`TinyPlanSplit`: compact part 0 in place over the interleaved tensor.
+
+        Part 1 is already spilled and dead, so only part 0 is an output; a stock SPLIT_V
+        would copy (and clobber bytes not yet moved), hence a custom op of our own.
+        """
+        p0 = self.parts[(t, 0)]
         axis = self.graph.tensors[t].channel_axis
         a = self.copy_for(t, 0, self.segments(t, 0)[0])
-        b = self.copy_for(t, 1, self.segments(t, 1)[0])
-        name = f"{self.graph.tensors[t].name}/split"
-        sizes = self.const_tensor(f"{name}/size_splits", [p0.channel_stop - p0.channel_start,
-                                                          p1.channel_stop - p1.channel_start],
-                                  [2])
-        axis_t = self.const_tensor(f"{name}/axis", [axis], [])
-        op = self.fb.OperatorT(opcodeIndex=self.opcode(self.fb.BuiltinOperator.SPLIT_V))
-        op.inputs, op.outputs = [self.index(t), sizes, axis_t], [a, b]
-        op.builtinOptionsType = self.fb.BuiltinOptions.SplitVOptions
-        op.builtinOptions = self.fb.SplitVOptionsT(numSplits=2)
+        keep = p0.channel_stop - p0.channel_start
+        op = self.custom(SPLIT_IN_PLACE.custom_op, [self.index(t)], [a],
+                         [OPTIONS_VERSION, int(axis if axis is not None else -1), keep])
         self.inplace.add(len(self.ops))
         self.emit(op, step)
 
@@ -315,11 +329,25 @@ class _Builder:
     def plain(self, k: int, rop: Any, step: int) -> None:
         op = self.graph.ops[k]
         new = copy.copy(rop)
+        if k in self.op_kernels:
+            new = self.transpose_conv_rows(k, rop)
         new.inputs = [self.whole(t, step) if t >= 0 and t in self.life else
                       (self.index(t) if t >= 0 else t) for t in op.inputs]
         new.outputs = [self.whole(t, step) if t >= 0 and t in self.life else
                        (self.index(t) if t >= 0 else t) for t in op.outputs]
         self.emit(new, step)
+
+    def transpose_conv_rows(self, k: int, rop: Any) -> Any:
+        """`TinyPlanTransposeConv`: the builtin's inputs (output_shape, filter, input, bias)
+        and options [version, padding (0 SAME, 1 VALID), stride_h, stride_w, activation]."""
+        kernel = self.op_kernels[k]
+        if kernel != ROWS_KERNEL:
+            raise PlannerError(f"op {k}: no rewrite for kernel '{kernel}'")
+        o = rop.builtinOptions
+        act = int(getattr(o, "fusedActivationFunction", 0) or 0)
+        opts = [OPTIONS_VERSION, int(o.padding), int(o.strideH), int(o.strideW), act]
+        return self.custom(TRANSPOSE_CONV_ROWS.custom_op, list(rop.inputs), list(rop.outputs),
+                           opts)
 
     # -- driver --------------------------------------------------------------------------
     def build(self) -> None:
@@ -398,6 +426,9 @@ def write_rewritten_tflite(graph: Graph, plan: Plan, model_path: Path, outdir: P
     """`<stem>.planned.tflite` with Spill/Fetch/Fused* ops; runs under the C glue only."""
     from .tflite_offline import TOTAL_PEAK_VERSION, planned_path
 
+    refused = plan_violations(graph, plan)
+    if refused:
+        raise PlannerError(f"the plan needs a kernel that does not exist: {refused[0]}")
     rw = rewrite(graph, plan, model_path, ctx.get("profile"))
     io.set_metadata(rw.model, io.OFFLINE_METADATA, io.offline_entry(rw.offsets))
     # The head a TFLM-style planner gets from these offsets is the plan's peak by construction.
@@ -411,7 +442,8 @@ def write_rewritten_tflite(graph: Graph, plan: Plan, model_path: Path, outdir: P
         raise PlannerError(f"internal error: rewritten model is inconsistent: {errors[0]}")
     out = planned_path(model_path, outdir)
     out.write_bytes(data)
-    print(f"note: {out.name} has custom ops (Spill/Fetch/Fused*): it runs with the generated "
+    names = "/".join(n for n in io.CUSTOM_OPS if n in set(io.custom_op_names(rw.model)))
+    print(f"note: {out.name} has custom ops ({names}): it runs with the generated "
           "C glue, not on stock TFLM", file=sys.stderr)
     return [out]
 
@@ -461,6 +493,8 @@ def _check_options(k: int, name: str, op: Any) -> list[str]:
         return [f"op {k} {name}: options missing or of an unknown version"]
     if name in ("Spill", "Fetch"):
         return [] if len(words) == TRANSFER_FIELDS else [f"op {k} {name}: {len(words)} words"]
+    if name in SIMPLE_FIELDS:
+        return [] if len(words) == SIMPLE_FIELDS[name] else [f"op {k} {name}: {len(words)} words"]
     n = words[2] if len(words) > 2 else -1
     if n < 0 or len(words) != FUSED_HEADER + n * FUSED_INPUT_FIELDS or \
             len(op.inputs if op.inputs is not None else []) < n:
@@ -473,7 +507,7 @@ def check_rewritten(data: bytes) -> list[str]:
 
     Every op input is a constant, a graph input or produced earlier; every arena tensor
     has an offline offset; no two tensors alive at the same step share bytes, except a
-    SPLIT_V's outputs inside its input (in-place compaction, by design).
+    a TinyPlanSplit's output inside its input (in-place compaction, by design).
     """
     fb = io.schema()
     model = io.read_model(data)
@@ -484,11 +518,10 @@ def check_rewritten(data: bytes) -> list[str]:
         return ["OfflineMemoryAllocation missing or of the wrong length"]
     life, consts = file_lifetimes(model)
     produced = {int(t) for t in (sub.inputs if sub.inputs is not None else [])}
-    split_v = {i for i, c in enumerate(model.operatorCodes)
-               if max(c.builtinCode, c.deprecatedBuiltinCode) == fb.BuiltinOperator.SPLIT_V}
     alias: set[tuple[int, int]] = set()
     custom = {i: io._name(c.customCode) for i, c in enumerate(model.operatorCodes)
               if max(c.builtinCode, c.deprecatedBuiltinCode) == fb.BuiltinOperator.CUSTOM}
+    split_v = {i for i, name in custom.items() if name == SPLIT_IN_PLACE.custom_op}
     for k, op in enumerate(sub.operators or []):
         name = custom.get(op.opcodeIndex)
         if name in io.CUSTOM_OPS:

@@ -154,8 +154,9 @@ def headline_tables(rows: Sequence[dict], profile: str) -> list[str]:
     return [
         "Lowest peak each approach reached on each model (over all budgets; spilling "
         "planners trade transfer time for it). The last two columns: ILP's peak against "
-        "tflm-greedy's and TinySeg's (\"=\": equal). `[int16 scratch]` rows store "
-        "TRANSPOSE_CONV scratch as int16, the setting of TinySeg's published comparison.",
+        "tflm-greedy's and TinySeg's (\"=\": equal). int8 TRANSPOSE_CONV runs on the "
+        "project's row kernel (one output row of int32 scratch) wherever the profile allows "
+        "custom kernels.",
         "",
         *headline(rows),
         "",

@@ -11,10 +11,9 @@ Every plan passes planner.checker.assert_valid before its row is recorded; a
 plan that fails is recorded as "invalid" with the checker's message, never with
 its numbers.
 
-A model whose TRANSPOSE_CONV kernels request scratch is planned twice: as TFLM
-runs it (int32 accumulators) and with that scratch stored as int16, the setting
-TinySeg's published numbers use. Each variant is its own ModelSpec and its own
-row in every table.
+Every model is planned as the suite's profile runs it: where the profile allows the
+project's custom kernels, int8 TRANSPOSE_CONV ops run on the row kernel (scratch of
+one output row, planner/kernels.py), and every planner sees that same graph.
 """
 
 from __future__ import annotations
@@ -33,7 +32,8 @@ from planner.checker import PlanError, assert_valid
 from planner.commands.solve import plan_summary
 from planner.device import DeviceProfile, bundled_profiles, load_profile
 from planner.errors import InfeasibleBudget, PlannerError
-from planner.ir import ALIGNMENT, Graph, OpKind
+from planner.ir import ALIGNMENT, Graph
+from planner.kernels import apply_kernels
 from planner.plan import Plan
 from planner.planners.base import Request, registry
 from planner.planners.tflm_greedy import greedy_offsets
@@ -48,7 +48,7 @@ SPILL_FREE = frozenset({"linear", "tflm-greedy", "greedy-by-size", "greedy-by-br
 FRACTIONS = (0.90, 0.75, 0.60, 0.50)
 
 COLUMNS = (
-    "model", "source", "scratch", "ops", "buffers", "budget", "budget_bytes", "planner", "status",
+    "model", "source", "ops", "buffers", "budget", "budget_bytes", "planner", "status",
     "peak_bytes", "fits", "ratio_tflm", "load_bound", "ws_bound", "ratio_load_bound",
     "ratio_ws_bound", "spilled_bytes", "fetched_bytes", "num_spills", "num_fusions",
     "est_transfer_s", "solve_seconds", "bound_bytes", "gap", "svg", "detail",
@@ -68,8 +68,6 @@ class Suite:
     minimalloc_planners: tuple[str, ...] | None = None
     minimalloc_time_limit: float = 10.0
     svg: bool = True
-    # Also plan models with TRANSPOSE_CONV scratch with that scratch as int16.
-    int16_scratch: bool = True
 
 
 def zoo_models() -> list[Path]:
@@ -114,45 +112,6 @@ def suite_named(name: str) -> Suite:
 # ------------------------------------------------------------------ per model
 
 
-SCRATCH_VARIANTS = ("int32", "int16")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model row: a file plus how its TRANSPOSE_CONV scratch is stored."""
-
-    path: Path
-    scratch: str = "int32"  # "int16": TinySeg's temporary quantization, halves the scratch
-
-    def __post_init__(self) -> None:
-        if self.scratch not in SCRATCH_VARIANTS:
-            raise PlannerError(f"unknown scratch variant '{self.scratch}': use "
-                               f"{' or '.join(SCRATCH_VARIANTS)}")
-
-    @property
-    def name(self) -> str:
-        return self.path.name if self.scratch == "int32" else \
-            f"{self.path.name} [{self.scratch} scratch]"
-
-    def apply(self, graph: Graph) -> Graph:
-        """The graph this variant plans, from the graph the frontend read."""
-        if self.scratch == "int16":
-            return graph.with_scratch_scale(OpKind.TRANSPOSE_CONV, 1, 2)
-        return graph
-
-
-def has_transpose_conv_scratch(graph: Graph) -> bool:
-    return any(op.kind == OpKind.TRANSPOSE_CONV and op.scratch for op in graph.ops)
-
-
-def variants(path: Path, graph: Graph, suite: Suite) -> list[ModelSpec]:
-    """The specs a suite plans for one model file (int16 only where it changes something)."""
-    specs = [ModelSpec(path)]
-    if suite.int16_scratch and has_transpose_conv_scratch(graph):
-        specs.append(ModelSpec(path, "int16"))
-    return specs
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
@@ -162,7 +121,6 @@ class ModelInfo:
     load_bound: int
     ws_bound: int
     budgets: tuple[tuple[str, int | None], ...]
-    scratch: str = "int32"
 
 
 def model_name(path: Path) -> str:
@@ -180,27 +138,18 @@ def budgets_for(tflm_peak: int, suite: Suite) -> tuple[tuple[str, int | None], .
     return tuple(found)
 
 
-def prepare(model: Path | ModelSpec, suite: Suite, graph: Graph | None = None) -> ModelInfo:
-    """Reference points and budgets of one model variant; `graph`: the file, already read."""
+def prepare(path: Path, suite: Suite, graph: Graph | None = None) -> ModelInfo:
+    """Reference points and budgets of one model; `graph`: the file, already read."""
     from frontends import load_model
 
-    spec = model if isinstance(model, ModelSpec) else ModelSpec(model)
-    graph = spec.apply(graph if graph is not None else load_model(spec.path))
+    profile = load_profile(suite.profile)
+    graph = apply_kernels(graph if graph is not None else load_model(path), profile)
     bufs = buffers(graph)
     offsets = greedy_offsets(bufs)
     peak = max((o + b.size for b, o in zip(bufs, offsets, strict=True)), default=0)
-    profile = load_profile(suite.profile)
-    return ModelInfo(spec.name, spec.path, graph, peak, load_bound(graph).bytes,
+    return ModelInfo(model_name(path), path, graph, peak, load_bound(graph).bytes,
                      working_set_bound(graph, profile.can_stream, profile.fusion).bytes,
-                     budgets_for(peak, suite), spec.scratch)
-
-
-def prepare_all(path: Path, suite: Suite) -> list[ModelInfo]:
-    """Every variant the suite plans for one model file; the file is read once."""
-    from frontends import load_model
-
-    graph = load_model(path)
-    return [prepare(spec, suite, graph) for spec in variants(path, graph, suite)]
+                     budgets_for(peak, suite))
 
 
 # ------------------------------------------------------------------ tasks
@@ -240,7 +189,7 @@ def run_task(task: Task) -> list[dict]:
     """Plan once, check, score against each budget; returns one row per budget."""
     info, suite = task.model, task.suite
     profile = load_profile(suite.profile)
-    base = {"model": info.name, "source": info.graph.source_format, "scratch": info.scratch,
+    base = {"model": info.name, "source": info.graph.source_format,
             "ops": len(info.graph.ops),
             "buffers": len(buffers(info.graph)), "planner": task.planner,
             "load_bound": info.load_bound, "ws_bound": info.ws_bound}
@@ -298,8 +247,7 @@ def run_task(task: Task) -> list[dict]:
 def safe(text: str) -> str:
     """A file-name-safe form of a model or budget label ("75%" -> "75pct").
 
-    Runs of other characters become one "_" ("a.tflite [int16 scratch]" ->
-    "a.tflite_int16_scratch").
+    Runs of other characters become one "_" ("a b.tflite" -> "a_b.tflite").
     """
     text = text.replace("%", "pct")
     out = "".join(c if c.isalnum() or c in "-_." else " " for c in text)
@@ -402,7 +350,7 @@ def run_suite(suite: Suite, outdir: Path, jobs: int = 1,
     infos = []
     for path in suite.models:
         try:
-            infos += prepare_all(path, suite)
+            infos.append(prepare(path, suite))
         except PlannerError as exc:
             results.skipped.append(f"{path.name}: {exc}")
         except Exception as exc:  # a frontend crash on one model must not end the run

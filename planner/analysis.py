@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import pairwise
 
+from . import kernels
 from .ir import Graph, OpKind, Role, Tensor, align
 
 
@@ -126,22 +127,22 @@ class FusionGroup:
 
 
 def fusion_groups(graph: Graph) -> list[FusionGroup]:
+    """The concats the fused kernels can compute (planner/kernels.py), with their conv.
+
+    A conv joins its concat only where the fused concat+conv kernel can compute it with
+    its inputs streamed (so a dilated conv does not: streamed rows must be adjacent).
+    """
     users = graph.consumers()
     groups = []
     for op in graph.ops:
-        if op.kind != OpKind.CONCAT or len(op.outputs) != 1:
+        if op.kind != OpKind.CONCAT or kernels.concat_refusals(graph, op):
             continue
         out = graph.tensors[op.outputs[0]]
-        if out.channel_axis is None or op.attrs.get("axis") != out.channel_axis:
-            continue
         conv = None
         readers = users.get(out.id, [])
         if len(readers) == 1 and out.id not in graph.outputs:
             reader = graph.ops[readers[0]]
-            # A dilated kernel reads rows that are not adjacent: no rolling line buffer.
-            dilated = tuple(reader.attrs.get("dilations", (1, 1)))[:1] != (1,)
-            if reader.kind == OpKind.CONV and reader.inputs and reader.inputs[0] == out.id \
-                    and not dilated:
+            if not kernels.conv_refusals(graph, op, reader, streamed=True):
                 conv = reader.index
         groups.append(FusionGroup(op.index, conv))
     return groups

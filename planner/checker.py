@@ -12,7 +12,9 @@ line-buffer sizes) and never trusts a planner's bookkeeping:
    tensor is created begins with a fetch, and every fetch or stream follows a spill
    made while the data was resident;
 4. storages: known names, spilled data inside their capacity, no two spills sharing
-   storage bytes.
+   storage bytes;
+5. kernels: every fusion, stream and custom kernel the plan relies on is one the kernel
+   table (planner/kernels.py) offers, and the plan was made for this graph's kernels.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from itertools import pairwise
 
 from .analysis import fusion_groups, lifetimes, line_buffer_bytes
 from .ir import ALIGNMENT, Graph, Role, align
+from .kernels import plan_violations
 from .plan import Plan, Segment, Transfer
 
 
@@ -46,6 +49,7 @@ def check(graph: Graph, plan: Plan, storage_capacity: Mapping[str, int] | None =
     errors += _check_parts(graph, plan, split)
     fused_concat, fused_conv, stream_ops, errs = _check_fusions(graph, plan)
     errors += errs
+    errors += plan_violations(graph, plan)  # every kernel it relies on exists (kernels.py)
     streams = {(t.tensor, t.part, t.step) for t in plan.transfers if t.kind == "stream"}
     lines = {(s.tensor, s.part, s.first) for s in plan.segments if s.role == "line_buffer"}
 

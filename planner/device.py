@@ -43,6 +43,9 @@ class DeviceProfile:
     description: str = ""
     # Fused concat / concat+conv kernels available (the generated C glue); stock TFLM: no.
     fusion: bool = True
+    # The project's other custom kernels (planner/kernels.py), e.g. the scratch-free
+    # TRANSPOSE_CONV; False keeps every op on stock TFLM's kernel.
+    custom_kernels: bool = True
 
     @property
     def can_stream(self) -> bool:
@@ -102,6 +105,7 @@ def load_profile(name_or_path: str) -> DeviceProfile:
             storages=storages,
             description=data.get("description", ""),
             fusion=bool(data.get("fusion", True)),
+            custom_kernels=bool(data.get("custom_kernels", True)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PlannerError(f"profile {path} is missing or mangles field {exc}") from None

@@ -127,18 +127,3 @@ class Graph:
                 if t >= 0:
                     users.setdefault(t, []).append(op.index)
         return users
-
-    def with_scratch_scale(self, kind: OpKind, factor_num: int, factor_den: int) -> Graph:
-        """A copy whose scratch buffers of ops of `kind` are scaled (int16 scratch quantization)."""
-        targets = {s for op in self.ops if op.kind == kind for s in op.scratch}
-        tensors = tuple(
-            Tensor(
-                t.id, t.name, t.shape, t.dtype,
-                t.nbytes * factor_num // factor_den, t.role, t.source_index, t.channel_axis,
-            )
-            if t.id in targets
-            else t
-            for t in self.tensors
-        )
-        return Graph(self.name, self.source_format, tensors, self.ops, self.inputs,
-                     self.outputs, self.layout)

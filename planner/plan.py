@@ -95,7 +95,9 @@ class Plan:
     est_transfer_seconds: float = 0.0
     bound_transfer_seconds: float | None = None  # proven lower bound, latency objective
     solve_seconds: float = 0.0
-    scratch_dtype: str = "int32"
+    # (op index, kernel) of ops moved onto a custom kernel (planner/kernels.py), e.g. the
+    # scratch-free TRANSPOSE_CONV: writers swap exactly these ops, re-deriving nothing.
+    op_kernels: tuple[tuple[int, str], ...] = ()
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -136,7 +138,7 @@ class Plan:
             est_transfer_seconds=data.get("est_transfer_seconds", 0.0),
             bound_transfer_seconds=data.get("bound_transfer_seconds"),
             solve_seconds=data.get("solve_seconds", 0.0),
-            scratch_dtype=data.get("scratch_dtype", "int32"),
+            op_kernels=tuple((int(i), str(k)) for i, k in data.get("op_kernels", ())),
             notes=tuple(data.get("notes", ())),
         )
 

@@ -13,6 +13,7 @@ class GraphBuilder:
         self.tensors: list[Tensor] = []
         self.ops: list[Op] = []
         self.inputs: list[int] = []
+        self.filters: set[int] = set()  # filters op() added, numbered after everything else
 
     def tensor(self, shape: tuple[int, ...], role: Role = Role.ACTIVATION, name: str = "") -> int:
         n = 1
@@ -20,7 +21,8 @@ class GraphBuilder:
             n *= d
         tid = len(self.tensors)
         axis = (3 if self.layout == "NHWC" else 1) if len(shape) == 4 else None
-        self.tensors.append(Tensor(tid, name or f"t{tid}", shape, self.dtype,
+        number = len(self.tensors) - len(self.filters)  # filters take no name number
+        self.tensors.append(Tensor(tid, name or f"t{number}", shape, self.dtype,
                                    n * DTYPE_BYTES[self.dtype], role, tid, axis))
         return tid
 
@@ -30,7 +32,16 @@ class GraphBuilder:
         return t
 
     def op(self, kind: OpKind, inputs: list[int], out_shape: tuple[int, ...],
-           scratch_bytes: int = 0, **attrs) -> int:
+           scratch_bytes: int = 0, filter_in: int | None = None, **attrs) -> int:
+        """An op; a one-input 4-D CONV also gets a constant int8 OHWI filter (as TFLite's
+        CONV_2D has), of `filter_in` input channels (default: all: no groups)."""
+        if kind == OpKind.CONV and len(inputs) == 1 and len(out_shape) == 4 \
+                and self.layout == "NHWC":
+            kh, kw = attrs.get("kernel", (1, 1))
+            in_c = filter_in or self.tensors[inputs[0]].shape[3]
+            inputs = [inputs[0], self.tensor((out_shape[3], kh, kw, in_c), Role.CONSTANT,
+                                             f"filter{len(self.ops)}")]
+            self.filters.add(inputs[1])
         out = self.tensor(out_shape)
         scratch: tuple[int, ...] = ()
         if scratch_bytes:
@@ -48,9 +59,11 @@ class GraphBuilder:
                    t.channel_axis) if t.id in outputs else t
             for t in self.tensors
         ]
-        # Scratch tensors go after the others, as the frontends append them.
-        order = [t for t in tensors if t.role != Role.SCRATCH] + \
-                [t for t in tensors if t.role == Role.SCRATCH]
+        # Scratch tensors go after the others, as the frontends append them; the filters
+        # last of all, so that activation ids do not depend on them.
+        order = [t for t in tensors if t.role != Role.SCRATCH and t.id not in self.filters] + \
+                [t for t in tensors if t.role == Role.SCRATCH] + \
+                [t for t in tensors if t.id in self.filters]
         remap = {t.id: i for i, t in enumerate(order)}
         tensors = [Tensor(remap[t.id], t.name, t.shape, t.dtype, t.nbytes, t.role,
                           remap[t.id], t.channel_axis) for t in order]

@@ -13,7 +13,6 @@ from benchmarks.minimalloc import markdown_table, read_problem, run_problem, sol
 from benchmarks.report import README_END, README_START, change, kib, update_readme, write_all
 from benchmarks.runner import (
     ZOO,
-    ModelSpec,
     Progress,
     Results,
     Suite,
@@ -27,14 +26,14 @@ from benchmarks.runner import (
 from frontends import load_model
 from planner.device import load_profile
 from planner.errors import PlannerError
-from planner.ir import OpKind
+from planner.kernels import apply_kernels
 from planner.plan import Plan, Segment
 from planner.planners import base
 from planner.planners.base import Request, registry
 
 SVG = "{http://www.w3.org/2000/svg}"
 MODEL = ZOO / "deeplab_lite_int8.tflite"
-UNET = ZOO / "tiny_unet_int8.tflite"  # TRANSPOSE_CONV with int32 scratch
+UNET = ZOO / "tiny_unet_int8.tflite"  # TRANSPOSE_CONV: on the row kernel with qspi-flash
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TOY = SHARED / "minimalloc" / "examples" / "input.12.csv"
 
@@ -236,7 +235,7 @@ def test_exact_offset_solver_is_wired_when_the_ilp_exposes_one(monkeypatch):
     assert "ilp" not in solvers()
 
 
-# ------------------------------------------------------------------ int16 scratch, headline
+# ------------------------------------------------------------------ kernels, headline
 
 
 def table(text: str, header: str) -> dict[str, list[str]]:
@@ -263,35 +262,29 @@ def unet_run(tmp_path_factory):
     return out, results, suite
 
 
-def test_int16_scratch_variant_only_for_transpose_conv_scratch(unet_run):
+def test_models_are_planned_on_the_profiles_kernels(unet_run):
+    """One row set per model; with the suite's profile (qspi-flash) its TRANSPOSE_CONVs run
+    on the row kernel, so every planner sees the small scratch."""
     out, _, _ = unet_run
     rows = read_rows(out / "results.csv")
-    int16 = f"{UNET.name} [int16 scratch]"
-    assert list(dict.fromkeys(r["model"] for r in rows)) == [UNET.name, int16, MODEL.name]
-    assert {r["scratch"] for r in rows if r["model"] == int16} == {"int16"}
-    assert {r["scratch"] for r in rows if r["model"] != int16} == {"int32"}
+    assert list(dict.fromkeys(r["model"] for r in rows)) == [UNET.name, MODEL.name]
+    assert "scratch" not in rows[0]
     peaks = {(r["model"], r["planner"]): int(r["peak_bytes"]) for r in rows
              if r["budget"] == "none"}
-    # TinySeg's own comparison point: greedy 230,400 B, TinySeg 192,000 B with int16 scratch.
-    assert peaks[(int16, "tflm-greedy")] == 230_400
-    assert peaks[(int16, "tinyseg")] == 192_000
-    assert peaks[(UNET.name, "tflm-greedy")] == 307_200
-    g16 = load_model(UNET).with_scratch_scale(OpKind.TRANSPOSE_CONV, 1, 2)
-    assert next(r for r in rows if r["model"] == int16)["ws_bound"] == \
-        str(prepare(ModelSpec(UNET, "int16"), Suite("t", ())).ws_bound)
-    assert prepare(ModelSpec(UNET, "int16"), Suite("t", ())).graph == g16
+    # Stock TFLM needs 307,200 B; with the row kernel greedy gets 230,400 B, TinySeg 153,600 B.
+    assert peaks[(UNET.name, "tflm-greedy")] == 230_400
+    assert peaks[(UNET.name, "tinyseg")] == 153_600
+    info = prepare(UNET, Suite("t", ()))
+    assert info.graph == apply_kernels(load_model(UNET), load_profile("qspi-flash"))
+    assert next(r for r in rows if r["model"] == UNET.name)["ws_bound"] == str(info.ws_bound)
+    assert info.ws_bound == 153_600
+    stock = prepare(UNET, Suite("t", (), profile="none"))
+    assert stock.tflm_peak == 307_200 and stock.graph == load_model(UNET)
 
 
-def test_model_spec_names_and_refuses_unknown_scratch(tmp_path):
-    assert ModelSpec(UNET).name == UNET.name
-    assert ModelSpec(UNET, "int16").name == f"{UNET.name} [int16 scratch]"
-    assert safe(ModelSpec(UNET, "int16").name) == "tiny_unet_int8.tflite_int16_scratch"
-    with pytest.raises(PlannerError, match="unknown scratch variant"):
-        ModelSpec(UNET, "int8")
-    suite = Suite("t", (UNET,), fractions=(), sram_budgets=False, int16_scratch=False,
-                  planners=("tflm-greedy",), svg=False)
-    results = run_suite(suite, tmp_path, progress=lambda n: Progress(n, io.StringIO()))
-    assert [r["model"] for r in results.rows] == [UNET.name]
+def test_safe_file_names():
+    assert safe("75%") == "75pct" and safe("a b.tflite") == "a_b.tflite"
+    assert safe("x [y z]") == "x_y_z"
 
 
 def expected_headline(rows: list[dict], model: str) -> dict[str, int | None]:
@@ -317,8 +310,8 @@ def test_headline_columns_match_the_csv(unet_run):
         assert cells[9] == change(want["ilp"], want["tiny"])
         if want["ilp"] is not None and want["tiny"] is not None and want["ilp"] < want["tiny"]:
             assert cells[9] == f"-{1 - want['ilp'] / want['tiny']:.1%}"
-    int16 = head[f"{UNET.name} [int16 scratch]"]
-    assert int16[2] == kib(230_400) and int16[4] == kib(192_000)
+    unet = head[UNET.name]
+    assert unet[2] == kib(230_400) and unet[4] == kib(153_600)
 
 
 def test_change_formats_signed_percentages():
@@ -381,7 +374,7 @@ def test_update_readme_replaces_only_the_marked_block(unet_run, tmp_path):
     assert after == README.split(README_END + "\n")[1]
     assert "old table" not in text
     assert "Generated by `python -m benchmarks run --suite unet` (unet suite," in block
-    assert f"| {UNET.name} [int16 scratch] |" in block
+    assert f"| {UNET.name} |" in block
     assert "### Transfer time under budget" in block
     update_readme(readme, results, suite, 2, "again")  # the block can be replaced again
     assert readme.read_text().count(README_START) == 1 and "Generated by `again`" in \

@@ -11,10 +11,11 @@ from graph_factory import GraphBuilder, small_unet
 
 from frontends import load_model
 from planner.analysis import load_bound, working_set_bound
-from planner.checker import assert_valid
+from planner.checker import assert_valid, check
 from planner.device import load_profile
 from planner.errors import InfeasibleBudget
 from planner.ir import OpKind
+from planner.kernels import ROWS_KERNEL, apply_kernels, op_kernels_of
 from planner.planners.base import Request, registry
 
 PLAN = registry()
@@ -72,16 +73,24 @@ def test_milp_agrees_on_latency_under_budget():
     assert reference.est_transfer_seconds == pytest.approx(other.est_transfer_seconds)
 
 
-def test_tiny_unet_int16_scratch_reaches_working_set_bound():
+def test_tiny_unet_row_kernel_reaches_working_set_bound():
+    """Acceptance (issue 10): with the scratch-free TRANSPOSE_CONV the plan reaches the new
+    working-set bound, 153,600 B, proven optimal."""
     g = load_model(BUNDLED / "tiny_unet_int8.tflite")
-    g16 = g.with_scratch_scale(OpKind.TRANSPOSE_CONV, 1, 2)
-    plan = ilp(g16, time_limit=60)
-    assert plan.status == "optimal"
-    assert plan.peak_bytes == working_set_bound(g16).bytes
-    # TinySeg's greedy optimizer ends at 172,800 B on its version; real TFLM needs 307,200 B.
+    qspi = load_profile("qspi-flash")
+    rows = apply_kernels(g, qspi)
+    assert [k for _, k in op_kernels_of(rows)] == [ROWS_KERNEL] * 3
+    plan = ilp(rows, time_limit=60)
+    assert plan.status == "optimal" and plan.op_kernels == op_kernels_of(rows)
+    assert plan.peak_bytes == working_set_bound(rows).bytes == 153_600
+    # TinySeg's greedy optimizer ends at 172,800 B on its version; real TFLM needs 307,200 B
+    # with its own TRANSPOSE_CONV, whose int32 scratch is the whole output.
     assert plan.peak_bytes < 172_800
     assert PLAN["tflm-greedy"](Request(g, load_profile("none"))).peak_bytes == 307_200
+    assert working_set_bound(g).bytes == 230_400  # the stock kernel's bound
     assert plan.transfers and plan.fusions
+    assert check(rows, plan, qspi.capacities) == []
+    assert any("not the graph it was planned for" in e for e in check(g, plan))
 
 
 def test_bundled_onnx_tiny_unet_optimal_at_bound():

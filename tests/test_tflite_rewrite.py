@@ -32,7 +32,7 @@ from planner.plan import Fusion, Part, Plan, Segment, Transfer
 from planner.planners.tflm_greedy import greedy_offsets
 
 RESNET = MODELS / "mlperf_tiny" / "pretrainedResnet_quant.tflite"
-DEEPLAB = MODELS / "segmentation" / "deeplabv3_mnv2_dm05_pascal_quant.tflite"
+TINY_UNET = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "tiny_unet_int8.tflite"
 PROFILE = load_profile("qspi-flash")
 STORAGE = "qspi"
 
@@ -110,7 +110,6 @@ def hand_plan(graph: Graph, spills=(), splits=(), fusions=()) -> Plan:
 
 
 needs_resnet = pytest.mark.skipif(not RESNET.exists(), reason="../shared models absent")
-needs_deeplab = pytest.mark.skipif(not DEEPLAB.exists(), reason="../shared models absent")
 
 
 def _assert_consistent(graph: Graph, plan: Plan, path: Path, tmp_path: Path) -> bytes:
@@ -198,62 +197,122 @@ def test_graph_input_spilled_at_step_zero(tmp_path):
     assert names[:3] == ["Spill", "Fetch", "CONV_2D"]
 
 
-@needs_deeplab
+# tiny_unet_int8: tensor 13 (1x40x60x16, made at step 5, read by the pool at step 6) is
+# the first input of concat op 16 (with tensor 42), whose only reader is the 3x3 conv op 17.
+SKIP, UP, CONCAT, CONV = 13, 42, 16, 17
+
+
 def test_stream_into_fused_concat_conv(tmp_path):
-    g = load_model(DEEPLAB)
-    fusion = Fusion(66, 67)
-    plan = hand_plan(g, spills=[(173, 63, 68, "stream")], fusions=[fusion])
-    data = _assert_consistent(g, plan, DEEPLAB, tmp_path)
+    g = load_model(TINY_UNET)
+    plan = hand_plan(g, spills=[(SKIP, 6, CONV + 1, "stream")], fusions=[Fusion(CONCAT, CONV)])
+    data = _assert_consistent(g, plan, TINY_UNET, tmp_path)
     ops = _ops(data)
     names = [o[0] for o in ops]
-    assert "CONCATENATION" not in names and names.count("FusedConcatConv2D") == 1
+    assert names.count("CONCATENATION") == 2 and names.count("FusedConcatConv2D") == 1
     name, ins, outs, opts = ops[names.index("FusedConcatConv2D")]
     words = struct.unpack(f"<{len(opts) // 4}i", opts)
     n_inputs = words[2]
-    assert n_inputs == 2 and ins[1] == -1 and ins[0] == 177
-    rec = words[FUSED_HEADER + FUSED_INPUT_FIELDS: FUSED_HEADER + 2 * FUSED_INPUT_FIELDS]
-    assert rec[0] == SOURCE_STREAM and rec[3] == g.tensors[173].nbytes and rec[7] == 1
-    assert outs[0] == 180 and len(outs) == 2  # conv output + one line buffer
+    assert n_inputs == 2 and ins[0] == -1 and ins[1] == UP
+    rec = words[FUSED_HEADER: FUSED_HEADER + FUSED_INPUT_FIELDS]
+    assert rec[0] == SOURCE_STREAM and rec[3] == g.tensors[SKIP].nbytes and rec[7] == 3
+    assert outs[0] == g.ops[CONV].outputs[0] and len(outs) == 2  # conv output + line buffer
     line_seg = next(s for s in plan.segments if s.role == "line_buffer")
     assert io.read_offline_offsets(io.read_model(data))[outs[1]] == line_seg.offset
     assert len(ins) == n_inputs + 2  # concat inputs, then the conv's filter and bias
 
 
-@needs_deeplab
 def test_partial_spill_split_and_concat_inputs(tmp_path):
-    g = load_model(DEEPLAB)
-    plan = hand_plan(g, splits=[(173, 128, 63, 67, "fetch")], fusions=[Fusion(66, None)])
-    data = _assert_consistent(g, plan, DEEPLAB, tmp_path)
+    g = load_model(TINY_UNET)
+    plan = hand_plan(g, splits=[(SKIP, 8, 6, CONCAT + 1, "fetch")], fusions=[Fusion(CONCAT, None)])
+    data = _assert_consistent(g, plan, TINY_UNET, tmp_path)
     ops = _ops(data)
     names = [o[0] for o in ops]
-    split = names.index("SPLIT_V")
-    assert names[split - 1] == "Spill" and ops[split][1][0] == 173
+    assert "SPLIT_V" not in names  # no builtin changes meaning
+    split = names.index("TinyPlanSplit")
+    assert names[split - 1] == "Spill" and ops[split - 1][1][0] == SKIP
     spill_opts = struct.unpack("<8i", ops[split - 1][3])
-    assert spill_opts[5:] == (128, 256, 1)
+    assert spill_opts[5:] == (8, 16, 1)
+    # In place: the interleaved tensor in, part 0 out; options [version, axis, keep].
+    assert ops[split][1] == [SKIP] and len(ops[split][2]) == 1
+    assert struct.unpack("<3i", ops[split][3]) == (1, 3, 8)
     # Nothing streams: the concat stays builtin and reads part 0 and the fetched part 1.
-    concat = ops[names.index("CONCATENATION")]
-    kept, _ = ops[split][2]
+    [kept] = ops[split][2]
     fetched = ops[names.index("Fetch")][2][0]
-    assert concat[1] == [177, kept, fetched]
+    concat = ops[names.index("Fetch") + 1]
+    assert concat[0] == "CONCATENATION"
+    assert concat[1] == [kept, fetched, UP]
     model = io.read_model(data)
     shapes = {i: list(t.shape) for i, t in enumerate(model.subgraphs[0].tensors)}
-    assert shapes[kept][-1] == 128 and shapes[fetched][-1] == 128
+    assert shapes[kept][-1] == 8 and shapes[fetched][-1] == 8
+    offsets = io.read_offline_offsets(model)
+    assert offsets[kept] == offsets[SKIP]  # compacted where the whole tensor was
 
 
-@needs_deeplab
 def test_partial_spill_streamed_into_fused_concat(tmp_path):
-    g = load_model(DEEPLAB)
-    plan = hand_plan(g, splits=[(173, 64, 63, 67, "stream")], fusions=[Fusion(66, None)])
-    data = _assert_consistent(g, plan, DEEPLAB, tmp_path)
+    g = load_model(TINY_UNET)
+    plan = hand_plan(g, splits=[(SKIP, 4, 6, CONCAT + 1, "stream")],
+                     fusions=[Fusion(CONCAT, None)])
+    data = _assert_consistent(g, plan, TINY_UNET, tmp_path)
     ops = _ops(data)
     names = [o[0] for o in ops]
     name, ins, outs, opts = ops[names.index("FusedConcat")]
     words = struct.unpack(f"<{len(opts) // 4}i", opts)
-    assert words[2] == 3 and ins[0] == 177 and ins[2] == -1
+    assert words[2] == 3 and ins[1] == -1 and ins[2] == UP
     recs = [words[FUSED_HEADER + i * FUSED_INPUT_FIELDS:FUSED_HEADER + (i + 1) * FUSED_INPUT_FIELDS]
             for i in range(3)]
-    assert [r[4:6] for r in recs] == [(0, 256), (0, 64), (64, 256)]
-    assert recs[2][0] == SOURCE_STREAM and len(outs) == 2
+    assert [r[4:6] for r in recs] == [(0, 4), (4, 16), (0, 8)]
+    assert recs[1][0] == SOURCE_STREAM and len(outs) == 2
+
+
+def test_spill_free_plan_on_the_row_kernel_swaps_transpose_conv(tmp_path):
+    """A plan that relies on the scratch-free TRANSPOSE_CONV gets TinyPlanTransposeConv even
+    when it moves nothing; the builtin's inputs stay as they were."""
+    from backends.tflite_offline import write_offline_tflite
+    from planner.kernels import ROWS_KERNEL, apply_kernels
+    from planner.planners.base import Request
+    from planner.planners.tflm_greedy import plan_tflm_greedy
+
+    stock = load_model(TINY_UNET)
+    g = apply_kernels(stock, PROFILE)
+    plan = plan_tflm_greedy(Request(g, PROFILE))
+    assert not plan.transfers and not plan.fusions
+    assert plan.op_kernels == ((11, ROWS_KERNEL), (15, ROWS_KERNEL), (19, ROWS_KERNEL))
+    assert_valid(g, plan, PROFILE.capacities)
+    [path] = write_offline_tflite(g, plan, TINY_UNET, tmp_path, profile=PROFILE)
+    data = path.read_bytes()
+    assert check_rewritten(data) == []
+    ops, before = _ops(data), _ops(TINY_UNET.read_bytes())
+    names = [o[0] for o in ops]
+    assert "TRANSPOSE_CONV" not in names and names.count("TinyPlanTransposeConv") == 3
+    original = io.read_model(TINY_UNET)
+    for k in (11, 15, 19):
+        assert ops[k][0] == "TinyPlanTransposeConv" and ops[k][1:3] == before[k][1:3]
+        o = original.subgraphs[0].operators[k].builtinOptions
+        assert struct.unpack("<5i", ops[k][3]) == (1, int(o.padding), int(o.strideH),
+                                                    int(o.strideW),
+                                                    int(o.fusedActivationFunction or 0))
+    # The stock graph's plan stays stock: no custom op at all.
+    stock_plan = plan_tflm_greedy(Request(stock, PROFILE))
+    (tmp_path / "stock").mkdir()
+    [path] = write_offline_tflite(stock, stock_plan, TINY_UNET, tmp_path / "stock",
+                                  profile=PROFILE)
+    assert "TinyPlanTransposeConv" not in {o[0] for o in _ops(path.read_bytes())}
+
+
+def test_rewrite_refuses_a_plan_without_its_kernel(tmp_path):
+    g = apply_kernels_rows(load_model(TINY_UNET))
+    plan = hand_plan(g)
+    from dataclasses import replace
+
+    bad = replace(plan, op_kernels=((11, "no_such_kernel"),))
+    with pytest.raises(PlannerError, match="kernel that does not exist"):
+        write_rewritten_tflite(g, bad, TINY_UNET, tmp_path, profile=PROFILE)
+
+
+def apply_kernels_rows(graph: Graph) -> Graph:
+    from planner.kernels import apply_kernels
+
+    return apply_kernels(graph, PROFILE)
 
 
 @needs_resnet
@@ -291,9 +350,6 @@ def test_rewritten_model_parses_with_the_litert_reader(tmp_path):
     with pytest.raises((RuntimeError, ValueError), match="Spill|custom|Custom"):
         # The flatbuffer parses; only the unregistered custom op stops the interpreter.
         litert.Interpreter(model_path=str(path)).allocate_tensors()
-
-
-TINY_UNET = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "tiny_unet_int8.tflite"
 
 
 @pytest.mark.parametrize("budget", [250_000, 235_000])

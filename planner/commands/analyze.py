@@ -6,13 +6,19 @@ import argparse
 import json
 
 from ..analysis import buffers, cold_ranges, load_bound, working_set_bound
+from ..device import bundled_profiles, load_profile
 from ..ir import Graph
-from .common import add_model_args, read_graph
+from ..kernels import op_kernels_of
+from .common import add_kernel_args, add_model_args, planned_graph
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("analyze", help="print tensors, lifetimes and lower bounds")
     add_model_args(p)
+    add_kernel_args(p)
+    p.add_argument("--profile", default="qspi-flash",
+                   help=f"device profile whose kernels apply: {', '.join(bundled_profiles())} "
+                   "or a .toml file")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(run=run)
 
@@ -30,6 +36,7 @@ def report(graph: Graph) -> dict:
         "working_set_bound_bytes": ws.bytes,
         "working_set_bound_op": ws.op,
         "working_set_bound_detail": ws.detail,
+        "op_kernels": [list(k) for k in op_kernels_of(graph)],
         "ops": [
             {"index": op.index, "step": op.index + 1, "name": op.name, "type": op.op_type,
              "inputs": list(op.inputs), "outputs": list(op.outputs), "scratch": list(op.scratch)}
@@ -50,7 +57,7 @@ def report(graph: Graph) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    graph = read_graph(args)
+    graph = planned_graph(args, load_profile(args.profile))
     data = report(graph)
     if args.json:
         print(json.dumps(data))

@@ -1,4 +1,4 @@
-"""Options and steps that several commands share: reading the model, scratch dtype."""
+"""Options and steps that several commands share: reading the model, choosing its kernels."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import argparse
 
 from frontends import load_model, parse_input_shape
 
-from ..ir import Graph, OpKind
+from ..device import DeviceProfile
+from ..ir import Graph
+from ..kernels import apply_kernels
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -15,15 +17,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--input-shape", action="append", default=[], metavar="NAME=1x3x80x120",
         help="fix a dynamic input dimension (ONNX); may be repeated",
     )
+
+
+def add_kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--scratch", choices=("int32", "int16"), default="int32",
-        help="int16: store TRANSPOSE_CONV int32 scratch as int16 (halves it; changes numerics)",
+        "--stock-transpose-conv", action="store_true",
+        help="keep TFLM's TRANSPOSE_CONV (int32 scratch of the whole output) instead of the "
+        "project's bit-exact row kernel (scratch of one output row)",
     )
 
 
 def read_graph(args: argparse.Namespace) -> Graph:
+    """The graph as the frontend reads it (stock kernels)."""
     shapes = dict(parse_input_shape(s) for s in args.input_shape)
-    graph = load_model(args.model, shapes)
-    if getattr(args, "scratch", "int32") == "int16":
-        graph = graph.with_scratch_scale(OpKind.TRANSPOSE_CONV, 1, 2)
-    return graph
+    return load_model(args.model, shapes)
+
+
+def planned_graph(args: argparse.Namespace, profile: DeviceProfile) -> Graph:
+    """The graph a plan is made for: its ops on the kernels the profile and flags allow."""
+    return apply_kernels(read_graph(args), profile,
+                         getattr(args, "stock_transpose_conv", False))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..checker import check
 from ..errors import PlannerError
+from ..kernels import with_op_kernels
 from ..plan import Plan
 from .common import add_model_args, read_graph
 
@@ -56,9 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from backends.executor import load_inputs, run_plan
 
     plan = _load_plan(args.plan)
-    if plan.scratch_dtype == "int16":
-        args.scratch = "int16"  # the plan was made for halved TRANSPOSE_CONV scratch
-    graph = read_graph(args)
+    # The graph the plan was made for: the same ops on the same custom kernels.
+    graph = with_op_kernels(read_graph(args), plan.op_kernels)
     if plan.num_steps != graph.num_steps:
         raise PlannerError(f"plan {args.plan} has {plan.num_steps} steps, model "
                            f"{Path(args.model).name} has {graph.num_steps}: not its plan")

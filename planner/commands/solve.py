@@ -7,21 +7,19 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from ..analysis import load_bound, working_set_bound
 from ..checker import PlanError, assert_valid
 from ..device import bundled_profiles, load_profile
 from ..errors import InfeasibleBudget, PlannerError
+from ..kernels import op_kernels_of
 from ..planners.base import Request, registry
 from ..units import parse_size
-from .common import add_model_args, read_graph
+from .common import add_kernel_args, add_model_args, planned_graph
 
 DEFAULT_PLANNER = "ilp"
 DEFAULT_PROFILE = "qspi-flash"
-SCRATCH_NOTE = ("--scratch int16: TRANSPOSE_CONV scratch stored as int16 (TinySeg's temporary "
-                "quantization): half the bytes, different numerics")
 
 
 def add_parser(sub) -> None:
@@ -32,6 +30,7 @@ def add_parser(sub) -> None:
         "planner-shim header in OUTDIR; ONNX input gets the plan JSON and C glue (--emit c).",
     )
     add_model_args(p)
+    add_kernel_args(p)
     p.add_argument("--budget", help="arena budget: bytes, KB/MB (x1000) or KiB/MiB (x1024)")
     p.add_argument("--planner", default=None, help=f"planner name (default {DEFAULT_PLANNER})")
     p.add_argument("--profile", default=DEFAULT_PROFILE,
@@ -60,14 +59,14 @@ def run(args: argparse.Namespace) -> int:
         raise PlannerError("--time-limit must be a positive number of seconds")
     budget = parse_size(args.budget) if args.budget is not None else None
     profile = load_profile(args.profile)
-    graph = read_graph(args)
+    graph = planned_graph(args, profile)
     load = load_bound(graph)
     ws = working_set_bound(graph, profile.can_stream, profile.fusion)
     summary = {
         "model": str(args.model),
         "planner": name,
         "profile": profile.name,
-        "scratch": args.scratch,
+        "op_kernels": [list(k) for k in op_kernels_of(graph)],
         "budget_bytes": budget,
         "load_bound_bytes": load.bytes,
         "working_set_bound_bytes": ws.bytes,
@@ -88,8 +87,6 @@ def run(args: argparse.Namespace) -> int:
     except InfeasibleBudget as exc:
         return _refuse(args, summary, str(exc))
     elapsed = time.perf_counter() - start
-    if args.scratch == "int16":
-        plan = replace(plan, scratch_dtype="int16", notes=(*plan.notes, SCRATCH_NOTE))
     try:
         assert_valid(graph, plan, profile.capacities)
     except PlanError as exc:
@@ -161,6 +158,10 @@ def _print_summary(s: dict, plan) -> None:
               f"fetched {s['fetched_bytes']:,} B, est. transfer {s['est_transfer_seconds']:.4f} s")
     if plan.fusions:
         print(f"fusions      {s['num_fusions']}")
+    if plan.op_kernels:
+        ops = ", ".join(str(k) for k, _ in plan.op_kernels)
+        print(f"kernels      TRANSPOSE_CONV ops {ops} on the row kernel (TinyPlanTransposeConv, "
+              "one output row of scratch; --stock-transpose-conv keeps TFLM's)")
     for note in s["notes"]:
         print(f"note         {note}")
     print(f"solved in    {s['solve_seconds']:.2f} s")

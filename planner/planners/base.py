@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..analysis import Buffer
 from ..device import DeviceProfile
 from ..ir import Graph
+from ..kernels import op_kernels_of
 from ..plan import Plan, Segment
 
 
@@ -58,4 +59,5 @@ def plan_from_offsets(
         for b, off in zip(bufs, offsets, strict=True)
     )
     peak = max((s.end for s in segments), default=0)
+    extra.setdefault("op_kernels", op_kernels_of(graph))
     return Plan(graph.name, planner, graph.num_steps, peak, segments, **extra)

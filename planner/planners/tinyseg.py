@@ -25,6 +25,7 @@ from ..analysis import buffers, fusion_groups, lifetimes, line_buffer_bytes
 from ..costs import footprint, plan_transfer_seconds
 from ..device import DeviceProfile
 from ..ir import Graph, Role, align
+from ..kernels import fusion_violations, op_kernels_of
 from ..plan import Fusion, Part, Plan, Segment, SegmentRole, Transfer
 from .base import Request, register
 from .tflm_greedy import plan_tflm_greedy
@@ -188,7 +189,10 @@ class _Context:
                                                               x.tensor, x.part or 0))),
             fusions=tuple(Fusion(c, conv) for c, conv in sorted(fusion.items())),
             status="heuristic",
+            op_kernels=op_kernels_of(self.graph),
         )
+        if fusion_violations(self.graph, plan):
+            return None  # e.g. every input of a fused op streams: the kernel cannot run it
         plan = replace(plan, est_transfer_seconds=plan_transfer_seconds(
             self.graph, plan, self.profile))
         return _Trial(state, plan, _peak_steps(plan), resident, points)

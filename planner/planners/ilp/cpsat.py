@@ -70,6 +70,10 @@ class CpSatModel:
         for (_, units), ts in twins.items():
             for a, b in zip(ts, ts[1:], strict=False):
                 m.add(v.scratch_off[a] + units <= v.scratch_off[b])
+        for sites in p.resident_sites():
+            streams = [v.s[k] for k in sites if k in v.s]
+            if streams:
+                m.add(sum(v.act[p.items[i].variant] for i, _ in sites) - sum(streams) >= 1)
         m.add_no_overlap_2d(xs, ys)
         # Redundant, but gives the search the load bound of whatever is resident.
         m.add_cumulative(xs, [y.size_expr() for y in ys], self.peak)

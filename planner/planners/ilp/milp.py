@@ -68,6 +68,11 @@ class _Milp:
                     if (i.index, st.name) in self.y]
             if load:
                 lp += pulp.lpSum(load) <= st.capacity
+        for sites in p.resident_sites():  # the fused kernel needs one resident slice
+            streams = [self.s[k] for k in sites if k in self.s]
+            if streams:
+                lp += pulp.lpSum(self.act[p.items[i].variant] for i, _ in sites) \
+                    - pulp.lpSum(streams) >= 1
         self._no_overlap()
 
     def _item(self, item) -> None:

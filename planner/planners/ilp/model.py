@@ -25,6 +25,7 @@ from ...analysis import fusion_groups, lifetimes, line_buffer_bytes, spatial, st
 from ...costs import transfer_seconds
 from ...device import DeviceProfile, Storage
 from ...ir import ALIGNMENT, Graph, Role, align
+from ...kernels import FUSED_CONCAT, FUSED_CONCAT_CONV, split_fits
 
 MAX_SPLIT_TENSORS = 8  # split variants only for the largest candidates: they multiply the model
 SPLIT_FRACTIONS = (0.25, 0.5, 0.75)
@@ -103,6 +104,27 @@ class Problem:
     def variants_of(self, tensor: int) -> list[int]:
         return [i for i, v in enumerate(self.variants) if v.tensor == tensor]
 
+    def resident_sites(self) -> list[list[tuple[int, int]]]:
+        """Per fused op whose kernel needs one resident input: its (item, point) streams.
+
+        The encodings keep at least one of these slices resident (sum of act - s >= 1).
+        """
+        sites: dict[int, list[tuple[int, int]]] = {}
+        for item in self.items:
+            for j, p in enumerate(item.points):
+                if p.stream != Stream.NONE and p.stream_op is not None:
+                    sites.setdefault(p.stream_op, []).append((item.index, j))
+        out = []
+        for op, found in sorted(sites.items()):
+            group = next(g for g in self.groups if op in (g.concat, g.conv))
+            concat = self.graph.ops[group.concat]
+            kernel = FUSED_CONCAT_CONV if op == group.conv else FUSED_CONCAT
+            # An input that is never planned (a constant) is always resident.
+            if kernel.needs_resident_input and all(
+                    t >= 0 and self.graph.tensors[t].planned for t in concat.inputs):
+                out.append(found)
+        return out
+
 
 def costs_us(storage: Storage, nbytes: int, rows: int) -> tuple[int, int, int]:
     """(write, fetch, stream) cost in whole microseconds of one transfer of `nbytes`."""
@@ -170,6 +192,10 @@ def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True
         items.append(item)
         variants.append(Variant(t, 0, [item.index]))
         streamable = any(p.stream != Stream.NONE for p in points)
+        # Each part is one slice of the fused kernel: its concats must have room for both.
+        streamable = streamable and all(
+            split_fits(graph, graph.ops[groups[p.group].concat])
+            for p in points if p.group is not None)
         if allow_split and can_spill and streamable and eliminated is None \
                 and spatial(tensor, graph.layout) and (tensor.channels or 0) >= 2:
             split_candidates.append((tensor.nbytes, t))
