@@ -136,3 +136,21 @@ def test_verify_refuses_a_tree_that_is_not_tflm(tmp_path, capsys):
     assert main(["verify-tflm", str(path), str(out), "--tflm-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a TFLM source tree" in err[0]
+
+
+def test_rewrite_leaves_no_untouched_tensor_with_bytes(tmp_path):
+    """Real TFLM allocates every non-constant tensor, even one no op touches (lifetime
+    [-1, -1], all stacked together): fused-away concat outputs must have no bytes."""
+    from backends.tflite_rewrite import _tensor_bytes, file_lifetimes
+
+    model = Path(__file__).resolve().parents[1] / "benchmarks/models/tiny_unet_int8.tflite"
+    assert main(["solve", str(model), "--profile", "qspi-flash", "--budget", "256KB",
+                 "--time-limit", "20", "-o", str(tmp_path), "--emit", "tflite"]) == 0
+    rewritten = io.read_model((tmp_path / "tiny_unet_int8.planned.tflite").read_bytes())
+    names = {c.customCode for c in rewritten.operatorCodes}
+    assert b"FusedConcatConv2D" in names or "FusedConcatConv2D" in names
+    life, consts = file_lifetimes(rewritten)
+    fb = io.schema()
+    untouched = [i for i, t in enumerate(rewritten.subgraphs[0].tensors)
+                 if i not in life and i not in consts and _tensor_bytes(fb, t)]
+    assert untouched == []

@@ -28,6 +28,8 @@ TFLMRegistration* Register_SPILL();
 TFLMRegistration* Register_FETCH();
 TFLMRegistration* Register_FUSED_CONCAT();
 TFLMRegistration* Register_FUSED_CONCAT_CONV2D();
+TFLMRegistration* Register_TRANSPOSE_CONV_ROWS();
+TFLMRegistration* Register_SPLIT();
 }  // namespace tinyplan
 
 namespace {
@@ -42,6 +44,8 @@ const Op kOps[] = {
     {"Fetch", tinyplan::Register_FETCH},
     {"FusedConcat", tinyplan::Register_FUSED_CONCAT},
     {"FusedConcatConv2D", tinyplan::Register_FUSED_CONCAT_CONV2D},
+    {"TinyPlanTransposeConv", tinyplan::Register_TRANSPOSE_CONV_ROWS},
+    {"TinyPlanSplit", tinyplan::Register_SPLIT},
 };
 
 enum { kRam = 0, kFile = 1, kFlash = 2 };
