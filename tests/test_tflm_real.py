@@ -37,10 +37,13 @@ def _skip_reason() -> str | None:
     try:
         if tc.tflm_root() is None:
             return f"{tc.ENV_ROOT} is not set: no TFLM tree to build the custom ops against"
+    except PlannerError as exc:
+        return f"{tc.ENV_ROOT}: {exc}"
+    try:
         tc.wheel_runtime()
         from tflite_micro.python.tflite_micro import runtime  # noqa: F401
     except (PlannerError, ImportError) as exc:
-        return f"no matching tflite-micro wheel in this Python: {exc}"
+        return f"no usable tflite-micro wheel in this Python: {exc}"
     return None
 
 
