@@ -9,28 +9,35 @@ import numpy as np
 ACTS = {"none": 0, "relu": 1, "relu_n1_to_1": 2, "relu6": 3}
 
 
-def _schema():
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
+def schema():
+    import importlib
 
-    return fb
+    # The schema moved between tflite-micro wheels; either layout will do.
+    for name in ("tflite_micro.tensorflow.lite.micro.python.schema_py_generated",
+                 "tflite_micro.tensorflow.lite.python.schema_py_generated"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError("tflite-micro's TFLite schema is not importable")
 
 
 def _quant(scales, zps, dim=0):
-    fb = _schema()
+    fb = schema()
     q = fb.QuantizationParametersT()
     q.scale, q.zeroPoint, q.quantizedDimension = [float(s) for s in scales], list(zps), dim
     return q
 
 
 def _tensor(name, shape, ttype, buffer, q=None):
-    fb = _schema()
+    fb = schema()
     t = fb.TensorT()
     t.name, t.shape, t.type, t.buffer, t.quantization = name, list(shape), ttype, buffer, q
     return t
 
 
 def _buf(data: bytes | None):
-    fb = _schema()
+    fb = schema()
     b = fb.BufferT()
     b.data = list(data) if data else None
     return b
@@ -42,7 +49,7 @@ def one_op_model(kind: str, x_shape, filt, bias, in_q, f_scales, out_q, out_shap
     activations with int32 bias, or (activations="int16") 16x8 with int64 bias."""
     import flatbuffers
 
-    fb = _schema()
+    fb = schema()
     f_dim = 3 if kind == "DEPTHWISE_CONV_2D" else 0
     cout = out_shape[3]
     act_type = fb.TensorType.INT16 if activations == "int16" else fb.TensorType.INT8
