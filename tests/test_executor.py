@@ -334,9 +334,6 @@ def test_ilp_spill_plans_match(path: Path, budget: int | None, profile: str, sto
     budget = budget or working_set_bound(m.graph).bytes
     plan = _plan(m.graph, "ilp", budget, profile)
     assert plan.peak_bytes <= budget and plan.transfers
-    kinds = {t.kind for t in plan.transfers}
-    if budget == working_set_bound(m.graph).bytes:  # at the bound the skips must stream
-        assert "stream" in kinds, kinds
     if budget == 290_000:
         assert plan.parts, "expected a channel split at this budget"
     result = m.run(plan, storage)

@@ -27,12 +27,14 @@ def skip_graph() -> Graph:
     def act(i, c, role=Role.ACTIVATION):
         return Tensor(i, f"t{i}", (1, 4, 4, c), "int8", 16 * c, role, i, 3)
 
+    # The head conv's int8 OHWI filter (a constant, id 7): the fused kernel needs one.
     tensors = (act(0, 2, Role.INPUT), act(1, 4), act(2, 4), act(3, 4), act(4, 4), act(5, 8),
-               act(6, 2, Role.OUTPUT))
+               act(6, 2, Role.OUTPUT), Tensor(7, "filter", (2, 3, 3, 8), "int8", 144,
+                                              Role.CONSTANT))
     ops = tuple(Op(k, f"conv{k}", "CONV_2D", OpKind.CONV, (k,), (k + 1,), (),
                    {"kernel": (3, 3)}) for k in range(4))
     ops += (Op(4, "cat", "CONCATENATION", OpKind.CONCAT, (4, 1), (5,), (), {"axis": 3}),
-            Op(5, "head", "CONV_2D", OpKind.CONV, (5,), (6,), (), {"kernel": (3, 3)}))
+            Op(5, "head", "CONV_2D", OpKind.CONV, (5, 7), (6,), (), {"kernel": (3, 3)}))
     return Graph("skip", "tflite", tensors, ops, (0,), (6,))
 
 
