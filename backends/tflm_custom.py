@@ -35,8 +35,7 @@ REGISTERER = "TinyPlanRegisterer"
 DEFINES = ("TF_LITE_STATIC_MEMORY", "USE_TFLM_COMPRESSION")
 C_DIR = Path(__file__).parent / "c"
 CXX_SOURCES = ("tflm_ops.cc", "tflm_python_registerer.cc")
-# POSIX TCP is not needed by the ops; everything else of the runtime is.
-C_EXCLUDE = ("tp_stream_tcp.c",)
+C_EXCLUDE: tuple[str, ...] = ()  # the host build takes every driver, TCP included
 WARNINGS = ("-Wall", "-Wextra", "-Werror")
 # header -> what to tell the user when no include directory has it
 THIRD_PARTY = {
@@ -44,7 +43,7 @@ THIRD_PARTY = {
     "fixedpoint/fixedpoint.h": "gemmlowp",
     "ruy/profiler/instrumentation.h": "ruy",
 }
-STORAGE_KINDS = {"ram": 0, "file": 1, "flash": 2}
+STORAGE_KINDS = {"ram": 0, "file": 1, "flash": 2, "remote": 3}
 
 
 @dataclass(frozen=True)
@@ -203,7 +202,8 @@ def load(root: str | os.PathLike | None = None,
 
 @dataclass(frozen=True)
 class StorageSpec:
-    """One host storage: `kind` ram, file or flash (NOR emulated on RAM)."""
+    """One host storage: `kind` ram, file, flash (NOR emulated on RAM) or remote (a
+    storage host at `path` = "127.0.0.1:PORT")."""
 
     kind: str
     capacity: int
@@ -221,8 +221,8 @@ def configure_storages(handle: ctypes.CDLL, specs: Sequence[StorageSpec]) -> Non
         if spec.kind not in STORAGE_KINDS:
             raise PlannerError(f"unknown storage driver '{spec.kind}': use "
                                f"{', '.join(STORAGE_KINDS)}")
-        if spec.kind == "file" and not spec.path:
-            raise PlannerError("a file storage needs a path")
+        if spec.kind in ("file", "remote") and not spec.path:
+            raise PlannerError(f"a {spec.kind} storage needs a path")
         path = spec.path.encode() if spec.path else None
         rc = handle.tp_py_add_storage(STORAGE_KINDS[spec.kind], path, spec.capacity,
                                       spec.erase_block, spec.granule)
@@ -275,7 +275,7 @@ def storage_specs(model, driver: str, profile=None, compress: bool = False,
             block, granule = 1, 1
         capacity = max(ends[i], 1)
         capacity = -(-capacity // block) * block
-        path = None
+        path = None  # a remote storage gets its address from start_storage_hosts
         if driver == "file":
             base = Path(workdir) if workdir is not None else Path.cwd()
             path = str(base / f"tinyplan_storage_{i}.bin")
@@ -295,3 +295,45 @@ def _custom_ops(model):
             if max(code.builtinCode, code.deprecatedBuiltinCode) == fb.BuiltinOperator.CUSTOM:
                 raw = code.customCode
                 yield op, raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def start_storage_hosts(specs: Sequence[StorageSpec], stack, workdir: str | os.PathLike):
+    """A `storage-host` process per remote storage (on loopback, any free port), stopped
+    when `stack` (a contextlib.ExitStack) closes; returns the specs with their addresses.
+
+    A process, not a thread: the wheel holds the GIL during Invoke, so a Python server in
+    the same process could never answer the Spill/Fetch requests.
+    """
+    import sys
+    from dataclasses import replace
+
+    out = []
+    for i, spec in enumerate(specs):
+        if spec.kind != "remote":
+            out.append(spec)
+            continue
+        folder = Path(workdir) / f"host{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "planner", "storage-host", "--tcp", "127.0.0.1:0",
+             "--capacity", str(spec.capacity), "--dir", str(folder)],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        stack.callback(_stop, proc)
+        line = proc.stderr.readline() if proc.stderr is not None else ""
+        words = line.split()
+        if len(words) < 4 or words[:3] != ["storage", "host", "on"]:
+            raise PlannerError(f"the storage host did not start: {line.strip() or 'no output'}")
+        out.append(replace(spec, path=words[3].rstrip(",")))
+    return out
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

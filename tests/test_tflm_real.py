@@ -30,7 +30,7 @@ CASES = [
     ("irregular_int8", None), ("irregular_int8", "75%"),
     ("mbv2_unet_int8", None), ("unet_wide96_int8", "442368"), ("unet_wide96_int8", "75%"),
 ]
-STORAGES = [("ram",), ("file",), ("flash",), ("ram", "--compress")]
+STORAGES = [("ram",), ("file",), ("flash",), ("ram", "--compress"), ("remote",)]
 
 
 def _skip_reason() -> str | None:

@@ -20,6 +20,7 @@
 extern "C" {
 #include "tp_runtime.h"
 #include "tp_storage.h"
+#include "tp_stream_tcp.h"
 int tp_tflm_set_storages(tp_storage* const* storages, uint32_t count, uint32_t compress_mask);
 }
 
@@ -48,7 +49,7 @@ const Op kOps[] = {
     {"TinyPlanSplit", tinyplan::Register_SPLIT},
 };
 
-enum { kRam = 0, kFile = 1, kFlash = 2 };
+enum { kRam = 0, kFile = 1, kFlash = 2, kRemote = 3 };
 
 struct HostStorage {
   int kind;
@@ -57,6 +58,9 @@ struct HostStorage {
   tp_file_storage file;
   tp_flash_ram ram;
   tp_flash_storage flash;
+  char host[64];  // the TCP stream keeps a pointer to it
+  tp_tcp_stream tcp;
+  tp_remote_storage remote;
 };
 
 HostStorage g_host[TP_MAX_STORAGES];
@@ -79,6 +83,7 @@ int RamFlush(tp_storage*) { return TP_OK; }
 
 void Release(HostStorage& h) {
   if (h.kind == kFile && h.file.file != nullptr) tp_file_storage_close(&h.storage);
+  if (h.kind == kRemote) tp_tcp_stream_close(&h.tcp);
   free(h.image);
   memset(&h, 0, sizeof h);
 }
@@ -113,7 +118,8 @@ void tp_py_reset(void) {
 }
 
 // Appends storage id g_count: kind 0 RAM, 1 file at `path` (created or truncated),
-// 2 NOR flash emulated on RAM (starts erased, 0xFF). Returns the id or a TP_E* code.
+// 2 NOR flash emulated on RAM (starts erased, 0xFF), 3 a storage host (docs/
+// remote_protocol.md) at `path` = "IPv4:PORT" over TCP. Returns the id or a TP_E* code.
 int tp_py_add_storage(int kind, const char* path, uint32_t capacity, uint32_t erase_block,
                       uint32_t granule) {
   if (g_count == TP_MAX_STORAGES || capacity == 0) return TP_ECONFIG;
@@ -145,6 +151,17 @@ int tp_py_add_storage(int kind, const char* path, uint32_t capacity, uint32_t er
     tp_flash_hal hal;
     tp_flash_ram_hal(&hal, &h.ram, h.image, size, erase_block, granule);
     rc = tp_flash_storage_init(&h.storage, &h.flash, &hal);
+  } else if (kind == kRemote) {
+    const char* colon = path != nullptr ? strrchr(path, ':') : nullptr;
+    if (colon == nullptr || static_cast<size_t>(colon - path) >= sizeof h.host) return TP_ECONFIG;
+    memcpy(h.host, path, colon - path);
+    h.host[colon - path] = '\0';
+    const long port = strtol(colon + 1, nullptr, 10);
+    if (port <= 0 || port > 65535) return TP_ECONFIG;
+    tp_byte_stream io;
+    h.tcp.fd = -1;
+    rc = tp_tcp_stream_open(&io, &h.tcp, h.host, static_cast<uint16_t>(port));
+    if (rc == TP_OK) rc = tp_remote_storage_init(&h.storage, &h.remote, &io, capacity, 3, 2000);
   } else {
     return TP_ECONFIG;
   }

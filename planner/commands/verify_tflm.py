@@ -15,6 +15,7 @@ such a tree it is refused. Exit 0 when all holds, 1 on any difference, 2 on bad 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +41,10 @@ def add_parser(sub) -> None:
     p.add_argument("--tflm-root", help="TFLM source tree matching the installed tflite-micro "
                    "wheel, to build the custom ops of a rewritten model (default "
                    "$TINYPLAN_TFLM_ROOT)")
-    p.add_argument("--storage", choices=("ram", "file", "flash"), default="ram",
+    p.add_argument("--storage", choices=("ram", "file", "flash", "remote"), default="ram",
                    help="host driver behind every storage of a rewritten model: RAM, a file, "
-                   "or NOR flash emulated in RAM (default ram)")
+                   "NOR flash emulated in RAM, or a storage-host process over loopback TCP "
+                   "(default ram)")
     p.add_argument("--profile", help="device profile giving the storages' flash geometry and "
                    "compression (by storage name)")
     p.add_argument("--compress", action="store_true",
@@ -86,7 +88,7 @@ class CustomSetup:
     workdir: str | None = None
 
 
-def _custom_ops(model, setup: CustomSetup, report: dict):
+def _custom_ops(model, setup: CustomSetup, report: dict, stack):
     """Load the project's ops and fresh storages for `model`; the registerer names to pass."""
     from backends import tflite_io as io
     from backends import tflm_custom
@@ -106,7 +108,13 @@ def _custom_ops(model, setup: CustomSetup, report: dict):
                            "project's registerer does not provide")
     specs = tflm_custom.storage_specs(model, setup.storage, setup.profile, setup.compress,
                                       setup.workdir)
+    if setup.storage == "remote":
+        import tempfile
+
+        work = setup.workdir or stack.enter_context(tempfile.TemporaryDirectory())
+        specs = tflm_custom.start_storage_hosts(specs, stack, work)
     tflm_custom.configure_storages(handle, specs)
+    stack.callback(handle.tp_py_reset)  # close files and sockets before the hosts stop
     report["custom_ops"] = custom
     report["storages"] = [{"kind": s.kind, "capacity": s.capacity, "erase_block": s.erase_block,
                            "granule": s.granule, "compress": s.compress} for s in specs]
@@ -118,7 +126,6 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0,
            setup: CustomSetup | None = None) -> dict:
     """Everything the command reports, as a dict (`ok` says whether it passed)."""
     from backends import tflite_io as io
-    from backends import tflm_interpreter as tflm
     from backends.tflite_offline import read_peak
 
     model = io.read_model(planned)
@@ -130,8 +137,16 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0,
                            "`solve --emit tflite`")
     if runs < 1:
         raise PlannerError("--runs must be at least 1")
-    registerers = _custom_ops(model, setup, report)
-    handle = report.pop("_handle", None)
+    with contextlib.ExitStack() as stack:
+        registerers = _custom_ops(model, setup, report, stack)
+        handle = report.pop("_handle", None)
+        return _run(original, planned, runs, seed, setup, report, recorded, registerers, handle)
+
+
+def _run(original: bytes, planned: bytes, runs: int, seed: int, setup: CustomSetup,
+         report: dict, recorded: dict, registerers, handle) -> dict:
+    from backends import tflm_interpreter as tflm
+
     inputs = [tflm.random_inputs(original, seed + r) for r in range(runs)]
     expected, original_arena = tflm.invoke_runs(original, inputs)
     report.update({
@@ -162,8 +177,6 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0,
 
         report["flash_erases"] = [tflm_custom.flash_erases(handle, i)
                                   for i in range(len(report["storages"]))]
-    if handle is not None:
-        handle.tp_py_reset()  # close storage files before their directory goes
     report["head_matches"] = arena["head"] == recorded["peak"]
     report["ok"] = all_same and report["head_matches"]
     return report
