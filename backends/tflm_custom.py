@@ -175,29 +175,42 @@ def build(root: str | os.PathLike | None = None,
     return lib
 
 
-_LOADED: dict[Path, ctypes.CDLL] = {}
+# One build per process: the wheel finds TinyPlanRegisterer with dlsym over the whole
+# process, so a second copy (another cache folder, or sources edited meanwhile) would
+# bind the ops of one copy to the storages of the other.
+_LOADED: dict[str, ctypes.CDLL] = {}
 
 
 def load(root: str | os.PathLike | None = None,
          cache: str | os.PathLike | None = None) -> ctypes.CDLL:
     """Build if needed and load the ops into the process (RTLD_GLOBAL), once."""
-    lib = build(root, cache)
-    if lib not in _LOADED:
-        # The wheel's extension first, so the library binds to the copy Python uses.
-        from tflite_micro.python.tflite_micro import runtime  # noqa: F401
+    tc = toolchain(root)
+    if tc is None:
+        return _load(build(root, cache))  # build() refuses: no tree named
+    key = _cache_dir(tc, cache).name  # the digest of sources, tree, wheel and compilers
+    if key not in _LOADED and _LOADED:
+        raise PlannerError("another build of the TinyPlan TFLM ops is already loaded in this "
+                           "process (sources or tree changed): start a new process")
+    if key not in _LOADED:
+        _LOADED[key] = _load(build(root, cache))
+    return _LOADED[key]
 
-        handle = ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-        handle.tp_py_add_storage.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
-                                             ctypes.c_uint32, ctypes.c_uint32]
-        handle.tp_py_add_storage.restype = ctypes.c_int
-        handle.tp_py_apply.argtypes = [ctypes.c_uint32]
-        handle.tp_py_apply.restype = ctypes.c_int
-        handle.tp_py_flash_erases.argtypes = [ctypes.c_uint32]
-        handle.tp_py_flash_erases.restype = ctypes.c_int64
-        handle.tp_py_reset.restype = None
-        handle.tp_py_registered_ops.restype = ctypes.c_char_p
-        _LOADED[lib] = handle
-    return _LOADED[lib]
+
+def _load(lib: Path) -> ctypes.CDLL:
+    # The wheel's extension first, so the library binds to the copy Python uses.
+    from tflite_micro.python.tflite_micro import runtime  # noqa: F401
+
+    handle = ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    handle.tp_py_add_storage.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
+                                         ctypes.c_uint32, ctypes.c_uint32]
+    handle.tp_py_add_storage.restype = ctypes.c_int
+    handle.tp_py_apply.argtypes = [ctypes.c_uint32]
+    handle.tp_py_apply.restype = ctypes.c_int
+    handle.tp_py_flash_erases.argtypes = [ctypes.c_uint32]
+    handle.tp_py_flash_erases.restype = ctypes.c_int64
+    handle.tp_py_reset.restype = None
+    handle.tp_py_registered_ops.restype = ctypes.c_char_p
+    return handle
 
 
 @dataclass(frozen=True)

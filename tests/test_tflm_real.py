@@ -214,3 +214,10 @@ def test_cases_cover_every_custom_op(ops, planned, tmp_path):
 
 def test_registerer_provides_every_op_the_rewrite_emits(ops):
     assert sorted(tc.registered_ops(ops)) == sorted(io.CUSTOM_OPS)
+
+
+def test_one_build_per_process(ops, tmp_path):
+    """Another cache folder gives the loaded copy back: two copies in one process would
+    bind the ops of one to the storages of the other."""
+    assert tc.load(cache=tmp_path) is ops
+    assert not any(tmp_path.iterdir())  # nothing was built there
