@@ -32,9 +32,9 @@ RUNTIMES = ("auto", "litert", "tflm")
 
 
 def _schema():
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
+    from planner.tflite_schema import schema
 
-    return fb
+    return schema()
 
 
 def _interpreter(what: str, content: bytes | None = None, path: Path | None = None):

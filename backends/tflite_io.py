@@ -23,11 +23,9 @@ CUSTOM_OPS = tuple(k.custom_op for k in KERNELS.values())
 
 
 def schema():
-    try:
-        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
-    except ImportError as exc:
-        raise PlannerError(f"tflite-micro (TFLite schema) is not importable: {exc}") from None
-    return fb
+    from planner.tflite_schema import schema as load
+
+    return load()
 
 
 def read_model(source: str | Path | bytes) -> Any:

@@ -416,9 +416,27 @@ def rewrite(graph: Graph, plan: Plan, model_path: Path, profile: Any = None) -> 
     storages = storage_names(plan, profile)
     b = _Builder(graph, plan, model, storages)
     b.build()
+    _empty_untouched(model)
     plan_at = {s.tensor: s.offset for s in plan.segments if s.role == "tensor"}
     scratch = [plan_at[s] for op in graph.ops for s in op.scratch if s in plan_at]
     return Rewrite(model, b.offsets, b.op_steps, b.segment_of, b.inplace, storages, scratch)
+
+
+def _empty_untouched(model: Any) -> None:
+    """Give no elements to the tensors no op touches any more (fused-away concat outputs).
+
+    Real TFLM allocates every non-constant tensor of nonzero size, even one no op reads
+    or writes: its lifetime stays [-1, -1], so all such buffers overlap one another and
+    are stacked online in the arena head (measured: a Tiny U-Net plan of 192,000 B got a
+    head of 201,600 B from three fused-away concat outputs). A shape [0] makes TFLM skip it.
+    """
+    fb = io.schema()
+    life, consts = file_lifetimes(model)
+    sub = model.subgraphs[0]
+    for i, t in enumerate(sub.tensors):
+        if i not in life and i not in consts and not t.isVariable and _tensor_bytes(fb, t):
+            t.shape = [0]
+            t.shapeSignature = None
 
 
 def write_rewritten_tflite(graph: Graph, plan: Plan, model_path: Path, outdir: Path,

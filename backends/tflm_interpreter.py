@@ -22,6 +22,8 @@ from planner.errors import PlannerError
 DEFAULT_ARENA = 8 * 1024 * 1024
 MAX_ARENA = 1 << 30
 _MISSING_RE = re.compile(r"missing: (\d+)")
+_HEAD_RE = re.compile(r"Arena allocation head (\d+) bytes")
+_ARENA_RE = re.compile(r"Arena allocation (total|head|tail) (\d+) bytes")
 
 
 def _runtime():
@@ -32,7 +34,8 @@ def _runtime():
     return runtime
 
 
-def make_interpreter(model: bytes, arena_size: int | None = None, preserve_all: bool = False):
+def make_interpreter(model: bytes, arena_size: int | None = None, preserve_all: bool = False,
+                     registerers: Sequence[str] = ()):
     """A TFLM interpreter with tensors allocated; any TFLM failure becomes one PlannerError.
 
     Without `arena_size` the arena starts at DEFAULT_ARENA and grows while TFLM says
@@ -47,7 +50,7 @@ def make_interpreter(model: bytes, arena_size: int | None = None, preserve_all: 
     size = arena_size or max(DEFAULT_ARENA, 10 * len(model))
     while True:
         try:
-            return _build(runtime, model, size, config)
+            return _build(runtime, model, size, config, registerers)
         except PlannerError as exc:
             short = _MISSING_RE.search(str(exc))
             if arena_size is not None or short is None or size >= MAX_ARENA:
@@ -55,17 +58,18 @@ def make_interpreter(model: bytes, arena_size: int | None = None, preserve_all: 
             size = min(MAX_ARENA, 2 * (size + int(short.group(1))))
 
 
-def _build(runtime, model: bytes, size: int, config):
+def _build(runtime, model: bytes, size: int, config, registerers: Sequence[str] = ()):
     made = []
 
     def build() -> None:
         # The keyword really is spelled "intrepreter_config" in tflite-micro.
         made.append(
-            runtime.Interpreter.from_bytes(bytes(model), arena_size=size, intrepreter_config=config)
+            runtime.Interpreter.from_bytes(bytes(model), custom_op_registerers=list(registerers),
+                                           arena_size=size, intrepreter_config=config)
         )
 
     try:
-        log = _capture_fd2(build)
+        log = _capture_fd2(lambda: _stdout_to_stderr(build))
     except Exception as exc:  # flatbuffer parse errors (struct.error, IndexError) included
         # TFLM explains itself on fd 2 ("Failed to get registration ..."); keep its first line.
         why = _first_line(getattr(exc, "tflm_log", "")) or _first_line(str(exc))
@@ -78,6 +82,23 @@ def _build(runtime, model: bytes, size: int, config):
 def _first_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[0] if lines else ""
+
+
+def _stdout_to_stderr(fn) -> None:
+    """Run fn() with stdout sent to stderr: some wheels print notes ("Number of resource
+    variables ...") while loading a model, which would corrupt `--json` output."""
+    import contextlib
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            fn()
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _capture_fd2(fn) -> str:
@@ -123,7 +144,9 @@ def arena_tail_bytes(model: bytes, arena_size: int | None = None) -> int:
 
 
 def _num_io(model: bytes) -> tuple[int, int]:
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
+    from planner.tflite_schema import schema
+
+    fb = schema()
 
     sub = fb.Model.GetRootAsModel(bytes(model), 0).Subgraphs(0)
     return sub.InputsLength(), sub.OutputsLength()
@@ -165,3 +188,43 @@ def invoke(
         return [np.array(interp.get_output(i), copy=True) for i in range(n_out)]
     except (RuntimeError, ValueError) as exc:
         raise PlannerError(f"TFLM invoke failed: {_first_line(str(exc)) or 'error'}") from None
+
+
+def arena_figures(interp) -> dict[str, int]:
+    """TFLM's own `total`, `head` and `tail` bytes for an interpreter (print_allocations)."""
+    text = _capture_fd2(interp.print_allocations)
+    found = {k: int(v) for k, v in _ARENA_RE.findall(text)}
+    if "head" not in found:
+        raise PlannerError("TFLM printed no 'Arena allocation head' line")
+    return found
+
+
+def invoke_runs(
+    model: bytes, input_sets: Sequence[Sequence[np.ndarray]], arena_size: int | None = None,
+    registerers: Sequence[str] = (),
+) -> tuple[list[list[np.ndarray] | str], dict[str, int]]:
+    """Consecutive inferences on one interpreter, as a device runs them.
+
+    Returns per input set the outputs (copies) or the first line of TFLM's error, and
+    the arena figures; a state kept between Invokes (storages, spill records) is
+    exercised because the interpreter is not rebuilt.
+    """
+    n_in, n_out = _num_io(model)
+    interp = make_interpreter(model, arena_size, registerers=registerers)
+    results: list[list[np.ndarray] | str] = []
+    for inputs in input_sets:
+        if len(inputs) != n_in:
+            raise PlannerError(f"model has {n_in} inputs, got {len(inputs)} arrays")
+        try:
+            for i, arr in enumerate(inputs):
+                detail = interp.get_input_details(i)
+                interp.set_input(np.ascontiguousarray(arr, dtype=detail["dtype"]), i)
+            log = _capture_fd2(interp.invoke)
+            results.append([np.array(interp.get_output(i), copy=True) for i in range(n_out)])
+        except (RuntimeError, ValueError) as exc:
+            why = _first_line(getattr(exc, "tflm_log", "")) or _first_line(str(exc))
+            results.append(f"TFLM invoke failed: {why or 'error'}")
+            continue
+        if log.strip():
+            sys.stderr.write(log)
+    return results, arena_figures(interp)

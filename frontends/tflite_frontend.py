@@ -46,11 +46,9 @@ _ELEMENTWISE = {
 
 
 def _schema():
-    try:
-        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
-    except ImportError as exc:
-        raise PlannerError(f"tflite-micro (TFLite schema) is not importable: {exc}") from None
-    return fb
+    from planner.tflite_schema import schema
+
+    return schema()
 
 
 def _enum_names(cls: type) -> dict[int, str]:

@@ -117,9 +117,13 @@ def test_head_mismatch_alone_fails(tmp_path, capsys):
     assert "DIFFERS" in text and "OK   identical" in text
 
 
-def test_custom_ops_are_refused(tmp_path, capsys):
+def test_custom_ops_are_refused(tmp_path, capsys, monkeypatch):
+    """Without a TFLM tree to build the project's ops (tests/test_tflm_real.py has one)."""
     from test_tflite_rewrite import PROFILE, hand_plan
 
+    from backends.tflm_custom import ENV_ROOT
+
+    monkeypatch.delenv(ENV_ROOT, raising=False)
     from backends.tflite_rewrite import write_rewritten_tflite
 
     path = model("mlperf_tiny/pretrainedResnet_quant")

@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 
 import flatbuffers
 import numpy as np
-from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
+
+from planner.tflite_schema import schema
+
+fb = schema()
 
 ACT_NONE = fb.ActivationFunctionType.NONE
 ACT_RELU = fb.ActivationFunctionType.RELU

@@ -2,15 +2,22 @@
 
 Both models run in tflite-micro on the same random inputs; their outputs must be
 bit-identical, and TFLM's arena head for the planned model must equal the plan's
-peak recorded in its `TinyPlanPeak` metadata. Exit 0 when all holds, 1 on any
-difference, 2 on bad input (including a rewritten model with custom ops, which
-stock TFLM cannot run).
+peak recorded in its `TinyPlanPeak` metadata. Each model runs on one interpreter,
+`--runs` inferences in a row, as a device runs them (state kept between inferences,
+such as flash contents, is exercised).
+
+A rewritten model (spill plans: Spill, Fetch, Fused* custom ops) runs with the
+project's ops compiled against the TFLM tree the user names (`--tflm-root` or
+$TINYPLAN_TFLM_ROOT; backends/tflm_custom.py) on host storages (`--storage`). Without
+such a tree it is refused. Exit 0 when all holds, 1 on any difference, 2 on bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +39,17 @@ def add_parser(sub) -> None:
     p.add_argument("--runs", type=int, default=3, help="random input sets (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first input set")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--tflm-root", help="TFLM source tree matching the installed tflite-micro "
+                   "wheel, to build the custom ops of a rewritten model (default "
+                   "$TINYPLAN_TFLM_ROOT)")
+    p.add_argument("--storage", choices=("ram", "file", "flash", "remote"), default="ram",
+                   help="host driver behind every storage of a rewritten model: RAM, a file, "
+                   "NOR flash emulated in RAM, or a storage-host process over loopback TCP "
+                   "(default ram)")
+    p.add_argument("--profile", help="device profile giving the storages' flash geometry and "
+                   "compression (by storage name)")
+    p.add_argument("--compress", action="store_true",
+                   help="compress every spill (TinySeg's scheme), whatever the profile says")
     p.set_defaults(run=run)
 
 
@@ -63,22 +81,61 @@ def compare_outputs(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[bool, str
 MAX_RUNS = 1000
 
 
-def _reference(original: bytes, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Random inputs for ORIGINAL and its outputs on them (one TFLM child)."""
-    from backends import tflm_interpreter as tflm
+@dataclass(frozen=True)
+class CustomSetup:
+    """How a rewritten model's custom ops run: the tree they build against, the storages."""
 
-    inputs = tflm.random_inputs(original, seed)
-    return inputs, tflm.invoke(original, inputs)
+    tflm_root: str | None = None
+    storage: str = "ram"
+    profile: object | None = None
+    compress: bool = False
+    workdir: str | None = None
 
 
-def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0) -> dict:
+def _custom_ops(model, setup: CustomSetup, report: dict, stack):
+    """Load the project's ops and fresh storages for `model`; the registerer names to pass."""
+    from backends import tflite_io as io
+    from backends import tflm_custom
+
+    custom = sorted(set(io.custom_op_names(model)))
+    if not custom:
+        return ()
+    if tflm_custom.tflm_root(setup.tflm_root) is None:
+        raise PlannerError(
+            f"the planned model contains custom ops {', '.join(custom)}: real TFLM runs them "
+            f"only with the project's C glue built against a TFLM tree; set "
+            f"{tflm_custom.ENV_ROOT} or --tflm-root (docs/tflm_backend.md)")
+    handle = tflm_custom.load(setup.tflm_root)
+    missing = sorted(set(custom) - set(tflm_custom.registered_ops(handle)))
+    if missing:
+        raise PlannerError(f"the planned model uses custom ops {', '.join(missing)} that the "
+                           "project's registerer does not provide")
+    specs = tflm_custom.storage_specs(model, setup.storage, setup.profile, setup.compress,
+                                      setup.workdir)
+    if setup.storage == "remote":
+        import tempfile
+
+        work = setup.workdir or stack.enter_context(tempfile.TemporaryDirectory())
+        specs = tflm_custom.start_storage_hosts(specs, stack, work)
+    tflm_custom.configure_storages(handle, specs)
+    stack.callback(handle.tp_py_reset)  # close files and sockets before the hosts stop
+    report["custom_ops"] = custom
+    report["storages"] = [{"kind": s.kind, "capacity": s.capacity, "erase_block": s.erase_block,
+                           "granule": s.granule, "compress": s.compress} for s in specs]
+    report["_handle"] = handle
+    return (tflm_custom.REGISTERER,)
+
+
+def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0,
+           setup: CustomSetup | None = None) -> dict:
     """Everything the command reports, as a dict (`ok` says whether it passed).
 
-    TFLM runs in child processes (backends/tflm_isolation.py): a TFLM abort becomes
-    one TFLMAborted line, and the offline array is checked before TFLM reads it.
+    Stock models run in child processes (backends/tflm_isolation.py): a TFLM abort
+    becomes one TFLMAborted line. The offline array is checked before TFLM reads it.
+    A model with the project's custom ops runs in this process, on the glue built
+    against the user's TFLM tree and the storages configured here.
     """
     from backends import tflite_io as io
-    from backends import tflm_interpreter as tflm
     from backends.offline_check import check_offline_array
     from backends.tflite_offline import read_peak
     from backends.tflm_isolation import TFLMAborted, isolated
@@ -88,11 +145,8 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0) -> dic
     if not 0 <= seed <= 2**63 - 1 - runs:
         raise PlannerError(f"--seed must be 0..2^63-1, got {seed}")
     model = io.read_model(planned)
-    custom = sorted(set(io.custom_op_names(model)) & set(io.CUSTOM_OPS))
-    if custom:
-        raise PlannerError(
-            f"the planned model contains custom ops {', '.join(custom)}: real TFLM cannot run "
-            "them without the generated C glue (spill plans are checked by the executor)")
+    report: dict = {}
+    setup = setup or CustomSetup()
     recorded = read_peak(model)
     if recorded is None:
         raise PlannerError("the planned model carries no TinyPlanPeak metadata: write it with "
@@ -100,40 +154,69 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0) -> dic
     if not 0 < int(recorded["peak"]) <= 2**31 - 1:
         raise PlannerError(f"TinyPlanPeak records a peak of {recorded['peak']} B")
     check_offline_array(model, planned, int(recorded["peak"]))
-    original_head = isolated("ORIGINAL", tflm.arena_head_bytes, original)
-    report: dict = {
+    with contextlib.ExitStack() as stack:
+        registerers = _custom_ops(model, setup, report, stack)
+        handle = report.pop("_handle", None)
+        return _run(original, planned, runs, seed, setup, report, recorded, registerers, handle)
+
+
+def _run(original: bytes, planned: bytes, runs: int, seed: int, setup: CustomSetup,
+         report: dict, recorded: dict, registerers, handle) -> dict:
+    from backends import tflm_interpreter as tflm
+    from backends.tflm_isolation import TFLMAborted, isolated
+
+    inputs = [tflm.random_inputs(original, seed + r) for r in range(runs)]
+    expected, original_arena = isolated("ORIGINAL", tflm.invoke_runs, original, inputs)
+    report.update({
         "plan_peak_bytes": recorded["peak"],
         "predicted_head_bytes": recorded["predicted_head"],
-        "original_head_bytes": original_head,
+        "original_head_bytes": original_arena["head"],
         "runs": [],
-    }
+    })
     try:
-        planned_head = isolated("PLANNED", tflm.arena_head_bytes, planned)
+        if registerers:  # the user's glue and storages live in this process
+            got, arena = tflm.invoke_runs(planned, inputs, registerers=registerers)
+        else:
+            got, arena = isolated("PLANNED", tflm.invoke_runs, planned, inputs)
     except TFLMAborted:
         raise
     except PlannerError as exc:  # the plan itself broke the model: a failed verification
         report.update(planned_head_bytes=None, error=str(exc), ok=False)
         return report
-    report["planned_head_bytes"] = planned_head
+    report["planned_head_bytes"] = arena["head"]
+    report["planned_arena_bytes"] = {k: arena.get(k) for k in ("total", "head", "tail")}
     all_same = True
     for r in range(runs):
-        inputs, expected = isolated("ORIGINAL", _reference, original, seed + r)
-        try:
-            got = isolated("PLANNED", tflm.invoke, planned, inputs)
-            same, why = compare_outputs(expected, got)
-        except TFLMAborted:
-            raise
-        except PlannerError as exc:
-            same, why = False, str(exc)
+        if isinstance(expected[r], str):
+            raise PlannerError(f"the original model fails on TFLM: {expected[r]}")
+        if isinstance(got[r], str):
+            same, why = False, got[r]
+        else:
+            same, why = compare_outputs(expected[r], got[r])
         report["runs"].append({"seed": seed + r, "identical": same, "detail": why})
         all_same &= same
-    report["head_matches"] = planned_head == recorded["peak"]
+    if handle is not None and setup.storage == "flash":
+        from backends import tflm_custom
+
+        report["flash_erases"] = [tflm_custom.flash_erases(handle, i)
+                                  for i in range(len(report["storages"]))]
+    report["head_matches"] = arena["head"] == recorded["peak"]
     report["ok"] = all_same and report["head_matches"]
     return report
 
 
 def run(args: argparse.Namespace) -> int:
-    report = verify(_read(args.original), _read(args.planned), args.runs, args.seed)
+    import tempfile
+
+    profile = None
+    if args.profile:
+        from ..device import load_profile
+
+        profile = load_profile(args.profile)
+    original, planned = _read(args.original), _read(args.planned)
+    with tempfile.TemporaryDirectory(prefix="tinyplan-storage-") as work:
+        setup = CustomSetup(args.tflm_root, args.storage, profile, args.compress, work)
+        report = verify(original, planned, args.runs, args.seed, setup)
     report["original"], report["planned"] = args.original, args.planned
     report["model"], report["model_path"] = Path(args.original).stem, args.original
     if args.json:
@@ -141,6 +224,11 @@ def run(args: argparse.Namespace) -> int:
         return 0 if report["ok"] else 1
     print(f"original  {args.original}")
     print(f"planned   {args.planned}")
+    if report.get("custom_ops"):
+        kinds = ", ".join(f"{s['kind']}{' compressed' if s['compress'] else ''}"
+                          for s in report["storages"])
+        print(f"custom    {', '.join(report['custom_ops'])} (project ops on real TFLM; "
+              f"storages: {kinds or 'none'})")
     print(f"{'run':>4}  {'seed':>6}  outputs")
     for i, r in enumerate(report["runs"]):
         print(f"{i:>4}  {r['seed']:>6}  {'OK  ' if r['identical'] else 'DIFF'} {r['detail']}")
@@ -154,5 +242,11 @@ def run(args: argparse.Namespace) -> int:
     if report["predicted_head_bytes"] != report["plan_peak_bytes"]:
         print(f"            (the writer predicted {report['predicted_head_bytes']:,} B: TFLM "
               "places scratch buffers online)")
+    whole = report.get("planned_arena_bytes") or {}
+    if whole.get("total") is not None:
+        print(f"arena       planned total (TFLM)   {whole['total']:>12,} B   = head + tail "
+              f"{whole['tail']:,} B")
+    if report.get("flash_erases") is not None:
+        print(f"flash       blocks erased          {report['flash_erases']}")
     print(f"result    {'PASS' if report['ok'] else 'FAIL'}")
     return 0 if report["ok"] else 1
