@@ -138,7 +138,6 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0,
     from backends import tflite_io as io
     from backends.offline_check import check_offline_array
     from backends.tflite_offline import read_peak
-    from backends.tflm_isolation import TFLMAborted, isolated
 
     if not 1 <= runs <= MAX_RUNS:
         raise PlannerError(f"--runs must be 1..{MAX_RUNS}, got {runs}")
