@@ -17,6 +17,11 @@ empty (every later block sits at or above b), so c could drop into it and the su
 would shrink. Blocks whose lowest offset is below the last placed offset wait
 for something to raise them.
 
+Hatless pruning. If the block just tried raised no free block (nothing alive with
+it sits below its top) and its subtree failed, that subtree was the rest of the
+problem unchanged, with the block in a slot nobody else can use: the remaining
+candidates, all at or above it, fail too.
+
 Symmetry. Blocks placed at the same offset are disjoint in time and commute, so
 within a run at one offset ranks must increase. Identical blocks (same lifetime
 and size) are interchangeable, so each waits for its earlier twin (`twin_prev`).
@@ -26,6 +31,13 @@ Inference. Every unplaced block alive in section s starts at or above both the
 last offset and its own lowest offset, and they all overlap in s, so the least
 of those starts plus their total size must fit the capacity, in every section.
 At the root this is the load bound; deeper it is what proves infeasibility fast.
+
+Decomposition. When no free block is alive across some section boundary, the two
+sides share nothing but the fixed floors: each is searched alone (the other
+side's blocks parked) and a failure of either fails the node, instead of
+re-searching one side for every way of packing the other. Each side starts its
+own canonical order afresh at offset 0 over the floors: its least-sum completion
+need not respect the offsets placed so far, only the floors.
 """
 
 from __future__ import annotations
@@ -36,6 +48,9 @@ from collections.abc import Sequence
 
 INF = float("inf")
 PACKED, EXHAUSTED, LIMIT = 1, 0, -1
+
+
+FREE, PLACED, PARKED = 0, 1, 2
 
 
 def search(
@@ -59,14 +74,73 @@ def search(
     for b in range(n):
         for s in range(s0[b], s1[b]):
             rem[s] += size[b]
-    placed = [False] * n
+    state = [FREE] * n
     off = [0] * n
     val = [0] * n
+    trail: list[tuple[int, list[int]]] = []  # placed blocks with the floors they covered
     deadline = time.perf_counter() + seconds
-    counters = [0, 0]  # nodes, backtracks
+    counters = [0, 0, n]  # nodes, backtracks, free blocks
+
+    def place(b: int, offset: int) -> None:
+        trail.append((b, floor[s0[b]:s1[b]]))
+        for s in range(s0[b], s1[b]):
+            floor[s] = offset + size[b]
+            rem[s] -= size[b]
+        state[b] = PLACED
+        off[b] = offset
+        counters[2] -= 1
+
+    def unplace_last() -> None:
+        b, saved = trail.pop()
+        floor[s0[b]:s1[b]] = saved
+        for s in range(s0[b], s1[b]):
+            rem[s] += size[b]
+        state[b] = FREE
+        counters[2] += 1
+
+    def has_hat(b: int, top: int) -> bool:
+        """Would a block topping out at `top` over b's sections raise a free block?"""
+        return any(
+            c != b and state[c] == FREE and s0[c] < s1[b] and s0[b] < s1[c]
+            and max(floor[s0[c]:s1[c]]) < top
+            for c in range(n)
+        )
+
+    def find_cut() -> int:
+        """The first boundary no free block is alive across, free blocks on both sides."""
+        free = [b for b in range(n) if state[b] == FREE]
+        lo, hi = min(s0[b] for b in free), max(s1[b] for b in free)
+        cross = [0] * (nsec + 2)
+        for b in free:
+            cross[s0[b] + 1] += 1
+            cross[s1[b]] -= 1
+        alive = 0
+        for k in range(1, hi):
+            alive += cross[k]
+            if k > lo and alive == 0:
+                return k
+        return 0
+
+    def split(depth: int, cut: int) -> int:
+        mark = len(trail)
+        right = [b for b in range(n) if state[b] == FREE and s0[b] >= cut]
+        for b in right:
+            state[b] = PARKED
+        counters[2] -= len(right)
+        r = dfs(depth + 1, 0, -1)
+        for b in right:
+            state[b] = FREE
+        counters[2] += len(right)
+        if r != PACKED:
+            return r
+        r = dfs(depth + 1, 0, -1)
+        if r != PACKED:
+            while len(trail) > mark:
+                unplace_last()
+        return r
 
     def dfs(depth: int, last: int, last_rank: int) -> int:
-        if depth == n:
+        if counters[2] == 0:
             return PACKED
         counters[0] += 1
         if node_limit > 0 and counters[0] > node_limit:
@@ -76,7 +150,7 @@ def search(
         min_height = INF
         minob = [INF] * nsec
         for b in order:
-            if placed[b]:
+            if state[b] != FREE:
                 continue
             v = max(floor[s0[b]:s1[b]])
             val[b] = v
@@ -85,41 +159,34 @@ def search(
             for s in range(s0[b], s1[b]):
                 if start < minob[s]:
                     minob[s] = start
-        if any(rem[s] > 0 and minob[s] + rem[s] > cap for s in range(nsec)):
+        if any(minob[s] != INF and minob[s] + rem[s] > cap for s in range(nsec)):
             return EXHAUSTED
+        cut = find_cut()
+        if cut:
+            return split(depth, cut)
         cands = [
             b for b in order
-            if not placed[b] and last <= val[b] < min_height
+            if state[b] == FREE and last <= val[b] < min_height
             and (val[b] != last or rank[b] > last_rank)
-            and (twin_prev[b] < 0 or placed[twin_prev[b]])
+            and (twin_prev[b] < 0 or state[twin_prev[b]] == PLACED)
             and val[b] + size[b] <= cap
         ]
         # Lowest offset first, rank breaking ties (a stable sort); the offsets are
         # copied because the levels below overwrite `val`.
-        cands = sorted(((val[b], b) for b in cands), key=lambda vb: vb[0])
-        for m, b in cands:
-            top = m + size[b]
-            saved = floor[s0[b]:s1[b]]
-            ok = True
-            for s in range(s0[b], s1[b]):
-                floor[s] = top
-                rem[s] -= size[b]
-                if rem[s] > 0 and top + rem[s] > cap:
-                    ok = False
-            placed[b] = True
-            off[b] = m
+        for m, b in sorted(((val[b], b) for b in cands), key=lambda vb: vb[0]):
+            place(b, m)
+            ok = all(rem[s] <= 0 or m + size[b] + rem[s] <= cap for s in range(s0[b], s1[b]))
             r = dfs(depth + 1, m, rank[b]) if ok else EXHAUSTED
             if r == PACKED:
                 return PACKED
-            placed[b] = False
-            floor[s0[b]:s1[b]] = saved
-            for s in range(s0[b], s1[b]):
-                rem[s] += size[b]
+            unplace_last()
             if r == LIMIT:
                 return LIMIT
             counters[1] += 1
+            if not has_hat(b, m + size[b]):
+                break
         return EXHAUSTED
 
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), n + 500))
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * n + 500))
     result = dfs(0, 0, -1)
     return result, (list(off) if result == PACKED else []), counters[0], counters[1]

@@ -9,6 +9,10 @@
  * each at the highest floor over its sections; a block is a candidate only below
  * the lowest top any unplaced block could reach (dominance).
  *
+ * When no free block is alive across some section boundary, the two sides are
+ * independent: each is searched alone and a failure of either fails the node
+ * (dynamic decomposition). Blocks of the side not being searched are parked.
+ *
  * Returns 1 (packed; offsets in off_out), 0 (the whole tree was searched: no
  * packing within cap), -1 (node or time limit). counters[0] = nodes,
  * counters[1] = backtracks.
@@ -32,9 +36,17 @@ typedef struct {
     int64_t saved_top;
     int32_t *cands;    /* n per depth */
     int64_t *cand_off; /* their offsets: deeper levels overwrite val */
-    char *placed;
+    int32_t *cross;    /* per section boundary: free blocks alive across it */
+    int32_t *trail;    /* placed blocks, in order, to undo a solved side */
+    int trail_top;
+    int32_t *parked;   /* parked blocks, innermost split last */
+    int parked_top;
+    char *state;       /* FREE, PLACED or PARKED */
+    int free_count;
     int64_t nodes, backtracks;
 } Search;
+
+enum { FREE = 0, PLACED = 1, PARKED = 2 };
 
 static double now(void) {
     struct timespec t;
@@ -42,8 +54,90 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+static void place(Search *S, int b, int64_t offset) {
+    const int64_t top = offset + S->size[b];
+    for (int s = S->s0[b]; s < S->s1[b]; s++) {
+        S->saved[S->saved_top++] = S->floor[s];
+        S->floor[s] = top;
+        S->rem[s] -= S->size[b];
+    }
+    S->state[b] = PLACED;
+    S->off[b] = offset;
+    S->trail[S->trail_top++] = b;
+    S->free_count--;
+}
+
+static void unplace_last(Search *S) {
+    const int b = S->trail[--S->trail_top];
+    const int span = S->s1[b] - S->s0[b];
+    S->saved_top -= span;
+    for (int s = S->s0[b]; s < S->s1[b]; s++) {
+        S->floor[s] = S->saved[S->saved_top + (s - S->s0[b])];
+        S->rem[s] += S->size[b];
+    }
+    S->state[b] = FREE;
+    S->free_count++;
+}
+
+static int dfs(Search *S, int depth, int64_t last, int32_t last_rank);
+
+/* Whether placing b with its top at `top` would raise some free block alive with it
+ * (call with b unplaced and the floors as they were before placing it). */
+static int has_hat(const Search *S, int b, int64_t top) {
+    for (int c = 0; c < S->n; c++) {
+        if (c == b || S->state[c] != FREE) continue;
+        if (S->s1[c] <= S->s0[b] || S->s1[b] <= S->s0[c]) continue;
+        int64_t v = 0;
+        for (int s = S->s0[c]; s < S->s1[c]; s++)
+            if (S->floor[s] > v) v = S->floor[s];
+        if (v < top) return 1;
+    }
+    return 0;
+}
+
+/* The first boundary no free block is alive across, with free blocks on both sides;
+ * 0 when there is none. */
+static int find_cut(Search *S) {
+    int lo = S->nsec, hi = 0;
+    for (int k = 0; k <= S->nsec; k++) S->cross[k] = 0;
+    for (int b = 0; b < S->n; b++) {
+        if (S->state[b] != FREE) continue;
+        if (S->s0[b] < lo) lo = S->s0[b];
+        if (S->s1[b] > hi) hi = S->s1[b];
+        S->cross[S->s0[b] + 1]++;
+        S->cross[S->s1[b]]--;
+    }
+    int alive = 0;
+    for (int k = 1; k < hi; k++) {
+        alive += S->cross[k];
+        if (k > lo && alive == 0) return k;
+    }
+    return 0;
+}
+
+/* Search the free blocks left of `cut`, then those right of it, each alone and
+ * afresh: a side's own canonical order starts again at offset 0 over the floors. */
+static int split(Search *S, int depth, int cut) {
+    const int mark = S->trail_top, first = S->parked_top;
+    for (int b = 0; b < S->n; b++)
+        if (S->state[b] == FREE && S->s0[b] >= cut) {
+            S->state[b] = PARKED;
+            S->parked[S->parked_top++] = b;
+        }
+    const int right = S->parked_top - first;
+    S->free_count -= right;
+    int r = dfs(S, depth + 1, 0, -1);
+    while (S->parked_top > first) S->state[S->parked[--S->parked_top]] = FREE;
+    S->free_count += right;
+    if (r != 1) return r;
+    r = dfs(S, depth + 1, 0, -1);
+    if (r != 1)
+        while (S->trail_top > mark) unplace_last(S);
+    return r;
+}
+
 static int dfs(Search *S, int depth, int64_t last, int32_t last_rank) {
-    if (depth == S->n) return 1;
+    if (S->free_count == 0) return 1;
     S->nodes++;
     if (S->node_limit > 0 && S->nodes > S->node_limit) return -1;
     if ((S->nodes & 1023) == 0 && now() > S->deadline) return -1;
@@ -53,7 +147,7 @@ static int dfs(Search *S, int depth, int64_t last, int32_t last_rank) {
     for (int s = 0; s < nsec; s++) S->minob[s] = INF;
     for (int k = 0; k < n; k++) {
         const int b = S->order[k];
-        if (S->placed[b]) continue;
+        if (S->state[b] != FREE) continue;
         int64_t v = 0;
         for (int s = S->s0[b]; s < S->s1[b]; s++)
             if (S->floor[s] > v) v = S->floor[s];
@@ -63,10 +157,13 @@ static int dfs(Search *S, int depth, int64_t last, int32_t last_rank) {
         for (int s = S->s0[b]; s < S->s1[b]; s++)
             if (start < S->minob[s]) S->minob[s] = start;
     }
-    /* Every unplaced block alive in s starts at or above minob[s] and they all
-     * overlap there, so they need rem[s] bytes above it. */
+    /* Every free block alive in s starts at or above minob[s] and they all overlap
+     * there, so they need rem[s] bytes above it. */
     for (int s = 0; s < nsec; s++)
-        if (S->rem[s] > 0 && S->minob[s] + S->rem[s] > S->cap) return 0;
+        if (S->minob[s] != INF && S->minob[s] + S->rem[s] > S->cap) return 0;
+
+    const int cut = find_cut(S);
+    if (cut > 0) return split(S, depth, cut);
 
     int32_t *cands = S->cands + (size_t)depth * (size_t)n;
     int64_t *coff = S->cand_off + (size_t)depth * (size_t)n;
@@ -74,9 +171,9 @@ static int dfs(Search *S, int depth, int64_t last, int32_t last_rank) {
     for (int k = 0; k < n; k++) {
         const int b = S->order[k];
         const int64_t v = S->val[b];
-        if (S->placed[b] || v < last || v >= min_height) continue;
+        if (S->state[b] != FREE || v < last || v >= min_height) continue;
         if (v == last && S->rank[b] <= last_rank) continue;
-        if (S->twin_prev[b] >= 0 && !S->placed[S->twin_prev[b]]) continue;
+        if (S->twin_prev[b] >= 0 && S->state[S->twin_prev[b]] != PLACED) continue;
         if (v + S->size[b] > S->cap) continue;
         /* insertion by offset; equal offsets keep rank order */
         int at = nc++;
@@ -91,27 +188,18 @@ static int dfs(Search *S, int depth, int64_t last, int32_t last_rank) {
     for (int c = 0; c < nc; c++) {
         const int b = cands[c];
         const int64_t m = coff[c];
-        const int64_t top = m + S->size[b];
-        const int64_t base = S->saved_top;
+        place(S, b, m);
         int ok = 1;
-        for (int s = S->s0[b]; s < S->s1[b]; s++) {
-            S->saved[S->saved_top++] = S->floor[s];
-            S->floor[s] = top;
-            S->rem[s] -= S->size[b];
-            if (S->rem[s] > 0 && top + S->rem[s] > S->cap) ok = 0;
-        }
-        S->placed[b] = 1;
-        S->off[b] = m;
+        for (int s = S->s0[b]; s < S->s1[b]; s++)
+            if (S->rem[s] > 0 && m + S->size[b] + S->rem[s] > S->cap) ok = 0;
         int r = ok ? dfs(S, depth + 1, m, S->rank[b]) : 0;
         if (r == 1) return 1;
-        S->placed[b] = 0;
-        for (int s = S->s0[b]; s < S->s1[b]; s++) {
-            S->floor[s] = S->saved[base + (s - S->s0[b])];
-            S->rem[s] += S->size[b];
-        }
-        S->saved_top = base;
+        unplace_last(S);
         if (r == -1) return -1;
         S->backtracks++;
+        /* Nothing rests on b: its subtree was the rest of the problem unchanged, so
+         * the other candidates (all at or above it) cannot do better. */
+        if (!has_hat(S, b, m + S->size[b])) break;
     }
     return 0;
 }
@@ -132,8 +220,11 @@ int canonical_search(int n, int nsec, const int64_t *size, const int32_t *s0,
     S.cap = cap;
     S.node_limit = node_limit;
     S.deadline = now() + seconds;
+    S.free_count = n;
     int64_t spans = 0;
     for (int b = 0; b < n; b++) spans += s1[b] - s0[b];
+    /* Each call either places a block or splits the free set, so depth < 2n + 2. */
+    const size_t depths = 2 * (size_t)n + 2;
     S.rank = calloc((size_t)n + 1, sizeof *S.rank);
     S.floor = calloc((size_t)nsec + 1, sizeof *S.floor);
     S.rem = calloc((size_t)nsec + 1, sizeof *S.rem);
@@ -141,12 +232,15 @@ int canonical_search(int n, int nsec, const int64_t *size, const int32_t *s0,
     S.val = calloc((size_t)n + 1, sizeof *S.val);
     S.off = calloc((size_t)n + 1, sizeof *S.off);
     S.saved = calloc((size_t)spans + 1, sizeof *S.saved);
-    S.cands = calloc((size_t)n * (size_t)n + 1, sizeof *S.cands);
-    S.cand_off = calloc((size_t)n * (size_t)n + 1, sizeof *S.cand_off);
-    S.placed = calloc((size_t)n + 1, 1);
+    S.cands = calloc(depths * (size_t)n + 1, sizeof *S.cands);
+    S.cand_off = calloc(depths * (size_t)n + 1, sizeof *S.cand_off);
+    S.cross = calloc((size_t)nsec + 2, sizeof *S.cross);
+    S.trail = calloc((size_t)n + 1, sizeof *S.trail);
+    S.parked = calloc((size_t)n + 1, sizeof *S.parked);
+    S.state = calloc((size_t)n + 1, 1);
     int result = -2; /* out of memory */
     if (S.rank && S.floor && S.rem && S.minob && S.val && S.off && S.saved && S.cands &&
-        S.cand_off && S.placed) {
+        S.cand_off && S.cross && S.trail && S.parked && S.state) {
         for (int k = 0; k < n; k++) S.rank[order[k]] = k;
         for (int b = 0; b < n; b++)
             for (int s = s0[b]; s < s1[b]; s++) S.rem[s] += size[b];
@@ -156,15 +250,8 @@ int canonical_search(int n, int nsec, const int64_t *size, const int32_t *s0,
     }
     counters[0] = S.nodes;
     counters[1] = S.backtracks;
-    free(S.rank);
-    free(S.floor);
-    free(S.rem);
-    free(S.minob);
-    free(S.val);
-    free(S.off);
-    free(S.saved);
-    free(S.cands);
-    free(S.cand_off);
-    free(S.placed);
+    void *blocks[] = {S.rank, S.floor, S.rem, S.minob, S.val, S.off, S.saved,
+                      S.cands, S.cand_off, S.cross, S.trail, S.parked, S.state};
+    for (size_t k = 0; k < sizeof blocks / sizeof *blocks; k++) free(blocks[k]);
     return result;
 }
