@@ -75,9 +75,9 @@ def test_python_and_c_search_the_same_tree(spec):
     items = blocks_of(spec)
     floor = load_bound(items)
     for part in _parts(items):
-        for order, twins in zip(part.orders, part.twins, strict=True):
+        for order, twins, keys in zip(part.orders, part.twins, part.keys, strict=True):
             for cap in (floor, floor + 16):
-                args = (part.size, part.s0, part.s1, part.nsec, order, twins, cap, 5000)
+                args = (part.size, part.s0, part.s1, part.nsec, order, twins, keys, cap, 5000)
                 assert canonical_ref.search(*args) == canonical_native.search(*args)
 
 

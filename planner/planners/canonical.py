@@ -72,6 +72,7 @@ class _Part:
     nsec: int
     orders: list[list[int]]
     twins: list[list[int]]  # per order: each block's previous identical block, or -1
+    keys: list[tuple]  # per order: (heuristic, resort, width, area, tie), see canonical_ref
 
 
 def _parts(blocks: Sequence[Interval]) -> list[_Part]:
@@ -102,16 +103,17 @@ def _part(blocks: Sequence[Interval], index: list[int]) -> _Part:
     width = [b.last - b.first + 1 for b in items]
     area = [w * s for w, s in zip(width, size, strict=True)]
     crowd = [max(load[a:z]) for a, z in zip(s0, s1, strict=True)]  # busiest section it spans
-    # MiniMalloc's three preorders and one more; measured on the challenging set each
-    # problem is fast under one of them, none under all (by size or by start: none).
-    keys = [
-        lambda i: (-width[i], -area[i], -crowd[i], i),  # longest lifetime first
-        lambda i: (-crowd[i], -area[i], -width[i], i),  # busiest time first
-        lambda i: (-crowd[i], -width[i], -area[i], i),
-        lambda i: (-area[i], -width[i], -crowd[i], i),  # largest area first
-    ]
-    orders = [sorted(range(len(items)), key=k) for k in keys]
-    return _Part(index, size, s0, s1, nsec, orders, [_twins(items, o) for o in orders])
+    # Ties go by the caller's block order. MiniMalloc's three preorders and one more;
+    # measured on the challenging set each problem is fast under one of them, none
+    # under all (by size or by start: none).
+    # Each preorder twice: keeping it on both sides of a split, and made again there
+    # from what is left (each wins on some problems).
+    keys = [(h, resort, width, area, index)
+            for resort in (False, True) for h in range(canonical_ref.HEURISTICS)]
+    orders = [sorted(range(len(items)), key=canonical_ref.preorder_key(h, width, area, crowd,
+                                                                       index))
+              for h, *_ in keys]
+    return _Part(index, size, s0, s1, nsec, orders, [_twins(items, o) for o in orders], keys)
 
 
 def _twins(items: Sequence[Interval], order: list[int]) -> list[int]:
@@ -162,12 +164,12 @@ def _pack_part(part: _Part, capacity: int, deadline: float, run: Engine,
     limit = node_limit or FIRST_NODE_LIMIT
     nodes = backtracks = 0
     while True:
-        for order, twins in zip(part.orders, part.twins, strict=True):
+        for order, twins, keys in zip(part.orders, part.twins, part.keys, strict=True):
             left = deadline - time.perf_counter()
             if left <= 0:
                 return canonical_ref.LIMIT, [], nodes, backtracks
             status, offsets, n, bt = run(part.size, part.s0, part.s1, part.nsec, order, twins,
-                                         capacity, limit, left)
+                                         keys, capacity, limit, left)
             nodes, backtracks = nodes + n, backtracks + bt
             if status != canonical_ref.LIMIT:
                 return status, offsets, nodes, backtracks

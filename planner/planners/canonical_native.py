@@ -74,6 +74,7 @@ def load() -> ctypes.CDLL | None:
             fn = lib.canonical_search
             i32p, i64p = ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64)
             fn.argtypes = [ctypes.c_int, ctypes.c_int, i64p, i32p, i32p, i32p, i32p,
+                           ctypes.c_int, ctypes.c_int, i64p, i64p, i32p,
                            ctypes.c_int64, ctypes.c_int64, ctypes.c_double, i64p, i64p]
             fn.restype = ctypes.c_int
             _lib = lib
@@ -93,6 +94,7 @@ def search(
     nsec: int,
     order: Sequence[int],
     twin_prev: Sequence[int],
+    keys: tuple[int, bool, Sequence[int], Sequence[int], Sequence[int]],
     cap: int,
     node_limit: int = 0,
     seconds: float = 1e9,
@@ -102,6 +104,7 @@ def search(
     if lib is None:
         raise RuntimeError(UNAVAILABLE or "the C search is unavailable")
     n = len(size)
+    heuristic, resort, width, area, tie = keys
 
     def arr(ctype, values):
         return (ctype * max(1, len(values)))(*values)
@@ -110,7 +113,9 @@ def search(
     counters = (ctypes.c_int64 * 2)()
     result = lib.canonical_search(
         n, nsec, arr(ctypes.c_int64, size), arr(ctypes.c_int32, s0), arr(ctypes.c_int32, s1),
-        arr(ctypes.c_int32, order), arr(ctypes.c_int32, twin_prev), cap, node_limit,
+        arr(ctypes.c_int32, order), arr(ctypes.c_int32, twin_prev), heuristic, int(resort),
+        arr(ctypes.c_int64, width), arr(ctypes.c_int64, area), arr(ctypes.c_int32, tie),
+        cap, node_limit,
         min(seconds, 1e9), off, counters)
     if result == -2:
         raise MemoryError("canonical search: out of memory")

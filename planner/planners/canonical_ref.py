@@ -36,8 +36,9 @@ Decomposition. When no free block is alive across some section boundary, the two
 sides share nothing but the fixed floors: each is searched alone (the other
 side's blocks parked) and a failure of either fails the node, instead of
 re-searching one side for every way of packing the other. Each side starts its
-own canonical order afresh at offset 0 over the floors: its least-sum completion
-need not respect the offsets placed so far, only the floors.
+own canonical order afresh at offset 0 over the floors (its least-sum completion
+need not respect the offsets placed so far, only the floors), with a preorder
+made again from what is left to place there.
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ PACKED, EXHAUSTED, LIMIT = 1, 0, -1
 
 
 FREE, PLACED, PARKED = 0, 1, 2
+HEURISTICS = 4
+
+
+def preorder_key(heuristic: int, width, area, crowd, tie):
+    """Sort key of the preorders: 0 longest lifetime first, 1 and 2 busiest time
+    first, 3 largest area first (crowd: the most bytes alive in any of its sections),
+    ties by `tie`. The C core implements the same keys (`before`)."""
+    fields = {0: (width, area, crowd), 1: (crowd, area, width), 2: (crowd, width, area),
+              3: (area, width, crowd)}[heuristic]
+    return lambda i: (*(-f[i] for f in fields), tie[i])
 
 
 def search(
@@ -60,11 +71,18 @@ def search(
     nsec: int,
     order: Sequence[int],
     twin_prev: Sequence[int],
+    keys: tuple[int, bool, Sequence[int], Sequence[int], Sequence[int]],
     cap: int,
     node_limit: int = 0,
     seconds: float = 1e9,
 ) -> tuple[int, list[int], int, int]:
-    """(PACKED / EXHAUSTED / LIMIT, offsets if packed, nodes, backtracks)."""
+    """(PACKED / EXHAUSTED / LIMIT, offsets if packed, nodes, backtracks).
+
+    `order` is the preorder made by `preorder_key` from `keys` = (heuristic, resort,
+    width, area, tie); with `resort` each side of a split is preordered again the
+    same way, else it keeps `order`.
+    """
+    heuristic, resort, width, area, tie = keys
     n = len(size)
     rank = [0] * n
     for k, b in enumerate(order):
@@ -121,25 +139,34 @@ def search(
                 return k
         return 0
 
-    def split(depth: int, cut: int) -> int:
+    def reorder() -> list[int]:
+        """The free blocks in a fresh preorder (crowd from what is left), ranked."""
+        crowd = {b: max(rem[s0[b]:s1[b]]) for b in range(n) if state[b] == FREE}
+        side = sorted(crowd, key=preorder_key(heuristic, width, area, crowd, tie))
+        for k, b in enumerate(side):
+            rank[b] = k
+        return side
+
+    def split(depth: int, order: list[int], cut: int) -> int:
         mark = len(trail)
         right = [b for b in range(n) if state[b] == FREE and s0[b] >= cut]
         for b in right:
             state[b] = PARKED
         counters[2] -= len(right)
-        r = dfs(depth + 1, 0, -1)
+        r = dfs(depth + 1, reorder() if resort else order, 0, -1)
         for b in right:
             state[b] = FREE
         counters[2] += len(right)
-        if r != PACKED:
-            return r
-        r = dfs(depth + 1, 0, -1)
-        if r != PACKED:
-            while len(trail) > mark:
-                unplace_last()
+        if r == PACKED:
+            r = dfs(depth + 1, reorder() if resort else order, 0, -1)
+            if r != PACKED:
+                while len(trail) > mark:
+                    unplace_last()
+        for k, b in enumerate(order):  # the caller's ranks
+            rank[b] = k
         return r
 
-    def dfs(depth: int, last: int, last_rank: int) -> int:
+    def dfs(depth: int, order: list[int], last: int, last_rank: int) -> int:
         if counters[2] == 0:
             return PACKED
         counters[0] += 1
@@ -163,7 +190,7 @@ def search(
             return EXHAUSTED
         cut = find_cut()
         if cut:
-            return split(depth, cut)
+            return split(depth, order, cut)
         cands = [
             b for b in order
             if state[b] == FREE and last <= val[b] < min_height
@@ -176,7 +203,7 @@ def search(
         for m, b in sorted(((val[b], b) for b in cands), key=lambda vb: vb[0]):
             place(b, m)
             ok = all(rem[s] <= 0 or m + size[b] + rem[s] <= cap for s in range(s0[b], s1[b]))
-            r = dfs(depth + 1, m, rank[b]) if ok else EXHAUSTED
+            r = dfs(depth + 1, order, m, rank[b]) if ok else EXHAUSTED
             if r == PACKED:
                 return PACKED
             unplace_last()
@@ -188,5 +215,5 @@ def search(
         return EXHAUSTED
 
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 4 * n + 500))
-    result = dfs(0, 0, -1)
+    result = dfs(0, list(order), 0, -1)
     return result, (list(off) if result == PACKED else []), counters[0], counters[1]

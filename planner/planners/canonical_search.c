@@ -29,6 +29,12 @@ typedef struct {
     int n, nsec;
     const int64_t *size;
     const int32_t *s0, *s1, *order, *twin_prev;
+    /* The preorder (canonical_ref.preorder_key), redone for each side of a split. */
+    int heuristic, resort; /* resort: 0 keeps the caller's order on each side */
+    const int64_t *width, *area;
+    const int32_t *tie;
+    int64_t *crowd;
+    int32_t *orders; /* n per depth */
     int32_t *rank;
     int64_t cap, node_limit;
     double deadline;
@@ -42,6 +48,12 @@ typedef struct {
     int32_t *parked;   /* parked blocks, innermost split last */
     int parked_top;
     char *state;       /* FREE, PLACED or PARKED */
+    /* Blocks alive together (CSR); val[] is kept up to date as blocks come and go:
+     * each placement logs the values it raised, to restore them. */
+    int32_t *ov_start, *ov;
+    int32_t *chg_block, *chg_count;
+    int64_t *chg_val;
+    int64_t chg_top;
     int free_count;
     int64_t nodes, backtracks;
 } Search;
@@ -56,6 +68,16 @@ static double now(void) {
 
 static void place(Search *S, int b, int64_t offset) {
     const int64_t top = offset + S->size[b];
+    int raised = 0;
+    for (int k = S->ov_start[b]; k < S->ov_start[b + 1]; k++) {
+        const int c = S->ov[k];
+        if (S->state[c] == PLACED || S->val[c] >= top) continue;
+        S->chg_block[S->chg_top] = c;
+        S->chg_val[S->chg_top++] = S->val[c];
+        S->val[c] = top;
+        raised++;
+    }
+    S->chg_count[S->trail_top] = raised;
     for (int s = S->s0[b]; s < S->s1[b]; s++) {
         S->saved[S->saved_top++] = S->floor[s];
         S->floor[s] = top;
@@ -69,6 +91,10 @@ static void place(Search *S, int b, int64_t offset) {
 
 static void unplace_last(Search *S) {
     const int b = S->trail[--S->trail_top];
+    for (int k = S->chg_count[S->trail_top]; k > 0; k--) {
+        S->chg_top--;
+        S->val[S->chg_block[S->chg_top]] = S->chg_val[S->chg_top];
+    }
     const int span = S->s1[b] - S->s0[b];
     S->saved_top -= span;
     for (int s = S->s0[b]; s < S->s1[b]; s++) {
@@ -79,19 +105,49 @@ static void unplace_last(Search *S) {
     S->free_count++;
 }
 
-static int dfs(Search *S, int depth, int64_t last, int32_t last_rank);
+static int dfs(Search *S, int depth, const int32_t *order, int norder, int64_t last,
+               int32_t last_rank);
+
+/* Negative when a goes first: canonical_ref.preorder_key, largest keys first. */
+static int64_t before(const Search *S, int a, int b) {
+    int64_t ka[3], kb[3];
+    const int64_t *w = S->width, *ar = S->area, *cr = S->crowd;
+    switch (S->heuristic) {
+    case 0: ka[0] = w[a], ka[1] = ar[a], ka[2] = cr[a]; kb[0] = w[b], kb[1] = ar[b], kb[2] = cr[b]; break;
+    case 1: ka[0] = cr[a], ka[1] = ar[a], ka[2] = w[a]; kb[0] = cr[b], kb[1] = ar[b], kb[2] = w[b]; break;
+    case 2: ka[0] = cr[a], ka[1] = w[a], ka[2] = ar[a]; kb[0] = cr[b], kb[1] = w[b], kb[2] = ar[b]; break;
+    default: ka[0] = ar[a], ka[1] = w[a], ka[2] = cr[a]; kb[0] = ar[b], kb[1] = w[b], kb[2] = cr[b]; break;
+    }
+    for (int k = 0; k < 3; k++)
+        if (ka[k] != kb[k]) return ka[k] > kb[k] ? -1 : 1;
+    return (int64_t)S->tie[a] - (int64_t)S->tie[b];
+}
+
+/* The free blocks in a fresh preorder (crowd from what is left to place), ranked. */
+static int reorder(Search *S, int32_t *out) {
+    int m = 0;
+    for (int b = 0; b < S->n; b++) {
+        if (S->state[b] != FREE) continue;
+        int64_t c = 0;
+        for (int s = S->s0[b]; s < S->s1[b]; s++)
+            if (S->rem[s] > c) c = S->rem[s];
+        S->crowd[b] = c;
+        int at = m++;
+        while (at > 0 && before(S, b, out[at - 1]) < 0) {
+            out[at] = out[at - 1];
+            at--;
+        }
+        out[at] = b;
+    }
+    for (int k = 0; k < m; k++) S->rank[out[k]] = k;
+    return m;
+}
 
 /* Whether placing b with its top at `top` would raise some free block alive with it
  * (call with b unplaced and the floors as they were before placing it). */
 static int has_hat(const Search *S, int b, int64_t top) {
-    for (int c = 0; c < S->n; c++) {
-        if (c == b || S->state[c] != FREE) continue;
-        if (S->s1[c] <= S->s0[b] || S->s1[b] <= S->s0[c]) continue;
-        int64_t v = 0;
-        for (int s = S->s0[c]; s < S->s1[c]; s++)
-            if (S->floor[s] > v) v = S->floor[s];
-        if (v < top) return 1;
-    }
+    for (int k = S->ov_start[b]; k < S->ov_start[b + 1]; k++)
+        if (S->state[S->ov[k]] == FREE && S->val[S->ov[k]] < top) return 1;
     return 0;
 }
 
@@ -117,7 +173,8 @@ static int find_cut(Search *S) {
 
 /* Search the free blocks left of `cut`, then those right of it, each alone and
  * afresh: a side's own canonical order starts again at offset 0 over the floors. */
-static int split(Search *S, int depth, int cut) {
+static int split(Search *S, int depth, const int32_t *order, int norder, int cut) {
+    int32_t *side = S->orders + (size_t)depth * (size_t)S->n;
     const int mark = S->trail_top, first = S->parked_top;
     for (int b = 0; b < S->n; b++)
         if (S->state[b] == FREE && S->s0[b] >= cut) {
@@ -126,17 +183,22 @@ static int split(Search *S, int depth, int cut) {
         }
     const int right = S->parked_top - first;
     S->free_count -= right;
-    int r = dfs(S, depth + 1, 0, -1);
+    int r = S->resort ? dfs(S, depth + 1, side, reorder(S, side), 0, -1)
+                      : dfs(S, depth + 1, order, norder, 0, -1);
     while (S->parked_top > first) S->state[S->parked[--S->parked_top]] = FREE;
     S->free_count += right;
-    if (r != 1) return r;
-    r = dfs(S, depth + 1, 0, -1);
-    if (r != 1)
-        while (S->trail_top > mark) unplace_last(S);
+    if (r == 1) {
+        r = S->resort ? dfs(S, depth + 1, side, reorder(S, side), 0, -1)
+                      : dfs(S, depth + 1, order, norder, 0, -1);
+        if (r != 1)
+            while (S->trail_top > mark) unplace_last(S);
+    }
+    for (int k = 0; k < norder; k++) S->rank[order[k]] = k; /* the caller's ranks */
     return r;
 }
 
-static int dfs(Search *S, int depth, int64_t last, int32_t last_rank) {
+static int dfs(Search *S, int depth, const int32_t *order, int norder, int64_t last,
+               int32_t last_rank) {
     if (S->free_count == 0) return 1;
     S->nodes++;
     if (S->node_limit > 0 && S->nodes > S->node_limit) return -1;
@@ -145,13 +207,10 @@ static int dfs(Search *S, int depth, int64_t last, int32_t last_rank) {
     const int n = S->n, nsec = S->nsec;
     int64_t min_height = INF;
     for (int s = 0; s < nsec; s++) S->minob[s] = INF;
-    for (int k = 0; k < n; k++) {
-        const int b = S->order[k];
+    for (int k = 0; k < norder; k++) {
+        const int b = order[k];
         if (S->state[b] != FREE) continue;
-        int64_t v = 0;
-        for (int s = S->s0[b]; s < S->s1[b]; s++)
-            if (S->floor[s] > v) v = S->floor[s];
-        S->val[b] = v;
+        const int64_t v = S->val[b]; /* the highest floor over its sections */
         if (v + S->size[b] < min_height) min_height = v + S->size[b];
         const int64_t start = v > last ? v : last;
         for (int s = S->s0[b]; s < S->s1[b]; s++)
@@ -163,13 +222,13 @@ static int dfs(Search *S, int depth, int64_t last, int32_t last_rank) {
         if (S->minob[s] != INF && S->minob[s] + S->rem[s] > S->cap) return 0;
 
     const int cut = find_cut(S);
-    if (cut > 0) return split(S, depth, cut);
+    if (cut > 0) return split(S, depth, order, norder, cut);
 
     int32_t *cands = S->cands + (size_t)depth * (size_t)n;
     int64_t *coff = S->cand_off + (size_t)depth * (size_t)n;
     int nc = 0;
-    for (int k = 0; k < n; k++) {
-        const int b = S->order[k];
+    for (int k = 0; k < norder; k++) {
+        const int b = order[k];
         const int64_t v = S->val[b];
         if (S->state[b] != FREE || v < last || v >= min_height) continue;
         if (v == last && S->rank[b] <= last_rank) continue;
@@ -192,7 +251,7 @@ static int dfs(Search *S, int depth, int64_t last, int32_t last_rank) {
         int ok = 1;
         for (int s = S->s0[b]; s < S->s1[b]; s++)
             if (S->rem[s] > 0 && m + S->size[b] + S->rem[s] > S->cap) ok = 0;
-        int r = ok ? dfs(S, depth + 1, m, S->rank[b]) : 0;
+        int r = ok ? dfs(S, depth + 1, order, norder, m, S->rank[b]) : 0;
         if (r == 1) return 1;
         unplace_last(S);
         if (r == -1) return -1;
@@ -206,8 +265,9 @@ static int dfs(Search *S, int depth, int64_t last, int32_t last_rank) {
 
 int canonical_search(int n, int nsec, const int64_t *size, const int32_t *s0,
                      const int32_t *s1, const int32_t *order, const int32_t *twin_prev,
-                     int64_t cap, int64_t node_limit, double seconds, int64_t *off_out,
-                     int64_t *counters) {
+                     int heuristic, int resort, const int64_t *width, const int64_t *area,
+                     const int32_t *tie, int64_t cap, int64_t node_limit, double seconds,
+                     int64_t *off_out, int64_t *counters) {
     Search S;
     memset(&S, 0, sizeof S);
     S.n = n;
@@ -217,6 +277,11 @@ int canonical_search(int n, int nsec, const int64_t *size, const int32_t *s0,
     S.s1 = s1;
     S.order = order;
     S.twin_prev = twin_prev;
+    S.heuristic = heuristic;
+    S.resort = resort;
+    S.width = width;
+    S.area = area;
+    S.tie = tie;
     S.cap = cap;
     S.node_limit = node_limit;
     S.deadline = now() + seconds;
@@ -238,20 +303,42 @@ int canonical_search(int n, int nsec, const int64_t *size, const int32_t *s0,
     S.trail = calloc((size_t)n + 1, sizeof *S.trail);
     S.parked = calloc((size_t)n + 1, sizeof *S.parked);
     S.state = calloc((size_t)n + 1, 1);
+    S.crowd = calloc((size_t)n + 1, sizeof *S.crowd);
+    S.orders = calloc(depths * (size_t)n + 1, sizeof *S.orders);
+    S.ov_start = calloc((size_t)n + 1, sizeof *S.ov_start);
+    int64_t pairs = 0;
+    if (S.ov_start) {
+        for (int b = 0; b < n; b++) {
+            S.ov_start[b] = (int32_t)pairs;
+            for (int c = 0; c < n; c++)
+                if (c != b && s0[c] < s1[b] && s0[b] < s1[c]) pairs++;
+        }
+        S.ov_start[n] = (int32_t)pairs;
+        S.ov = calloc((size_t)pairs + 1, sizeof *S.ov);
+        if (S.ov)
+            for (int b = 0, k = 0; b < n; b++)
+                for (int c = 0; c < n; c++)
+                    if (c != b && s0[c] < s1[b] && s0[b] < s1[c]) S.ov[k++] = c;
+    }
+    S.chg_block = calloc((size_t)pairs + 1, sizeof *S.chg_block);
+    S.chg_val = calloc((size_t)pairs + 1, sizeof *S.chg_val);
+    S.chg_count = calloc((size_t)n + 1, sizeof *S.chg_count);
     int result = -2; /* out of memory */
-    if (S.rank && S.floor && S.rem && S.minob && S.val && S.off && S.saved && S.cands &&
+    if (S.crowd && S.orders && S.ov_start && S.ov && S.chg_block && S.chg_val && S.chg_count && S.rank && S.floor && S.rem && S.minob && S.val && S.off && S.saved && S.cands &&
         S.cand_off && S.cross && S.trail && S.parked && S.state) {
         for (int k = 0; k < n; k++) S.rank[order[k]] = k;
         for (int b = 0; b < n; b++)
             for (int s = s0[b]; s < s1[b]; s++) S.rem[s] += size[b];
-        result = dfs(&S, 0, 0, -1);
+        result = dfs(&S, 0, order, n, 0, -1);
         if (result == 1)
             for (int b = 0; b < n; b++) off_out[b] = S.off[b];
     }
     counters[0] = S.nodes;
     counters[1] = S.backtracks;
     void *blocks[] = {S.rank, S.floor, S.rem, S.minob, S.val, S.off, S.saved,
-                      S.cands, S.cand_off, S.cross, S.trail, S.parked, S.state};
+                      S.cands, S.cand_off, S.cross, S.trail, S.parked, S.state,
+                      S.ov_start, S.ov, S.chg_block, S.chg_val, S.chg_count,
+                      S.crowd, S.orders};
     for (size_t k = 0; k < sizeof blocks / sizeof *blocks; k++) free(blocks[k]);
     return result;
 }
