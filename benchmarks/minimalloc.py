@@ -140,6 +140,9 @@ def run_problem(problem: OffsetProblem, name: str, solve: OffsetSolver,
                 time_limit: float) -> Result:
     blocks = problem.blocks
     floor = problem.load_bound()
+    if name in CAPACITY_AWARE and problem.capacity is not None:
+        # The exact solvers pack into the stated capacity (or prove it impossible).
+        solve = functools.partial(solve, capacity=problem.capacity)
     start = time.perf_counter()
     try:
         out = solve(blocks, time_limit)
@@ -171,10 +174,7 @@ def run_all(paths: Sequence[Path], names: Sequence[str] | None = None, time_limi
     for path in paths:
         problem = read_problem(path)
         for n in chosen:
-            solve = available[n]
-            if n in CAPACITY_AWARE:  # the exact solvers pack into the stated capacity
-                solve = functools.partial(solve, capacity=problem.capacity)
-            results.append(run_problem(problem, n, solve, time_limit))
+            results.append(run_problem(problem, n, available[n], time_limit))
     return results
 
 
@@ -222,7 +222,8 @@ def below_capacity(paths: Sequence[Path], time_limit: float, margin: int = 16) -
     proofs = []
     for path in paths:
         problem = read_problem(path)
-        if problem.capacity is None or problem.load_bound() != problem.capacity:
+        if problem.capacity is None or problem.capacity <= margin or \
+                problem.load_bound() != problem.capacity:
             continue
         start = time.perf_counter()
         got = pack(problem.blocks, problem.capacity - margin, time_limit=time_limit)
