@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import reduce
 
 from ..analysis import buffers
-from ..errors import PlannerError
+from ..errors import InfeasibleBudget, PlannerError
 from ..offsets import Interval, load_bound, peak_of
 from ..plan import Plan
 from . import canonical_native, canonical_ref
@@ -242,10 +242,17 @@ def describe(result: CanonicalResult) -> str:
 
 @register("canonical")
 def plan_canonical(request: Request) -> Plan:
-    """Spill-free plan at the lowest peak the canonical search proves (or reaches in time)."""
+    """Spill-free plan at the lowest peak the canonical search proves (or reaches in time).
+
+    A budget below the proven bound is refused: no spill-free plan fits it.
+    """
     start = time.perf_counter()
     bufs = buffers(request.graph)
     result = minimize_peak(bufs, time_limit=request.time_limit)
+    if request.budget is not None and result.bound > request.budget:
+        raise InfeasibleBudget(
+            f"budget {request.budget:,} B is infeasible: the canonical offsets search proved "
+            f"that no spill-free plan fits it; at least {result.bound:,} B are needed")
     return plan_from_offsets(
         request.graph, bufs, result.offsets, "canonical", status=result.status,
         bound_bytes=result.bound, solve_seconds=time.perf_counter() - start,
