@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -64,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     mm.add_argument("--time-limit", type=float, default=10.0, metavar="SECONDS",
                     help="per searching planner and problem")
     mm.add_argument("--csv", help="also write the rows to this CSV file")
+    mm.add_argument("--models", action="store_true",
+                    help="also plan every zoo and shared model spill-free with the canonical "
+                         "search and with CP-SAT, and compare the peaks")
     mm.set_defaults(func=cmd_minimalloc)
     return parser
 
@@ -140,7 +145,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_minimalloc(args: argparse.Namespace) -> int:
     from planner.atomic import same_file
 
-    from .minimalloc import markdown_table, problem_files, run_all, solvers
+    from .minimalloc import (
+        below_capacity,
+        markdown_table,
+        models_table,
+        problem_files,
+        proofs_table,
+        run_all,
+        solvers,
+        spill_free_models,
+    )
     from .report import write_csv
     from .runner import shared_dir
 
@@ -162,6 +176,7 @@ def cmd_minimalloc(args: argparse.Namespace) -> int:
         raise PlannerError(f"--csv {args.csv} names an input problem: refusing to overwrite it")
     from planner.progress import bar
 
+    start = time.perf_counter()
     results, interrupted = [], False
     progress = bar(len(paths), "minimalloc", unit="problem")
     try:
@@ -174,6 +189,17 @@ def cmd_minimalloc(args: argparse.Namespace) -> int:
         progress.close()
     if results:
         print(markdown_table(results), end="")
+    if not interrupted and (names is None or "canonical" in names):
+        print("\nBelow a tight capacity (load bound = capacity), capacity - 16 B:\n")
+        print(proofs_table(below_capacity(paths, args.time_limit)), end="")
+    if not interrupted and args.models:
+        from .runner import zoo_models
+
+        print("\nSpill-free plans of the zoo and shared models, canonical search vs CP-SAT:\n")
+        print(models_table(spill_free_models(zoo_models(), args.time_limit)), end="")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\n{time.perf_counter() - start:.0f} s wall on {os.cpu_count()} cores, "
+          f"load average {load:.1f} at the end")
     if args.csv:
         write_csv([r.row() for r in results], Path(args.csv),
                   list(type(results[0]).__dataclass_fields__) if results else None)

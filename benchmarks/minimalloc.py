@@ -39,8 +39,10 @@ def _shared_minimalloc() -> Path:
 
 SHARED_DIR = _shared_minimalloc()
 
-# name -> fn(blocks, time_limit) -> offsets
-OffsetSolver = Callable[[Sequence[Block], float], list[int]]
+# name -> fn(blocks, time_limit) -> offsets, or a result with .offsets (and .nodes, .status)
+OffsetSolver = Callable[[Sequence[Block], float], object]
+# Solvers that take the problem's capacity: they pack into it (or prove it impossible).
+CAPACITY_AWARE = ("canonical", "ilp")
 
 
 MAX_CSV_BYTES = 64 << 20
@@ -134,6 +136,15 @@ def exact_solver() -> OffsetSolver | None:
     return run
 
 
+def canonical_solver(blocks: Sequence[Block], limit: float, capacity: int | None = None):
+    """The canonical-order search: pack into the capacity, or minimise the peak without one."""
+    from planner.planners.canonical import minimize_peak, pack
+
+    if capacity is None:
+        return minimize_peak(blocks, time_limit=limit)
+    return pack(blocks, capacity, time_limit=limit)
+
+
 def solvers(with_exact: bool = True) -> dict[str, OffsetSolver]:
     found: dict[str, OffsetSolver] = {
         "tflm-greedy": lambda b, _t: greedy_offsets(b),
@@ -141,6 +152,7 @@ def solvers(with_exact: bool = True) -> dict[str, OffsetSolver]:
         "greedy-by-breadth": lambda b, _t: greedy_by_breadth_offsets(b),
         "hill-climb": _hill_climb,
     }
+    found["canonical"] = canonical_solver
     exact = exact_solver() if with_exact else None
     if exact is not None:
         found["ilp"] = exact
@@ -158,8 +170,9 @@ class Result:
     ratio: float | None  # peak / load bound
     fits: bool
     seconds: float
-    status: str  # "ok", "no answer", "invalid", "error"
+    status: str  # "ok", "no answer", "infeasible" (proven), "invalid", "error"
     detail: str = ""
+    nodes: int | None = None  # search nodes, for the solvers that count them
 
     def row(self) -> dict:
         return asdict(self)
@@ -169,24 +182,30 @@ def run_problem(problem: OffsetProblem, name: str, solve: OffsetSolver,
                 time_limit: float) -> Result:
     blocks = problem.blocks
     floor = problem.load_bound()
+    if name in CAPACITY_AWARE and problem.capacity is not None:
+        # The exact solvers pack into the stated capacity (or prove it impossible).
+        solve = functools.partial(solve, capacity=problem.capacity)
     start = time.perf_counter()
     try:
-        offsets = solve(blocks, time_limit)
+        out = solve(blocks, time_limit)
     except PlannerError as exc:
         return Result(problem.name, name, len(blocks), problem.capacity, floor, None, None,
                       False, time.perf_counter() - start, "error", str(exc))
     seconds = time.perf_counter() - start
+    offsets = getattr(out, "offsets", out)
+    nodes = getattr(out, "nodes", None)
     if not offsets:
+        proven = getattr(out, "status", "") == "infeasible"
         return Result(problem.name, name, len(blocks), problem.capacity, floor, None, None,
-                      False, seconds, "no answer")
+                      False, seconds, "infeasible" if proven else "no answer", nodes=nodes)
     errors = overlap_violations(blocks, offsets)
     if errors:
         return Result(problem.name, name, len(blocks), problem.capacity, floor, None, None,
-                      False, seconds, "invalid", errors[0])
+                      False, seconds, "invalid", errors[0], nodes)
     peak = peak_of(blocks, offsets)
     fits = problem.capacity is None or peak <= problem.capacity
     return Result(problem.name, name, len(blocks), problem.capacity, floor, peak,
-                  peak / floor if floor else 1.0, fits, seconds, "ok")
+                  peak / floor if floor else 1.0, fits, seconds, "ok", nodes=nodes)
 
 
 def run_all(paths: Sequence[Path], names: Sequence[str] | None = None, time_limit: float = 10.0,
@@ -197,10 +216,7 @@ def run_all(paths: Sequence[Path], names: Sequence[str] | None = None, time_limi
     for path in paths:
         problem = read_problem(path)
         for n in chosen:
-            solve = available[n]
-            if n == "ilp":  # the exact solver packs into the stated capacity
-                solve = functools.partial(solve, capacity=problem.capacity)
-            results.append(run_problem(problem, n, solve, time_limit))
+            results.append(run_problem(problem, n, available[n], time_limit))
     return results
 
 
@@ -221,10 +237,100 @@ def markdown_table(results: Sequence[Result]) -> str:
             elif r.ratio is None:
                 cells.append(r.status)
             else:
-                cells.append(f"{r.ratio:.3f}{'*' if r.fits else ''} ({r.seconds:.2f} s)")
+                nodes = f", {r.nodes:,} nodes" if r.nodes is not None else ""
+                cells.append(f"{r.ratio:.3f}{'*' if r.fits else ''} ({r.seconds:.2f} s{nodes})")
         cap = f"{first.capacity:,}" if first.capacity is not None else "-"
         lines.append(f"| {p} | {first.blocks} | {first.load_bound:,} | {cap} | "
                      + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Cells: peak / load bound (solve seconds); * = fits the stated capacity.")
+    lines.append("Cells: peak / load bound (solve seconds, search nodes where counted); "
+                 "* = fits the stated capacity.")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Proof:
+    problem: str
+    capacity: int
+    status: str  # infeasible (proven) / packed / unknown
+    seconds: float
+    nodes: int
+
+
+def below_capacity(paths: Sequence[Path], time_limit: float, margin: int = 16) -> list[Proof]:
+    """For each problem whose load bound is its capacity: capacity - margin, proven impossible?"""
+    from planner.planners.canonical import pack
+
+    proofs = []
+    for path in paths:
+        problem = read_problem(path)
+        if problem.capacity is None or problem.capacity <= margin or \
+                problem.load_bound() != problem.capacity:
+            continue
+        start = time.perf_counter()
+        got = pack(problem.blocks, problem.capacity - margin, time_limit=time_limit)
+        if got.status == "packed" and overlap_violations(problem.blocks, got.offsets):
+            raise PlannerError(f"{problem.name}: the canonical search returned an invalid packing")
+        proofs.append(Proof(problem.name, problem.capacity - margin, got.status,
+                            time.perf_counter() - start, got.nodes))
+    return proofs
+
+
+def proofs_table(proofs: Sequence[Proof]) -> str:
+    lines = ["| problem | capacity | canonical search | seconds | nodes |",
+             "| --- | --- | --- | --- | --- |"]
+    for p in proofs:
+        lines.append(f"| {p.problem} | {p.capacity:,} | {p.status} | {p.seconds:.3f} | "
+                     f"{p.nodes:,} |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    model: str
+    buffers: int
+    load_bound: int
+    canonical: int
+    canonical_status: str
+    canonical_seconds: float
+    canonical_nodes: int
+    cpsat: int
+    cpsat_status: str
+    cpsat_seconds: float
+
+
+def spill_free_models(paths: Sequence[Path], time_limit: float) -> list[ModelCheck]:
+    """Each model's buffers, spill-free, by the canonical search and by CP-SAT: same optimum?"""
+    from frontends import load_model
+    from planner.analysis import buffers
+    from planner.planners.canonical import minimize_peak
+    from planner.planners.ilp.offsets import solve_offsets
+
+    rows = []
+    for path in paths:
+        bufs = buffers(load_model(path))
+        start = time.perf_counter()
+        ours = minimize_peak(bufs, time_limit=time_limit)
+        mid = time.perf_counter()
+        theirs = solve_offsets(bufs, time_limit=time_limit)
+        end = time.perf_counter()
+        for offsets in (ours.offsets, theirs.offsets):
+            errors = overlap_violations(bufs, offsets)
+            if errors:
+                raise PlannerError(f"{path.name}: invalid spill-free offsets: {errors[0]}")
+        rows.append(ModelCheck(path.name, len(bufs), OffsetProblem.from_intervals(
+            path.name, bufs).load_bound(), ours.peak, ours.status, mid - start, ours.nodes,
+            theirs.peak, theirs.status, end - mid))
+    return rows
+
+
+def models_table(rows: Sequence[ModelCheck]) -> str:
+    lines = ["| model | buffers | load bound | canonical peak (status, s, nodes) | "
+             "CP-SAT peak (status, s) | same |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        same = "=" if r.canonical == r.cpsat else f"{r.canonical - r.cpsat:+,}"
+        lines.append(
+            f"| {r.model} | {r.buffers} | {r.load_bound:,} | {r.canonical:,} "
+            f"({r.canonical_status}, {r.canonical_seconds:.2f} s, {r.canonical_nodes:,}) | "
+            f"{r.cpsat:,} ({r.cpsat_status}, {r.cpsat_seconds:.2f} s) | {same} |")
     return "\n".join(lines) + "\n"

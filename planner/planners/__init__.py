@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-_MODULES = ("linear", "tflm_greedy", "offset_heuristics", "tinyseg", "ilp")
+_MODULES = ("linear", "tflm_greedy", "offset_heuristics", "tinyseg", "canonical", "ilp")
 
 
 def load_all() -> None:

@@ -14,7 +14,7 @@ from ..base import Request, register
 from ..tflm_greedy import plan_tflm_greedy
 from .extract import to_plan
 from .model import Problem, build_problem
-from .offsets import OffsetResult, solve_offsets
+from .offsets import OffsetResult, solve_offsets, storage_free_plan
 
 __all__ = ["OffsetResult", "plan_ilp", "solve_offsets"]
 
@@ -26,6 +26,8 @@ TIME_LIMIT_NOTE = "time limit reached"
 def plan_ilp(request: Request) -> Plan:
     if request.solver not in SOLVERS:
         raise PlannerError(f"unknown solver '{request.solver}': use one of {', '.join(SOLVERS)}")
+    if (spill_free := storage_free_plan(request)) is not None:  # offsets-only profiles
+        return spill_free
     start = time.perf_counter()
     graph, profile, budget = request.graph, request.profile, request.budget
     seeds = _seed_plans(request)

@@ -8,6 +8,7 @@ blocks, and a unit of the sizes' greatest common divisor.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import reduce
@@ -122,3 +123,62 @@ def _best_heuristic(blocks: Sequence[Interval], time_limit: float) -> list[int]:
     candidates = [*starts, hill_climb_offsets(blocks, time_limit=time_limit, starts=starts)[0]]
     return min(candidates, key=lambda offs: max(o + b.size for o, b in zip(offs, blocks,
                                                                               strict=True)))
+
+
+# Share of the time limit the canonical search may use before CP-SAT takes over.
+CANONICAL_SHARE = 0.5
+
+
+def storage_free_plan(request):
+    """The exact spill-free plan by canonical search, for profiles where it is the whole problem.
+
+    With neither storages nor fused kernels every plan the ILP admits is one segment
+    per buffer over its lifetime, so the ILP is offsets only: the canonical search
+    solves that exactly and proves budgets infeasible. Returns None (the caller runs
+    the full CP-SAT model, the second, independent solver) for other profiles, the
+    MILP solvers, or when the search ends unproven.
+    """
+    from ...analysis import buffers
+    from ...checker import check
+    from ...errors import InfeasibleBudget
+    from ..base import plan_from_offsets
+    from ..canonical import describe, minimize_peak, pack
+
+    profile = request.profile
+    if profile.storages or profile.fusion or request.solver != "cpsat":
+        return None
+    start = time.perf_counter()
+    graph, budget = request.graph, request.budget
+    bufs = buffers(graph)
+    limit = request.time_limit * CANONICAL_SHARE
+    result = minimize_peak(bufs, time_limit=limit)
+    notes = [describe(result)]
+    if budget is not None and result.bound > budget:
+        raise InfeasibleBudget(
+            f"budget {budget:,} B is infeasible: the canonical offsets search proved that "
+            f"no spill-free plan (profile '{profile.name}') fits it; at least "
+            f"{result.bound:,} B are needed")
+    if result.status != "optimal":
+        if budget is None or result.peak > budget:
+            left = limit - (time.perf_counter() - start)
+            if budget is None or left <= 0:
+                return None
+            fit = pack(bufs, budget, time_limit=left)
+            notes.append(describe(fit))
+            if fit.status == "infeasible":
+                raise InfeasibleBudget(
+                    f"budget {budget:,} B is infeasible: the canonical offsets search proved "
+                    f"that no spill-free plan (profile '{profile.name}') fits it")
+            if fit.status != "packed":
+                return None
+            result = fit
+    # Under a budget every fitting spill-free plan moves no bytes, so any is latency-optimal.
+    optimal = result.status == "optimal" or budget is not None
+    plan = plan_from_offsets(
+        graph, bufs, result.offsets, "ilp", status="optimal" if optimal else "feasible",
+        bound_bytes=result.bound, objective=request.goal,
+        bound_transfer_seconds=0.0 if request.goal == "latency" else None,
+        solve_seconds=time.perf_counter() - start, notes=tuple(notes))
+    if check(graph, plan, profile.capacities):
+        return None  # never return an invalid plan; the CP-SAT model decides instead
+    return plan
