@@ -97,6 +97,9 @@ class Plan:
     solve_seconds: float = 0.0
     scratch_dtype: str = "int32"
     notes: tuple[str, ...] = field(default=())
+    # Why the search ended early: "time-limit" (wall clock), "work-limit" (the reproducible
+    # work budget), "interrupted" (Ctrl-C); None: it ran to completion (or none was run).
+    stopped: str | None = None
 
     @property
     def spilled_bytes(self) -> int:
@@ -138,6 +141,7 @@ class Plan:
             solve_seconds=data.get("solve_seconds", 0.0),
             scratch_dtype=data.get("scratch_dtype", "int32"),
             notes=tuple(data.get("notes", ())),
+            stopped=data.get("stopped"),
         )
 
     def save(self, path: str | Path) -> None:

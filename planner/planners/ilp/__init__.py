@@ -6,20 +6,23 @@ import time
 from dataclasses import replace
 
 from ...analysis import working_set_bound
-from ...checker import check
 from ...errors import InfeasibleBudget, PlannerError
 from ...ir import ALIGNMENT
 from ...plan import Plan
 from ..base import Request, register
-from ..tflm_greedy import plan_tflm_greedy
 from .extract import to_plan
 from .model import Problem, build_problem
 from .offsets import OffsetResult, solve_offsets
+from .search import Budget
+from .seeds import best_seed, describe, rank, seed_plans
 
 __all__ = ["OffsetResult", "plan_ilp", "solve_offsets"]
 
 SOLVERS = ("cpsat", "pulp-cbc", "pulp-highs")
-TIME_LIMIT_NOTE = "time limit reached"
+# Notes of an unproven search; dropped when the working-set bound proves the plan anyway.
+UNPROVEN_NOTES = ("time limit reached", "work limit reached", "interrupted")
+# Wall time kept back from the search for turning its answer into a checked plan.
+EXTRACT_SHARE, EXTRACT_SECONDS = 0.03, 2.0
 
 
 @register("ilp")
@@ -27,83 +30,88 @@ def plan_ilp(request: Request) -> Plan:
     if request.solver not in SOLVERS:
         raise PlannerError(f"unknown solver '{request.solver}': use one of {', '.join(SOLVERS)}")
     start = time.perf_counter()
+    limit = request.time_limit
+    clock = Budget.start(limit - min(EXTRACT_SECONDS, EXTRACT_SHARE * limit), request.work_limit)
     graph, profile, budget = request.graph, request.profile, request.budget
-    seeds = _seed_plans(request)
+    seeds = seed_plans(request)
+    seed = best_seed(seeds, request)
     splits: dict[int, set[int]] = {}
-    for seed in seeds:
-        for part in seed.parts:
+    for plan in seeds:
+        for part in plan.parts:
             if part.index == 1:
                 splits.setdefault(part.tensor, set()).add(part.channel_stop - part.channel_start)
     problem = build_problem(graph, profile, extra_splits=splits)
-    fitting = [p for p in seeds if budget is None or p.peak_bytes <= budget]
+    if seed is None and budget is None:  # cannot happen: tflm-greedy is always valid
+        raise PlannerError("no valid heuristic plan to start from")
     if budget is not None:
         upper = budget // ALIGNMENT
-    else:
-        upper = min(p.peak_bytes for p in seeds) // ALIGNMENT
+        if request.goal == "peak" and seed is not None:
+            upper = min(upper, seed.peak_bytes // ALIGNMENT)
+    else:  # the best seed's peak holds the optimum (for latency: it moves the least)
+        upper = seed.peak_bytes // ALIGNMENT
     budget_units = budget // ALIGNMENT if budget is not None else None
-    solution, infeasible = _solve(problem, request, upper, budget_units, fitting)
+    solution, infeasible, stopped = _solve(problem, request, upper, budget_units, seed, clock)
+    started = (describe(seed),) if seed is not None else ()
     if solution is None:
         if infeasible:
             raise InfeasibleBudget(
                 f"budget {budget:,} B is infeasible: the solver proved that no plan with "
                 f"profile '{profile.name}' fits it"
             )
-        if fitting:
-            best = min(fitting, key=lambda p: (p.peak_bytes, p.est_transfer_seconds))
-            note = (f"solver found no plan within {request.time_limit:g} s; returning the "
-                    f"{best.planner} plan, not proven optimal")
-            return replace(best, planner="ilp", status="feasible", notes=(*best.notes, note))
+        if seed is not None:
+            why = "interrupted before the solver found a plan" if stopped == "interrupted" \
+                else f"solver found no plan within {limit:g} s"
+            note = f"{why}; returning the {seed.planner} plan, not proven optimal"
+            return replace(seed, planner="ilp", status="feasible", objective=request.goal,
+                           notes=(*seed.notes, *started, note), stopped=stopped or "time-limit",
+                           solve_seconds=time.perf_counter() - start)
         raise PlannerError(
-            f"no plan under the budget found within {request.time_limit:g} s and none proven "
+            f"no plan under the budget found within {limit:g} s and none proven "
             "impossible; try a longer --time-limit"
         )
     plan = _certify(to_plan(problem, solution, "ilp", request.goal), request)
-    # A time-limited search can end above its own warm start; never return worse than it.
-    better = [s for s in fitting if _rank(s, request.goal) < _rank(plan, request.goal)]
-    if better:
-        seed = min(better, key=lambda s: _rank(s, request.goal))
-        note = (f"the solver's best in {request.time_limit:g} s was worse than the "
-                f"{seed.planner} plan it started from; returning that plan, not proven optimal")
+    plan = replace(plan, notes=(*started, *plan.notes), stopped=stopped)
+    # A stopped search can end above its own warm start; never return worse than it.
+    if seed is not None and rank(seed, request.goal) < rank(plan, request.goal):
+        note = (f"the solver's best was worse than the {seed.planner} plan it started from; "
+                "returning that plan, not proven optimal")
         plan = replace(seed, planner="ilp", status="feasible", objective=request.goal,
-                       bound_bytes=plan.bound_bytes, notes=(*seed.notes, note))
+                       bound_bytes=plan.bound_bytes, stopped=stopped,
+                       bound_transfer_seconds=plan.bound_transfer_seconds,
+                       notes=(*seed.notes, *started, note))
     return replace(plan, solve_seconds=time.perf_counter() - start)
 
 
-def _rank(plan: Plan, goal: str) -> tuple[float, float]:
-    if goal == "peak":
-        return (plan.peak_bytes, round(plan.est_transfer_seconds, 9))
-    return (round(plan.est_transfer_seconds, 9), plan.peak_bytes)
-
-
-def _seed_plans(request: Request) -> list[Plan]:
-    """Valid heuristic plans: hints for the solver and the fallback on a time-out."""
-    plans = [plan_tflm_greedy(request)]
-    try:
-        from ..tinyseg import plan_tinyseg
-    except ImportError:
-        plan_tinyseg = None
-    if plan_tinyseg is not None and request.profile.storages and request.budget is not None:
-        try:
-            plans.append(plan_tinyseg(request))
-        except PlannerError:
-            pass
-    return [p for p in plans if not check(request.graph, p, request.profile.capacities)]
-
-
 def _solve(problem: Problem, request: Request, upper: int, budget_units: int | None,
-           hints: list[Plan]):
+           seed: Plan | None, clock: Budget):
+    """(Solution or None, proven infeasible, why the search stopped early or None)."""
     if request.solver == "cpsat":
         from .cpsat import CpSatModel
 
         model = CpSatModel(problem, upper, budget_units)
-        if hints:
-            model.hint(min(hints, key=lambda p: (p.est_transfer_seconds, p.peak_bytes)))
-        solution = model.solve(request.goal, request.time_limit, request.workers,
-                               request.deterministic)
-        return solution, model.infeasible
+        known = None
+        if seed is not None:
+            model.hint(seed)
+            known = _proven_primary(seed, request)
+        solution = model.solve(request.goal, clock, request.workers, request.reproducible,
+                               request.progress, known)
+        return solution, model.infeasible, model.stopped
     from .milp import solve_milp
 
-    return solve_milp(problem, upper, budget_units, request)
+    timed = replace(request, time_limit=max(1.0, clock.seconds_left()))
+    solution, infeasible = solve_milp(problem, upper, budget_units, timed)
+    stopped = "time-limit" if solution is not None and solution.status != "optimal" else None
+    return solution, infeasible, stopped
+
+
+def _proven_primary(seed: Plan, request: Request) -> int | None:
+    """The primary objective's optimum when the seed already meets its lower bound
+    (peak at the working-set bound, or no transfers): then only the secondary is searched."""
+    if request.goal == "peak":
+        bound = working_set_bound(request.graph, request.profile.can_stream,
+                                  request.profile.fusion).bytes
+        return -(-seed.peak_bytes // ALIGNMENT) if seed.peak_bytes <= bound else None
+    return 0 if seed.est_transfer_seconds == 0 else None
 
 
 def _certify(plan: Plan, request: Request) -> Plan:
@@ -115,5 +123,5 @@ def _certify(plan: Plan, request: Request) -> Plan:
         request.graph, request.profile.can_stream, request.profile.fusion).bytes)
     if plan.peak_bytes <= bound:
         return replace(plan, status="optimal", bound_bytes=plan.peak_bytes,
-                       notes=tuple(n for n in plan.notes if not n.startswith(TIME_LIMIT_NOTE)))
+                       notes=tuple(n for n in plan.notes if not n.startswith(UNPROVEN_NOTES)))
     return replace(plan, bound_bytes=bound)
