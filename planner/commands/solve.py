@@ -17,9 +17,12 @@ from ..errors import InfeasibleBudget, PlannerError
 from ..planners.base import Request, registry
 from ..units import parse_size
 from .common import add_model_args, read_graph
+from .progress import end_progress, terminal_progress
 
 DEFAULT_PLANNER = "ilp"
 DEFAULT_PROFILE = "qspi-flash"
+# --deterministic without --work-limit: work units per second of --time-limit.
+DETERMINISTIC_WORK_SHARE = 0.5
 SCRATCH_NOTE = ("--scratch int16: TRANSPOSE_CONV scratch stored as int16 (TinySeg's temporary "
                 "quantization): half the bytes, different numerics")
 
@@ -41,7 +44,11 @@ def add_parser(sub) -> None:
     p.add_argument("--solver", default="cpsat", help="cpsat, pulp-cbc or pulp-highs")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS")
     p.add_argument("--deterministic", action="store_true",
-                   help="the same plan on every run (slower search on large models)")
+                   help="the same plan on every run, whatever the machine load: the search "
+                        "stops on a work limit (default: half the time limit, in units)")
+    p.add_argument("--work-limit", type=float, default=None, metavar="UNITS",
+                   help="work budget of the exact search in CP-SAT deterministic seconds; "
+                        "implies --deterministic (--time-limit stays a wall-clock cap)")
     p.add_argument("--pareto", action="store_true", help="sweep budgets: peak vs transfer time")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("-o", "--outdir", help="write the plan and the backends' files here")
@@ -80,13 +87,21 @@ def run(args: argparse.Namespace) -> int:
         from ..pareto import pareto_front
 
         return pareto_front(graph, profile, args, summary)
+    work = args.work_limit
+    if work is not None and (not math.isfinite(work) or work <= 0):
+        raise PlannerError("--work-limit must be a positive number of units")
+    if work is None and args.deterministic:
+        work = DETERMINISTIC_WORK_SHARE * args.time_limit
     request = Request(graph, profile, budget, args.objective, args.time_limit, args.solver,
-                      deterministic=args.deterministic)
+                      deterministic=args.deterministic or work is not None, work_limit=work,
+                      progress=terminal_progress())
     start = time.perf_counter()
     try:
         plan = planners[name](request)
     except InfeasibleBudget as exc:
         return _refuse(args, summary, str(exc))
+    finally:
+        end_progress()
     elapsed = time.perf_counter() - start
     if args.scratch == "int16":
         plan = replace(plan, scratch_dtype="int16", notes=(*plan.notes, SCRATCH_NOTE))

@@ -6,11 +6,13 @@ import time
 from dataclasses import replace
 
 from ...analysis import working_set_bound
+from ...checker import check
 from ...errors import InfeasibleBudget, PlannerError
 from ...ir import ALIGNMENT
 from ...plan import Plan
 from ..base import Request, register
 from .extract import to_plan
+from .fused import fused_plan
 from .model import Problem, build_problem
 from .offsets import OffsetResult, solve_offsets
 from .search import Budget
@@ -33,16 +35,30 @@ def plan_ilp(request: Request) -> Plan:
     limit = request.time_limit
     clock = Budget.start(limit - min(EXTRACT_SECONDS, EXTRACT_SHARE * limit), request.work_limit)
     graph, profile, budget = request.graph, request.profile, request.budget
+    ws = working_set_bound(graph, profile.can_stream, profile.fusion).bytes
+    # The all-fused spill-free packing first: on segmentation networks it often meets the
+    # working-set bound with no transfers, which no search can beat.
+    problem = build_problem(graph, profile)
+    fused = fused_plan(problem, request.goal)
+    if fused is not None and fused.peak_bytes <= ws and fused.est_transfer_seconds == 0 \
+            and (budget is None or fused.peak_bytes <= budget) \
+            and not check(graph, fused, profile.capacities):
+        note = ("the fused-greedy plan (every concat+conv pair fused, nothing spilled, packed "
+                "by the offset heuristics) meets the working-set bound and moves nothing: "
+                "optimal for peak and transfer time, no search was needed")
+        return replace(fused, planner="ilp", status="optimal", objective=request.goal,
+                       bound_bytes=fused.peak_bytes, bound_transfer_seconds=0.0,
+                       notes=(*fused.notes, note),
+                       solve_seconds=time.perf_counter() - start)
     seeds = seed_plans(request)
-    seed = best_seed(seeds, request)
     splits: dict[int, set[int]] = {}
     for plan in seeds:
         for part in plan.parts:
             if part.index == 1:
                 splits.setdefault(part.tensor, set()).add(part.channel_stop - part.channel_start)
-    problem = build_problem(graph, profile, extra_splits=splits)
-    if seed is None and budget is None:  # cannot happen: tflm-greedy is always valid
-        raise PlannerError("no valid heuristic plan to start from")
+    if splits:  # the model must contain the seeds' channel splits
+        problem = build_problem(graph, profile, extra_splits=splits)
+    seed = best_seed([*seeds, fused] if fused is not None else seeds, request)
     if budget is not None:
         upper = budget // ALIGNMENT
         if request.goal == "peak" and seed is not None:
@@ -62,15 +78,19 @@ def plan_ilp(request: Request) -> Plan:
             why = "interrupted before the solver found a plan" if stopped == "interrupted" \
                 else f"solver found no plan within {limit:g} s"
             note = f"{why}; returning the {seed.planner} plan, not proven optimal"
-            return replace(seed, planner="ilp", status="feasible", objective=request.goal,
-                           notes=(*seed.notes, *started, note), stopped=stopped or "time-limit",
-                           solve_seconds=time.perf_counter() - start)
+            plan = replace(seed, planner="ilp", status="feasible", objective=request.goal,
+                           notes=(*seed.notes, *started, note), stopped=stopped or "time-limit")
+            return replace(_certify(plan, request), solve_seconds=time.perf_counter() - start)
         raise PlannerError(
             f"no plan under the budget found within {limit:g} s and none proven "
             "impossible; try a longer --time-limit"
         )
     plan = _certify(to_plan(problem, solution, "ilp", request.goal), request)
-    plan = replace(plan, notes=(*started, *plan.notes), stopped=stopped)
+    extra = ()
+    if request.reproducible and stopped == "time-limit":
+        extra = (f"the {limit:g} s wall-clock cap ended the search before its work limit: "
+                 "this plan may differ from run to run",)
+    plan = replace(plan, notes=(*started, *plan.notes, *extra), stopped=stopped)
     # A stopped search can end above its own warm start; never return worse than it.
     if seed is not None and rank(seed, request.goal) < rank(plan, request.goal):
         note = (f"the solver's best was worse than the {seed.planner} plan it started from; "

@@ -27,6 +27,7 @@ from ..base import Request, registry
 EXACT = frozenset({"ilp"})
 # Wall seconds all heuristics together may take, as a share of the time limit.
 SEED_SHARE = 0.35
+SEED_FLOOR_SECONDS = 1.0
 # Search heuristics (hill-climb) get at most this many seconds each; a share of the limit.
 SEARCH_SECONDS = 10.0
 # Fast heuristics run in this process; the others in a child that can be ended.
@@ -38,13 +39,16 @@ def seed_plans(request: Request, seconds: float | None = None) -> list[Plan]:
 
     Unchecked: `best_seed` checks them. tflm-greedy is always among them.
     """
-    seconds = SEED_SHARE * request.time_limit if seconds is None else seconds
+    if seconds is None:  # at least a second: below that the time limit is not realistic
+        seconds = max(SEED_FLOOR_SECONDS, SEED_SHARE * request.time_limit)
     deadline = time.perf_counter() + seconds
     search = SEARCH_SECONDS if request.reproducible else \
         min(SEARCH_SECONDS, max(0.2, 0.1 * request.time_limit))
     quick = replace(request, time_limit=search, progress=None)
     planners = registry()
-    names = ["tflm-greedy", *sorted(n for n in planners if n not in EXACT and n != "tflm-greedy")]
+    # tflm-greedy first (always valid), then the spilling one that most often wins.
+    first = [n for n in ("tflm-greedy", "tinyseg") if n in planners]
+    names = [*first, *sorted(n for n in planners if n not in EXACT and n not in first)]
     plans = []
     bounded = not request.reproducible and _can_fork()
     for name in names:
