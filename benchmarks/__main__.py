@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                     help="wall-clock limit per solve (default 60 s, 120 s above 1000 ops)")
     sc.add_argument("--work-limit", type=float, default=None, metavar="UNITS",
-                    help="CP-SAT deterministic seconds per solve (default half the time limit)")
+                    help="CP-SAT deterministic seconds per solve "
+                         "(default 0.02 per second of the time limit)")
     sc.add_argument("--budget-fraction", type=float, default=None, metavar="F",
                     help="plan under F x the tflm-greedy peak (default: no budget)")
     sc.add_argument("--no-repeat", action="store_true", help="solve once, skip the same-plan "

@@ -94,9 +94,11 @@ def run_size(path: Path, time_limit: float, work_limit: float | None, repeat: bo
 
 def limits_for(ops: int, time_limit: float | None, work_limit: float | None
                ) -> tuple[float, float | None]:
-    """The issue's goals: 60 s up to 1000 ops, 120 s above; work: half the wall seconds."""
+    """The issue's goals: 60 s up to 1000 ops, 120 s above; work as `solve --deterministic`."""
+    from planner.commands.solve import DETERMINISTIC_WORK_SHARE
+
     t = time_limit if time_limit is not None else (60.0 if ops <= 1100 else 120.0)
-    return t, (work_limit if work_limit is not None else t / 2)
+    return t, (work_limit if work_limit is not None else DETERMINISTIC_WORK_SHARE * t)
 
 
 def run_scale(sizes: list[int], outdir: Path, time_limit: float | None = None,

@@ -164,3 +164,25 @@ def test_tiny_scale_run(tmp_path):
     assert row.peak_bytes >= row.ws_bound
     assert (tmp_path / "scale.csv").is_file()
     assert row.model in markdown(rows)
+
+
+@pytest.mark.parametrize("name", ["tiny_unet.onnx", "irregular.onnx", "mbv2_unet.onnx",
+                                  "tiny_unet_int8.tflite", "fcn_additive_int8.tflite"])
+def test_transfer_bound_holds_for_every_plan(name):
+    from planner.planners.ilp.bounds import transfer_bound_seconds
+    from planner.planners.ilp.model import build_problem
+
+    graph = load_model(BUNDLED / name)
+    problem = build_problem(graph, PROFILE)
+    greedy = plan_tflm_greedy(Request(graph, PROFILE)).peak_bytes
+    for fraction in (0.9, 0.75, 0.6):
+        budget = int(greedy * fraction) // 16 * 16
+        for planner in ("tinyseg", "ilp"):
+            try:
+                plan = PLAN[planner](Request(graph, PROFILE, budget, None, 5.0))
+            except Exception:  # noqa: BLE001 - an infeasible budget has no plan to bound
+                continue
+            assert transfer_bound_seconds(problem, plan.peak_bytes) \
+                <= plan.est_transfer_seconds + 1e-9, (planner, fraction)
+            if planner == "ilp" and plan.status == "optimal" and plan.peak_bytes <= budget:
+                assert transfer_bound_seconds(problem, budget) <= plan.est_transfer_seconds + 1e-9

@@ -11,6 +11,7 @@ from ...errors import InfeasibleBudget, PlannerError
 from ...ir import ALIGNMENT
 from ...plan import Plan
 from ..base import Request, register
+from .bounds import transfer_bound_seconds
 from .extract import to_plan
 from .fused import fused_plan
 from .model import Problem, build_problem
@@ -65,6 +66,9 @@ def plan_ilp(request: Request) -> Plan:
             upper = min(upper, seed.peak_bytes // ALIGNMENT)
     else:  # the best seed's peak holds the optimum (for latency: it moves the least)
         upper = seed.peak_bytes // ALIGNMENT
+        if request.solver != "cpsat":  # no hints there: a tight box leaves CBC nothing
+            upper = max([upper] + [p.peak_bytes // ALIGNMENT for p in seeds
+                                   if p.planner == "tflm-greedy"])
     budget_units = budget // ALIGNMENT if budget is not None else None
     solution, infeasible, stopped = _solve(problem, request, upper, budget_units, seed, clock)
     started = (describe(seed),) if seed is not None else ()
@@ -75,12 +79,14 @@ def plan_ilp(request: Request) -> Plan:
                 f"profile '{profile.name}' fits it"
             )
         if seed is not None:
-            why = "interrupted before the solver found a plan" if stopped == "interrupted" \
-                else f"solver found no plan within {limit:g} s"
+            why = {"interrupted": "interrupted before the solver found a plan",
+                   "work-limit": "solver found no plan within its work limit"}.get(
+                stopped or "", f"solver found no plan within {limit:g} s")
             note = f"{why}; returning the {seed.planner} plan, not proven optimal"
             plan = replace(seed, planner="ilp", status="feasible", objective=request.goal,
                            notes=(*seed.notes, *started, note), stopped=stopped or "time-limit")
-            return replace(_certify(plan, request), solve_seconds=time.perf_counter() - start)
+            plan = _transfer_bound(_certify(plan, request), problem, request)
+            return replace(plan, solve_seconds=time.perf_counter() - start)
         raise PlannerError(
             f"no plan under the budget found within {limit:g} s and none proven "
             "impossible; try a longer --time-limit"
@@ -93,13 +99,33 @@ def plan_ilp(request: Request) -> Plan:
     plan = replace(plan, notes=(*started, *plan.notes, *extra), stopped=stopped)
     # A stopped search can end above its own warm start; never return worse than it.
     if seed is not None and rank(seed, request.goal) < rank(plan, request.goal):
+        # Same primary value: what the solver proved about it holds for the seed too.
+        same = rank(seed, request.goal)[0] == rank(plan, request.goal)[0]
+        status = plan.status if same else "feasible"
         note = (f"the solver's best was worse than the {seed.planner} plan it started from; "
-                "returning that plan, not proven optimal")
-        plan = replace(seed, planner="ilp", status="feasible", objective=request.goal,
+                "returning that plan" + ("" if status == "optimal" else ", not proven optimal"))
+        plan = replace(seed, planner="ilp", status=status, objective=request.goal,
                        bound_bytes=plan.bound_bytes, stopped=stopped,
                        bound_transfer_seconds=plan.bound_transfer_seconds,
-                       notes=(*seed.notes, *started, note))
+                       notes=(*seed.notes, *plan.notes, note))
+    plan = _transfer_bound(plan, problem, request)
     return replace(plan, solve_seconds=time.perf_counter() - start)
+
+
+def _transfer_bound(plan: Plan, problem: Problem, request: Request) -> Plan:
+    """Raise the plan's transfer-time bound to the load view's (bounds.py); meeting it under
+    a budget proves the transfer time optimal."""
+    peak = plan.peak_bytes if request.goal == "peak" else request.budget
+    if peak is None:
+        return plan
+    bound = max(plan.bound_transfer_seconds or 0.0, transfer_bound_seconds(problem, peak))
+    bound = min(bound, plan.est_transfer_seconds)
+    plan = replace(plan, bound_transfer_seconds=bound)
+    if request.goal == "latency" and plan.status != "optimal" \
+            and plan.est_transfer_seconds <= bound:
+        plan = replace(plan, status="optimal", notes=(*plan.notes, (
+            "transfer time meets its lower bound from the load view: optimal")))
+    return plan
 
 
 def _solve(problem: Problem, request: Request, upper: int, budget_units: int | None,

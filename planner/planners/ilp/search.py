@@ -89,7 +89,8 @@ class _Watch(cp_model.CpSolverSolutionCallback):
 
 def run(model: cp_model.CpModel, budget: Budget,
         share: float, *, workers: int, deterministic: bool, phase: str,
-        scale: Callable[[float], float] = float, progress: Progress | None = None) -> Outcome:
+        scale: Callable[[float], float] = float, progress: Progress | None = None,
+        presolve: bool = True) -> Outcome:
     """Solve `model` with `share` of what is left of `budget`; never past its deadline."""
     start = time.perf_counter()
     solver = cp_model.CpSolver()
@@ -98,6 +99,7 @@ def run(model: cp_model.CpModel, budget: Budget,
     params.catch_sigint_signal = False
     params.random_seed = 0
     params.interleave_search = deterministic
+    params.cp_model_presolve = presolve
     seconds = budget.seconds_left() * share
     params.max_time_in_seconds = max(0.01, seconds)
     work_limit = None
