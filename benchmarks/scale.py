@@ -103,11 +103,12 @@ def limits_for(ops: int, time_limit: float | None, work_limit: float | None
 
 def run_scale(sizes: list[int], outdir: Path, time_limit: float | None = None,
               work_limit: float | None = None, repeat: bool = True,
-              budget_fraction: float | None = None, echo=print) -> list[ScaleRow]:
+              budget_fraction: float | None = None, echo=print,
+              top_blocks: int | None = 0) -> list[ScaleRow]:
     sides = dict(SIZES)
     rows = []
     for target in sizes:
-        path = write_model(target, sides.get(target, 128), outdir / "models")
+        path = write_model(target, sides.get(target, 128), outdir / "models", top_blocks)
         t, w = limits_for(target, time_limit, work_limit)
         row = run_size(path, t, w, repeat, budget_fraction)
         rows.append(row)
