@@ -12,6 +12,7 @@ from ...ir import ALIGNMENT
 from ...plan import Plan
 from ..base import Request, register
 from .bounds import transfer_bound_seconds
+from .decompose import load_view_plan
 from .extract import to_plan
 from .fused import fused_plan
 from .model import Problem, build_problem
@@ -26,6 +27,8 @@ SOLVERS = ("cpsat", "pulp-cbc", "pulp-highs")
 UNPROVEN_NOTES = ("time limit reached", "work limit reached", "interrupted")
 # Wall time kept back from the search for turning its answer into a checked plan.
 EXTRACT_SHARE, EXTRACT_SECONDS = 0.03, 2.0
+# Shares of the remaining budget for the load view's search and for packing its segments.
+LOAD_VIEW_SHARE, PACK_SHARE = 0.5, 0.3
 
 
 @register("ilp")
@@ -60,6 +63,10 @@ def plan_ilp(request: Request) -> Plan:
     if splits:  # the model must contain the seeds' channel splits
         problem = build_problem(graph, profile, extra_splits=splits)
     seed = best_seed([*seeds, fused] if fused is not None else seeds, request)
+    view_bound, view_note = None, ()
+    if request.solver == "cpsat" and request.goal == "peak" and seed is not None \
+            and seed.peak_bytes > ws:
+        seed, view_bound, view_note = _load_view(problem, request, seed, clock)
     if budget is not None:
         upper = budget // ALIGNMENT
         if request.goal == "peak" and seed is not None:
@@ -82,21 +89,22 @@ def plan_ilp(request: Request) -> Plan:
             why = {"interrupted": "interrupted before the solver found a plan",
                    "work-limit": "solver found no plan within its work limit"}.get(
                 stopped or "", f"solver found no plan within {limit:g} s")
-            note = f"{why}; returning the {seed.planner} plan, not proven optimal"
+            note = f"{why}; returning the {seed.planner} plan"
             plan = replace(seed, planner="ilp", status="feasible", objective=request.goal,
-                           notes=(*seed.notes, *started, note), stopped=stopped or "time-limit")
-            plan = _transfer_bound(_certify(plan, request), problem, request)
+                           notes=(*seed.notes, *started, *view_note, note),
+                           stopped=stopped or "time-limit")
+            plan = _transfer_bound(_certify(plan, request, view_bound), problem, request)
             return replace(plan, solve_seconds=time.perf_counter() - start)
         raise PlannerError(
             f"no plan under the budget found within {limit:g} s and none proven "
             "impossible; try a longer --time-limit"
         )
-    plan = _certify(to_plan(problem, solution, "ilp", request.goal), request)
+    plan = _certify(to_plan(problem, solution, "ilp", request.goal), request, view_bound)
     extra = ()
     if request.reproducible and stopped == "time-limit":
         extra = (f"the {limit:g} s wall-clock cap ended the search before its work limit: "
                  "this plan may differ from run to run",)
-    plan = replace(plan, notes=(*started, *plan.notes, *extra), stopped=stopped)
+    plan = replace(plan, notes=(*started, *view_note, *plan.notes, *extra), stopped=stopped)
     # A stopped search can end above its own warm start; never return worse than it.
     if seed is not None and rank(seed, request.goal) < rank(plan, request.goal):
         # Same primary value: what the solver proved about it holds for the seed too.
@@ -160,12 +168,30 @@ def _proven_primary(seed: Plan, request: Request) -> int | None:
     return 0 if seed.est_transfer_seconds == 0 else None
 
 
-def _certify(plan: Plan, request: Request) -> Plan:
-    """Tighten the proven peak bound with the working-set bound; meeting it proves optimality."""
+def _load_view(problem: Problem, request: Request, seed: Plan, clock: Budget):
+    """(seed, proven peak bound or None, notes): the decomposition's packed plan replaces
+    the seed when it is valid and lower."""
+    view = load_view_plan(problem, seed, clock, LOAD_VIEW_SHARE, PACK_SHARE, request.workers,
+                          request.reproducible, request.progress)
+    notes = []
+    if view.plan is not None and view.plan.peak_bytes < seed.peak_bytes \
+            and not check(request.graph, view.plan, request.profile.capacities):
+        notes.append(f"load view + packing (decompose.py) lowered the start to "
+                     f"{view.plan.peak_bytes:,} B from {seed.planner}'s {seed.peak_bytes:,} B")
+        seed = view.plan
+    elif view.relaxed_bytes is not None:
+        notes.append(f"load view reached {view.relaxed_bytes:,} B but its segments did not "
+                     f"pack below {seed.planner}'s {seed.peak_bytes:,} B")
+    return seed, view.bound_bytes, tuple(notes)
+
+
+def _certify(plan: Plan, request: Request, view_bound: int | None = None) -> Plan:
+    """Tighten the proven peak bound with the working-set bound (and the load view's proven
+    bound); meeting it proves optimality."""
     if request.goal != "peak":
         return plan
     # Valid for every plan the model admits; the load bound is not (fusion alone beats it).
-    bound = max(plan.bound_bytes or 0, working_set_bound(
+    bound = max(plan.bound_bytes or 0, view_bound or 0, working_set_bound(
         request.graph, request.profile.can_stream, request.profile.fusion).bytes)
     if plan.peak_bytes <= bound:
         return replace(plan, status="optimal", bound_bytes=plan.peak_bytes,

@@ -35,8 +35,12 @@ class _Vars:
 
 
 class CpSatModel:
-    def __init__(self, problem: Problem, upper_units: int, budget_units: int | None):
+    def __init__(self, problem: Problem, upper_units: int, budget_units: int | None,
+                 packing: bool = True):
+        """`packing=False`: the load view only (no 2-D no-overlap, no channel splits): a
+        relaxation whose chosen segments decompose.py then packs."""
         self.p = problem
+        self.packing = packing
         self.m = cp_model.CpModel()
         self.v = _Vars()
         self.upper = upper_units
@@ -74,7 +78,12 @@ class CpSatModel:
         for (_, units), ts in twins.items():
             for a, b in zip(ts, ts[1:], strict=False):
                 m.add(v.scratch_off[a] + units <= v.scratch_off[b])
-        m.add_no_overlap_2d(xs, ys)
+        if self.packing:
+            m.add_no_overlap_2d(xs, ys)
+        else:
+            for k, variant in enumerate(p.variants):
+                if variant.spilled_channels:
+                    m.add(v.act[k] == 0)
         # Redundant, but gives the search the load bound of whatever is resident.
         m.add_cumulative(xs, [y.size_expr() for y in ys], self.peak)
         m.add(self.cost == sum(cost_terms))
@@ -298,7 +307,7 @@ class CpSatModel:
             why = _why(second.stopped if second else budget.stopped or "time-limit")
             notes.append(f"{names[goal]} proven optimal; {why}: {names[other]} not proven "
                          "minimal for it")
-        sol = self._read(chosen.values, "optimal" if proven else "feasible", notes)
+        sol = self.read(chosen.values, "optimal" if proven else "feasible", notes)
         if goal == "peak":
             sol.bound_units = first.bound
         else:
@@ -314,7 +323,7 @@ class CpSatModel:
         hint.vars.extend(range(len(values)))
         hint.values.extend(values)
 
-    def _read(self, values: list[int], status: str, notes: list[str]) -> Solution:
+    def read(self, values: list[int], status: str, notes: list[str]) -> Solution:
         v = self.v
 
         def val(var) -> int:

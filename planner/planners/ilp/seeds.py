@@ -80,9 +80,10 @@ def best_seed(plans: list[Plan], request: Request) -> Plan | None:
 
 
 def describe(plan: Plan) -> str:
+    what = "the decomposition's packed plan" if plan.planner == "load-view" else \
+        "the best heuristic for this objective"
     return (f"search started from the {plan.planner} plan ({plan.peak_bytes:,} B, "
-            f"{plan.est_transfer_seconds:.4g} s of transfers), the best heuristic for "
-            "this objective")
+            f"{plan.est_transfer_seconds:.4g} s of transfers), {what}")
 
 
 def _can_fork() -> bool:
