@@ -94,6 +94,8 @@ def plan_ilp(request: Request) -> Plan:
                            notes=(*seed.notes, *started, *view_note, note),
                            stopped=stopped or "time-limit")
             plan = _transfer_bound(_certify(plan, request, view_bound), problem, request)
+            if plan.status != "optimal":
+                plan = replace(plan, notes=(*plan.notes[:-1], f"{note}, not proven optimal"))
             return replace(plan, solve_seconds=time.perf_counter() - start)
         raise PlannerError(
             f"no plan under the budget found within {limit:g} s and none proven "
