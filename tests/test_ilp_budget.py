@@ -15,6 +15,7 @@ from conftest import ROOT
 
 from benchmarks.scale_models import ops_for, residual_unet
 from frontends import load_model
+from planner.analysis import working_set_bound
 from planner.checker import assert_valid
 from planner.device import load_profile
 from planner.planners.base import Request, registry
@@ -109,6 +110,7 @@ def test_work_limit_gives_the_same_plan_under_load(unet_path):
 DRIVER = """
 import json, sys
 from frontends import load_model
+from planner.analysis import working_set_bound
 from planner.checker import assert_valid
 from planner.device import load_profile
 from planner.planners.base import Request, registry
@@ -186,3 +188,22 @@ def test_transfer_bound_holds_for_every_plan(name):
                 <= plan.est_transfer_seconds + 1e-9, (planner, fraction)
             if planner == "ilp" and plan.status == "optimal" and plan.peak_bytes <= budget:
                 assert transfer_bound_seconds(problem, budget) <= plan.est_transfer_seconds + 1e-9
+
+
+def test_load_view_packs_a_valid_plan_and_a_valid_bound(big_unet_path):
+    from planner.checker import check
+    from planner.planners.ilp.decompose import load_view_plan
+    from planner.planners.ilp.model import build_problem
+    from planner.planners.ilp.search import Budget
+
+    graph = load_model(big_unet_path)
+    seed = PLAN["tinyseg"](Request(graph, PROFILE))
+    view = load_view_plan(build_problem(graph, PROFILE), seed, Budget.start(60.0, 2.0), 1.0,
+                          1.0, 2, True)
+    ws = working_set_bound(graph, PROFILE.can_stream, PROFILE.fusion).bytes
+    assert view.bound_bytes is not None and view.bound_bytes <= seed.peak_bytes
+    assert seed.peak_bytes > ws  # the case the load view is for
+    if view.plan is not None:
+        assert not check(graph, view.plan, PROFILE.capacities)
+        assert view.plan.peak_bytes >= view.bound_bytes
+        assert view.plan.peak_bytes >= view.relaxed_bytes
