@@ -151,7 +151,7 @@ def _solve(problem: Problem, request: Request, upper: int, budget_units: int | N
             known = _proven_primary(seed, request)
         solution = model.solve(request.goal, clock, request.workers, request.reproducible,
                                request.progress, known)
-        return solution, model.infeasible, model.stopped
+        return solution, model.infeasible, model.stopped or clock.stopped
     from .milp import solve_milp
 
     timed = replace(request, time_limit=max(1.0, clock.seconds_left()))

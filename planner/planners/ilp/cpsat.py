@@ -267,6 +267,9 @@ class CpSatModel:
         scales = {"peak": lambda u: u * 16, "latency": lambda us: us / 1e6}
         other = "latency" if goal == "peak" else "peak"
         self.infeasible, self.stopped = False, None
+        if budget.interrupted:  # Ctrl-C came before this search (in the decomposition)
+            self.stopped = "interrupted"
+            return None
         # On large models presolve alone can take longer than the whole budget (measured:
         # 14 s and no solution at 500 ops); without it the complete hint is the first
         # solution at once and the search improves on it.

@@ -14,7 +14,11 @@ its bound still counts.
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ...offsets import Block
 from ...plan import Plan
@@ -50,7 +54,10 @@ def load_view_plan(problem: Problem, seed: Plan, budget: Budget, share: float,
         return LoadView(None, bound, out.objective * 16)
     blocks, keys = _blocks(problem, sol)
     seconds = max(0.1, budget.seconds_left() * pack_share)
-    packed = solve_offsets(blocks, time_limit=seconds, capacity=out.objective, workers=workers)
+    packed, interrupted = _held(lambda: solve_offsets(blocks, time_limit=seconds,
+                                                      capacity=out.objective, workers=workers))
+    if interrupted:
+        budget.stopped = "interrupted"
     if not packed.offsets:
         return LoadView(None, bound, out.objective * 16)
     new = Solution({}, {}, sol.storage, sol.fused, {}, "feasible")
@@ -84,3 +91,30 @@ def _blocks(problem: Problem, sol: Solution):
         blocks.append(Block(f"s{t}", step, step, units))
         keys.append(("scratch", t, 0, 0))
     return blocks, keys
+
+
+T = TypeVar("T")
+
+
+def _held(fn: Callable[[], T]) -> tuple[T, bool]:
+    """Run `fn` with SIGINT held back; (its result, whether Ctrl-C came meanwhile).
+
+    offsets.solve_offsets runs CP-SAT with its own SIGINT handler, which swallows Ctrl-C
+    and leaves the default handler behind (the next Ctrl-C would kill the process
+    without a plan). So the signal is blocked while it runs and delivered afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread() \
+            or not hasattr(signal, "pthread_sigmask"):
+        return fn(), False
+    previous = signal.getsignal(signal.SIGINT)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        result = fn()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.getsignal(signal.SIGINT)  # a pending Ctrl-C is raised by now
+    except KeyboardInterrupt:
+        return result, True
+    return result, False
