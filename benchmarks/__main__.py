@@ -70,7 +70,40 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also plan every zoo and shared model spill-free with the canonical "
                          "search and with CP-SAT, and compare the peaks")
     mm.set_defaults(func=cmd_minimalloc)
+    sc = sub.add_parser("scale", help="the exact planner on residual U-Nets of 250-2000 ops")
+    sc.add_argument("--sizes", default="250,500,1000,2000",
+                    help="comma-separated op counts (default 250,500,1000,2000)")
+    sc.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                    help="wall-clock limit per solve (default 60 s, 120 s above 1000 ops)")
+    sc.add_argument("--work-limit", type=float, default=None, metavar="UNITS",
+                    help="CP-SAT deterministic seconds per solve "
+                         "(default 0.02 per second of the time limit)")
+    sc.add_argument("--budget-fraction", type=float, default=None, metavar="F",
+                    help="plan under F x the tflm-greedy peak (default: no budget)")
+    sc.add_argument("--full-res-blocks", action="store_true",
+                    help="residual blocks at full resolution too (fusion alone then reaches "
+                         "the working-set bound)")
+    sc.add_argument("--no-repeat", action="store_true", help="solve once, skip the same-plan "
+                    "check")
+    sc.add_argument("-o", "--outdir", default="bench-out/scale")
+    sc.set_defaults(func=cmd_scale)
     return parser
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from .scale import run_scale
+
+    try:
+        sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    except ValueError:
+        raise PlannerError(f"--sizes: not a list of op counts: {args.sizes}") from None
+    for value, name in ((args.time_limit, "--time-limit"), (args.work_limit, "--work-limit")):
+        if value is not None and value <= 0:
+            raise PlannerError(f"{name} must be positive")
+    rows = run_scale(sizes, Path(args.outdir), args.time_limit, args.work_limit,
+                     not args.no_repeat, args.budget_fraction,
+                     top_blocks=None if args.full_res_blocks else 0)
+    return 0 if all(r.not_worse for r in rows) else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:

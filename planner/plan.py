@@ -121,6 +121,9 @@ class Plan:
     model_sha256: str | None = None
     model_path: str | None = None
     profile: ProfileRef | None = None
+    # Why the search ended early: "time-limit" (wall clock), "work-limit" (the reproducible
+    # work budget), "interrupted" (Ctrl-C); None: it ran to completion (or none was run).
+    stopped: str | None = None
 
     @property
     def spilled_bytes(self) -> int:

@@ -77,6 +77,7 @@ PLAN = {
     "solve_seconds": _SECONDS,
     "op_kernels": Field("custom", default=(), check=lambda v, w: _op_kernels(v, w)),
     "notes": Field("list", default=[], max_items=1000),
+    "stopped": Field("str", nullable=True, choices=("time-limit", "work-limit", "interrupted")),
     "model_sha256": Field("custom", nullable=True, check=_sha),
     "model_path": Field("str", nullable=True, maximum=10_000),
     "profile": Field("custom", nullable=True,

@@ -36,6 +36,9 @@ def check_arguments(args: argparse.Namespace) -> int | None:
                            f"{', '.join(sorted(planners))}")
     if not math.isfinite(args.time_limit) or args.time_limit <= 0:
         raise PlannerError("--time-limit must be a positive number of seconds")
+    work = getattr(args, "work_limit", None)
+    if work is not None and (not math.isfinite(work) or work <= 0):
+        raise PlannerError("--work-limit must be a positive number of units")
     budget = parse_size(args.budget) if args.budget is not None else None
     if args.pareto:
         given = [text for key, text in PARETO_REFUSES.items()

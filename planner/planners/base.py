@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..analysis import Buffer
 from ..device import DeviceProfile
@@ -23,6 +23,18 @@ class Request:
     workers: int = 2
     # Reproducible search (same plan on every run), at some cost in speed on large models.
     deterministic: bool = False
+    # Work budget of the exact search in CP-SAT deterministic seconds, shared by all its
+    # phases: stopping on it gives the same plan whatever the machine load (it implies
+    # `deterministic`). time_limit stays a wall-clock cap over the whole planning call.
+    work_limit: float | None = None
+    # Called with {"phase", "best", "bound", "gap", "solutions", "seconds"} whenever the
+    # exact search improves its plan (best/bound in bytes for "peak", seconds for
+    # "latency"); the CLI prints it. Runs on the solver's thread: keep it short.
+    progress: Callable[[dict], None] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def reproducible(self) -> bool:
+        return self.deterministic or self.work_limit is not None
 
     @property
     def goal(self) -> str:

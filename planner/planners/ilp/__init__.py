@@ -11,111 +11,194 @@ from ...errors import InfeasibleBudget, PlannerError
 from ...ir import ALIGNMENT
 from ...plan import Plan
 from ..base import Request, register
-from ..tflm_greedy import plan_tflm_greedy
+from .bounds import transfer_bound_seconds
+from .decompose import load_view_plan
 from .extract import to_plan
+from .fused import fused_plan
 from .model import Problem, build_problem
 from .offsets import OffsetResult, solve_offsets, storage_free_plan
+from .search import Budget
+from .seeds import best_seed, describe, rank, seed_plans
 
 __all__ = ["OffsetResult", "plan_ilp", "solve_offsets"]
 
 SOLVERS = ("cpsat", "pulp-cbc", "pulp-highs")
-TIME_LIMIT_NOTE = "time limit reached"
+# Notes of an unproven search; dropped when the working-set bound proves the plan anyway.
+UNPROVEN_NOTES = ("time limit reached", "work limit reached", "interrupted")
+# Wall time kept back from the search for turning its answer into a checked plan.
+EXTRACT_SHARE, EXTRACT_SECONDS = 0.03, 2.0
+# Shares of the remaining budget for the load view's search and for packing its segments.
+LOAD_VIEW_SHARE, PACK_SHARE = 0.5, 0.3
 
 
 @register("ilp")
 def plan_ilp(request: Request) -> Plan:
     if request.solver not in SOLVERS:
         raise PlannerError(f"unknown solver '{request.solver}': use one of {', '.join(SOLVERS)}")
+    start = time.perf_counter()
     if (spill_free := storage_free_plan(request)) is not None:  # offsets-only profiles
         return spill_free
-    start = time.perf_counter()
+    # One budget for the whole command: what the canonical search used is gone.
+    limit = max(request.time_limit - (time.perf_counter() - start), 1e-3)
+    clock = Budget.start(limit - min(EXTRACT_SECONDS, EXTRACT_SHARE * limit), request.work_limit)
     graph, profile, budget = request.graph, request.profile, request.budget
-    seeds = _seed_plans(request)
+    ws = working_set_bound(graph, profile.can_stream, profile.fusion).bytes
+    # The all-fused spill-free packing first: on segmentation networks it often meets the
+    # working-set bound with no transfers, which no search can beat.
+    problem = build_problem(graph, profile)
+    fused = fused_plan(problem, request.goal)
+    if fused is not None and fused.peak_bytes <= ws and fused.est_transfer_seconds == 0 \
+            and (budget is None or fused.peak_bytes <= budget) \
+            and not check(graph, fused, profile.capacities):
+        note = ("the fused-greedy plan (every concat+conv pair fused, nothing spilled, packed "
+                "by the offset heuristics) meets the working-set bound and moves nothing: "
+                "optimal for peak and transfer time, no search was needed")
+        return replace(fused, planner="ilp", status="optimal", objective=request.goal,
+                       bound_bytes=fused.peak_bytes, bound_transfer_seconds=0.0,
+                       notes=(*fused.notes, note),
+                       solve_seconds=time.perf_counter() - start)
+    seeds = seed_plans(request)
     splits: dict[int, set[int]] = {}
-    for seed in seeds:
-        for part in seed.parts:
+    for plan in seeds:
+        for part in plan.parts:
             if part.index == 1:
                 splits.setdefault(part.tensor, set()).add(part.channel_stop - part.channel_start)
-    problem = build_problem(graph, profile, extra_splits=splits)
-    fitting = [p for p in seeds if budget is None or p.peak_bytes <= budget]
+    if splits:  # the model must contain the seeds' channel splits
+        problem = build_problem(graph, profile, extra_splits=splits)
+    seed = best_seed([*seeds, fused] if fused is not None else seeds, request)
+    view_bound, view_note = None, ()
+    if request.solver == "cpsat" and request.goal == "peak" and seed is not None \
+            and seed.peak_bytes > ws:
+        seed, view_bound, view_note = _load_view(problem, request, seed, clock)
     if budget is not None:
         upper = budget // ALIGNMENT
-    else:
-        upper = min(p.peak_bytes for p in seeds) // ALIGNMENT
+        if request.goal == "peak" and seed is not None:
+            upper = min(upper, seed.peak_bytes // ALIGNMENT)
+    else:  # the best seed's peak holds the optimum (for latency: it moves the least)
+        upper = seed.peak_bytes // ALIGNMENT
+        if request.solver != "cpsat":  # no hints there: a tight box leaves CBC nothing
+            upper = max([upper] + [p.peak_bytes // ALIGNMENT for p in seeds
+                                   if p.planner == "tflm-greedy"])
     budget_units = budget // ALIGNMENT if budget is not None else None
-    solution, infeasible = _solve(problem, request, upper, budget_units, fitting)
+    solution, infeasible, stopped = _solve(problem, request, upper, budget_units, seed, clock)
+    started = (describe(seed),) if seed is not None else ()
     if solution is None:
         if infeasible:
             raise InfeasibleBudget(
                 f"budget {budget:,} B is infeasible: the solver proved that no plan with "
                 f"profile '{profile.name}' fits it"
             )
-        if fitting:
-            best = min(fitting, key=lambda p: (p.peak_bytes, p.est_transfer_seconds))
-            note = (f"solver found no plan within {request.time_limit:g} s; returning the "
-                    f"{best.planner} plan, not proven optimal")
-            return replace(best, planner="ilp", status="feasible", notes=(*best.notes, note))
+        if seed is not None:
+            why = {"interrupted": "interrupted before the solver found a plan",
+                   "work-limit": "solver found no plan within its work limit"}.get(
+                stopped or "", f"solver found no plan within {limit:g} s")
+            note = f"{why}; returning the {seed.planner} plan"
+            plan = replace(seed, planner="ilp", status="feasible", objective=request.goal,
+                           notes=(*seed.notes, *started, *view_note, note),
+                           stopped=stopped or "time-limit")
+            plan = _transfer_bound(_certify(plan, request, view_bound), problem, request)
+            if plan.status != "optimal":
+                plan = replace(plan, notes=(*plan.notes[:-1], f"{note}, not proven optimal"))
+            return replace(plan, solve_seconds=time.perf_counter() - start)
         raise PlannerError(
-            f"no plan under the budget found within {request.time_limit:g} s and none proven "
+            f"no plan under the budget found within {limit:g} s and none proven "
             "impossible; try a longer --time-limit"
         )
-    plan = _certify(to_plan(problem, solution, "ilp", request.goal), request)
-    # A time-limited search can end above its own warm start; never return worse than it.
-    better = [s for s in fitting if _rank(s, request.goal) < _rank(plan, request.goal)]
-    if better:
-        seed = min(better, key=lambda s: _rank(s, request.goal))
-        note = (f"the solver's best in {request.time_limit:g} s was worse than the "
-                f"{seed.planner} plan it started from; returning that plan, not proven optimal")
-        plan = replace(seed, planner="ilp", status="feasible", objective=request.goal,
-                       bound_bytes=plan.bound_bytes, notes=(*seed.notes, note))
+    plan = _certify(to_plan(problem, solution, "ilp", request.goal), request, view_bound)
+    extra = ()
+    if request.reproducible and stopped == "time-limit":
+        extra = (f"the {limit:g} s wall-clock cap ended the search before its work limit: "
+                 "this plan may differ from run to run",)
+    plan = replace(plan, notes=(*started, *view_note, *plan.notes, *extra), stopped=stopped)
+    # A stopped search can end above its own warm start; never return worse than it.
+    if seed is not None and rank(seed, request.goal) < rank(plan, request.goal):
+        # Same primary value: what the solver proved about it holds for the seed too.
+        same = rank(seed, request.goal)[0] == rank(plan, request.goal)[0]
+        status = plan.status if same else "feasible"
+        note = (f"the solver's best was worse than the {seed.planner} plan it started from; "
+                "returning that plan" + ("" if status == "optimal" else ", not proven optimal"))
+        plan = replace(seed, planner="ilp", status=status, objective=request.goal,
+                       bound_bytes=plan.bound_bytes, stopped=stopped,
+                       bound_transfer_seconds=plan.bound_transfer_seconds,
+                       notes=(*seed.notes, *plan.notes, note))
+    plan = _transfer_bound(plan, problem, request)
     return replace(plan, solve_seconds=time.perf_counter() - start)
 
 
-def _rank(plan: Plan, goal: str) -> tuple[float, float]:
-    if goal == "peak":
-        return (plan.peak_bytes, round(plan.est_transfer_seconds, 9))
-    return (round(plan.est_transfer_seconds, 9), plan.peak_bytes)
-
-
-def _seed_plans(request: Request) -> list[Plan]:
-    """Valid heuristic plans: hints for the solver and the fallback on a time-out."""
-    plans = [plan_tflm_greedy(request)]
-    try:
-        from ..tinyseg import plan_tinyseg
-    except ImportError:
-        plan_tinyseg = None
-    if plan_tinyseg is not None and request.profile.storages and request.budget is not None:
-        try:
-            plans.append(plan_tinyseg(request))
-        except PlannerError:
-            pass
-    return [p for p in plans if not check(request.graph, p, request.profile.capacities)]
+def _transfer_bound(plan: Plan, problem: Problem, request: Request) -> Plan:
+    """Raise the plan's transfer-time bound to the load view's (bounds.py); meeting it under
+    a budget proves the transfer time optimal."""
+    peak = plan.peak_bytes if request.goal == "peak" else request.budget
+    if peak is None:
+        return plan
+    bound = max(plan.bound_transfer_seconds or 0.0, transfer_bound_seconds(problem, peak))
+    bound = min(bound, plan.est_transfer_seconds)
+    plan = replace(plan, bound_transfer_seconds=bound)
+    if request.goal == "latency" and plan.status != "optimal" \
+            and plan.est_transfer_seconds <= bound:
+        plan = replace(plan, status="optimal", notes=(*plan.notes, (
+            "transfer time meets its lower bound from the load view: optimal")))
+    return plan
 
 
 def _solve(problem: Problem, request: Request, upper: int, budget_units: int | None,
-           hints: list[Plan]):
+           seed: Plan | None, clock: Budget):
+    """(Solution or None, proven infeasible, why the search stopped early or None)."""
     if request.solver == "cpsat":
         from .cpsat import CpSatModel
 
         model = CpSatModel(problem, upper, budget_units)
-        if hints:
-            model.hint(min(hints, key=lambda p: (p.est_transfer_seconds, p.peak_bytes)))
-        solution = model.solve(request.goal, request.time_limit, request.workers,
-                               request.deterministic)
-        return solution, model.infeasible
+        known = None
+        if seed is not None:
+            model.hint(seed)
+            known = _proven_primary(seed, request)
+        solution = model.solve(request.goal, clock, request.workers, request.reproducible,
+                               request.progress, known)
+        return solution, model.infeasible, model.stopped or clock.stopped
     from .milp import solve_milp
 
-    return solve_milp(problem, upper, budget_units, request)
+    timed = replace(request, time_limit=max(1.0, clock.seconds_left()))
+    solution, infeasible = solve_milp(problem, upper, budget_units, timed)
+    stopped = "time-limit" if solution is not None and solution.status != "optimal" else None
+    return solution, infeasible, stopped
 
 
-def _certify(plan: Plan, request: Request) -> Plan:
-    """Tighten the proven peak bound with the working-set bound; meeting it proves optimality."""
+def _proven_primary(seed: Plan, request: Request) -> int | None:
+    """The primary objective's optimum when the seed already meets its lower bound
+    (peak at the working-set bound, or no transfers): then only the secondary is searched."""
+    if request.goal == "peak":
+        bound = working_set_bound(request.graph, request.profile.can_stream,
+                                  request.profile.fusion).bytes
+        return -(-seed.peak_bytes // ALIGNMENT) if seed.peak_bytes <= bound else None
+    return 0 if seed.est_transfer_seconds == 0 else None
+
+
+def _load_view(problem: Problem, request: Request, seed: Plan, clock: Budget):
+    """(seed, proven peak bound or None, notes): the decomposition's packed plan replaces
+    the seed when it is valid and lower."""
+    view = load_view_plan(problem, seed, clock, LOAD_VIEW_SHARE, PACK_SHARE, request.workers,
+                          request.reproducible, request.progress)
+    notes = []
+    if view.plan is not None and view.plan.peak_bytes < seed.peak_bytes \
+            and not check(request.graph, view.plan, request.profile.capacities):
+        notes.append(f"load view + packing (decompose.py) lowered the start to "
+                     f"{view.plan.peak_bytes:,} B from {seed.planner}'s {seed.peak_bytes:,} B")
+        seed = view.plan
+    elif view.relaxed_bytes is not None:
+        notes.append(f"load view reached {view.relaxed_bytes:,} B but its segments did not "
+                     f"pack below {seed.planner}'s {seed.peak_bytes:,} B")
+    return seed, view.bound_bytes, tuple(notes)
+
+
+def _certify(plan: Plan, request: Request, view_bound: int | None = None) -> Plan:
+    """Tighten the proven peak bound with the working-set bound (and the load view's proven
+    bound); meeting it proves optimality."""
     if request.goal != "peak":
         return plan
     # Valid for every plan the model admits; the load bound is not (fusion alone beats it).
-    bound = max(plan.bound_bytes or 0, working_set_bound(
+    bound = max(plan.bound_bytes or 0, view_bound or 0, working_set_bound(
         request.graph, request.profile.can_stream, request.profile.fusion).bytes)
     if plan.peak_bytes <= bound:
         return replace(plan, status="optimal", bound_bytes=plan.peak_bytes,
-                       notes=tuple(n for n in plan.notes if not n.startswith(TIME_LIMIT_NOTE)))
+                       notes=tuple(n for n in plan.notes if not n.startswith(UNPROVEN_NOTES)))
     return replace(plan, bound_bytes=bound)

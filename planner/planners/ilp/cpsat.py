@@ -6,15 +6,18 @@ then the secondary with the primary held at the value found.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
 from ...costs import footprint
 from ...plan import Plan
+from . import search
 from .extract import Solution
 from .model import Need, Problem, Stream, costs_us
+from .search import Budget, Progress
+
+PRESOLVE_MAX_VARIABLES = 5000
 
 
 @dataclass
@@ -28,11 +31,16 @@ class _Vars:
     act: dict[int, cp_model.IntVar] = field(default_factory=dict)
     fz: dict[int, cp_model.IntVar] = field(default_factory=dict)
     scratch_off: dict[int, cp_model.IntVar] = field(default_factory=dict)
+    sp: dict[int, cp_model.IntVar] = field(default_factory=dict)  # item is spilled
 
 
 class CpSatModel:
-    def __init__(self, problem: Problem, upper_units: int, budget_units: int | None):
+    def __init__(self, problem: Problem, upper_units: int, budget_units: int | None,
+                 packing: bool = True):
+        """`packing=False`: the load view only (no 2-D no-overlap, no channel splits): a
+        relaxation whose chosen segments decompose.py then packs."""
         self.p = problem
+        self.packing = packing
         self.m = cp_model.CpModel()
         self.v = _Vars()
         self.upper = upper_units
@@ -74,7 +82,12 @@ class CpSatModel:
             streams = [v.s[k] for k in sites if k in v.s]
             if streams:
                 m.add(sum(v.act[p.items[i].variant] for i, _ in sites) - sum(streams) >= 1)
-        m.add_no_overlap_2d(xs, ys)
+        if self.packing:
+            m.add_no_overlap_2d(xs, ys)
+        else:
+            for k, variant in enumerate(p.variants):
+                if variant.spilled_channels:
+                    m.add(v.act[k] == 0)
         # Redundant, but gives the search the load bound of whatever is resident.
         m.add_cumulative(xs, [y.size_expr() for y in ys], self.peak)
         m.add(self.cost == sum(cost_terms))
@@ -93,6 +106,7 @@ class CpSatModel:
             for st in p.storages():
                 v.y[(i, st.name)] = m.new_bool_var(f"y{i}_{st.name}")
             spilled = m.new_bool_var(f"sp{i}")
+            v.sp[i] = spilled
             m.add(sum(v.y[(i, st.name)] for st in p.storages()) == spilled)
             m.add_implication(spilled, act)
         for a, b in item.candidates:
@@ -189,96 +203,153 @@ class CpSatModel:
 
     # -- hints and solving ---------------------------------------------------------------------
     def hint(self, plan: Plan) -> None:
-        """Seed the search with a valid plan (a heuristic's), mapped onto the candidates."""
-        v, p = self.v, self.p
+        """Seed the search with a valid plan (a heuristic's), mapped onto the candidates.
+
+        Every variable gets a value, so that on a large model CP-SAT takes the hint as its
+        first solution instead of searching for one.
+        """
+        v, p, m = self.v, self.p, self.m
         spilled_channels = {q.tensor: q.channel_stop - q.channel_start
                             for q in plan.parts if q.index == 1}
+        streamed = {(t.tensor, t.part, t.step) for t in plan.transfers if t.kind == "stream"}
+        storage = {(t.tensor, t.part): t.storage for t in plan.transfers if t.kind == "spill"}
+        lines = {(s.tensor, s.part, s.first): s.offset // 16 for s in plan.segments
+                 if s.role == "line_buffer"}
         for item in p.items:
+            i = item.index
             segs = plan.segments_of(item.tensor, item.part)
             variant = p.variants[item.variant]
-            if spilled_channels.get(item.tensor, 0) != variant.spilled_channels:
+            on = spilled_channels.get(item.tensor, 0) == variant.spilled_channels
+            if not on:
                 segs = []  # not the variant the plan chose
             steps = [pt.step for pt in item.points]
             chosen = set()
             for seg in segs:
                 a = next((j for j, s in enumerate(steps) if s == seg.first), None)
                 b = max((j for j, s in enumerate(steps) if s <= seg.last), default=None)
-                if a is not None and b is not None and (item.index, a, b) in v.z:
+                if a is not None and b is not None and (i, a, b) in v.z:
                     chosen.add((a, b))
-                    self.m.add_hint(v.off[(item.index, a, b)], seg.offset // 16)
+                    m.add_hint(v.off[(i, a, b)], seg.offset // 16)
             for a, b in item.candidates:
-                if (item.index, a, b) in v.z:
-                    self.m.add_hint(v.z[(item.index, a, b)], (a, b) in chosen)
+                if (i, a, b) in v.z:
+                    m.add_hint(v.z[(i, a, b)], (a, b) in chosen)
+                    if (a, b) not in chosen:
+                        m.add_hint(v.off[(i, a, b)], 0)
+            for j, point in enumerate(item.points):
+                m.add_hint(v.r[(i, j)], any(a <= j <= b for a, b in chosen))
+                if (i, j) in v.s:
+                    key = (item.tensor, item.part, point.step)
+                    m.add_hint(v.s[(i, j)], on and key in streamed)
+                    m.add_hint(v.line_off[(i, j)], lines.get(key, 0) if on else 0)
+            for st in p.storages():
+                if (i, st.name) in v.y:
+                    m.add_hint(v.y[(i, st.name)],
+                               on and storage.get((item.tensor, item.part)) == st.name)
+            if i in v.sp:
+                m.add_hint(v.sp[i], on and (item.tensor, item.part) in storage)
         for k, variant in enumerate(p.variants):
             chosen = spilled_channels.get(variant.tensor, 0) == variant.spilled_channels
-            self.m.add_hint(v.act[k], chosen)
+            m.add_hint(v.act[k], chosen)
         fused = {f.concat for f in plan.fusions if f.conv is not None}
         for g, var in v.fz.items():
-            self.m.add_hint(var, p.groups[g].concat in fused)
+            m.add_hint(var, p.groups[g].concat in fused)
         for seg in plan.segments:
             if seg.tensor in v.scratch_off:
-                self.m.add_hint(v.scratch_off[seg.tensor], seg.offset // 16)
+                m.add_hint(v.scratch_off[seg.tensor], seg.offset // 16)
+        m.add_hint(self.peak, -(-plan.peak_bytes // 16))
 
-    def solve(self, goal: str, time_limit: float, workers: int,
-              deterministic: bool = False) -> Solution | None:
-        """Lexicographic: (peak, cost) for goal "peak", (cost, peak) for "latency"."""
+    def solve(self, goal: str, budget: Budget, workers: int, deterministic: bool = False,
+              progress: Progress | None = None, known: int | None = None) -> Solution | None:
+        """Lexicographic: (peak, cost) for goal "peak", (cost, peak) for "latency".
+
+        Both phases share `budget` (the primary gets most of it, the secondary the rest);
+        `self.stopped` says why the search ended early, None if both phases completed.
+        `known`: the primary's proven optimum (the hint meets its lower bound), so that
+        only the secondary is searched.
+        """
         primary, secondary = (self.peak, self.cost) if goal == "peak" else (self.cost, self.peak)
-        start = time.perf_counter()
-        solver = cp_model.CpSolver()
-        solver.parameters.num_workers = workers
-        solver.parameters.interleave_search = deterministic
-        solver.parameters.max_time_in_seconds = time_limit * 0.7
-        self.m.minimize(primary)
-        status = solver.solve(self.m)
-        self.infeasible = status == cp_model.INFEASIBLE
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        scales = {"peak": lambda u: u * 16, "latency": lambda us: us / 1e6}
+        other = "latency" if goal == "peak" else "peak"
+        self.infeasible, self.stopped = False, None
+        if budget.interrupted:  # Ctrl-C came before this search (in the decomposition)
+            self.stopped = "interrupted"
             return None
-        proven = status == cp_model.OPTIMAL
-        best, bound = int(solver.objective_value), int(solver.best_objective_bound)
-        self._hint_from(solver)
-        self.m.add(primary <= best)
-        self.m.minimize(secondary)
-        remaining = max(1.0, time_limit - (time.perf_counter() - start))
-        solver2 = cp_model.CpSolver()
-        solver2.parameters.num_workers = workers
-        solver2.parameters.interleave_search = deterministic
-        solver2.parameters.max_time_in_seconds = remaining
-        status2 = solver2.solve(self.m)
-        chosen = solver2 if status2 in (cp_model.OPTIMAL, cp_model.FEASIBLE) else solver
-        notes = []
-        if not proven:
-            notes.append(f"time limit reached: {goal} not proven optimal")
-        elif status2 != cp_model.OPTIMAL:
-            other = "transfer time" if goal == "peak" else "peak"
-            notes.append(f"{goal} proven optimal; {other} not proven minimal for it")
-        sol = self._read(chosen, "optimal" if proven else "feasible", notes)
-        if goal == "peak":
-            sol.bound_units = bound
+        # On large models presolve alone can take longer than the whole budget (measured:
+        # 14 s and no solution at 500 ops); without it the complete hint is the first
+        # solution at once and the search improves on it.
+        presolve = len(self.m.proto.variables) <= PRESOLVE_MAX_VARIABLES
+        if known is not None:
+            first = search.Outcome(cp_model.OPTIMAL, known, known, None, None, 0.0, 0.0)
         else:
-            sol.bound_cost_us = bound
+            self.m.minimize(primary)
+            first = search.run(self.m, budget, search.PRIMARY_SHARE, workers=workers,
+                               deterministic=deterministic, phase=goal, scale=scales[goal],
+                               progress=progress, presolve=presolve)
+            self.infeasible = first.status == cp_model.INFEASIBLE
+            self.stopped = first.stopped
+            if first.values is None:
+                return None
+        proven = first.status == cp_model.OPTIMAL
+        chosen = first
+        second = None
+        if not budget.interrupted and budget.seconds_left() > 0:
+            if first.values is not None:
+                self._hint_from(first.values)
+            self.m.add(primary <= first.objective)
+            self.m.minimize(secondary)
+            second = search.run(self.m, budget, 1.0, workers=workers,
+                                deterministic=deterministic, phase=other, scale=scales[other],
+                                progress=progress, presolve=presolve)
+            if second.values is not None:
+                chosen = second
+            self.stopped = self.stopped or second.stopped
+            self.infeasible = first.values is None and second.status == cp_model.INFEASIBLE
+        if chosen.values is None:
+            return None
+        notes = []
+        names = {"peak": "peak", "latency": "transfer time"}
+        if not proven:
+            notes.append(f"{_why(first.stopped)}: {names[goal]} not proven optimal")
+        elif second is None or second.status != cp_model.OPTIMAL:
+            why = _why(second.stopped if second else budget.stopped or "time-limit")
+            notes.append(f"{names[goal]} proven optimal; {why}: {names[other]} not proven "
+                         "minimal for it")
+        sol = self.read(chosen.values, "optimal" if proven else "feasible", notes)
+        if goal == "peak":
+            sol.bound_units = first.bound
+        else:
+            sol.bound_cost_us = first.bound
+        if goal == "peak" and second is not None and second.bound is not None:
+            sol.bound_cost_us = second.bound  # the least transfer time at this peak
         return sol
 
-    def _hint_from(self, solver: cp_model.CpSolver) -> None:
+    def _hint_from(self, values: list[int]) -> None:
+        """Hint every variable with a solution's value (the next phase starts from it)."""
         self.m.clear_hints()
-        for var in self._all_vars():
-            self.m.add_hint(var, solver.value(var))
+        hint = self.m.proto.solution_hint
+        hint.vars.extend(range(len(values)))
+        hint.values.extend(values)
 
-    def _all_vars(self):
+    def read(self, values: list[int], status: str, notes: list[str]) -> Solution:
         v = self.v
-        for d in (v.z, v.off, v.r, v.s, v.line_off, v.y, v.act, v.fz, v.scratch_off):
-            yield from d.values()
 
-    def _read(self, solver: cp_model.CpSolver, status: str, notes: list[str]) -> Solution:
-        v = self.v
+        def val(var) -> int:
+            return values[var.index]
+
         segments: dict[int, list[tuple[int, int, int]]] = {}
         for (i, a, b), z in v.z.items():
-            if solver.boolean_value(z):
-                segments.setdefault(i, []).append((a, b, solver.value(v.off[(i, a, b)])))
+            if val(z):
+                segments.setdefault(i, []).append((a, b, val(v.off[(i, a, b)])))
         streams: dict[int, list[tuple[int, int]]] = {}
         for (i, j), s in v.s.items():
-            if solver.boolean_value(s):
-                streams.setdefault(i, []).append((j, solver.value(v.line_off[(i, j)])))
-        storage = {i: name for (i, name), y in v.y.items() if solver.boolean_value(y)}
-        fused = {g for g, fz in v.fz.items() if solver.boolean_value(fz)}
-        scratch = {t: solver.value(off) for t, off in v.scratch_off.items()}
+            if val(s):
+                streams.setdefault(i, []).append((j, val(v.line_off[(i, j)])))
+        storage = {i: name for (i, name), y in v.y.items() if val(y)}
+        fused = {g for g, fz in v.fz.items() if val(fz)}
+        scratch = {t: val(off) for t, off in v.scratch_off.items()}
         return Solution(segments, streams, storage, fused, scratch, status, notes=notes)
+
+
+def _why(stopped: str | None) -> str:
+    return {"interrupted": "interrupted", "work-limit": "work limit reached"}.get(
+        stopped or "", "time limit reached")
