@@ -296,7 +296,7 @@ BUILTIN_KERNELS: dict[str, Kernel] = {
 # and Prepare allocate, its scratch requests and the tensors Prepare reads.
 CUSTOM_STRUCTS: dict[str, int] = {
     "TransferData": 32,  # int32 opts[8]
-    "FusedData": 1128,  # header, per-input words, 8 tp_action, conv params, pointers
+    "FusedData": 1136,  # header, per-input words, 8 tp_action, conv params, pointers
     "tp_stream_state": 344,  # includes its tp_reader (decompression state)
     "TconvData": 136,  # int32 opts[5], tp_tconv_params, scratch index, 16x8 flag
     "SplitData": 12,  # int32 opts[3]

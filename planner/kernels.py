@@ -50,6 +50,8 @@ class ConvRule:
     max_kernel_h: int | None = None
     dilation: bool = True  # dilated kernels over resident inputs
     streamed_dilation_h: int | None = None  # streamed inputs need this dilation_h (rows)
+    # Where the bias dtype follows the activations' (16x8: int64 bias): activation -> bias.
+    bias_for: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,14 @@ FUSED_CONCAT_CONV = Kernel(
 )
 TRANSPOSE_CONV_ROWS = Kernel(
     name="transpose_conv_rows", custom_op="TinyPlanTransposeConv",
-    c_entry="tp_transpose_conv_rows", source_formats=_TFLITE, dtypes=_INT8, layouts=_NHWC,
+    c_entry="tp_transpose_conv_rows", source_formats=_TFLITE,
+    dtypes=frozenset({"int8", "int16"}), layouts=_NHWC,  # int16: TFLM's 16x8 kernel
     conv=ConvRule(
         op_kinds=frozenset({OpKind.TRANSPOSE_CONV}), filter_dtypes=_INT8,
-        bias_dtypes=frozenset({"int32"}), paddings=frozenset({"same", "valid"}),
-        activations=INT8_ACTIVATIONS,
+        bias_dtypes=frozenset({"int32", "int64"}), paddings=frozenset({"same", "valid"}),
+        activations=INT8_ACTIVATIONS, bias_for=(("int8", "int32"), ("int16", "int64")),
     ),
-    scratch="out_w * out_c int32 accumulators (one output row)",
+    scratch="out_w * out_c accumulators (one output row): int32 for int8, int64 for 16x8",
 )
 SPLIT_IN_PLACE = Kernel(
     name="split_in_place", custom_op="TinyPlanSplit", c_entry="tp_compact",
@@ -213,6 +216,10 @@ def _conv_refusals(graph: Graph, op: Op, rule: ConvRule, kernel: Kernel, streame
     if bias is not None and bias.dtype not in rule.bias_dtypes:
         why.append(f"{kernel.name} needs a {'/'.join(sorted(rule.bias_dtypes))} bias, "
                    f"not {bias.dtype}")
+    paired = dict(rule.bias_for).get(x.dtype) if x is not None else None
+    if bias is not None and paired is not None and bias.dtype != paired:
+        why.append(f"{kernel.name} needs a {paired} bias with {x.dtype} activations, "
+                   f"not {bias.dtype}")
     if op.attrs.get("padding", "same") not in rule.paddings:
         why.append(f"{kernel.name}: padding {op.attrs.get('padding')} not supported")
     if op.attrs.get("fused_activation", "none") not in rule.activations:
@@ -258,10 +265,14 @@ def transpose_conv_refusals(graph: Graph, op: Op,
     return why + _conv_refusals(graph, op, rule, kernel, False, _tensor(graph, op, 2))
 
 
+ROWS_ACCUMULATOR_BYTES = {"int8": 4, "int16": 8}  # tp_tconv_scratch_bytes(_s16)
+
+
 def rows_scratch_bytes(graph: Graph, op: Op) -> int:
-    """The row kernel's scratch: one output row of int32 accumulators."""
-    _, _, w, c = graph.tensors[op.outputs[0]].shape
-    return int(w) * int(c) * 4
+    """The row kernel's scratch: one output row of accumulators (int32, int64 for 16x8)."""
+    out = graph.tensors[op.outputs[0]]
+    _, _, w, c = out.shape
+    return int(w) * int(c) * ROWS_ACCUMULATOR_BYTES[out.dtype]
 
 
 # -- graph transform: which ops the plan runs on which custom kernel -----------------------

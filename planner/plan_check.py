@@ -89,11 +89,12 @@ DERIVED = frozenset({"spilled_bytes", "fetched_bytes", "tensors"})
 
 
 def _op_kernels(data: Any, where: str) -> tuple[tuple[int, str], ...]:
-    if not isinstance(data, list) or len(data) > MAX_ITEMS:
+    # Lists from JSON, tuples from Plan.to_json() read back in memory.
+    if not isinstance(data, (list, tuple)) or len(data) > MAX_ITEMS:
         raise PlannerError(f"{where} must be a list of [op index, kernel] pairs")
     pairs = []
     for i, item in enumerate(data):
-        if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int
+        if not (isinstance(item, (list, tuple)) and len(item) == 2 and type(item[0]) is int
                 and 0 <= item[0] <= INT32_MAX and isinstance(item[1], str)
                 and len(item[1]) <= 200):
             raise PlannerError(f"{where} {i} must be [op index, kernel name]")

@@ -278,8 +278,8 @@ def test_fusion_without_storage_is_not_refused() -> None:
     # With fused kernels but no storage the ilp planner fuses concat+conv (tiny_unet_int8:
     # 192,000 B, below the 230,400 B without fusion); the working-set bound once ignored
     # such fusion and refused budgets like this one.
-    run = cli("solve", TFLITE, "--profile", "fused", "--budget", "200000", "--time-limit", "10",
-              "--json")
+    run = cli("solve", TFLITE, "--profile", "fused", "--head-budget", "200000",
+              "--time-limit", "10", "--json")
     assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout)
     assert data["working_set_bound_bytes"] <= data["peak_bytes"] <= 200_000

@@ -69,7 +69,7 @@ def test_solve_from_the_wheel(installed) -> None:
                 "--profile", "sd-card", "-o", cwd / "out"], cwd)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert data["peak_bytes"] == 307_200
+    assert data["peak_bytes"] == 230_400  # TRANSPOSE_CONV on the row kernel
     assert (cwd / "out" / "plan.json").is_file() and (cwd / "out" / "tensors.csv").is_file()
 
 

@@ -122,11 +122,13 @@ def test_unknown_planner_before_reading_the_model() -> None:
 
 
 def test_plan_above_the_profiles_sram_is_warned_about() -> None:
-    run = cli("solve", TFLITE, "--planner", "tflm-greedy", "--json")
+    # On TFLM's own TRANSPOSE_CONV: head 307,200 + tail 9,328 B.
+    run = cli("solve", TFLITE, "--planner", "tflm-greedy", "--stock-transpose-conv", "--json")
     assert run.returncode == 0
     data = json.loads(run.stdout)
     assert data["sram_bytes"] == 262_144 and data["fits_sram"] is False
-    assert "exceeds the 262,144 B of SRAM" in run.stderr and "307,200" in run.stderr
+    assert "exceeds the 262,144 B of SRAM" in run.stderr
+    assert "arena total (316,528 B)" in run.stderr
 
 
 def test_budget_above_the_profiles_sram_is_warned_about_before_planning() -> None:
@@ -153,7 +155,7 @@ def test_outdir_gets_the_per_tensor_report(tmp_path: Path) -> None:
     from planner.analysis import buffers
 
     out = tmp_path / "o"
-    run = cli("solve", TFLITE, "--budget", "256KiB", "--time-limit", "20", "-o", out)
+    run = cli("solve", TFLITE, "--budget", "180KB", "--time-limit", "20", "-o", out)
     assert run.returncode == 0, run.stderr
     names = {p.name for p in out.iterdir()}
     assert {"plan.json", "tensors.csv", "tensors.md", "report.html",
@@ -166,7 +168,7 @@ def test_outdir_gets_the_per_tensor_report(tmp_path: Path) -> None:
     by_id = {int(r["id"]): r for r in rows}
     plan = json.loads((out / "plan.json").read_text())
     spilled = {t["tensor"] for t in plan["transfers"] if t["kind"] == "spill"}
-    assert spilled  # 256 KiB needs a spill on this model
+    assert spilled  # 180 KB needs a spill on this model
     for t in spilled:
         assert "spill@" in by_id[t]["transfers"]
         assert by_id[t]["name"] == graph.tensors[t].name

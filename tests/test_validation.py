@@ -123,7 +123,7 @@ def solved(tmp_path_factory) -> Path:
     from planner.cli import main
 
     out = tmp_path_factory.mktemp("solved")
-    assert main(["solve", str(UNET8), "--planner", "tinyseg", "--budget", "256KB",
+    assert main(["solve", str(UNET8), "--planner", "tinyseg", "--budget", "180KB",
                  "-o", str(out)]) == 0
     return out
 
@@ -270,7 +270,9 @@ def test_d09_a_failing_writer_leaves_nothing_half_written(tmp_path, monkeypatch,
         raise PlannerError("offset beyond int32 (simulated writer failure)")
     monkeypatch.setattr(shim, "write_shim_header", broken)
     out = tmp_path / "out"
-    code, err = _cli(["solve", str(UNET8), "--planner", "tflm-greedy", "-o", str(out)], capsys)
+    # Stock TFLM: a row-kernel model would add a note on stderr about the C glue it needs.
+    code, err = _cli(["solve", str(UNET8), "--planner", "tflm-greedy", "--profile", "none",
+                      "-o", str(out)], capsys)
     _one_line_refusal(code, err, "simulated")
     assert list(out.iterdir()) == []  # no plan.json without its .tflite, no staging folder
 

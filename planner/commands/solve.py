@@ -102,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
         "load_bound_bytes": load.bytes,
         "working_set_bound_bytes": ws.bytes,
     }
-    if budget is not None and budget > profile.sram_bytes:
-        print(sram_warning("budget", budget, profile), file=sys.stderr)
     # --budget bounds head + tail; the tail is that of the model the plan emits, which a
     # rewrite (spills, fusions) makes larger: plan, predict, and re-plan with the head
     # budget that leaves room for it, a few rounds at most.
@@ -166,9 +164,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(stamp("solve", summary)))
     else:
         _print_summary(summary, plan)
-    if not summary["fits_sram"] and (budget is None or budget <= profile.sram_bytes):
+    # One warning, after the plan (a refusal stays one line): the device's size, or else
+    # a budget that promises more than the device holds.
+    if not summary["fits_sram"]:
         what = "arena total" if arena is not None else "plan"
         print(sram_warning(what, device_bytes, profile), file=sys.stderr)
+    elif budget is not None and budget > profile.sram_bytes:
+        print(sram_warning("budget", budget, profile), file=sys.stderr)
     if interrupted:
         print("interrupted: wrote the best valid plan found so far (not proven optimal)",
               file=sys.stderr)
@@ -190,7 +192,7 @@ TAIL_ROUNDS = 4
 
 
 def _head_budget(budget: int | None, head_cap: int | None, tail: int | None) -> int | None:
-    whole = None if budget is None else budget - (tail or 0)
+    whole = None if budget is None else max(0, budget - (tail or 0))
     caps = [c for c in (head_cap, whole) if c is not None]
     return min(caps) if caps else None
 
