@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also plan every zoo and shared model spill-free with the canonical "
                          "search and with CP-SAT, and compare the peaks")
     mm.set_defaults(func=cmd_minimalloc)
-    sc = sub.add_parser("scale", help="the exact planner on residual U-Nets of 250-2000 ops")
+    sc = sub.add_parser("scale", help="the exact planner on residual U-Nets of 250-2000 ops",
+                        formatter_class=HelpFormatter)
     sc.add_argument("--sizes", default="250,500,1000,2000",
                     help="comma-separated op counts (default 250,500,1000,2000)")
     sc.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "the working-set bound)")
     sc.add_argument("--no-repeat", action="store_true", help="solve once, skip the same-plan "
                     "check")
-    sc.add_argument("-o", "--outdir", default="bench-out/scale")
+    sc.add_argument("-o", "--outdir", default="bench-out/scale",
+                    help="where the generated models, scale.csv and scale.md go")
     sc.set_defaults(func=cmd_scale)
     return parser
 

@@ -422,14 +422,14 @@ def test_d20_a_tflm_abort_is_one_line_not_a_dead_process(planned, monkeypatch, c
 
     from backends import tflm_interpreter as tflm
 
-    real = tflm.invoke
+    real = tflm.invoke_runs
     planned_bytes = planned.read_bytes()
 
-    def aborting(model, inputs, arena_size=None):
+    def aborting(model, input_sets, arena_size=None, registerers=()):
         if bytes(model) == planned_bytes:
             os.abort()
-        return real(model, inputs, arena_size)
-    monkeypatch.setattr(tflm, "invoke", aborting)
+        return real(model, input_sets, arena_size, registerers)
+    monkeypatch.setattr(tflm, "invoke_runs", aborting)
     code, err = _cli(["verify-tflm", str(UNET8), str(planned), "--runs", "1"], capsys)
     _one_line_refusal(code, err, "TFLM aborted on PLANNED: killed by SIGABRT")
 

@@ -132,7 +132,7 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0,
 
     Stock models run in child processes (backends/tflm_isolation.py): a TFLM abort
     becomes one TFLMAborted line. The offline array is checked before TFLM reads it.
-    A model with the project's custom ops runs in this process, on the glue built
+    A model with the project's custom ops runs in one child that inherits the glue built
     against the user's TFLM tree and the storages configured here.
     """
     from backends import tflite_io as io
@@ -156,16 +156,27 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0,
     with contextlib.ExitStack() as stack:
         registerers = _custom_ops(model, setup, report, stack)
         handle = report.pop("_handle", None)
+        if registerers:
+            # The glue and its storages are set up in this process; a forked child inherits
+            # them and runs everything, so TFLM aborting in our ops is one line too.
+            from backends.tflm_isolation import isolated
+
+            return isolated("PLANNED", _run, original, planned, runs, seed, setup, report,
+                            recorded, registerers, handle, False)
         return _run(original, planned, runs, seed, setup, report, recorded, registerers, handle)
 
 
 def _run(original: bytes, planned: bytes, runs: int, seed: int, setup: CustomSetup,
-         report: dict, recorded: dict, registerers, handle) -> dict:
+         report: dict, recorded: dict, registerers, handle, isolate: bool = True) -> dict:
+    """Both models on TFLM; `isolate`: each in its own child (False: already in one)."""
     from backends import tflm_interpreter as tflm
     from backends.tflm_isolation import TFLMAborted, isolated
 
+    def call(label: str, fn, *args):
+        return isolated(label, fn, *args) if isolate else fn(*args)
+
     inputs = [tflm.random_inputs(original, seed + r) for r in range(runs)]
-    expected, original_arena = isolated("ORIGINAL", tflm.invoke_runs, original, inputs)
+    expected, original_arena = call("ORIGINAL", tflm.invoke_runs, original, inputs)
     report.update({
         "plan_peak_bytes": recorded["peak"],
         "predicted_head_bytes": recorded["predicted_head"],
@@ -173,10 +184,7 @@ def _run(original: bytes, planned: bytes, runs: int, seed: int, setup: CustomSet
         "runs": [],
     })
     try:
-        if registerers:  # the user's glue and storages live in this process
-            got, arena = tflm.invoke_runs(planned, inputs, registerers=registerers)
-        else:
-            got, arena = isolated("PLANNED", tflm.invoke_runs, planned, inputs)
+        got, arena = call("PLANNED", tflm.invoke_runs, planned, inputs, None, registerers)
     except TFLMAborted:
         raise
     except PlannerError as exc:  # the plan itself broke the model: a failed verification

@@ -45,14 +45,27 @@ class Request:
 
 PlannerFn = Callable[[Request], Plan]
 _REGISTRY: dict[str, PlannerFn] = {}
+_HEURISTICS: set[str] = set()
 
 
-def register(name: str) -> Callable[[PlannerFn], PlannerFn]:
+def register(name: str, heuristic: bool = False) -> Callable[[PlannerFn], PlannerFn]:
+    """Add a planner; `heuristic`: a fast planner that proves nothing, which the exact
+    planner runs as a seed (exact searches and test doubles are not)."""
     def deco(fn: PlannerFn) -> PlannerFn:
         _REGISTRY[name] = fn
+        if heuristic:
+            _HEURISTICS.add(name)
+        else:
+            _HEURISTICS.discard(name)
         return fn
 
     return deco
+
+
+def heuristics() -> list[str]:
+    """The registered heuristic planners, sorted."""
+    registry()
+    return sorted(_HEURISTICS)
 
 
 def registry() -> dict[str, PlannerFn]:

@@ -9,7 +9,7 @@ from ..plan import Plan
 from .base import Request, plan_from_offsets, register
 
 
-@register("linear")
+@register("linear", heuristic=True)
 def plan_linear(request: Request) -> Plan:
     bufs = buffers(request.graph)
     offsets = [0, *accumulate(b.size for b in bufs)][: len(bufs)]

@@ -190,12 +190,12 @@ def _plan(request: Request, name: str, offsets_fn) -> Plan:
     )
 
 
-@register("greedy-by-size")
+@register("greedy-by-size", heuristic=True)
 def plan_greedy_by_size(request: Request) -> Plan:
     return _plan(request, "greedy-by-size", lambda bufs: (greedy_by_size_offsets(bufs), ()))
 
 
-@register("greedy-by-breadth")
+@register("greedy-by-breadth", heuristic=True)
 def plan_greedy_by_breadth(request: Request) -> Plan:
     def run(bufs):
         index = {b.tensor: i for i, b in enumerate(bufs)}
@@ -205,7 +205,7 @@ def plan_greedy_by_breadth(request: Request) -> Plan:
     return _plan(request, "greedy-by-breadth", run)
 
 
-@register("hill-climb")
+@register("hill-climb", heuristic=True)
 def plan_hill_climb(request: Request) -> Plan:
     def run(bufs):
         conf = conflicts(bufs)

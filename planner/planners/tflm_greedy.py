@@ -52,7 +52,7 @@ def tflm_order(bufs: Sequence[Buffer]) -> list[int]:
     return sorted(reversed(range(len(bufs))), key=lambda i: -bufs[i].size)
 
 
-@register("tflm-greedy")
+@register("tflm-greedy", heuristic=True)
 def plan_tflm_greedy(request: Request) -> Plan:
     bufs = buffers(request.graph)
     return plan_from_offsets(request.graph, bufs, greedy_offsets(bufs), "tflm-greedy")

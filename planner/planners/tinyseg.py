@@ -428,7 +428,7 @@ def _step(ctx: _Context, current: _Trial, target: int | None) -> _Trial | None:
     return None
 
 
-@register("tinyseg")
+@register("tinyseg", heuristic=True)
 def plan_tinyseg(request: Request) -> Plan:
     start = time.perf_counter()
     graph, profile, target = request.graph, request.profile, request.budget

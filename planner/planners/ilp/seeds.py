@@ -22,9 +22,8 @@ from dataclasses import replace
 from ...checker import check
 from ...errors import PlannerError
 from ...plan import Plan
-from ..base import Request, registry
+from ..base import Request, heuristics, registry
 
-EXACT = frozenset({"ilp"})
 # Wall seconds all heuristics together may take, as a share of the time limit.
 SEED_SHARE = 0.35
 SEED_FLOOR_SECONDS = 1.0
@@ -48,7 +47,7 @@ def seed_plans(request: Request, seconds: float | None = None) -> list[Plan]:
     planners = registry()
     # tflm-greedy first (always valid), then the spilling one that most often wins.
     first = [n for n in ("tflm-greedy", "tinyseg") if n in planners]
-    names = [*first, *sorted(n for n in planners if n not in EXACT and n not in first)]
+    names = [*first, *(n for n in heuristics() if n not in first)]
     plans = []
     bounded = not request.reproducible and _can_fork()
     for name in names:
