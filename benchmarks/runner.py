@@ -259,8 +259,10 @@ def run_task(task: Task) -> list[dict]:
     per_profile = {f"est_s_{p.name}": round(transfer_seconds_under(info.graph, plan, p), 6)
                    for p in storage_profiles()}
     peak = plan.peak_bytes
+    tail, arena = arena_of(info, plan, profile)
     common = {
-        "status": summary["status"], "peak_bytes": peak,
+        "status": summary["status"], "peak_bytes": peak, "tail_bytes": tail,
+        "arena_bytes": arena,
         "ratio_tflm": round(peak / info.tflm_peak, 4) if info.tflm_peak else None,
         "ratio_load_bound": round(peak / info.load_bound, 4) if info.load_bound else None,
         "ratio_ws_bound": round(peak / info.ws_bound, 4) if info.ws_bound else None,
@@ -274,6 +276,18 @@ def run_task(task: Task) -> list[dict]:
     }
     return [{**base, "budget": label, "budget_bytes": b, **common,
              "fits": b is None or peak <= b} for label, b in task.budgets]
+
+
+def arena_of(info: ModelInfo, plan: Plan, profile) -> tuple[int | None, int | None]:
+    """The predicted tail and arena total of the model the plan emits (TFLite input);
+    (None, None) where there is no TFLM model or an op has no tail rule."""
+    from backends.tflite_tail import ArenaTail
+
+    if info.graph.source_format != "tflite":
+        return None, None
+    tails = ArenaTail(info.graph, info.path, profile)
+    tail = tails.of_plan(plan)
+    return (tail, tails.arena(plan.peak_bytes)) if tail is not None else (None, None)
 
 
 def safe(text: str) -> str:
