@@ -157,9 +157,9 @@ def headline_tables(rows: Sequence[dict], profile: str) -> list[str]:
         "(over all budgets; spilling planners trade transfer time for it). ILP arena total: "
         "that plan's head plus TFLM's tail predicted for the model it emits (TFLite input, "
         "64-bit host; what an application passes to MicroInterpreter). The last two "
-        "columns: ILP's head against tflm-greedy's and TinySeg's (\"=\": equal). int8 TRANSPOSE_CONV runs on the "
-        "project's row kernel (one output row of int32 scratch) wherever the profile allows "
-        "custom kernels.",
+        "columns: ILP's head against tflm-greedy's and TinySeg's (\"=\": equal). int8 "
+        "TRANSPOSE_CONV runs on the project's row kernel (one output row of int32 scratch) "
+        "wherever the profile allows custom kernels.",
         "",
         *headline(rows),
         "",
