@@ -164,9 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     bad = [r for r in results.rows if r["status"] in ("invalid", "crash")]
     bad += [r for r in results.minimalloc if r["status"] == "invalid"]
-    variants = len({r["model"] for r in results.rows})
-    print(f"{len(results.rows)} rows from {len(suite.models)} model files "
-          f"({variants} with scratch variants) in "
+    print(f"{len(results.rows)} rows from {len(suite.models)} model files in "
           f"{results.seconds:.0f} s; report {written[-1]}")
     if readme is not None:
         command = "python -m benchmarks " + shlex.join(getattr(args, "argv", ["run"]))
