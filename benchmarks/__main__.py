@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--full-res-blocks", action="store_true",
                     help="residual blocks at full resolution too (fusion alone then reaches "
                          "the working-set bound)")
+    sc.add_argument("--format", choices=("tflite", "onnx"), default="tflite",
+                    help="int8 NHWC .tflite graphs (fusion and streaming apply) or the "
+                         "float32 ONNX twins (spill only; no kernel fuses float NCHW)")
     sc.add_argument("--no-repeat", action="store_true", help="solve once, skip the same-plan "
                     "check")
     sc.add_argument("-o", "--outdir", default="bench-out/scale",
@@ -104,7 +107,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
             raise PlannerError(f"{name} must be positive")
     rows = run_scale(sizes, Path(args.outdir), args.time_limit, args.work_limit,
                      not args.no_repeat, args.budget_fraction,
-                     top_blocks=None if args.full_res_blocks else 0)
+                     top_blocks=None if args.full_res_blocks else 0, fmt=args.format)
     return 0 if all(r.not_worse for r in rows) else 1
 
 

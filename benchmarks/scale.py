@@ -1,6 +1,8 @@
 """`python -m benchmarks scale`: the exact planner on residual U-Nets of 250 to 2000 ops.
 
-For each size (benchmarks/scale_models.py builds the graphs) the exact planner runs
+For each size (benchmarks/scale_models.py builds the graphs: int8 NHWC .tflite by
+default, which the fused kernels and streaming serve; float32 ONNX, spill-only, with
+`fmt="onnx"`) the exact planner runs
 with a wall-clock limit T and a work limit (CP-SAT deterministic seconds), twice,
 and the table says, per graph: wall time against 1.1 T + 2 s, peak over the
 working-set bound, transfer time over its proven bound at that peak, status and
@@ -104,11 +106,12 @@ def limits_for(ops: int, time_limit: float | None, work_limit: float | None
 def run_scale(sizes: list[int], outdir: Path, time_limit: float | None = None,
               work_limit: float | None = None, repeat: bool = True,
               budget_fraction: float | None = None, echo=print,
-              top_blocks: int | None = 0) -> list[ScaleRow]:
+              top_blocks: int | None = 0, fmt: str = "tflite") -> list[ScaleRow]:
     sides = dict(SIZES)
     rows = []
     for target in sizes:
-        path = write_model(target, sides.get(target, 128), outdir / "models", top_blocks)
+        path = write_model(target, sides.get(target, 128), outdir / "models", top_blocks,
+                           fmt)
         t, w = limits_for(target, time_limit, work_limit)
         row = run_size(path, t, w, repeat, budget_fraction)
         rows.append(row)

@@ -13,11 +13,19 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from benchmarks.scale_models import ops_for, residual_unet
+from benchmarks.scale_models import (
+    WIDTHS,
+    blocks_for_int8,
+    ops_for,
+    ops_for_int8,
+    residual_unet,
+    residual_unet_int8,
+)
 from frontends import load_model
-from planner.analysis import working_set_bound
+from planner.analysis import fusion_groups, working_set_bound
 from planner.checker import assert_valid
 from planner.device import load_profile
+from planner.errors import PlannerError
 from planner.planners.base import Request, registry
 from planner.planners.ilp.seeds import rank
 from planner.planners.tflm_greedy import plan_tflm_greedy
@@ -27,23 +35,22 @@ BUNDLED = ROOT / "benchmarks" / "models"
 PROFILE = load_profile("qspi-flash")
 
 
+# The int8 .tflite twins: the fused concat / concat+conv kernels and streaming serve
+# only int8 NHWC graphs (planner/kernels.py), and without them the float ONNX U-Nets
+# are solved in a moment, so the limits below would never bite.
 @pytest.fixture(scope="module")
 def big_unet_path(tmp_path_factory) -> Path:
-    """About 540 ops: the transfer-time phase runs for a minute or more."""
-    path = tmp_path_factory.mktemp("scale") / "resunet540.onnx"
-    import onnx
-
-    onnx.save(residual_unet(20, 96, 96, top_blocks=0), path)
+    """About 540 ops (int8): the transfer-time phase runs for a minute or more."""
+    path = tmp_path_factory.mktemp("scale") / "resunet540.tflite"
+    path.write_bytes(residual_unet_int8(35, 96, 96, top_blocks=0))
     return path
 
 
 @pytest.fixture(scope="module")
 def unet_path(tmp_path_factory) -> Path:
-    """A residual U-Net of about 120 ops (2 blocks per level) at 64x64."""
-    path = tmp_path_factory.mktemp("scale") / "resunet.onnx"
-    import onnx
-
-    onnx.save(residual_unet(2, 64, 64, top_blocks=0), path)
+    """An int8 residual U-Net of 47 ops (2 blocks per level) at 64x64."""
+    path = tmp_path_factory.mktemp("scale") / "resunet.tflite"
+    path.write_bytes(residual_unet_int8(2, 64, 64, top_blocks=0))
     return path
 
 
@@ -69,7 +76,12 @@ def test_every_mode_starts_from_the_best_heuristic(unet_path):
         for budget, objective in ((None, None), (budget_of(graph, 0.9), None),
                                   (budget_of(graph, 0.9), "peak"), (None, "latency")):
             req = Request(graph, PROFILE, budget, objective, 1.0)
-            plans = [PLAN[n](req) for n in heuristics]
+            plans = []
+            for n in heuristics:  # a heuristic may refuse a budget (canonical: spill-free)
+                try:
+                    plans.append(PLAN[n](req))
+                except PlannerError:
+                    pass
             fitting = [p for p in plans if budget is None or p.peak_bytes <= budget]
             best = min(rank(p, req.goal) for p in fitting)
             plan = PLAN["ilp"](req)
@@ -92,7 +104,9 @@ def _busy() -> subprocess.Popen:
 
 def test_work_limit_gives_the_same_plan_under_load(unet_path):
     graph = load_model(unet_path)
-    req = Request(graph, PROFILE, budget_of(graph, 0.75), None, 120.0, work_limit=1.0)
+    # 85%: the int8 twin's working-set bound is 84.6% of tflm-greedy, so this budget is
+    # feasible but takes spills or fusions, and the work limit stops the transfer search.
+    req = Request(graph, PROFILE, budget_of(graph, 0.85), None, 120.0, work_limit=1.0)
     plans = []
     hog = _busy()
     try:
@@ -160,12 +174,28 @@ def test_generator_builds_the_planned_op_count(tmp_path):
     assert {"CONV", "ELEMENTWISE", "CONCAT", "POOL", "TRANSPOSE_CONV"} <= kinds
 
 
+def test_int8_generator_builds_the_planned_op_count(tmp_path):
+    path = tmp_path / "r1.tflite"
+    path.write_bytes(residual_unet_int8(1, 32, 32))
+    graph = load_model(path)
+    assert len(graph.ops) == ops_for_int8(1)
+    assert graph.layout == "NHWC"
+    assert {graph.tensors[t].dtype for op in graph.ops for t in op.outputs} == {"int8"}
+    kinds = {op.kind.name for op in graph.ops}
+    assert {"CONV", "ELEMENTWISE", "CONCAT", "POOL", "TRANSPOSE_CONV"} <= kinds
+    assert residual_unet_int8(1, 32, 32) == path.read_bytes()  # a rebuild is byte-identical
+    # Each decoder concat + 1x1 conv is one the fused concat+conv kernel can run.
+    groups = fusion_groups(graph)
+    assert len(groups) == len(WIDTHS) - 1 and all(g.conv is not None for g in groups)
+
+
 def test_tiny_scale_run(tmp_path):
     from benchmarks.scale import markdown, run_scale
 
     rows = run_scale([50], tmp_path, time_limit=20.0, work_limit=1.0, echo=lambda *a, **k: None)
     (row,) = rows
-    assert row.ops == ops_for(1, 0)
+    assert row.ops == ops_for_int8(blocks_for_int8(50, 0), 0)
+    assert row.model.startswith("resunet_int8_")
     assert row.not_worse and row.same_plan == "yes" and row.wall_ok
     assert row.peak_bytes >= row.ws_bound
     assert (tmp_path / "scale.csv").is_file()
@@ -201,7 +231,9 @@ def test_load_view_packs_a_valid_plan_and_a_valid_bound(big_unet_path):
     from planner.planners.ilp.search import Budget
 
     graph = load_model(big_unet_path)
-    seed = PLAN["tinyseg"](Request(graph, PROFILE))
+    # TinySeg reaches the working-set bound on this graph; tflm-greedy (18% above it)
+    # is a seed the load view has to improve.
+    seed = PLAN["tflm-greedy"](Request(graph, PROFILE))
     view = load_view_plan(build_problem(graph, PROFILE), seed, Budget.start(60.0, 2.0), 1.0,
                           1.0, 2, True)
     ws = working_set_bound(graph, PROFILE.can_stream, PROFILE.fusion).bytes
