@@ -4,9 +4,11 @@ The full model places every segment in (time x address) with one 2-D no-overlap
 constraint, which CP-SAT does not improve within a minute past a few hundred ops. Here
 the same model without that constraint (only the cumulative "load" constraint: live
 bytes at every step within the peak) chooses spills, fetches, streams and fusions;
-the chosen segments are then fixed intervals, packed by the offsets-only search
-(`offsets.solve_offsets`). Every plan satisfies the load view, so the relaxation's
-proven bound bounds the full problem, and a packing that reaches the relaxation's
+the chosen segments are then fixed intervals, packed by the canonical offsets search
+(`planners/canonical.py`, node-capped so the result does not depend on load), or by
+CP-SAT's offsets model (`offsets.solve_offsets`) where that ends unproven. Every plan
+satisfies the load view, so the relaxation's proven bound bounds the full problem, and
+a packing that reaches the relaxation's
 proven optimum is optimal. A solution that uses a channel split is not packed (the
 two parts' first segments must sit back to back, which plain packing cannot say);
 its bound still counts.
@@ -26,7 +28,7 @@ from . import search
 from .cpsat import CpSatModel
 from .extract import Solution, to_plan
 from .model import Problem
-from .offsets import solve_offsets
+from .offsets import OffsetResult, solve_offsets
 from .search import Budget, Progress
 
 
@@ -54,8 +56,7 @@ def load_view_plan(problem: Problem, seed: Plan, budget: Budget, share: float,
         return LoadView(None, bound, out.objective * 16)
     blocks, keys = _blocks(problem, sol)
     seconds = max(0.1, budget.seconds_left() * pack_share)
-    packed, interrupted = _held(lambda: solve_offsets(blocks, time_limit=seconds,
-                                                      capacity=out.objective, workers=workers))
+    packed, interrupted = _pack(blocks, out.objective, seconds, workers)
     if interrupted:
         budget.stopped = "interrupted"
     if not packed.offsets:
@@ -71,6 +72,24 @@ def load_view_plan(problem: Problem, seed: Plan, budget: Budget, share: float,
             new.scratch[i] = off
     plan = to_plan(problem, new, "load-view", "peak")
     return LoadView(plan, bound, out.objective * 16)
+
+
+# The canonical search's node cap per strategy: a count, not seconds, so that the same
+# problem packs the same way under any load (the time limit only guards a slow machine).
+CANONICAL_NODES = 200_000
+
+
+def _pack(blocks: list[Block], capacity: int, seconds: float, workers: int):
+    """The chosen segments inside the load view's peak: the canonical offsets search first
+    (fast, and exact: it packs or proves no packing), CP-SAT when it ends unproven."""
+    from ..canonical import pack
+
+    found = pack(blocks, capacity, time_limit=seconds / 2, node_limit=CANONICAL_NODES)
+    if found.status == "packed":
+        peak = max((o + b.size for o, b in zip(found.offsets, blocks, strict=True)), default=0)
+        return OffsetResult(found.offsets, peak, "feasible", found.bound), False
+    return _held(lambda: solve_offsets(blocks, time_limit=seconds / 2, capacity=capacity,
+                                       workers=workers))
 
 
 def _blocks(problem: Problem, sol: Solution):
