@@ -25,7 +25,8 @@ def test_the_documented_example_runs(tmp_path: Path, capsys) -> None:
     finally:
         os.chdir(here)
     out = capsys.readouterr().out
-    assert "load bound 307,200 B" in out and "spilled " in out
+    # the row kernel's graph: TFLM's own TRANSPOSE_CONV would give a 307,200 B load bound
+    assert "load bound 230,400 B" in out and "spilled " in out
     assert {"plan.json", "report.html", "tensors.csv"} <= {p.name for p in
                                                            (tmp_path / "out-api").iterdir()}
 

@@ -25,6 +25,7 @@ from planner.checker import check as _check
 from planner.device import DeviceProfile, bundled_profiles, load_profile
 from planner.errors import InfeasibleBudget, PlannerError
 from planner.ir import Graph
+from planner.kernels import apply_kernels, with_op_kernels
 from planner.plan import Plan
 from planner.planners.base import Request, registry
 from planner.units import parse_size
@@ -71,9 +72,12 @@ def planners() -> list[str]:
     return sorted(registry())
 
 
-def analyse(graph: Graph, device: str | DeviceProfile = "qspi-flash") -> Analysis:
-    """Lower bounds of `graph` on `device` (streaming and fusion as the profile allows)."""
+def analyse(graph: Graph, device: str | DeviceProfile = "qspi-flash",
+            stock_transpose_conv: bool = False) -> Analysis:
+    """Lower bounds of `graph` on `device` (its kernels, streaming and fusion as the
+    profile allows: the graph `plan` plans)."""
     prof = profile(device)
+    graph = apply_kernels(graph, prof, stock_transpose_conv)
     load_b = load_bound(graph)
     ws = working_set_bound(graph, prof.can_stream, prof.fusion)
     return Analysis(load_b.bytes, load_b.step, ws.bytes, ws.detail, len(graph.ops),
@@ -82,10 +86,14 @@ def analyse(graph: Graph, device: str | DeviceProfile = "qspi-flash") -> Analysi
 
 def plan(graph: Graph, budget: int | str | None = None, planner: str = "ilp",
          device: str | DeviceProfile = "qspi-flash", objective: str | None = None,
-         time_limit: float = 60.0, solver: str = "cpsat", deterministic: bool = False) -> Plan:
+         time_limit: float = 60.0, solver: str = "cpsat", deterministic: bool = False,
+         stock_transpose_conv: bool = False) -> Plan:
     """Plan the arena with a named planner; the plan is checked before it is returned.
 
-    `budget`: bytes or a size such as "256KiB" (None: minimise the peak). Raises
+    `budget`: bytes or a size such as "256KiB" (None: minimise the peak); it bounds the
+    head (the command's `--budget` adds TFLM's tail). As the command does, the ops run on
+    the kernels the device allows (planner/kernels.py: int8 TRANSPOSE_CONV on the row
+    kernel unless `stock_transpose_conv`); the plan records them in `op_kernels`. Raises
     InfeasibleBudget when no plan fits, PlannerError on bad input.
     """
     found = registry()
@@ -93,6 +101,7 @@ def plan(graph: Graph, budget: int | str | None = None, planner: str = "ilp",
         raise PlannerError(f"unknown planner '{planner}': use one of {', '.join(sorted(found))}")
     prof = profile(device)
     nbytes = parse_size(budget) if budget is not None else None
+    graph = apply_kernels(graph, prof, stock_transpose_conv)
     result = found[planner](Request(graph, prof, nbytes, objective, time_limit, solver,
                                     deterministic=deterministic))
     errors = _check(graph, result, prof.capacities)
@@ -102,7 +111,9 @@ def plan(graph: Graph, budget: int | str | None = None, planner: str = "ilp",
 
 
 def check(graph: Graph, plan: Plan, device: str | DeviceProfile | None = None) -> list[str]:
-    """The independent checker's violations ([] for a valid plan)."""
+    """The independent checker's violations ([] for a valid plan), on the kernels the
+    plan says its ops run on."""
+    graph = with_op_kernels(graph, plan.op_kernels)
     return _check(graph, plan, profile(device).capacities if device is not None else None)
 
 
@@ -114,5 +125,6 @@ def write(graph: Graph, plan: Plan, outdir: str | Path, model_path: str | Path,
 
     emits = check_emits(graph.source_format, list(emits) if emits is not None else None)
     nbytes = parse_size(budget) if budget is not None else None
+    graph = with_op_kernels(graph, plan.op_kernels)
     return write_outputs(graph, plan, Path(model_path), outdir, emits, budget=nbytes,
                          profile=profile(device))
