@@ -1,8 +1,8 @@
 """How a stopped search is recognised, whoever stopped it (Ctrl-C, not the clock).
 
 The exact planner returns its best plan when SIGINT stops CP-SAT and marks it with
-`stopped="interrupted"` (a Plan field; older plans carry a note instead). Callers
-report it as interrupted, never as "time limit reached", and exit 130.
+`stopped="interrupted"`. Callers report it as interrupted, never as "time limit
+reached", and exit 130.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ INTERRUPTED_NOTE = "interrupted (Ctrl-C): the best plan found so far, not proven
 
 
 def was_interrupted(plan: Plan) -> bool:
-    return getattr(plan, "stopped", None) == "interrupted" or \
-        any(n.startswith("interrupted") for n in plan.notes)
+    return plan.stopped == "interrupted"
 
 
 def as_interrupted(plan: Plan) -> Plan:

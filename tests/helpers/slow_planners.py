@@ -41,7 +41,7 @@ def slow_ilp(request):
     try:
         _wait()
     except KeyboardInterrupt:
-        return replace(best, planner="slow-ilp", status="feasible",
+        return replace(best, planner="slow-ilp", status="feasible", stopped="interrupted",
                        notes=("time limit reached: peak not proven optimal", INTERRUPTED_NOTE))
 
 
