@@ -14,6 +14,7 @@ from ..device import bundled_profiles, load_profile
 from ..errors import InfeasibleBudget
 from ..kernels import op_kernels_of
 from ..planners.base import Request, registry
+from ..planners.ilp import SOLVERS
 from ..schema import stamp
 from ..stopping import as_interrupted, sigint_kept, was_interrupted
 from ..units import parse_size
@@ -24,7 +25,6 @@ from .solve_checks import check_after_reading, check_arguments, sram_warning
 DEFAULT_PLANNER = "ilp"
 DEFAULT_PROFILE = "qspi-flash"
 DEFAULT_TIME_LIMIT = 60.0
-SOLVERS = ("cpsat", "pulp-cbc", "pulp-highs")
 # --deterministic without --work-limit: work units per second of --time-limit. CP-SAT
 # counted about 0.03 units per wall second on a 500-op U-Net (2 loaded cores).
 DETERMINISTIC_WORK_SHARE = 0.02
