@@ -186,15 +186,19 @@ int32_t tp_tconv_padding(int32_t out, int32_t k, int32_t stride, int same) {
   return total > 0 ? (int32_t)(total / 2) : 0;
 }
 
+/* Both row kernels (int8 and 16x8) need positive sizes and strides. */
+static int tconv_shape_ok(const tp_tconv_params *p) {
+  return p->in_h > 0 && p->in_w > 0 && p->in_c > 0 && p->out_h > 0 && p->out_w > 0 &&
+         p->out_c > 0 && p->k_h > 0 && p->k_w > 0 && p->stride_h > 0 && p->stride_w > 0;
+}
+
 int tp_transpose_conv_rows(const tp_tconv_params *p, const int8_t *input, int32_t *row_acc,
                            int8_t *output) {
   const int32_t batches = p->batches > 0 ? p->batches : 1;
   const size_t row_len = (size_t)p->out_w * p->out_c;
   const size_t f_oc = (size_t)p->k_h * p->k_w * p->in_c;
   int32_t b, oy, ky, ix, kx, oc, c;
-  if (p->in_h <= 0 || p->in_w <= 0 || p->in_c <= 0 || p->out_h <= 0 || p->out_w <= 0 ||
-      p->out_c <= 0 || p->k_h <= 0 || p->k_w <= 0 || p->stride_h <= 0 || p->stride_w <= 0)
-    return TP_ECONFIG;
+  if (!tconv_shape_ok(p)) return TP_ECONFIG;
   for (b = 0; b < batches; b++) {
     const int8_t *in_b = input + (size_t)b * p->in_h * p->in_w * p->in_c;
     int8_t *out_b = output + (size_t)b * p->out_h * row_len;
@@ -262,9 +266,7 @@ int tp_transpose_conv_rows_s16(const tp_tconv_params *p, const int64_t *bias64,
   const size_t row_len = (size_t)p->out_w * p->out_c;
   const size_t f_oc = (size_t)p->k_h * p->k_w * p->in_c;
   int32_t b, oy, ky, ix, kx, oc, c;
-  if (p->in_h <= 0 || p->in_w <= 0 || p->in_c <= 0 || p->out_h <= 0 || p->out_w <= 0 ||
-      p->out_c <= 0 || p->k_h <= 0 || p->k_w <= 0 || p->stride_h <= 0 || p->stride_w <= 0)
-    return TP_ECONFIG;
+  if (!tconv_shape_ok(p)) return TP_ECONFIG;
   for (b = 0; b < batches; b++) {
     const int16_t *in_b = input + (size_t)b * p->in_h * p->in_w * p->in_c;
     int16_t *out_b = output + (size_t)b * p->out_h * row_len;
