@@ -121,10 +121,11 @@ def write(graph: Graph, plan: Plan, outdir: str | Path, model_path: str | Path,
           emits: Iterable[str] | None = None, budget: int | str | None = None,
           device: str | DeviceProfile = "qspi-flash") -> list[Path]:
     """Write what `tinyplan solve -o OUTDIR` writes (plan.json, reports, backends' files)."""
-    from backends import check_emits, write_outputs
+    from backends import write_outputs
 
-    emits = check_emits(graph.source_format, list(emits) if emits is not None else None)
     nbytes = parse_size(budget) if budget is not None else None
     graph = with_op_kernels(graph, plan.op_kernels)
-    return write_outputs(graph, plan, Path(model_path), outdir, emits, budget=nbytes,
+    # write_outputs checks the emits for the input format before writing anything.
+    return write_outputs(graph, plan, Path(model_path), outdir,
+                         list(emits) if emits is not None else None, budget=nbytes,
                          profile=profile(device))
