@@ -36,6 +36,7 @@ class OpKind(str, Enum):
     POOL = "pool"
     ELEMENTWISE = "elementwise"
     RESHAPE = "reshape"
+    STREAMED_GROUP = "streamed_group"  # ops run as one, row by row (planner/streaming.py)
     OTHER = "other"
 
 
@@ -109,6 +110,9 @@ class Graph:
     outputs: tuple[int, ...]
     # Channel layout of 4-D activations: "NHWC" (TFLite) or "NCHW" (ONNX).
     layout: str = "NHWC"
+    # For a graph whose streamed groups were replaced by one op each (streaming.py): the
+    # graph before, whose op indices Plan.op_kernels and Plan.stream_groups name.
+    source: Graph | None = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def num_steps(self) -> int:

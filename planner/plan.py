@@ -8,8 +8,25 @@ spanning its TFLM lifetime. A spilled tensor has several, joined by transfers:
   (once per tensor part; tensors are immutable once produced);
 - ``fetch`` at step s: before the op at step s runs, the data is read back into a
   segment that starts at s;
-- ``stream`` at step s: the op at step s (a fused concat, or the conv of a fused
-  concat+conv group) reads the data from storage through a line-buffer segment.
+- ``stream`` at step s: the op at step s (a fused concat, the conv of a fused
+  concat+conv group, or a streamed group) reads the data from storage through a
+  line-buffer segment;
+- ``spill_rows`` at step s: the streamed group at step s writes the tensor to storage
+  row by row as it produces it, through a line-buffer segment: the tensor never exists
+  whole in the arena at its creation (its later segments start with a fetch).
+
+A transfer is *blocking* by default: it runs between two ops. An *asynchronous* one
+has a window of steps in flight, [issue, complete] (None meaning ``step``): a spill is
+issued after the op at ``step`` (issue == step) and overlaps the ops at steps
+step+1..complete; a fetch completes before the op at ``step`` (complete == step) and
+overlaps the ops at steps issue..step-1. The arena holds the buffer over the whole
+window, and storage channels carry one transfer at a time.
+
+A *streamed group* (StreamGroup) is a run of consecutive ops of the source graph that
+runs as one op, row by row: the tensors between its members live in rings of a few
+rows (planner/streaming.py). The plan's steps and segments then refer to the graph with
+each group replaced by one op (streaming.apply_groups); `stream_groups` and
+`op_kernels` refer to the source graph's op indices.
 
 A *fusion* names a channel CONCATENATION that streams, or a concat+conv pair whose
 concat output is never materialised (the conv reads a virtual concatenation).
@@ -28,7 +45,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 SegmentRole = Literal["tensor", "line_buffer"]
-TransferKind = Literal["spill", "fetch", "stream"]
+TransferKind = Literal["spill", "fetch", "stream", "spill_rows"]
 
 
 @dataclass(frozen=True)
@@ -70,12 +87,32 @@ class Transfer:
     nbytes: int
     address: int = 0  # byte position in the storage
     part: int | None = None
+    # Asynchronous window of steps in flight (None: `step`, a blocking transfer).
+    issue: int | None = None
+    complete: int | None = None
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """[first, last] step the transfer is in flight; (step, step) when blocking."""
+        return (self.step if self.issue is None else self.issue,
+                self.step if self.complete is None else self.complete)
 
 
 @dataclass(frozen=True)
 class Fusion:
     concat: int  # op index
     conv: int | None = None  # op index: concat output never materialised
+
+
+@dataclass(frozen=True)
+class StreamGroup:
+    """Consecutive source-graph ops run as one op, row by row (planner/streaming.py)."""
+
+    ops: tuple[int, ...]  # source-graph op indices, consecutive, ascending
+    # (source tensor id, rows held) of every tensor the group keeps in a ring.
+    rings: tuple[tuple[int, int], ...] = ()
+    # (member position in `ops`, output row) in execution order.
+    schedule: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +153,7 @@ class Plan:
     # (op index, kernel) of ops moved onto a custom kernel (planner/kernels.py), e.g. the
     # scratch-free TRANSPOSE_CONV: writers swap exactly these ops, re-deriving nothing.
     op_kernels: tuple[tuple[int, str], ...] = ()
+    stream_groups: tuple[StreamGroup, ...] = ()
     notes: tuple[str, ...] = field(default=())
     # What the plan was made for (planner/plan_check.py stamps and checks them).
     model_sha256: str | None = None
@@ -127,7 +165,7 @@ class Plan:
 
     @property
     def spilled_bytes(self) -> int:
-        return sum(t.nbytes for t in self.transfers if t.kind == "spill")
+        return sum(t.nbytes for t in self.transfers if t.kind in ("spill", "spill_rows"))
 
     @property
     def fetched_bytes(self) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PlannerError
-from .plan import Fusion, Part, Plan, ProfileRef, Segment, StorageRef, Transfer
+from .plan import Fusion, Part, Plan, ProfileRef, Segment, StorageRef, StreamGroup, Transfer
 from .units import INT32_MAX, UINT32_MAX
 from .validate import Field, check_table, check_unique
 
@@ -46,14 +46,19 @@ PART = {
     "channel_start": _INT, "channel_stop": _INT, "nbytes": _INT,
 }
 TRANSFER = {
-    "kind": Field("str", required=True, choices=("spill", "fetch", "stream")),
+    "kind": Field("str", required=True, choices=("spill", "fetch", "stream", "spill_rows")),
     "tensor": _INT, "step": _INT,
     "storage": Field("str", required=True, maximum=200),
     "nbytes": _INT,
     "address": Field("int", default=0, maximum=UINT32_MAX),
     "part": _OPT_PART,
+    "issue": Field("int", nullable=True),
+    "complete": Field("int", nullable=True),
 }
 FUSION = {"concat": _INT, "conv": Field("int", nullable=True)}
+STREAM_GROUP = {"ops": Field("custom", required=True, check=lambda v, w: v),
+                "rings": Field("custom", default=(), check=lambda v, w: v),
+                "schedule": Field("custom", default=(), check=lambda v, w: v)}
 STORAGE_REF = {"name": Field("str", required=True, maximum=200),
                "capacity": Field("int", required=True, minimum=1, maximum=UINT32_MAX)}
 PROFILE_REF = {"name": Field("str", required=True, maximum=200),
@@ -76,6 +81,7 @@ PLAN = {
     "bound_transfer_seconds": Field("number", nullable=True, maximum=1e9),
     "solve_seconds": _SECONDS,
     "op_kernels": Field("custom", default=(), check=lambda v, w: _op_kernels(v, w)),
+    "stream_groups": Field("custom", default=(), check=lambda v, w: _stream_groups(v, w)),
     "notes": Field("list", default=[], max_items=1000),
     "stopped": Field("str", nullable=True, choices=("time-limit", "work-limit", "interrupted")),
     "model_sha256": Field("custom", nullable=True, check=_sha),
@@ -100,6 +106,36 @@ def _op_kernels(data: Any, where: str) -> tuple[tuple[int, str], ...]:
             raise PlannerError(f"{where} {i} must be [op index, kernel name]")
         pairs.append((item[0], item[1]))
     return tuple(pairs)
+
+
+def _int_tuple(data: Any, where: str, width: int | None = None) -> tuple:
+    """A list of ints (width None) or of [int, ...] pairs of `width`, each in 0..int32."""
+    if not isinstance(data, (list, tuple)) or len(data) > MAX_ITEMS:
+        raise PlannerError(f"{where} must be a list")
+    out = []
+    for i, item in enumerate(data):
+        values = [item] if width is None else item
+        if width is not None and not (isinstance(item, (list, tuple)) and len(item) == width):
+            raise PlannerError(f"{where} {i} must be a list of {width} integers")
+        if not all(type(v) is int and 0 <= v <= INT32_MAX for v in values):
+            raise PlannerError(f"{where} {i} must hold integers in 0..{INT32_MAX}")
+        out.append(item if width is None else tuple(item))
+    return tuple(out)
+
+
+def _stream_groups(data: Any, where: str) -> tuple[StreamGroup, ...]:
+    if not isinstance(data, (list, tuple)) or len(data) > MAX_ITEMS:
+        raise PlannerError(f"{where} must be a list of streamed groups")
+    groups = []
+    for i, item in enumerate(data):
+        if isinstance(item, StreamGroup):  # Plan.to_json() read back in memory
+            item = {"ops": item.ops, "rings": item.rings, "schedule": item.schedule}
+        top = check_table(item, STREAM_GROUP, f"{where} {i}")
+        groups.append(StreamGroup(
+            ops=_int_tuple(top["ops"], f"{where} {i} ops"),
+            rings=_int_tuple(top["rings"], f"{where} {i} rings", 2),
+            schedule=_int_tuple(top["schedule"], f"{where} {i} schedule", 2)))
+    return tuple(groups)
 
 
 def _profile_ref(data: Any, where: str) -> ProfileRef:
