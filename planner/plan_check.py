@@ -76,7 +76,7 @@ PLAN = {
     "status": Field("str", default="heuristic",
                     choices=("optimal", "feasible", "heuristic", "infeasible")),
     "bound_bytes": Field("int", nullable=True),
-    "objective": Field("str", default="peak", choices=("peak", "latency")),
+    "objective": Field("str", default="peak", choices=("peak", "latency", "transfers")),
     "est_transfer_seconds": _SECONDS,
     "bound_transfer_seconds": Field("number", nullable=True, maximum=1e9),
     "solve_seconds": _SECONDS,
