@@ -222,3 +222,11 @@ def blocking_and_planned(graph: Graph, plan: Plan, profile: DeviceProfile
                          ) -> tuple[Latency, Latency]:
     """(every transfer blocking, as planned): the two figures reports show side by side."""
     return end_to_end(graph, without_windows(plan), profile), end_to_end(graph, plan, profile)
+
+
+def latency_fields(graph: Graph, plan: Plan, profile: DeviceProfile) -> dict:
+    """The latency figures `solve --json` and the benchmark rows report (seconds)."""
+    blocking, planned = blocking_and_planned(graph, plan, profile)
+    return {"est_latency_seconds": planned.total_seconds,
+            "est_latency_blocking_seconds": blocking.total_seconds,
+            "latency": planned.to_json()}

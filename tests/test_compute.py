@@ -114,3 +114,22 @@ def test_clock_and_storage_channel_fields_are_checked():
     assert p.compute.clock_hz == 64e6
     s = p.storages[0]
     assert (s.async_channel, s.erase_blocks_bus, s.erase_s) == (False, True, 0.0)
+
+
+def test_analyze_shows_macs_bytes_and_time(capsys):
+    from pathlib import Path
+
+    from planner.cli import main
+
+    model = Path(__file__).resolve().parents[1] / "benchmarks/models/tiny_unet_int8.tflite"
+    assert main(["analyze", str(model), "--json"]) == 0
+    import json
+
+    data = json.loads(capsys.readouterr().out)
+    conv = data["ops"][0]
+    assert conv["type"] == "CONV_2D" and conv["macs"] == 80 * 120 * 8 * 3 * 3 * 3
+    assert conv["est_seconds"] == pytest.approx(conv["macs"] * 1.2 / 168e6)
+    assert data["est_compute_seconds"] == pytest.approx(sum(o["est_seconds"] for o in data["ops"]))
+    assert main(["analyze", str(model), "--profile", "internal-flash"]) == 0
+    text = capsys.readouterr().out
+    assert "216 MHz" in text and "not measurements" in text and "2,073,600" in text

@@ -156,3 +156,23 @@ def test_stream_is_double_buffered_with_dma_and_added_without():
         pytest.approx(15 * MS)
     assert end_to_end(g, p, profile(storage(latency=3 * MS, dma=False))).total_seconds == \
         pytest.approx(17 * MS)
+
+
+def test_solve_reports_latency_blocking_and_as_planned(capsys):
+    import json
+    from pathlib import Path
+
+    from planner.cli import main
+
+    model = Path(__file__).resolve().parents[1] / "benchmarks/models/tiny_unet_int8.tflite"
+    args = ["solve", str(model), "--planner", "tinyseg", "--budget", "170000"]
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    lat = data["latency"]
+    assert data["est_latency_seconds"] == pytest.approx(lat["total_seconds"])
+    assert lat["total_seconds"] == pytest.approx(lat["compute_seconds"]
+                                                 + lat["exposed_transfer_seconds"])
+    assert 0 < lat["exposed_transfer_seconds"] <= lat["transfer_seconds"] + 1e-12
+    assert data["est_latency_blocking_seconds"] >= data["est_latency_seconds"] - 1e-12
+    assert main(args) == 0
+    assert "ms end to end, estimated" in capsys.readouterr().out
