@@ -176,3 +176,29 @@ def test_solve_reports_latency_blocking_and_as_planned(capsys):
     assert data["est_latency_blocking_seconds"] >= data["est_latency_seconds"] - 1e-12
     assert main(args) == 0
     assert "ms end to end, estimated" in capsys.readouterr().out
+
+
+def test_pareto_frontier_in_either_cost():
+    from planner.pareto import ParetoPoint, _non_dominated
+
+    a = ParetoPoint(100, 100, 2.0, "optimal", est_latency_seconds=5.0)
+    b = ParetoPoint(200, 200, 1.0, "optimal", est_latency_seconds=6.0)
+    assert _non_dominated([a, b], "transfers") == [a, b]
+    assert _non_dominated([a, b], "latency") == [a]  # more arena and slower: dominated
+
+
+def test_pareto_sweep_draws_peak_against_latency(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from planner.cli import main
+
+    model = Path(__file__).resolve().parents[1] / "benchmarks/models/deeplab_lite_int8.tflite"
+    assert main(["solve", str(model), "--pareto", "--pareto-axis", "latency", "--time-limit",
+                 "5", "--json", "-o", str(tmp_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["axis"] == "latency" and data["pareto"]
+    assert all(p["est_latency_seconds"] > 0 for p in data["pareto"])
+    assert "end-to-end latency" in (tmp_path / "pareto.svg").read_text()
+    assert main(["solve", str(model), "--pareto-axis", "latency"]) == 2
+    assert "give --pareto too" in capsys.readouterr().err

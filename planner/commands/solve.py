@@ -71,6 +71,9 @@ def add_parser(sub) -> None:
     p.add_argument("--pareto", action="store_true",
                    help="sweep budgets with the ilp planner: peak vs transfer time (honours "
                    "--profile, --solver, --time-limit, --deterministic, --json, -o)")
+    p.add_argument("--pareto-axis", choices=("transfers", "latency"), default=None,
+                   help="with --pareto: the cost drawn against the peak: the transfer-time "
+                   "sum (default), or the estimated end-to-end latency (planner/latency.py)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("-o", "--outdir", help="write the plan and the backends' files here")
     p.add_argument("--emit", action="append", default=None, choices=("tflite", "shim", "c", "svg"),
