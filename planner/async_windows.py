@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .checker import check
+from .compute import op_seconds
 from .device import DeviceProfile
 from .ir import Graph
 from .latency import end_to_end
@@ -31,7 +32,8 @@ def with_windows(graph: Graph, plan: Plan, profile: DeviceProfile) -> Plan:
     dma = {s.name for s in profile.storages if s.async_channel}
     if not any(t.storage in dma and t.kind in ("spill", "fetch") for t in plan.transfers):
         return plan
-    best = end_to_end(graph, plan, profile).total_seconds
+    ops = op_seconds(graph, profile)
+    best = end_to_end(graph, plan, profile, ops).total_seconds
     current = plan
     order = sorted(range(len(plan.transfers)),
                    key=lambda i: (-plan.transfers[i].nbytes, i))
@@ -44,7 +46,7 @@ def with_windows(graph: Graph, plan: Plan, profile: DeviceProfile) -> Plan:
             continue  # a part is compacted right after its spill (checker rule)
         choice, choice_time = None, best
         for candidate in _candidates(graph, current, i):
-            t = end_to_end(graph, candidate, profile).total_seconds
+            t = end_to_end(graph, candidate, profile, ops).total_seconds
             if t < choice_time - 1e-12:
                 choice, choice_time = candidate, t
         # The checker has the last word on each widening (it re-derives every rule).

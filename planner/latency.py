@@ -136,9 +136,15 @@ class _Sim:
         return self.channels[t.storage].wait(req)
 
 
-def end_to_end(graph: Graph, plan: Plan, profile: DeviceProfile) -> Latency:
-    """Estimated latency of one inference under `plan` (module docstring: the rules)."""
-    ops = op_seconds(graph, profile)
+def end_to_end(graph: Graph, plan: Plan, profile: DeviceProfile,
+               op_times: tuple[float, ...] | None = None) -> Latency:
+    """Estimated latency of one inference under `plan` (module docstring: the rules).
+
+    `op_times`: compute.op_seconds(graph, profile), when the caller already has it.
+    """
+    if plan.num_steps != graph.num_steps:
+        raise ValueError(f"plan has {plan.num_steps} steps, graph has {graph.num_steps}")
+    ops = op_times if op_times is not None else op_seconds(graph, profile)
     sim = _Sim(graph, profile)
     storage = {s.name: s for s in profile.storages}
 
