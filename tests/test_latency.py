@@ -202,3 +202,34 @@ def test_pareto_sweep_draws_peak_against_latency(tmp_path, capsys):
     assert "end-to-end latency" in (tmp_path / "pareto.svg").read_text()
     assert main(["solve", str(model), "--pareto-axis", "latency"]) == 2
     assert "give --pareto too" in capsys.readouterr().err
+
+
+def test_random_plans_keep_the_invariants():
+    """Blocking: compute + every transfer exactly. Any windows: at least the compute, at
+    most compute + every transfer + nothing else (waiting is always on some transfer)."""
+    import random
+
+    g, ts = chain(8)
+    rng = random.Random(7)
+    prof = profile(storage("a", latency=2 * MS), storage("b", latency=0.5 * MS, dma=False),
+                   storage("c", latency=3 * MS, erase_block=1000, erase=MS,
+                           erase_blocks_bus=False))
+    last = g.num_steps - 1
+    for _ in range(200):
+        transfers = []
+        for _ in range(rng.randint(1, 5)):
+            step = rng.randint(1, last)
+            name = rng.choice("abc")
+            if rng.random() < 0.5:
+                transfers.append(Transfer("spill", ts[1], step, name, 1000, issue=step,
+                                          complete=rng.randint(step, last)))
+            else:
+                transfers.append(Transfer("fetch", ts[1], step, name, 1000,
+                                          issue=rng.randint(0, step), complete=step))
+        p = plan(g, *transfers)
+        blocking, planned = blocking_and_planned(g, p, prof)
+        assert blocking.total_seconds == pytest.approx(
+            blocking.compute_seconds + blocking.transfer_seconds)
+        assert planned.compute_seconds - 1e-12 <= planned.total_seconds
+        assert planned.exposed_seconds <= planned.transfer_seconds + 1e-12
+        assert sum(dict(planned.channel_busy).values()) <= planned.transfer_seconds + 1e-12
