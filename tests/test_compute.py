@@ -133,3 +133,26 @@ def test_analyze_shows_macs_bytes_and_time(capsys):
     assert main(["analyze", str(model), "--profile", "internal-flash"]) == 0
     text = capsys.readouterr().out
     assert "216 MHz" in text and "not measurements" in text and "2,073,600" in text
+
+
+def test_real_models_count_their_macs():
+    """DS-CNN KWS (MLPerf Tiny): 25x5x64 outputs; conv 10x4 on 1 channel, four depthwise
+    3x3 + pointwise 64x64 blocks, FC 64->12. The ONNX U-Net's first conv (NCHW) matches the
+    TFLite one's."""
+    from pathlib import Path
+
+    from frontends import load_model
+
+    root = Path(__file__).resolve().parents[1]
+    kws = root.parent / "shared" / "models" / "mlperf_tiny" / "kws_ref_model.tflite"
+    if not kws.is_file():
+        pytest.skip("shared models absent")
+    g = load_model(kws)
+    out = 25 * 5 * 64
+    want = out * 10 * 4 + 4 * (out * 9 + out * 64) + 12 * 64
+    assert sum(op_macs(g, op) for op in g.ops) == want
+    assert {kind_of(op) for op in g.ops} >= {"conv", "depthwise_conv", "fully_connected",
+                                            "pool", "reshape", "other"}
+    onnx = load_model(root / "benchmarks" / "models" / "tiny_unet.onnx")
+    assert op_macs(onnx, onnx.ops[0]) == 80 * 120 * 8 * 3 * 3 * 3
+    assert dtype_of(onnx, onnx.ops[0]) == "float32"
