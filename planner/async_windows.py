@@ -69,13 +69,13 @@ def _candidates(graph: Graph, plan: Plan, i: int) -> list[Plan]:
         return []
     seg_index = segs.index(own)
     if tr.kind == "spill":
-        limit = _spill_limit(plan, tr, own)
-        steps = list(range(own.last + 1, limit + 1))
         if tr.window[1] > own.last:
-            return []
-        ends = _thin(steps)
+            return []  # not a valid window to start from (the checker says why)
+        # Up to the source segment's own end the window costs no bytes; beyond, the
+        # segment is stretched into free space.
+        steps = list(range(tr.window[1] + 1, _spill_limit(plan, tr, own) + 1))
         return [_with(plan, i, replace(tr, issue=tr.step, complete=c), seg_index,
-                      replace(own, last=c)) for c in ends]
+                      replace(own, last=max(own.last, c))) for c in _thin(steps)]
     limit = _fetch_limit(plan, tr, own)
     steps = list(range(own.first - 1, limit - 1, -1))  # earliest last: try nearer first
     return [_with(plan, i, replace(tr, issue=s, complete=tr.step), seg_index,

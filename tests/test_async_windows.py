@@ -79,3 +79,16 @@ def test_zoo_unets_with_tinyseg_plans(name):
             [(t.kind, t.tensor, t.step) for t in plan.transfers]
         blocking = end_to_end(info.graph, without_windows(out), prof).total_seconds
         assert end_to_end(info.graph, out, prof).total_seconds <= blocking + 1e-12
+
+
+def test_spill_window_first_uses_the_source_segment_it_already_has():
+    # a spilled at its creation (step 1) but resident to step 2 for conv m: completing by
+    # step 2 costs no bytes, so the spill's 1 ms hides behind conv m.
+    g, prof = skip_graph(), profile()
+    plan = layout([*BASE, (A, 1, 2), (A, 4, 4)], transfers=(spill(A, 1), fetch(A, 4)))
+    assert check(g, plan, CAP) == []
+    out = with_windows(g, plan, prof)
+    assert check(g, out, CAP) == []
+    spill_t = next(t for t in out.transfers if t.kind == "spill")
+    assert spill_t.window == (1, 2) and out.segments == plan.segments  # narrowest that hides
+    assert end_to_end(g, out, prof).total_seconds < end_to_end(g, plan, prof).total_seconds
