@@ -232,7 +232,10 @@ def _member(q: _Quant, graph: Graph, op: Op, view: Mapping[int, int]) -> Member:
 def _activation_view(graph: Graph, t: int, mode: int, rows_held: int | None,
                      address: int = 0) -> View:
     h, w, c = _hwc(graph, t, "view tensor")
-    held = h if rows_held is None else max(1, min(h, rows_held))
+    if rows_held is not None and rows_held < 1:
+        raise PlannerError(f"group program: tensor {t} '{graph.tensors[t].name}' would be "
+                           f"held in {rows_held} rows; a view holds at least one")
+    held = h if rows_held is None else min(h, rows_held)
     return View(mode, h, w * c, held, address)
 
 
@@ -276,7 +279,7 @@ def _line_rows(graph: Graph, entries: Sequence[Sequence[int]], t: int, what: str
     for tid, line_bytes in entries:
         if int(tid) == t:
             h, w, c = _hwc(graph, t, what)
-            return max(1, min(h, int(line_bytes) // (w * c)))
+            return int(line_bytes) // (w * c)  # _activation_view refuses 0 rows
     raise PlannerError(f"group program: the plan {what}s tensor {t}, the group op does not "
                        f"list it in attrs['{what}']")
 

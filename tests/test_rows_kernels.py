@@ -16,6 +16,7 @@ from one_op_models import one_op_model, reference
 from row_op_models import binary_model, concat_model, pool_model, reference_n
 
 from backends import ckernels, crows, group_program
+from planner.errors import PlannerError
 
 pytest.importorskip("ai_edge_litert")
 pytestmark = pytest.mark.skipif(crows.available() is not None, reason=str(crows.available()))
@@ -218,3 +219,243 @@ def test_add_row_differs_from_a_wrong_multiplier():
     base = crows.add_row(a, b, p)
     p[4] //= 2
     assert not np.array_equal(base, crows.add_row(a, b, p))
+
+
+# -- whole groups through tp_group_run -------------------------------------------------------
+
+def _last_row(graph, op, t: int, r: int) -> int:
+    """The last row of input tensor t that output row r of op reads (as tp_rows.c)."""
+    h = graph.tensors[t].shape[1]
+    oh = graph.tensors[op.outputs[0]].shape[1]
+    k = op.attrs.get("kernel", (1, 1))[0]
+    s = op.attrs.get("strides", (1, 1))[0]
+    if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"):
+        pt = group_program.same_padding(h, oh, k, s) if op.attrs.get("padding") == "same" else 0
+        return min(h - 1, r * s - pt + k - 1)
+    if op.op_type == "TRANSPOSE_CONV":
+        pt = group_program.tconv_padding(oh, k, s, op.attrs.get("padding") == "same")
+        return min(h - 1, (r + pt) // s)
+    return r
+
+
+def _row_inputs(op) -> list[int]:
+    if op.op_type == "TRANSPOSE_CONV":
+        return [op.inputs[2]]
+    if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        return [op.inputs[0]]
+    return list(op.inputs)
+
+
+def local_group(graph, ops: tuple[int, ...]):
+    """A StreamGroup for consecutive `ops`: a demand-driven schedule (each sink's rows in
+    order, producers' rows computed just before they are first needed) and the least ring
+    per internal tensor under it (what planner/streaming.py derives; a test stand-in)."""
+    from planner.plan import StreamGroup
+
+    members = [graph.ops[i] for i in ops]
+    made = {op.outputs[0]: pos for pos, op in enumerate(members)}
+    used_in = {t for op in members for t in op.inputs}
+    consumers = graph.consumers()
+    outside = {t for t in made if t in graph.outputs or
+               any(c not in ops for c in consumers.get(t, []))}
+    done = [0] * len(members)
+    schedule: list[tuple[int, int]] = []
+    newest: dict[int, int] = {}
+    span: dict[int, int] = {}
+
+    def compute(pos: int, r: int) -> None:
+        op = members[pos]
+        for t in _row_inputs(op):
+            if t in made:
+                while done[made[t]] <= _last_row(graph, op, t, r):
+                    compute(made[t], done[made[t]])
+        for t in _row_inputs(op):  # every row read is still held: ring >= newest - read + 1
+            if t in made:
+                lo = r if op.op_type in ("ADD", "MUL", "CONCATENATION") else 0
+                first = lo
+                if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D",
+                                  "AVERAGE_POOL_2D", "TRANSPOSE_CONV"):
+                    first = _first_row(graph, op, t, r)
+                if first <= _last_row(graph, op, t, r):
+                    span[t] = max(span.get(t, 1), newest[t] - first + 1)
+        schedule.append((pos, r))
+        newest[op.outputs[0]] = r
+        done[pos] += 1
+
+    sinks = [pos for pos, op in enumerate(members) if op.outputs[0] not in used_in]
+    # Sinks first, then rows nobody reads (a VALID pool's last input row): every row once.
+    for pos in [*sinks, *range(len(members))]:
+        while done[pos] < graph.tensors[members[pos].outputs[0]].shape[1]:
+            compute(pos, done[pos])
+    rings = tuple((t, span.get(t, 1)) for t in made if t not in outside)
+    return StreamGroup(ops=tuple(ops), rings=rings, schedule=tuple(schedule))
+
+
+def _first_row(graph, op, t: int, r: int) -> int:
+    h = graph.tensors[t].shape[1]
+    oh = graph.tensors[op.outputs[0]].shape[1]
+    k = op.attrs.get("kernel", (1, 1))[0]
+    s = op.attrs.get("strides", (1, 1))[0]
+    if op.op_type == "TRANSPOSE_CONV":
+        pt = group_program.tconv_padding(oh, k, s, op.attrs.get("padding") == "same")
+        return max(0, -(-(r + pt - k + 1) // s))
+    pt = group_program.same_padding(h, oh, k, s) if op.attrs.get("padding") == "same" else 0
+    return max(0, r * s - pt)
+
+
+def _views(graph, group):
+    """The group op's views as apply_groups lists them: external inputs in order of first
+    read, external outputs in order of production."""
+    made = {graph.ops[i].outputs[0] for i in group.ops}
+    ring_ts = {t for t, _ in group.rings}
+    inputs = list(dict.fromkeys(t for i in group.ops for t in graph.ops[i].inputs
+                                if t >= 0 and t not in made))
+    outputs = [graph.ops[i].outputs[0] for i in group.ops
+               if graph.ops[i].outputs[0] not in ring_ts]
+    return inputs, outputs
+
+
+class Model:
+    """A built .tflite: its graph, constants and every tensor of a reference run."""
+
+    def __init__(self, data: bytes, seed: int = 0):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        from backends.tflite_io import read_model
+        from frontends.tflite_frontend import parse_tflite
+
+        self.data = data
+        self.graph = parse_tflite(data)
+        self.fbm = read_model(data)
+        it = Interpreter(model_content=data, experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+        it.allocate_tensors()
+        rng = np.random.default_rng(seed)
+        for d in it.get_input_details():
+            it.set_tensor(d["index"], rng.integers(-128, 128, d["shape"]).astype(np.int8))
+        it.invoke()
+        self.values = {}
+        for t in range(len(self.graph.tensors)):
+            try:
+                self.values[t] = np.array(it.get_tensor(t), copy=True)
+            except ValueError:
+                pass
+
+    def const(self, t: int) -> np.ndarray:
+        buf = self.fbm.buffers[self.fbm.subgraphs[0].tensors[t].buffer]
+        return np.array(bytearray(buf.data), dtype=np.uint8)
+
+    def bases(self, program, inputs, outputs, skip=()):
+        """Buffers per view: inputs hold their reference bytes (constants their data),
+        outputs and rings hold rows_held rows."""
+        views = group_program.views_of(program)
+        out = []
+        for v, view in enumerate(views):
+            t = (list(inputs) + list(outputs))[v] if v < len(inputs) + len(outputs) else None
+            size = view.rows_held * view.row_bytes
+            if t is not None and v < len(inputs) and t not in skip:
+                if self.graph.tensors[t].role.value == "constant":
+                    out.append(self.const(t).copy())
+                else:
+                    out.append(np.ascontiguousarray(self.values[t]).view(np.uint8).ravel()
+                               .copy())
+            else:
+                out.append(np.full(size, 0x5A, dtype=np.uint8))
+            assert out[-1].size >= size
+        return out
+
+
+def _chain1() -> Model:
+    from benchmarks.models.tflite_builder import ACT_NONE, Builder
+
+    b = Builder("rows_chain1", seed=11)
+    x = b.input("x", (1, 13, 10, 3))
+    c1 = b.conv2d(x, 8, k=3, name="c1")
+    c2 = b.conv2d(c1, 6, k=3, stride=2, act=ACT_NONE, name="c2")
+    b.output(b.max_pool(c2, 2, 2, name="p"))
+    return Model(b.finish())
+
+
+def _chain2() -> Model:
+    from benchmarks.models.tflite_builder import Builder
+
+    b = Builder("rows_chain2", seed=12)
+    x = b.input("x", (1, 8, 10, 3))
+    e = b.conv2d(x, 8, k=3, name="e")
+    d = b.max_pool(e, 2, 2, name="d")
+    u = b.transpose_conv(d, 8, k=2, stride=2, name="u")
+    cat = b.concat([u, e], name="cat")
+    b.output(b.conv2d(cat, 8, k=3, name="y"))
+    return Model(b.finish())
+
+
+@pytest.fixture(scope="module")
+def chain1() -> Model:
+    return _chain1()
+
+
+@pytest.fixture(scope="module")
+def chain2() -> Model:
+    return _chain2()
+
+
+def _run(m: Model, group, **kw):
+    inputs, outputs = _views(m.graph, group)
+    prog = group_program.encode_group(m.data, m.graph, group, inputs, outputs)
+    bases = m.bases(prog, inputs, outputs)
+    rc = crows.group_return_code(prog, bases, **kw)
+    return rc, {t: bases[len(inputs) + i] for i, t in enumerate(outputs)}
+
+
+def test_conv_conv_pool_chain_with_exact_rings(chain1):
+    g = local_group(chain1.graph, (0, 1, 2))
+    assert sorted(r for _, r in g.rings) == [2, 3]  # far below the 13 and 7 rows
+    rc, outs = _run(chain1, g, poison=0xA5)
+    assert rc == 0
+    (t, got), = outs.items()
+    want = chain1.values[t]
+    np.testing.assert_array_equal(got.view(np.int8).reshape(want.shape), want)
+    assert len(np.unique(want)) > 10
+
+
+@pytest.mark.parametrize("name,ops", [("chain1", (0, 1, 2)), ("chain2", (2, 3, 4)),
+                                      ("chain2", (0, 1, 2, 3, 4))])
+def test_ring_one_row_short_gives_wrong_numbers(request, name, ops):
+    """Every ring at its least size works (the tests above); each one row short, with
+    poisoning, gives wrong numbers: the rings are exact, and the runner really reads them."""
+    chain1 = request.getfixturevalue(name)
+    g = local_group(chain1.graph, ops)
+    assert _run(chain1, g, poison=0xA5)[0] == 0
+    for i, (t, rows) in enumerate(g.rings):
+        rings = list(g.rings)
+        rings[i] = (t, rows - 1)
+        short = type(g)(ops=g.ops, rings=tuple(rings), schedule=g.schedule)
+        if rows == 1:  # a ring of no rows is refused, not run
+            with pytest.raises(PlannerError, match="held in 0 rows"):
+                _run(chain1, short)
+            continue
+        rc, outs = _run(chain1, short, poison=0xA5)
+        assert rc == 0
+        (o, got), = outs.items()
+        assert not np.array_equal(got.view(np.int8).reshape(chain1.values[o].shape),
+                                  chain1.values[o]), f"ring of tensor {t} one row short"
+
+
+def test_upconv_concat_conv_chain(chain2):
+    g = local_group(chain2.graph, (2, 3, 4))
+    assert {chain2.graph.tensors[t].name for t, _ in g.rings} == {"u", "cat"}
+    rc, outs = _run(chain2, g, poison=0x33)
+    assert rc == 0
+    (t, got), = outs.items()
+    np.testing.assert_array_equal(got.view(np.int8).reshape(chain2.values[t].shape),
+                                  chain2.values[t])
+
+
+def test_whole_unet_tail_chain_from_the_first_conv(chain2):
+    """Every op of the model in one group: e is both internal (pool) and read by concat."""
+    g = local_group(chain2.graph, (0, 1, 2, 3, 4))
+    rc, outs = _run(chain2, g, poison=0x80)
+    assert rc == 0
+    (t, got), = outs.items()
+    np.testing.assert_array_equal(got.view(np.int8).reshape(chain2.values[t].shape),
+                                  chain2.values[t])
