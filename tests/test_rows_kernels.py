@@ -459,3 +459,259 @@ def test_whole_unet_tail_chain_from_the_first_conv(chain2):
     (t, got), = outs.items()
     np.testing.assert_array_equal(got.view(np.int8).reshape(chain2.values[t].shape),
                                   chain2.values[t])
+
+
+# -- stream_in and spill_rows through Python callbacks ----------------------------------------
+
+def held_rows(graph, group, t: int) -> int:
+    """Rows of external input t a line buffer holds under the group's schedule: rows are
+    read on first need, in order, and every row read must still be there."""
+    loaded, span = -1, 1
+    for pos, r in group.schedule:
+        op = graph.ops[group.ops[pos]]
+        if t not in _row_inputs(op):
+            continue
+        hi = _last_row(graph, op, t, r)
+        lo = r if op.op_type in ("ADD", "MUL", "CONCATENATION") else _first_row(graph, op, t, r)
+        loaded = max(loaded, hi)
+        if lo <= hi:
+            span = max(span, loaded - lo + 1)
+    return span
+
+
+class Storage:
+    def __init__(self, nbytes: int = 1 << 16):
+        self.data = bytearray(nbytes)
+        self.reads: list[tuple[int, int]] = []
+        self.writes: list[tuple[int, int]] = []
+
+    def read(self, address: int, nbytes: int) -> bytes:
+        self.reads.append((address, nbytes))
+        if address + nbytes > len(self.data):
+            raise IndexError(f"read past the storage at {address}")
+        return bytes(self.data[address:address + nbytes])
+
+    def write(self, address: int, data: bytes) -> None:
+        self.writes.append((address, len(data)))
+        if address + len(data) > len(self.data):
+            raise IndexError(f"write past the storage at {address}")
+        self.data[address:address + len(data)] = data
+
+
+def test_stream_in_and_spill_rows_give_identical_results(chain2):
+    m = chain2
+    g = local_group(m.graph, (1, 2, 3, 4))  # the pool and the concat both read e
+    inputs, outputs = _views(m.graph, g)
+    e = next(t for t in inputs if m.graph.tensors[t].name == "e")
+    (y,) = outputs
+    rows = held_rows(m.graph, g, e)
+    assert rows == 2
+    st_ = Storage()
+    e_bytes = m.values[e].tobytes()
+    st_.data[4096:4096 + len(e_bytes)] = e_bytes
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={e: (rows, 4096)}, spill_rows={y: (1, 256)})
+    bases = m.bases(prog, inputs, outputs, skip={e})
+    assert bases[inputs.index(e)].size == rows * m.graph.tensors[e].shape[2] * 8
+    crows.run_group(prog, bases, st_.read, st_.write, poison=0x77)
+    row_e = len(e_bytes) // m.graph.tensors[e].shape[1]
+    assert st_.reads == [(4096 + r * row_e, row_e) for r in range(m.graph.tensors[e].shape[1])]
+    y_bytes = m.values[y].tobytes()
+    row_y = len(y_bytes) // m.graph.tensors[y].shape[1]
+    assert st_.writes == [(256 + r * row_y, row_y) for r in range(m.graph.tensors[y].shape[1])]
+    assert bytes(st_.data[256:256 + len(y_bytes)]) == y_bytes
+    # One row less of line buffer for e: the pool's band no longer fits.
+    short = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                       stream_in={e: (rows - 1, 4096)}, spill_rows={y: (1, 256)})
+    st2 = Storage()
+    st2.data[:] = st_.data
+    st2.data[256:256 + len(y_bytes)] = bytes(len(y_bytes))
+    crows.run_group(short, m.bases(short, inputs, outputs, skip={e}), st2.read, st2.write,
+                    poison=0x77)
+    assert bytes(st2.data[256:256 + len(y_bytes)]) != y_bytes
+
+
+def test_spill_rows_of_a_tensor_also_read_inside(chain2):
+    """e is spilled row by row while the pool and the concat still read it from its line."""
+    m = chain2
+    g = local_group(m.graph, (0, 1, 2, 3, 4))
+    ring = dict(g.rings)
+    e = next(t for t in ring if m.graph.tensors[t].name == "e")
+    spilled = type(g)(ops=g.ops, rings=tuple((t, r) for t, r in g.rings if t != e),
+                      schedule=g.schedule)
+    inputs, _ = _views(m.graph, g)
+    y = m.graph.ops[4].outputs[0]
+    outputs = [e, y]  # production order
+    st_ = Storage()
+    prog = group_program.encode_group(m.data, m.graph, spilled, inputs, outputs,
+                                      spill_rows={e: (ring[e], 8192)})
+    bases = m.bases(prog, inputs, outputs)
+    crows.run_group(prog, bases, None, st_.write, poison=0x11)
+    e_bytes = m.values[e].tobytes()
+    assert bytes(st_.data[8192:8192 + len(e_bytes)]) == e_bytes
+    np.testing.assert_array_equal(bases[len(inputs) + 1].view(np.int8),
+                                  m.values[y].ravel())
+    # Without a write callback the runner refuses instead of dropping rows.
+    rc = crows.group_return_code(prog, m.bases(prog, inputs, outputs))
+    assert rc == crows.TP_EIO_CALLBACK
+
+
+def test_a_failing_callback_stops_the_run(chain2):
+    m = chain2
+    g = local_group(m.graph, (2, 3, 4))
+    inputs, outputs = _views(m.graph, g)
+    e = next(t for t in inputs if m.graph.tensors[t].name == "e")
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={e: (1, 1 << 20)})
+    with pytest.raises(IndexError, match="read past the storage"):
+        crows.run_group(prog, m.bases(prog, inputs, outputs, skip={e}), Storage().read)
+
+
+# -- encode(): the group op of a planned graph --------------------------------------------------
+
+def local_planned(source, groups):
+    """The planned graph of the spec (streaming.apply_groups): each group one
+    STREAMED_GROUP op, its rings appended as scratch tensors. A test stand-in."""
+    import dataclasses
+
+    from planner.ir import Graph, Op, OpKind, Role, Tensor
+
+    tensors = list(source.tensors)
+    ops = []
+    first = {g.ops[0]: (i, g) for i, g in enumerate(groups)}
+    inside = {o for g in groups for o in g.ops}
+    for op in source.ops:
+        if op.index in first:
+            gi, g = first[op.index]
+            inputs, outputs = _views(source, g)
+            scratch = []
+            for t, rows in g.rings:
+                src = source.tensors[t]
+                shape = (rows, *src.shape[2:])
+                tensors.append(Tensor(len(tensors), f"{src.name}/ring", shape, src.dtype,
+                                      int(np.prod(shape)), Role.SCRATCH))
+                scratch.append(len(tensors) - 1)
+            ops.append(Op(len(ops), f"group{gi}", "TINYPLAN_STREAMED_GROUP",
+                          OpKind.STREAMED_GROUP, tuple(inputs), tuple(outputs), tuple(scratch),
+                          {"kernel": "tinyplan_group", "group": gi, "members": list(g.ops),
+                           "stream_in": [], "spill_rows": []}))
+        elif op.index not in inside:
+            ops.append(dataclasses.replace(op, index=len(ops)))
+    return Graph(source.name, source.source_format, tuple(tensors), tuple(ops), source.inputs,
+                 source.outputs, source.layout, source=source)
+
+
+def test_encode_reads_modes_from_the_plan(chain2):
+    import dataclasses
+
+    from planner.plan import Plan, Transfer
+
+    m = chain2
+    g = local_group(m.graph, (2, 3, 4))
+    planned = local_planned(m.graph, [g])
+    op_index = 2
+    op = planned.ops[op_index]
+    e = next(t for t in op.inputs if m.graph.tensors[t].name == "e")
+    (y,) = op.outputs
+    row_e = m.values[e].nbytes // m.graph.tensors[e].shape[1]
+    row_y = m.values[y].nbytes // m.graph.tensors[y].shape[1]
+    attrs = dict(op.attrs, stream_in=[[e, 16 * -(-row_e // 16)]],
+                 spill_rows=[[y, 16 * -(-row_y // 16)]])
+    planned = dataclasses.replace(planned, ops=(*planned.ops[:2],
+                                                dataclasses.replace(op, attrs=attrs)))
+    plan = Plan(model="rows_chain2", planner="test", num_steps=4, peak_bytes=0, segments=(),
+                transfers=(Transfer("stream", e, 3, "flash", m.values[e].nbytes, 4096),
+                           Transfer("spill_rows", y, 3, "flash", m.values[y].nbytes, 0)),
+                stream_groups=(g,))
+    got = group_program.encode(m.data, planned, plan, op_index)
+    inputs, outputs = list(op.inputs), list(op.outputs)
+    want = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={e: (1, 4096)}, spill_rows={y: (1, 0)})
+    np.testing.assert_array_equal(got, want)
+    modes = [v.mode for v in group_program.views_of(got)]
+    assert modes[inputs.index(e)] == group_program.STREAM_IN
+    assert modes[len(inputs)] == group_program.SPILL_ROWS
+    assert modes[len(inputs) + 1:] == [group_program.RING] * len(g.rings)
+    # Without the plan's transfers every external view is whole.
+    whole = group_program.encode(m.data, planned, dataclasses.replace(plan, transfers=()),
+                                 op_index)
+    assert {v.mode for v in group_program.views_of(whole)[:len(inputs) + 1]} == \
+        {group_program.WHOLE}
+    st_ = Storage()
+    st_.data[4096:4096 + m.values[e].nbytes] = m.values[e].tobytes()
+    crows.run_group(got, m.bases(got, inputs, outputs, skip={e}), st_.read, st_.write, 0x42)
+    assert bytes(st_.data[:m.values[y].nbytes]) == m.values[y].tobytes()
+    with pytest.raises(PlannerError, match="no streamed group"):
+        group_program.encode(m.data, planned, plan, 0)
+
+
+# -- bad programs ------------------------------------------------------------------------------
+
+def _full_bases(prog):
+    """Buffers of each view's whole tensor: a fuzzed program that passes validation
+    still stays inside them."""
+    return [np.zeros(v.height * v.row_bytes + 64, np.uint8)
+            for v in group_program.views_of(prog)]
+
+
+def test_corrupted_programs_return_error_codes(chain1):
+    m = chain1
+    g = local_group(m.graph, (0, 1, 2))
+    inputs, outputs = _views(m.graph, g)
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs)
+    assert crows.check_program(prog) == 0
+    n_views = int(prog[2])
+    sched = len(prog) - 2 * int(prog[4])
+
+    def code(mutate) -> int:
+        bad = prog.copy()
+        mutate(bad)
+        return crows.group_return_code(bad, _full_bases(prog))
+
+    assert code(lambda p: p.__setitem__(0, 0)) == crows.TP_EPROGRAM           # magic
+    assert code(lambda p: p.__setitem__(5, len(p) + 1)) == crows.TP_EPROGRAM  # length
+    assert code(lambda p: p.__setitem__(2, crows.MAX_VIEWS + 1)) == crows.TP_EPROGRAM
+    assert code(lambda p: p.__setitem__(6 + 5 * 0 + 3, 0)) == crows.TP_EPROGRAM  # rows held
+    first_op = 6 + 5 * n_views
+    assert code(lambda p: p.__setitem__(first_op + 3, n_views)) == crows.TP_EPROGRAM  # view
+    assert code(lambda p: p.__setitem__(first_op, 99)) == crows.TP_EPROGRAM  # kind
+    assert code(lambda p: p.__setitem__(sched + 1, 1)) == crows.TP_ESCHEDULE  # row skipped
+    assert code(lambda p: p.__setitem__(sched, 7)) == crows.TP_ESCHEDULE  # no such op
+    short = np.concatenate([prog[:-2]])
+    short[4] -= 1
+    short[5] -= 2
+    assert crows.group_return_code(short, _full_bases(prog)) == crows.TP_ESCHEDULE  # row missing
+    assert crows.group_return_code(prog[:3], []) == crows.TP_EPROGRAM
+    with pytest.raises(crows.CRowsError, match="TP_EPROGRAM"):
+        crows.run_group(prog[:-1], _full_bases(prog))
+
+
+def test_fuzzed_programs_never_crash(chain2):
+    """Random word changes and cuts: each run returns 0 or an error code, inside the
+    buffers (no crash, no write outside: guard bytes stay)."""
+    m = chain2
+    g = local_group(m.graph, (2, 3, 4))
+    inputs, outputs = _views(m.graph, g)
+    e = next(t for t in inputs if m.graph.tensors[t].name == "e")
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={e: (1, 64)}, spill_rows={outputs[0]: (1, 0)})
+    rng = np.random.default_rng(5)
+    codes = set()
+    storage = Storage(1 << 20)
+    for i in range(300):
+        bad = prog.copy()
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(0, len(bad)))
+            bad[at] = rng.choice([0, -1, 1, int(bad[at]) + int(rng.integers(-3, 4)),
+                                  int(rng.integers(-2**31, 2**31 - 1))])
+        if i % 10 == 0:
+            bad = bad[:int(rng.integers(0, len(bad)))]
+        bases = _full_bases(prog)
+        for b in bases:
+            b[-64:] = 0xEE
+        try:
+            codes.add(crows.group_return_code(bad, bases, storage.read, storage.write, 0x55))
+        except IndexError:  # a fuzzed storage address past the test storage
+            codes.add("callback")
+        assert all((b[-64:] == 0xEE).all() for b in bases)
+    assert crows.TP_EPROGRAM in codes and len(codes) >= 2
