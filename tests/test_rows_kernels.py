@@ -16,7 +16,9 @@ from one_op_models import one_op_model, reference
 from row_op_models import binary_model, concat_model, pool_model, reference_n
 
 from backends import ckernels, crows, group_program
+from planner import kernels, streaming
 from planner.errors import PlannerError
+from planner.ir import OpKind
 
 pytest.importorskip("ai_edge_litert")
 pytestmark = pytest.mark.skipif(crows.available() is not None, reason=str(crows.available()))
@@ -223,96 +225,17 @@ def test_add_row_differs_from_a_wrong_multiplier():
 
 # -- whole groups through tp_group_run -------------------------------------------------------
 
-def _last_row(graph, op, t: int, r: int) -> int:
-    """The last row of input tensor t that output row r of op reads (as tp_rows.c)."""
-    h = graph.tensors[t].shape[1]
-    oh = graph.tensors[op.outputs[0]].shape[1]
-    k = op.attrs.get("kernel", (1, 1))[0]
-    s = op.attrs.get("strides", (1, 1))[0]
-    if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"):
-        pt = group_program.same_padding(h, oh, k, s) if op.attrs.get("padding") == "same" else 0
-        return min(h - 1, r * s - pt + k - 1)
-    if op.op_type == "TRANSPOSE_CONV":
-        pt = group_program.tconv_padding(oh, k, s, op.attrs.get("padding") == "same")
-        return min(h - 1, (r + pt) // s)
-    return r
-
-
-def _row_inputs(op) -> list[int]:
-    if op.op_type == "TRANSPOSE_CONV":
-        return [op.inputs[2]]
-    if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        return [op.inputs[0]]
-    return list(op.inputs)
-
-
 def local_group(graph, ops: tuple[int, ...]):
-    """A StreamGroup for consecutive `ops`: a demand-driven schedule (each sink's rows in
-    order, producers' rows computed just before they are first needed) and the least ring
-    per internal tensor under it (what planner/streaming.py derives; a test stand-in)."""
-    from planner.plan import StreamGroup
-
-    members = [graph.ops[i] for i in ops]
-    made = {op.outputs[0]: pos for pos, op in enumerate(members)}
-    used_in = {t for op in members for t in op.inputs}
-    consumers = graph.consumers()
-    outside = {t for t in made if t in graph.outputs or
-               any(c not in ops for c in consumers.get(t, []))}
-    done = [0] * len(members)
-    schedule: list[tuple[int, int]] = []
-    newest: dict[int, int] = {}
-    span: dict[int, int] = {}
-
-    def compute(pos: int, r: int) -> None:
-        op = members[pos]
-        for t in _row_inputs(op):
-            if t in made:
-                while done[made[t]] <= _last_row(graph, op, t, r):
-                    compute(made[t], done[made[t]])
-        for t in _row_inputs(op):  # every row read is still held: ring >= newest - read + 1
-            if t in made:
-                lo = r if op.op_type in ("ADD", "MUL", "CONCATENATION") else 0
-                first = lo
-                if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D",
-                                  "AVERAGE_POOL_2D", "TRANSPOSE_CONV"):
-                    first = _first_row(graph, op, t, r)
-                if first <= _last_row(graph, op, t, r):
-                    span[t] = max(span.get(t, 1), newest[t] - first + 1)
-        schedule.append((pos, r))
-        newest[op.outputs[0]] = r
-        done[pos] += 1
-
-    sinks = [pos for pos, op in enumerate(members) if op.outputs[0] not in used_in]
-    # Sinks first, then rows nobody reads (a VALID pool's last input row): every row once.
-    for pos in [*sinks, *range(len(members))]:
-        while done[pos] < graph.tensors[members[pos].outputs[0]].shape[1]:
-            compute(pos, done[pos])
-    rings = tuple((t, span.get(t, 1)) for t in made if t not in outside)
-    return StreamGroup(ops=tuple(ops), rings=rings, schedule=tuple(schedule))
-
-
-def _first_row(graph, op, t: int, r: int) -> int:
-    h = graph.tensors[t].shape[1]
-    oh = graph.tensors[op.outputs[0]].shape[1]
-    k = op.attrs.get("kernel", (1, 1))[0]
-    s = op.attrs.get("strides", (1, 1))[0]
-    if op.op_type == "TRANSPOSE_CONV":
-        pt = group_program.tconv_padding(oh, k, s, op.attrs.get("padding") == "same")
-        return max(0, -(-(r + pt - k + 1) // s))
-    pt = group_program.same_padding(h, oh, k, s) if op.attrs.get("padding") == "same" else 0
-    return max(0, r * s - pt)
+    """The group of consecutive `ops` as planner/streaming.py schedules it (demand-driven
+    schedule, least rings)."""
+    return streaming.schedule_group(graph, ops)
 
 
 def _views(graph, group):
-    """The group op's views as apply_groups lists them: external inputs in order of first
-    read, external outputs in order of production."""
-    made = {graph.ops[i].outputs[0] for i in group.ops}
-    ring_ts = {t for t, _ in group.rings}
-    inputs = list(dict.fromkeys(t for i in group.ops for t in graph.ops[i].inputs
-                                if t >= 0 and t not in made))
-    outputs = [graph.ops[i].outputs[0] for i in group.ops
-               if graph.ops[i].outputs[0] not in ring_ts]
-    return inputs, outputs
+    """The group op's views as apply_groups lists them: its inputs and outputs."""
+    planned = streaming.apply_groups(graph, [group])
+    (op,) = [o for o in planned.ops if o.kind == OpKind.STREAMED_GROUP]
+    return list(op.inputs), list(op.outputs)
 
 
 class Model:
@@ -325,7 +248,11 @@ class Model:
         from frontends.tflite_frontend import parse_tflite
 
         self.data = data
-        self.graph = parse_tflite(data)
+        graph = parse_tflite(data)
+        # TRANSPOSE_CONVs on the row kernel, as kernels.apply_kernels puts them.
+        self.graph = kernels.with_op_kernels(graph, [(op.index, kernels.ROWS_KERNEL)
+                                                     for op in graph.ops
+                                                     if op.op_type == "TRANSPOSE_CONV"])
         self.fbm = read_model(data)
         it = Interpreter(model_content=data, experimental_preserve_all_tensors=True,
                          experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
@@ -425,11 +352,13 @@ def test_ring_one_row_short_gives_wrong_numbers(request, name, ops):
     poisoning, gives wrong numbers: the rings are exact, and the runner really reads them."""
     chain1 = request.getfixturevalue(name)
     g = local_group(chain1.graph, ops)
+    assert streaming.verify_schedule(chain1.graph, g) == []
     assert _run(chain1, g, poison=0xA5)[0] == 0
     for i, (t, rows) in enumerate(g.rings):
         rings = list(g.rings)
         rings[i] = (t, rows - 1)
         short = type(g)(ops=g.ops, rings=tuple(rings), schedule=g.schedule)
+        assert streaming.verify_schedule(chain1.graph, short), "the checker agrees"
         if rows == 1:  # a ring of no rows is refused, not run
             with pytest.raises(PlannerError, match="held in 0 rows"):
                 _run(chain1, short)
@@ -464,19 +393,8 @@ def test_whole_unet_tail_chain_from_the_first_conv(chain2):
 # -- stream_in and spill_rows through Python callbacks ----------------------------------------
 
 def held_rows(graph, group, t: int) -> int:
-    """Rows of external input t a line buffer holds under the group's schedule: rows are
-    read on first need, in order, and every row read must still be there."""
-    loaded, span = -1, 1
-    for pos, r in group.schedule:
-        op = graph.ops[group.ops[pos]]
-        if t not in _row_inputs(op):
-            continue
-        hi = _last_row(graph, op, t, r)
-        lo = r if op.op_type in ("ADD", "MUL", "CONCATENATION") else _first_row(graph, op, t, r)
-        loaded = max(loaded, hi)
-        if lo <= hi:
-            span = max(span, loaded - lo + 1)
-    return span
+    """Rows of external input t its line buffer holds under the schedule."""
+    return streaming.held_rows(graph, group)[t]
 
 
 class Storage:
@@ -570,35 +488,7 @@ def test_a_failing_callback_stops_the_run(chain2):
 # -- encode(): the group op of a planned graph --------------------------------------------------
 
 def local_planned(source, groups):
-    """The planned graph of the spec (streaming.apply_groups): each group one
-    STREAMED_GROUP op, its rings appended as scratch tensors. A test stand-in."""
-    import dataclasses
-
-    from planner.ir import Graph, Op, OpKind, Role, Tensor
-
-    tensors = list(source.tensors)
-    ops = []
-    first = {g.ops[0]: (i, g) for i, g in enumerate(groups)}
-    inside = {o for g in groups for o in g.ops}
-    for op in source.ops:
-        if op.index in first:
-            gi, g = first[op.index]
-            inputs, outputs = _views(source, g)
-            scratch = []
-            for t, rows in g.rings:
-                src = source.tensors[t]
-                shape = (rows, *src.shape[2:])
-                tensors.append(Tensor(len(tensors), f"{src.name}/ring", shape, src.dtype,
-                                      int(np.prod(shape)), Role.SCRATCH))
-                scratch.append(len(tensors) - 1)
-            ops.append(Op(len(ops), f"group{gi}", "TINYPLAN_STREAMED_GROUP",
-                          OpKind.STREAMED_GROUP, tuple(inputs), tuple(outputs), tuple(scratch),
-                          {"kernel": "tinyplan_group", "group": gi, "members": list(g.ops),
-                           "stream_in": [], "spill_rows": []}))
-        elif op.index not in inside:
-            ops.append(dataclasses.replace(op, index=len(ops)))
-    return Graph(source.name, source.source_format, tuple(tensors), tuple(ops), source.inputs,
-                 source.outputs, source.layout, source=source)
+    return streaming.apply_groups(source, groups)
 
 
 def test_encode_reads_modes_from_the_plan(chain2):
