@@ -111,11 +111,7 @@ def library() -> ctypes.CDLL:
 
 def available() -> str | None:
     """None when the runner builds and loads here, else why not (one line)."""
-    try:
-        library()
-    except CKernelError as exc:
-        return str(exc)
-    return None
+    return ckernels.why_unavailable(library)
 
 
 def _check(rc: int, what: str) -> None:

@@ -164,35 +164,31 @@ def _member(q: _Quant, graph: Graph, op: Op, view: Mapping[int, int]) -> Member:
         raise PlannerError(f"group program: op {op.index} has padding '{padding}'")
     if tuple(op.attrs.get("dilations", (1, 1))) != (1, 1):
         raise PlannerError(f"group program: op {op.index} is dilated; rows need dilation 1")
-    if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        x, f = op.inputs[0], op.inputs[1]
-        b = op.inputs[2] if len(op.inputs) > 2 else -1
+    if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV"):
+        tconv = op.op_type == "TRANSPOSE_CONV"
+        # TFLite orders a transpose conv's inputs (output_shape, filter, input, bias).
+        f, x = (op.inputs[1], op.inputs[2]) if tconv else (op.inputs[1], op.inputs[0])
+        b_pos = 3 if tconv else 2
+        b = op.inputs[b_pos] if len(op.inputs) > b_pos else -1
         ih, iw, ic = _hwc(graph, x, f"op {op.index} input")
         fshape = graph.tensors[f].shape
         kh, kw = int(fshape[1]), int(fshape[2])
         si, zpi = q.one(graph, x)
         fscales, _ = q.of(graph, f)
         mult, shift = ckernels.per_channel_multipliers(si, fscales, so, oc)
-        pt = same_padding(ih, oh, kh, sh) if padding == "same" else 0
-        pl = same_padding(iw, ow, kw, sw) if padding == "same" else 0
+        requant = (*mult.tolist(), *shift.tolist())
+        same = padding == "same"
+        if tconv:
+            pt, pl = tconv_padding(oh, kh, sh, same), tconv_padding(ow, kw, sw, same)
+            params = (ih, iw, ic, oh, ow, oc, kh, kw, sh, sw, pt, pl, -zpi, zpo, lo, hi,
+                      *requant)
+            return Member(TCONV, (v(x), v(f), v(b)), v(out), params)
+        pt = same_padding(ih, oh, kh, sh) if same else 0
+        pl = same_padding(iw, ow, kw, sw) if same else 0
         depthwise = op.op_type == "DEPTHWISE_CONV_2D"
         params = (ih, iw, ic, oh, ow, oc, kh, kw, sh, sw, pt, pl, -zpi, zpo, lo, hi,
-                  0 if depthwise else int(fshape[3]), *mult.tolist(), *shift.tolist())
+                  0 if depthwise else int(fshape[3]), *requant)
         return Member(DEPTHWISE if depthwise else CONV, (v(x), v(f), v(b)), v(out), params)
-    if op.op_type == "TRANSPOSE_CONV":
-        f, x = op.inputs[1], op.inputs[2]
-        b = op.inputs[3] if len(op.inputs) > 3 else -1
-        ih, iw, ic = _hwc(graph, x, f"op {op.index} input")
-        fshape = graph.tensors[f].shape
-        kh, kw = int(fshape[1]), int(fshape[2])
-        si, zpi = q.one(graph, x)
-        fscales, _ = q.of(graph, f)
-        mult, shift = ckernels.per_channel_multipliers(si, fscales, so, oc)
-        same = padding == "same"
-        params = (ih, iw, ic, oh, ow, oc, kh, kw, sh, sw, tconv_padding(oh, kh, sh, same),
-                  tconv_padding(ow, kw, sw, same), -zpi, zpo, lo, hi, *mult.tolist(),
-                  *shift.tolist())
-        return Member(TCONV, (v(x), v(f), v(b)), v(out), params)
     if op.op_type in _POOL_KINDS:
         x = op.inputs[0]
         ih, iw, ic = _hwc(graph, x, f"op {op.index} input")
