@@ -38,11 +38,15 @@ int32_t tp_same_padding(int32_t in, int32_t out, int32_t k, int32_t stride, int3
 static int8_t requantize(int32_t acc, const int32_t *bias, const int32_t *multiplier,
                          const int32_t *shift, int32_t oc, int32_t output_offset,
                          int32_t act_min, int32_t act_max) {
-  if (bias != NULL) acc += bias[oc];
-  acc = tp_multiply_by_quantized_multiplier(acc, multiplier[oc], shift[oc]) + output_offset;
-  if (acc < act_min) acc = act_min;
-  if (acc > act_max) acc = act_max;
-  return (int8_t)acc;
+  int64_t v;
+  /* A bias that overflows the sum wraps, as the reference kernel's int32 does in practice
+   * (unsigned arithmetic: defined behaviour here). */
+  if (bias != NULL) acc = (int32_t)((uint32_t)acc + (uint32_t)bias[oc]);
+  v = (int64_t)tp_multiply_by_quantized_multiplier(acc, multiplier[oc], shift[oc]) +
+      output_offset;
+  if (v < act_min) v = act_min;
+  if (v > act_max) v = act_max;
+  return (int8_t)v;
 }
 
 /* Filter element (oc, ky, kx, c) with c relative to the group's first input channel:
