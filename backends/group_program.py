@@ -235,6 +235,31 @@ def _activation_view(graph: Graph, t: int, mode: int, rows_held: int | None,
     return View(mode, h, w * c, held, address)
 
 
+def with_stream_loads(source: Graph, group: StreamGroup,
+                      stream_views: Mapping[int, int]) -> list[tuple[int, int]]:
+    """The group's schedule with a load entry (-1 - view, row) just before the first member
+    row that reads each row of a stream_in tensor (tensor -> view): rows arrive exactly when
+    first needed, as the line sizes of planner/streaming.py assume; rows no band reads are
+    never read from storage."""
+    from planner import kernels, streaming
+
+    ops = [source.ops[i] for i in group.ops]
+    bands = [streaming.op_bands(source, op) for op in ops]
+    reads = [[t for t in kernels.row_inputs(source, op) if t in stream_views] for op in ops]
+    loaded: dict[int, set[int]] = {t: set() for t in stream_views}
+    out: list[tuple[int, int]] = []
+    for m, r in group.schedule:
+        if reads[m]:
+            lo, hi = bands[m][r]
+            for t in reads[m]:
+                for i in range(lo, hi + 1):
+                    if i not in loaded[t]:
+                        loaded[t].add(i)
+                        out.append((-1 - stream_views[t], i))
+        out.append((int(m), int(r)))
+    return out
+
+
 def encode_group(model: Any, source: Graph, group: StreamGroup, inputs: Sequence[int],
                  outputs: Sequence[int], stream_in: Mapping[int, tuple[int, int]] | None = None,
                  spill_rows: Mapping[int, tuple[int, int]] | None = None) -> np.ndarray:
@@ -262,13 +287,14 @@ def encode_group(model: Any, source: Graph, group: StreamGroup, inputs: Sequence
         views.append(_activation_view(source, t, RING, int(rows)))
         index[t] = len(views) - 1
     members = [_member(q, source, source.ops[i], index) for i in group.ops]
+    schedule = with_stream_loads(source, group, {t: index[t] for t in stream_in})
     from . import crows
 
     if len(views) > crows.MAX_VIEWS or len(members) > crows.MAX_OPS:
         raise PlannerError(f"group program: {len(views)} views / {len(members)} ops exceed "
                            f"TP_GROUP_MAX_VIEWS {crows.MAX_VIEWS} / TP_GROUP_MAX_OPS "
                            f"{crows.MAX_OPS}")
-    return program_words(views, members, group.schedule)
+    return program_words(views, members, schedule)
 
 
 def _line_rows(graph: Graph, entries: Sequence[Sequence[int]], t: int, what: str) -> int:

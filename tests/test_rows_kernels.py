@@ -605,3 +605,35 @@ def test_fuzzed_programs_never_crash(chain2):
             codes.add("callback")
         assert all((b[-64:] == 0xEE).all() for b in bases)
     assert crows.TP_EPROGRAM in codes and len(codes) >= 2
+
+
+def test_stream_in_reads_only_the_rows_a_band_reads():
+    """A 1x1 stride-2 conv reads rows 0, 2, 4, ... of its streamed input: the odd rows are
+    never read from storage, and one row of line buffer is enough."""
+    from benchmarks.models.tflite_builder import Builder
+
+    b = Builder("rows_skip", seed=13)
+    x = b.input("x", (1, 9, 6, 4))
+    s = b.conv2d(x, 4, k=1, stride=2, name="s")
+    b.output(b.conv2d(s, 5, k=3, name="y"))
+    m = Model(b.finish())
+    g = local_group(m.graph, (0, 1))
+    inputs, outputs = _views(m.graph, g)
+    t = m.graph.inputs[0]
+    rows = held_rows(m.graph, g, t)
+    assert rows == 1
+    st_ = Storage()
+    st_.data[1000:1000 + m.values[t].nbytes] = m.values[t].tobytes()
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={t: (rows, 1000)})
+    bases = m.bases(prog, inputs, outputs, skip={t})
+    crows.run_group(prog, bases, st_.read, None, poison=0xC3)
+    assert st_.reads == [(1000 + r * 24, 24) for r in range(0, 9, 2)]
+    (y,) = outputs
+    np.testing.assert_array_equal(bases[len(inputs)].view(np.int8), m.values[y].ravel())
+    # A load naming a view that is not streamed in is refused.
+    load = next(i for i in range(6 + 5 * int(prog[2]), len(prog), 2) if prog[i] < 0
+                and i >= len(prog) - 2 * int(prog[4]))
+    bad = prog.copy()
+    bad[load] = -1 - len(inputs)  # the output view
+    assert crows.group_return_code(bad, m.bases(prog, inputs, outputs)) == crows.TP_ESCHEDULE

@@ -426,7 +426,14 @@ static int check_program(const int32_t *w, int32_t words, group *g) {
     if (vw(g, i, V_MODE) == TP_VIEW_RING && producer[i] == -1) return TP_EPROGRAM;
   for (i = 0; i < g->n_steps; i++) {
     const int32_t op = g->sched[2 * i], row = g->sched[2 * i + 1];
-    if (op < 0 || op >= g->n_ops || row != done[op] || row >= out_h[op]) return TP_ESCHEDULE;
+    if (op < 0) { /* load row `row` of stream_in view -1 - op */
+      const int32_t v = -1 - op;
+      if (v >= g->n_views || vw(g, v, V_MODE) != TP_VIEW_STREAM_IN || row < 0 ||
+          row >= vw(g, v, V_HEIGHT))
+        return TP_ESCHEDULE;
+      continue;
+    }
+    if (op >= g->n_ops || row != done[op] || row >= out_h[op]) return TP_ESCHEDULE;
     done[op]++;
   }
   for (i = 0; i < g->n_ops; i++)
@@ -445,45 +452,15 @@ static uint8_t *slot(const group *g, uint8_t *const *bases, int32_t v, int32_t r
   return bases[v] + (size_t)(row % vw(g, v, V_ROWS_HELD)) * (size_t)vw(g, v, V_ROW_BYTES);
 }
 
-/* The last input row (of input k) output row r of member m reads; -1 if none. */
-static int32_t last_row_read(const member *m, int32_t r) {
-  int32_t hi, in_h;
-  switch (m->kind) {
-    case TP_OPK_CONV:
-    case TP_OPK_DEPTHWISE:
-      hi = r * m->u.conv.stride_h - m->u.conv.pad_top + m->u.conv.k_h - 1;
-      in_h = m->u.conv.in_h;
-      break;
-    case TP_OPK_MAX_POOL:
-    case TP_OPK_AVG_POOL:
-      hi = r * m->u.pool.stride_h - m->u.pool.pad_top + m->u.pool.k_h - 1;
-      in_h = m->u.pool.in_h;
-      break;
-    case TP_OPK_TCONV:
-      /* input rows i with i * stride - pad_top <= r */
-      hi = (r + m->u.tconv.pad_top) / m->u.tconv.stride_h;
-      in_h = m->u.tconv.in_h;
-      break;
-    default:
-      return r;
-  }
-  return hi < in_h ? hi : in_h - 1;
-}
-
-/* Reads stream_in rows of view v up to row `upto` (those not read yet). */
-static int stream_in_upto(const group *g, uint8_t *const *bases, const tp_group_io *io,
-                          const uint8_t *poison, int32_t v, int32_t upto, int32_t *loaded) {
+/* Reads row r of stream_in view v from storage into its slot. */
+static int load_row(const group *g, uint8_t *const *bases, const tp_group_io *io,
+                    const uint8_t *poison, int32_t v, int32_t r) {
   const int32_t rb = vw(g, v, V_ROW_BYTES);
-  while (loaded[v] <= upto) {
-    const int32_t r = loaded[v];
-    uint8_t *dst = slot(g, bases, v, r);
-    if (io == NULL || io->read == NULL) return TP_EIO_CALLBACK;
-    if (poison != NULL && r >= vw(g, v, V_ROWS_HELD)) memset(dst, *poison, (size_t)rb);
-    if (io->read(io->ctx, (uint32_t)vw(g, v, V_ADDRESS) + (uint32_t)r * (uint32_t)rb, dst, rb) !=
-        0)
-      return TP_EIO_CALLBACK;
-    loaded[v]++;
-  }
+  uint8_t *dst = slot(g, bases, v, r);
+  if (io == NULL || io->read == NULL) return TP_EIO_CALLBACK;
+  if (poison != NULL && r >= vw(g, v, V_ROWS_HELD)) memset(dst, *poison, (size_t)rb);
+  if (io->read(io->ctx, (uint32_t)vw(g, v, V_ADDRESS) + (uint32_t)r * (uint32_t)rb, dst, rb) != 0)
+    return TP_EIO_CALLBACK;
   return TP_OK;
 }
 
@@ -519,29 +496,25 @@ static int run_member_row(const group *g, uint8_t *const *bases, const member *m
 
 int tp_group_run(const int32_t *program, int32_t words, uint8_t *const *bases,
                  const tp_group_io *io, const uint8_t *poison) {
-  int32_t loaded[TP_GROUP_MAX_VIEWS];
   group g;
-  int32_t i, k;
+  int32_t i;
   int rc = check_program(program, words, &g);
   if (rc != TP_OK) return rc;
   if (bases == NULL) return TP_EPROGRAM;
-  for (i = 0; i < g.n_views; i++) {
+  for (i = 0; i < g.n_views; i++)
     if (bases[i] == NULL) return TP_EPROGRAM;
-    loaded[i] = 0;
-  }
   for (i = 0; i < g.n_steps; i++) {
     const int32_t op = g.sched[2 * i], r = g.sched[2 * i + 1];
     member m;
     uint8_t *out;
     int32_t mode, rb;
+    if (op < 0) { /* a stream_in row, read at its first need */
+      rc = load_row(&g, bases, io, poison, -1 - op, r);
+      if (rc != TP_OK) return rc;
+      continue;
+    }
     rc = decode_member(&g, op, bases, &m);
     if (rc != TP_OK) return rc;
-    /* Stream in what this row reads (constants and the bias slot are never streamed). */
-    for (k = 0; k < m.n_in; k++) {
-      if (m.in[k] < 0 || vw(&g, m.in[k], V_MODE) != TP_VIEW_STREAM_IN) continue;
-      rc = stream_in_upto(&g, bases, io, poison, m.in[k], last_row_read(&m, r), loaded);
-      if (rc != TP_OK) return rc;
-    }
     mode = vw(&g, m.out, V_MODE);
     rb = vw(&g, m.out, V_ROW_BYTES);
     out = slot(&g, bases, m.out, r);

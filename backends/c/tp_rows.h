@@ -49,13 +49,15 @@
  *     output_offset = output zero point (in [-128, 127]). Shifts: > 0 left, in [-31, 31];
  *     ADD's left_shift in [0, 20]. Sizes, kernels, strides, pads: at most TP_GROUP_MAX_DIM. Heights and row bytes of the views must
  *     agree with the params (a conv's input view: height in_h, row_bytes in_w * in_c).
- *   schedule  n_steps x 2 words: op position, output row. Each op's rows come in order
- *           0, 1, ..., out_h - 1, each exactly once, after the rows they read.
+ *   schedule  n_steps x 2 words: (op position, output row): compute that row; or
+ *           (-1 - v, row): read that row of STREAM_IN view v from storage into its slot
+ *           (the encoder puts it just before the first member row that reads it; rows no
+ *           band reads are never read). Each op's rows come in order 0 .. out_h - 1, each
+ *           exactly once, after the rows they read.
  * ---------------------------------------------------------------------------------------
  *
  * Runner semantics: a STREAM_IN view's row r is read through io->read (address + r *
- * row_bytes) into slot r % rows_held the first time a member needs it (rows are read in
- * order, each once); a SPILL_ROWS view's row is written through io->write right after it
+ * row_bytes) into slot r % rows_held by its schedule entry, at its first need; a SPILL_ROWS view's row is written through io->write right after it
  * is produced (it may also be read by later members while its slot holds it). A ring or
  * line slot that is recycled (row r >= rows_held goes in) is first overwritten with
  * *poison when poison != NULL. Rings are not checked for residency: an undersized ring
