@@ -637,3 +637,75 @@ def test_stream_in_reads_only_the_rows_a_band_reads():
     bad = prog.copy()
     bad[load] = -1 - len(inputs)  # the output view
     assert crows.group_return_code(bad, m.bases(prog, inputs, outputs)) == crows.TP_ESCHEDULE
+
+
+# -- the zoo models: every row-capable run as a group ---------------------------------------------
+
+ZOO = ["tiny_unet_int8", "fcn_additive_int8", "deeplab_lite_int8", "mbv2_unet_int8",
+       "irregular_int8", "unet_wide96_int8"]
+
+
+def _chunks(graph, run: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """`run` cut into pieces the C limits take (ops and views per group)."""
+    out, cur = [], []
+    for i in run:
+        trial = (*cur, i)
+        if cur and (len(trial) > crows.MAX_OPS or
+                    streaming.group_views(graph, streaming.schedule_group(graph, trial))
+                    > crows.MAX_VIEWS):
+            out.append(tuple(cur))
+            cur = [i]
+        else:
+            cur.append(i)
+    out.append(tuple(cur))
+    return [c for c in out if len(c) >= 2]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_groups_are_bit_exact(name):
+    """Each maximal run of row-capable ops of a zoo model runs as one group, its external
+    inputs streamed in and its spillable outputs spilled row by row where the group op
+    allows it, on line buffers of the sizes streaming.py gives: every output equals the
+    reference interpreter's tensor."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / f"{name}.tflite"
+    m = Model(path.read_bytes(), seed=3)
+    runs = streaming.group_candidates(m.graph, SimpleNamespace(custom_kernels=True))
+    groups = [c for run in runs for c in _chunks(m.graph, run)]
+    assert groups, f"{name}: no row-capable run"
+    checked = 0
+    for ops in groups:
+        g = local_group(m.graph, ops)
+        planned = streaming.apply_groups(m.graph, [g])
+        (op,) = [o for o in planned.ops if o.kind == OpKind.STREAMED_GROUP]
+        inputs, outputs = list(op.inputs), list(op.outputs)
+
+        def rows_of(entries):
+            return {int(t): (int(nb) // streaming.row_bytes(m.graph.tensors[t]), 0)
+                    for t, nb in entries}
+
+        stream_in, spill = rows_of(op.attrs["stream_in"]), rows_of(op.attrs["spill_rows"])
+        st_ = Storage(sum(m.graph.tensors[t].nbytes for t in (*stream_in, *spill)) + 16)
+        at = 0
+        for t in (*stream_in, *spill):
+            (stream_in if t in stream_in else spill)[t] = (
+                (stream_in if t in stream_in else spill)[t][0], at)
+            if t in stream_in:
+                st_.data[at:at + m.graph.tensors[t].nbytes] = m.values[t].tobytes()
+            at += m.graph.tensors[t].nbytes
+        prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs, stream_in,
+                                          spill)
+        bases = m.bases(prog, inputs, outputs, skip=set(stream_in))
+        crows.run_group(prog, bases, st_.read, st_.write, poison=0xE7)
+        for i, t in enumerate(outputs):
+            want = m.values[t].tobytes()
+            if t in spill:
+                a = spill[t][1]
+                got = bytes(st_.data[a:a + len(want)])
+            else:
+                got = bases[len(inputs) + i].tobytes()
+            assert got == want, f"{name}: group {list(ops)} output {m.graph.tensors[t].name}"
+            checked += 1
+    assert checked
