@@ -357,3 +357,18 @@ def views_of(program: np.ndarray) -> list[View]:
         raise PlannerError("group program: not a tp_rows program (magic or version)")
     table = np.asarray(program, dtype=np.int32)[6:6 + 5 * w[2]].reshape(-1, 5)
     return [View(*(int(x) for x in row)) for row in table]
+
+
+def written_views(program: np.ndarray) -> set[int]:
+    """Views the group writes: every member's output, and every non-WHOLE view (rings,
+    stream_in lines, spill_rows lines). Inputs read whole may be read-only buffers."""
+    w = [int(x) for x in np.asarray(program, dtype=np.int32)]
+    views = views_of(program)
+    out = {v for v, view in enumerate(views) if view.mode != WHOLE}
+    at = 6 + 5 * len(views)
+    for _ in range(w[3]):
+        n_in = w[at + 2]
+        out.add(w[at + 3 + n_in])
+        at += w[at + 1]
+    return out
+

@@ -556,7 +556,7 @@ def test_corrupted_programs_return_error_codes(chain1):
     def code(mutate) -> int:
         bad = prog.copy()
         mutate(bad)
-        return crows.group_return_code(bad, _full_bases(prog))
+        return crows.group_return_code(bad, _full_bases(prog), check=False)
 
     assert code(lambda p: p.__setitem__(0, 0)) == crows.TP_EPROGRAM           # magic
     assert code(lambda p: p.__setitem__(5, len(p) + 1)) == crows.TP_EPROGRAM  # length
@@ -600,7 +600,8 @@ def test_fuzzed_programs_never_crash(chain2):
         for b in bases:
             b[-64:] = 0xEE
         try:
-            codes.add(crows.group_return_code(bad, bases, storage.read, storage.write, 0x55))
+            codes.add(crows.group_return_code(bad, bases, storage.read, storage.write, 0x55,
+                                              check=False))
         except IndexError:  # a fuzzed storage address past the test storage
             codes.add("callback")
         assert all((b[-64:] == 0xEE).all() for b in bases)
@@ -709,3 +710,26 @@ def test_zoo_groups_are_bit_exact(name):
             assert got == want, f"{name}: group {list(ops)} output {m.graph.tensors[t].name}"
             checked += 1
     assert checked
+
+
+def test_buffers_are_checked_before_the_c_runner_sees_them(chain1):
+    m = chain1
+    g = local_group(m.graph, (0, 1, 2))
+    inputs, outputs = _views(m.graph, g)
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs)
+    bases = m.bases(prog, inputs, outputs)
+    for v in range(len(inputs)):  # inputs read whole may be read-only (constants in place)
+        bases[v].flags.writeable = False
+    crows.run_group(prog, bases)
+    ring = len(inputs) + len(outputs)
+    small = list(bases)
+    small[ring] = small[ring][:-1].copy()
+    with pytest.raises(crows.CKernelError, match=f"group view {ring}: buffer of"):
+        crows.run_group(prog, small)
+    frozen = list(bases)
+    frozen[len(inputs)] = bases[len(inputs)].copy()
+    frozen[len(inputs)].flags.writeable = False
+    with pytest.raises(crows.CKernelError, match="the group writes it"):
+        crows.run_group(prog, frozen)
+    with pytest.raises(crows.CKernelError, match="views, 2 buffers"):
+        crows.run_group(prog, bases[:2])
