@@ -28,6 +28,7 @@ WHOLE, RING, STREAM_IN, SPILL_ROWS = 0, 1, 2, 3
 CONV, DEPTHWISE, TCONV, MAX_POOL, AVG_POOL, ADD, MUL, CONCAT = range(1, 9)
 _POOL_KINDS = {"MAX_POOL_2D": MAX_POOL, "AVERAGE_POOL_2D": AVG_POOL}
 ADD_LEFT_SHIFT = 20  # TFLite's left_shift for int8 ADD
+MAX_DIM = 32767  # tp_rows.h TP_GROUP_MAX_DIM (tests check the two agree)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,9 @@ def _hwc(graph: Graph, t: int, what: str) -> tuple[int, int, int]:
     if len(tensor.shape) != 4 or tensor.shape[0] != 1 or tensor.dtype != "int8":
         raise PlannerError(f"group program: {what} '{tensor.name}' is {tensor.dtype} "
                            f"{list(tensor.shape)}, the row kernels take int8 NHWC batch 1")
+    if max(tensor.shape) > MAX_DIM:
+        raise PlannerError(f"group program: {what} '{tensor.name}' {list(tensor.shape)} has "
+                           f"a side above TP_GROUP_MAX_DIM ({MAX_DIM})")
     return tuple(int(d) for d in tensor.shape[1:4])  # type: ignore[return-value]
 
 
@@ -173,6 +177,9 @@ def _member(q: _Quant, graph: Graph, op: Op, view: Mapping[int, int]) -> Member:
         ih, iw, ic = _hwc(graph, x, f"op {op.index} input")
         fshape = graph.tensors[f].shape
         kh, kw = int(fshape[1]), int(fshape[2])
+        if not tconv and kh > ckernels.MAX_KERNEL_H:
+            raise PlannerError(f"group program: op {op.index} kernel height {kh} exceeds "
+                               f"TP_MAX_KERNEL_H ({ckernels.MAX_KERNEL_H})")
         si, zpi = q.one(graph, x)
         fscales, _ = q.of(graph, f)
         mult, shift = ckernels.per_channel_multipliers(si, fscales, so, oc)
@@ -324,6 +331,9 @@ def encode(model: Any, planned: Graph, plan: Plan, op_index: int) -> np.ndarray:
         raise PlannerError(f"group program: op {op_index} names group {g}, the plan has "
                            f"{len(plan.stream_groups)}")
     group = plan.stream_groups[g]
+    if tuple(int(i) for i in op.attrs.get("members", group.ops)) != tuple(group.ops):
+        raise PlannerError(f"group program: op {op_index} runs ops {op.attrs.get('members')}, "
+                           f"the plan's group {g} ops {list(group.ops)}")
     if len(op.scratch) != len(group.rings):
         raise PlannerError(f"group program: op {op_index} has {len(op.scratch)} ring tensors, "
                            f"group {g} {len(group.rings)} rings")

@@ -212,6 +212,25 @@ def test_concat_rows_match_reference(h, w, chans, seed):
         np.testing.assert_array_equal(got, want[0, y].ravel())
 
 
+def test_encoder_constants_are_the_headers():
+    """group_program writes the numbers tp_rows.h defines (one source: the header)."""
+    import re
+
+    header = (crows.C_DIR / "tp_rows.h").read_text()
+    enums = dict(re.findall(r"(TP_(?:VIEW|OPK)_\w+) = (\d+)", header))
+    assert {k: int(v) for k, v in enums.items()} == {
+        "TP_VIEW_WHOLE": group_program.WHOLE, "TP_VIEW_RING": group_program.RING,
+        "TP_VIEW_STREAM_IN": group_program.STREAM_IN,
+        "TP_VIEW_SPILL_ROWS": group_program.SPILL_ROWS, "TP_OPK_CONV": group_program.CONV,
+        "TP_OPK_DEPTHWISE": group_program.DEPTHWISE, "TP_OPK_TCONV": group_program.TCONV,
+        "TP_OPK_MAX_POOL": group_program.MAX_POOL, "TP_OPK_AVG_POOL": group_program.AVG_POOL,
+        "TP_OPK_ADD": group_program.ADD, "TP_OPK_MUL": group_program.MUL,
+        "TP_OPK_CONCAT": group_program.CONCAT}
+    assert (crows.MAGIC, crows.VERSION) == (group_program.MAGIC, group_program.VERSION)
+    assert crows._define("TP_GROUP_MAX_DIM") == group_program.MAX_DIM
+    assert (crows.MAX_OPS, crows.MAX_VIEWS) == (kernels.GROUP_MAX_OPS, kernels.GROUP_MAX_VIEWS)
+
+
 def test_add_row_differs_from_a_wrong_multiplier():
     """The add test could not pass on a constant: a changed multiplier changes rows."""
     rng = np.random.default_rng(1)
