@@ -7,6 +7,8 @@ rings of the exact size, bit-exact against the unmodified model."""
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -752,3 +754,70 @@ def test_buffers_are_checked_before_the_c_runner_sees_them(chain1):
         crows.run_group(prog, frozen)
     with pytest.raises(crows.CKernelError, match="views, 2 buffers"):
         crows.run_group(prog, bases[:2])
+
+
+_ASAN_FUZZ = """
+import sys
+from pathlib import Path
+import numpy as np
+import backends.ckernels as ck
+_build = ck.build_shared
+ck.build_shared = lambda s, h, name, lib: Path(sys.argv[1]) if name == "crows" else \\
+    _build(s, h, name, lib)
+import test_rows_kernels as T
+from backends import crows, group_program
+m = T._chain2()
+for ops in ((2, 3, 4), (0, 1, 2, 3, 4)):
+    g = T.local_group(m.graph, ops)
+    inputs, outputs = T._views(m.graph, g)
+    e = [t for t in inputs if m.graph.tensors[t].name == "e"]
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={t: (1, 64) for t in e},
+                                      spill_rows={outputs[0]: (1, 0)})
+    rng = np.random.default_rng(9)
+    st = T.Storage(1 << 22)
+    for i in range(int(sys.argv[2])):
+        bad = prog.copy()
+        for _ in range(int(rng.integers(1, 6))):
+            at = int(rng.integers(0, len(bad)))
+            bad[at] = rng.choice([0, -1, 1, 2, int(bad[at]) + int(rng.integers(-3, 4)),
+                                  int(rng.integers(-2**31, 2**31 - 1))])
+        try:
+            crows.group_return_code(bad, T._full_bases(prog), st.read, st.write, 0x55,
+                                    check=False)
+        except IndexError:
+            pass
+print("fuzzed")
+"""
+
+
+def test_fuzzed_programs_are_clean_under_asan_and_ubsan(tmp_path):
+    """The runner built with AddressSanitizer and UndefinedBehaviorSanitizer (aborting on
+    the first report) over fuzzed programs: no out-of-bounds access, no overflow."""
+    import shutil
+    import subprocess
+    import sys
+
+    cc = shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no gcc for the sanitizer build")
+    asan = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True,
+                          text=True).stdout.strip()
+    if not asan.startswith("/"):
+        pytest.skip("gcc has no libasan here")
+    lib = tmp_path / "libtprows_asan.so"
+    build = subprocess.run(
+        [cc, "-std=c99", "-O1", "-g", "-fsanitize=address,undefined",
+         "-fno-sanitize-recover=undefined", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror",
+         "-I", str(crows.C_DIR), "-o", str(lib), *(str(crows.C_DIR / s) for s in crows.SOURCES)],
+        capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    script = tmp_path / "fuzz.py"
+    script.write_text(_ASAN_FUZZ)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0",
+               PYTHONPATH=f"{root}{os.pathsep}{root / 'tests'}")
+    done = subprocess.run([sys.executable, str(script), str(lib), "250"], capture_output=True,
+                          text=True, env=env, cwd=root, timeout=600)
+    assert done.returncode == 0 and "fuzzed" in done.stdout, done.stderr[-2000:]
+    assert "runtime error" not in done.stderr and "AddressSanitizer" not in done.stderr
