@@ -52,34 +52,36 @@ def _conv_band(oy: int, stride: int, pad: int, k: int, h: int) -> list[int]:
 
 # -- CONV_2D / DEPTHWISE_CONV_2D ------------------------------------------------------------
 
-@examples(30)
+@examples(40)
 @given(h=st.integers(1, 7), w=st.integers(1, 6), groups=st.integers(1, 3),
-       gin=st.integers(1, 4), gout=st.integers(1, 3), k=st.integers(1, 4), s=st.integers(1, 3),
-       padding=st.sampled_from(["same", "valid"]), act=st.sampled_from(["none", "relu", "relu6"]),
+       gin=st.integers(1, 4), gout=st.integers(1, 3), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), padding=st.sampled_from(["same", "valid"]),
+       act=st.sampled_from(["none", "relu", "relu6", "relu_n1_to_1"]),
        seed=st.integers(0, 2**16))
-def test_conv_rows_match_reference(h, w, groups, gin, gout, k, s, padding, act, seed):
+def test_conv_rows_match_reference(h, w, groups, gin, gout, kh, kw, sh, sw, padding, act, seed):
+    """CONV_2D (grouped when groups > 1, 1x1 when kh = kw = 1), any strides and kernel."""
     rng = np.random.default_rng(seed)
-    if padding == "valid" and (h < k or w < k):
+    if padding == "valid" and (h < kh or w < kw):
         return
     cin, cout = groups * gin, groups * gout
-    oh = math.ceil(h / s) if padding == "same" else (h - k) // s + 1
-    ow = math.ceil(w / s) if padding == "same" else (w - k) // s + 1
-    filt = rng.integers(-127, 128, (cout, k, k, gin)).astype(np.int8)
+    oh = math.ceil(h / sh) if padding == "same" else (h - kh) // sh + 1
+    ow = math.ceil(w / sw) if padding == "same" else (w - kw) // sw + 1
+    filt = rng.integers(-127, 128, (cout, kh, kw, gin)).astype(np.int8)
     bias = rng.integers(-3000, 3000, cout).astype(np.int32)  # TFLite's int8 conv needs one
     in_q, out_q = _q(rng), _q(rng, 0.05, 0.5)
     f_scales = [float(np.float32(v)) for v in rng.uniform(0.002, 0.03, cout)]
     x = rng.integers(-128, 128, (1, h, w, cin)).astype(np.int8)
     want = reference(one_op_model("CONV_2D", x.shape, filt, bias, in_q, f_scales, out_q,
-                                  (1, oh, ow, cout), (s, s), padding, act), x)
+                                  (1, oh, ow, cout), (sh, sw), padding, act), x)
     mult, shift = ckernels.per_channel_multipliers(in_q[0], f_scales, out_q[0], cout)
-    pt = group_program.same_padding(h, oh, k, s) if padding == "same" else 0
-    pl = group_program.same_padding(w, ow, k, s) if padding == "same" else 0
-    assert (pt, pl) == (crows.same_padding(h, oh, k, s), crows.same_padding(w, ow, k, s)) or \
-        padding == "valid"
+    pt = group_program.same_padding(h, oh, kh, sh) if padding == "same" else 0
+    pl = group_program.same_padding(w, ow, kw, sw) if padding == "same" else 0
+    if padding == "same":
+        assert (pt, pl) == (crows.same_padding(h, oh, kh, sh), crows.same_padding(w, ow, kw, sw))
     for oy in range(oh):
-        ring = _band_ring(rng, x, _conv_band(oy, s, pt, k, h), k)
+        ring = _band_ring(rng, x, _conv_band(oy, sh, pt, kh, h), kh)
         got = crows.conv_row(ring, oy, filt, bias, mult, shift, in_shape=x.shape,
-                             out_shape=(1, oh, ow, cout), strides=(s, s), pads=(pt, pl),
+                             out_shape=(1, oh, ow, cout), strides=(sh, sw), pads=(pt, pl),
                              input_zero_point=in_q[1], output_zero_point=out_q[1],
                              act_range=ckernels.activation_range(act, *out_q))
         np.testing.assert_array_equal(got, want[0, oy].ravel(), err_msg=f"row {oy}")
