@@ -287,8 +287,10 @@ def _print_summary(s: dict, plan) -> None:
     print(f"work-set bnd {s['working_set_bound_bytes']:>10,} B   (what one op must hold: "
           "no head goes below" + (" without row streaming)" if s["stream_groups"] else ")"))
     if s["streamed_bound_bytes"] is not None:
-        print(f"streamed bnd {s['streamed_bound_bytes']:>10,} B   (the same with the streamed "
-              "groups below: no head of this plan's graph goes below)")
+        why = ("the same with the streamed groups below: no head of this plan's graph goes "
+               "below") if s["stream_groups"] else \
+            "no chain of ops the row kernels run on this profile: nothing streams"
+        print(f"streamed bnd {s['streamed_bound_bytes']:>10,} B   ({why})")
     if s["stream_groups"]:
         groups = ", ".join(f"{g[0]}-{g[-1]}" for g in s["stream_groups"])
         print(f"groups       ops {groups} streamed row by row (TinyPlanStreamedGroup)")
