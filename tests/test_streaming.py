@@ -17,7 +17,7 @@ from frontends import load_model
 from planner import streaming
 from planner.analysis import working_set_bound
 from planner.device import load_profile
-from planner.ir import OpKind, Role
+from planner.ir import OpKind, Role, align
 from planner.kernels import apply_kernels, op_kernels_of, row_refusals
 from planner.plan import StreamGroup
 
@@ -275,3 +275,122 @@ def test_no_groups_without_custom_kernels() -> None:
     assert streaming.group_candidates(source, stock) == []
     assert streaming.choose_groups(source, stock) == ()
     assert streaming.apply_groups(source, ()) is source
+
+
+# -- end to end: solve / analyze --row-streaming, the plan file, the Python API -----------------
+
+def _cli(capsys, *args) -> dict:
+    import json
+
+    from planner.cli import main
+
+    assert main([str(a) for a in args] + ["--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("planner", ["tflm-greedy", "tinyseg"])
+def test_solve_row_streaming_writes_a_valid_plan(planner, tmp_path, capsys) -> None:
+    from planner.checker import check
+    from planner.plan import Plan
+    from planner.schema import load_schema
+
+    jsonschema = pytest.importorskip("jsonschema")
+    out = _cli(capsys, "solve", TINY_UNET, "--row-streaming", "--planner", planner,
+               "-o", tmp_path, "--emit", "svg")
+    jsonschema.Draft202012Validator(load_schema()).validate(out)
+    assert out["working_set_bound_bytes"] == 153_600
+    assert out["streamed_bound_bytes"] == streaming.streamed_bound(
+        apply_kernels(load_model(TINY_UNET), QSPI), QSPI).bytes
+    plan = Plan.load(tmp_path / "plan.json")
+    assert [list(g.ops) for g in plan.stream_groups] == out["stream_groups"] != []
+    # The plan's graph rebuilt from the plan file alone, as `run` and the writers do.
+    graph = streaming.planned_graph(load_model(TINY_UNET), plan)
+    assert graph.num_steps == plan.num_steps and check(graph, plan, QSPI.capacities) == []
+    plain = _cli(capsys, "solve", TINY_UNET, "--planner", planner)
+    assert plain["streamed_bound_bytes"] is None and plain["stream_groups"] == []
+
+
+def test_analyze_row_streaming_shows_groups_and_bound(capsys) -> None:
+    out = _cli(capsys, "analyze", TINY_UNET, "--row-streaming")
+    assert out["streamed_bound_bytes"] < out["working_set_bound_bytes"]
+    assert out["stream_groups"] and all(g["rows"] > 0 for g in out["stream_groups"])
+    from planner.cli import main
+
+    assert main(["analyze", str(TINY_UNET), "--row-streaming"]) == 0
+    text = capsys.readouterr().out
+    assert "streamed group:" in text and "streamed bound:" in text
+
+
+def test_python_api_row_streaming() -> None:
+    import tinyplan
+
+    graph = tinyplan.load(TINY_UNET)
+    analysis = tinyplan.analyse(graph, row_streaming=True)
+    assert analysis.streamed_bound_bytes is not None and analysis.stream_groups
+    assert tinyplan.analyse(graph).streamed_bound_bytes is None
+    plan = tinyplan.plan(graph, planner="tflm-greedy", row_streaming=True)
+    assert tuple(g.ops for g in plan.stream_groups) == analysis.stream_groups
+    assert tinyplan.check(graph, plan) == []
+    assert tinyplan.check(graph, replace(plan, stream_groups=())) != []
+
+
+def test_every_planner_plans_a_planned_graph(unet) -> None:
+    """Planners know nothing of groups; their plans of a planned graph pass the checker."""
+    from planner.checker import check
+    from planner.planners.base import Request, registry
+
+    _, groups, planned = unet
+    for name in ("linear", "tflm-greedy", "tinyseg", "ilp"):
+        plan = registry()[name](Request(planned, QSPI, time_limit=10.0))
+        assert plan.stream_groups == groups, name
+        assert check(planned, plan, QSPI.capacities) == [], name
+
+
+# -- the row-kernel table and the group working set ---------------------------------------------
+
+def test_row_refusals_follow_the_table() -> None:
+    source = apply_kernels(load_model(TINY_UNET), QSPI)
+    assert all(row_refusals(source, op) == [] for op in source.ops)
+    stock = load_model(TINY_UNET)  # TRANSPOSE_CONV on TFLM's kernel: not a row op
+    assert [op.index for op in stock.ops if row_refusals(stock, op)] == [11, 15, 19]
+    c = Chain(6, 4, 2)
+    a = c.conv(c.x, 2)
+    b = c.add(a, c.conv(c.x, 2))
+    g = c.build([b])
+    conv = g.ops[0]
+    assert row_refusals(g, conv) == []
+    bent = [
+        replace(conv, attrs={**conv.attrs, "dilations": (2, 2)}),
+        replace(conv, attrs={**conv.attrs, "fused_activation": "tanh"}),
+        replace(conv, attrs={**conv.attrs, "padding": "explicit"}),
+        replace(conv, op_type="FULLY_CONNECTED"),
+    ]
+    for op in bent:
+        assert row_refusals(g, op), op
+    tensors = list(g.tensors)
+    tensors[a] = replace(tensors[a], shape=(2, 6, 4, 2))  # batch 2
+    assert any("batch 1" in w for w in row_refusals(replace(g, tensors=tuple(tensors)),
+                                                     g.ops[2]))
+    tensors = list(g.tensors)
+    tensors[a] = replace(tensors[a], shape=(1, 1, 4, 2))  # broadcasting add
+    assert any("no broadcasting" in w
+               for w in row_refusals(replace(g, tensors=tuple(tensors)), g.ops[2]))
+    assert row_refusals(replace(g, source_format="onnx"), conv)
+
+
+def test_group_working_set_needs_storage_to_stream(unet) -> None:
+    from planner.analysis import group_working_set
+
+    source, _, planned = unet
+    for op in planned.ops:
+        if op.kind != OpKind.STREAMED_GROUP:
+            continue
+        whole, _ = group_working_set(planned.tensors, op, can_stream=False)
+        lines, _ = group_working_set(planned.tensors, op, can_stream=True)
+        rings = sum(align(planned.tensors[t].nbytes) for t in op.scratch)
+        held = sum(align(planned.tensors[t].nbytes)
+                   for t in op.inputs + op.outputs if planned.tensors[t].planned)
+        assert whole == rings + held and lines <= whole
+    none = load_profile("none")  # no storage, no custom kernels: nothing streams
+    assert streaming.streamed_bound(load_model(TINY_UNET), none).bytes == \
+        working_set_bound(load_model(TINY_UNET), none.can_stream, none.fusion).bytes
