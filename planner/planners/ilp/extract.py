@@ -68,7 +68,7 @@ def to_plan(problem: Problem, sol: Solution, planner: str, objective: str) -> Pl
                 a, b, _ = min(chosen)
                 transfers.append(Transfer("spill", item.tensor, item.points[b].step, name,
                                           item.nbytes, address, item.part))
-            for a, _, _ in chosen or ():
+            for a, _, _ in chosen:
                 if a > 0:
                     transfers.append(Transfer("fetch", item.tensor, item.points[a].step, name,
                                               item.nbytes, address, item.part))
