@@ -14,41 +14,27 @@ relaxation spills fractions of tensors), so this is what the gap is measured aga
 
 from __future__ import annotations
 
-from ...analysis import lifetimes, op_working_set, working_set_bound
+from ...analysis import group_working_set, op_working_sets, working_set_bound
 from ...device import DeviceProfile
-from ...ir import ALIGNMENT, Graph, align
-from .model import Need, Problem, group_streams
+from ...ir import ALIGNMENT, Graph, OpKind
+from .model import Need, Problem
 
 
 def peak_bound_bytes(graph: Graph, profile: DeviceProfile) -> int:
     """No plan the exact model admits has a lower peak: the working-set bound, where a
-    streamed group op needs its rings, each input whole or (storage to stream from) its
-    stream_in lines, and each output whole or (storage to write to) its spill_rows lines.
+    streamed group op needs its rings, each input whole or its stream_in lines, and each
+    output whole or its spill_rows lines (analysis.group_working_set).
 
-    analysis.working_set_bound holds the same per op for ordinary ops; for group ops it is
-    recomputed here from the op's attrs so that the proof never rests on a bound that
-    counts streamable tensors whole.
+    The model streams group rows wherever there is storage, fused kernels or not, so group
+    ops are bounded with that (working_set_bound gates them on `can_stream`, which also
+    asks for the fused kernels).
     """
-    groups = group_streams(graph)
-    if not groups:
+    if not any(op.kind == OpKind.STREAMED_GROUP for op in graph.ops):
         return working_set_bound(graph, profile.can_stream, profile.fusion).bytes
-    planned = lifetimes(graph)
-    best = 0
-    for op in graph.ops:
-        if op.index not in groups:
-            need, _ = op_working_set(graph, op.index, profile.can_stream, profile.fusion)
-            best = max(best, need)
-            continue
-        stream_in, spill_rows = groups[op.index]
-        lines = {**stream_in, **spill_rows} if profile.storages else {}
-        need = 0
-        for t in dict.fromkeys((*op.inputs, *op.outputs, *op.scratch)):
-            if t < 0 or t not in planned:
-                continue
-            size = align(graph.tensors[t].nbytes)
-            need += min(size, align(lines[t])) if t in lines else size
-        best = max(best, need)
-    return best
+    plain = op_working_sets(graph, profile.can_stream, profile.fusion)
+    return max((group_working_set(graph.tensors, op, bool(profile.storages))[0]
+                if op.kind == OpKind.STREAMED_GROUP else plain[op.index] for op in graph.ops),
+               default=0)
 
 
 def transfer_bound_seconds(problem: Problem, peak_bytes: int) -> float:
