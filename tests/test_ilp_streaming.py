@@ -82,9 +82,12 @@ def geometry_ok(p) -> None:
 
 
 def plan(graph, solver="cpsat", profile="qspi-flash", **kw):
+    """The exact plan, checked: the independent checker's rules for groups, and geometry
+    spelt out once more here."""
     prof = load_profile(profile)
     p = PLAN["ilp"](Request(graph, prof, time_limit=LIMITS[solver], solver=solver, **kw))
     geometry_ok(p)
+    assert check(graph, p, prof.capacities) == []
     return p
 
 
@@ -109,15 +112,24 @@ def test_model_points():
 @pytest.mark.parametrize("solver", ["cpsat", "pulp-cbc"])
 def test_a_row_spill_where_nothing_else_fits(solver):
     g = skip_graph()
+    op = group_op(g)
     p = plan(g, solver)
     assert p.status == "optimal" and p.peak_bytes == p.bound_bytes == peak_bound_bytes(g, QSPI)
-    # No plan that keeps the skip whole at the group's step fits this peak.
-    assert p.peak_bytes < whole_outputs_bytes(g, group_op(g))
-    assert ("spill_rows", 6, 1) in {(t.kind, t.tensor, t.step) for t in p.transfers}
-    assert not [s for s in p.segments_of(6) if s.first <= 1]  # never whole at its creation
-    line = [s for s in p.segments if s.tensor == 6 and s.role == "line_buffer" and s.first == 1]
-    assert [(s.last, s.size) for s in line] == [(1, dict(group_op(g).attrs["spill_rows"])[6])]
+    # No plan that keeps both group outputs whole at the group's step fits this peak.
+    assert p.peak_bytes < whole_outputs_bytes(g, op)
+    lines = dict(op.attrs["spill_rows"])
+    by_rows = [t.tensor for t in p.transfers if t.kind == "spill_rows"]
+    assert by_rows and set(by_rows) <= set(lines)
+    for t in by_rows:
+        assert [tr.step for tr in p.transfers if tr.tensor == t and tr.kind == "spill_rows"] \
+            == [1]
+        assert not [tr for tr in p.transfers if tr.tensor == t and tr.kind == "spill"]
+        assert not [s for s in p.segments_of(t) if s.first <= 1]  # never whole at creation
+        line = [s for s in p.segments if s.tensor == t and s.role == "line_buffer"
+                and s.first == 1]
+        assert [(s.last, s.size) for s in line] == [(1, lines[t])]
     assert p.est_transfer_seconds == pytest.approx(plan_transfer_seconds(g, p, QSPI))
+    assert check(g, p, QSPI.capacities) == []
 
 
 @pytest.mark.parametrize("solver", ["cpsat", "pulp-cbc"])
