@@ -90,6 +90,13 @@ class Item:
     def span(self, a: int, b: int) -> tuple[int, int]:
         return self.points[a].step, self.points[b].step
 
+    def row_spill_extra_us(self, storage: Storage) -> int:
+        """What writing this item row by row (spill_rows) costs beyond one whole spill, in
+        whole microseconds: the encodings price a row spill as the spill plus this."""
+        write = costs_us(storage, self.nbytes, self.rows)[0]
+        rows = transfer_seconds(storage, "spill_rows", self.nbytes, self.rows)
+        return max(0, math.ceil(rows * 1e6) - write)
+
 
 @dataclass
 class Variant:
@@ -149,13 +156,6 @@ def costs_us(storage: Storage, nbytes: int, rows: int) -> tuple[int, int, int]:
         math.ceil(transfer_seconds(storage, kind, nbytes, rows) * 1e6)
         for kind in ("spill", "fetch", "stream")
     )
-
-
-def row_spill_extra_us(storage: Storage, nbytes: int, rows: int) -> int:
-    """What writing `nbytes` row by row (spill_rows) costs beyond one whole spill, in whole
-    microseconds: the encodings price a row spill as the spill's write plus this."""
-    write = costs_us(storage, nbytes, rows)[0]
-    return max(0, math.ceil(transfer_seconds(storage, "spill_rows", nbytes, rows) * 1e6) - write)
 
 
 def group_streams(graph: Graph) -> dict[int, tuple[dict[int, int], dict[int, int]]]:
