@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .analysis import stream_rows
 from .device import DeviceProfile, Storage
-from .ir import Graph
+from .ir import Graph, OpKind
 from .plan import Plan, Transfer
 
 
@@ -22,6 +22,8 @@ def erase_seconds(storage: Storage, nbytes: int) -> float:
 
 
 def transfer_seconds(storage: Storage, kind: str, nbytes: int, rows: int = 1) -> float:
+    if kind == "spill_rows":  # a spill of the same bytes, written one row per transfer
+        return transfer_seconds(storage, "spill", nbytes) + max(rows - 1, 0) * storage.latency_s
     if kind == "spill":
         return storage.write_seconds(footprint(storage, nbytes)) + erase_seconds(storage, nbytes)
     if kind == "fetch":
@@ -48,3 +50,27 @@ def transfer_time(graph: Graph, t: Transfer, profile: DeviceProfile) -> float:
 def _one(graph: Graph, t: Transfer, profile: DeviceProfile) -> float:
     rows = stream_rows(graph.tensors[t.tensor], graph.layout)
     return transfer_seconds(profile.storage(t.storage), t.kind, t.nbytes, rows)
+
+
+def stream_overhead_seconds(graph: Graph, profile: DeviceProfile) -> float:
+    """Ring bookkeeping of the streamed group ops of a planned graph (streaming.apply_groups):
+    `profile.row_overhead_s` per output row of every member op.
+
+    It depends on the groups only, not on the plan: every plan of one planned graph pays
+    the same, so it is kept out of plan_transfer_seconds (what the exact planner minimises
+    and bounds) and reports add it where they compare graphs with and without groups.
+    """
+    total_rows = 0
+    for op in graph.ops:
+        if op.kind == OpKind.STREAMED_GROUP:
+            total_rows += group_rows(graph, op.index)
+    return total_rows * profile.row_overhead_s
+
+
+def group_rows(graph: Graph, op_index: int) -> int:
+    """Output rows the member ops of group op `op_index` compute: its schedule computes
+    each once (planner/streaming.py); without one, the group's own output rows."""
+    op = graph.ops[op_index]
+    if "schedule" in op.attrs:
+        return len(op.attrs["schedule"])
+    return sum(stream_rows(graph.tensors[t], graph.layout) for t in op.outputs if t >= 0)
