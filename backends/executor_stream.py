@@ -120,8 +120,8 @@ class GroupRunner:
         if op.index not in self.programs:
             from .group_program import encode
 
-            kernels = self.m.kernels
-            model = getattr(kernels, "data", None)
+            # The parsed .tflite the kernels already hold: quantisation comes from it.
+            model = getattr(self.m.kernels, "model", None)
             if model is None:
                 from .executor import ExecutionError
 
