@@ -115,6 +115,7 @@ class GroupRunner:
     def __init__(self, machine: ArenaMachine):
         self.m = machine
         self.programs: dict[int, np.ndarray] = {}
+        self.constants: dict[int, np.ndarray] = {}
 
     def _program(self, op: Op) -> np.ndarray:
         if op.index not in self.programs:
@@ -129,6 +130,13 @@ class GroupRunner:
                                      "int8 models only")
             self.programs[op.index] = encode(model, self.m.graph, self.m.plan, op.index)
         return self.programs[op.index]
+
+    def _constant(self, t: int) -> np.ndarray:
+        # The runner takes writable buffers: a private copy of the model's bytes, made once.
+        if t not in self.constants:
+            self.constants[t] = np.array(self.m.device._const(t), copy=True).reshape(-1) \
+                .view(np.uint8)
+        return self.constants[t]
 
     def _line(self, t: int, step: int, kind: str) -> np.ndarray:
         from .executor import ExecutionError
@@ -167,8 +175,8 @@ class GroupRunner:
         views: list[np.ndarray] = []
         for t in op.inputs:
             tensor = m.graph.tensors[t]
-            if not tensor.planned:  # weights and biases: read where they are, as on a device
-                views.append(np.ascontiguousarray(m.device._const(t)).reshape(-1).view(np.uint8))
+            if not tensor.planned:  # weights and biases: outside the arena, as in flash
+                views.append(self._constant(t))
                 continue
             view = self._segment_view(t, step, created=False)
             if view is None:
