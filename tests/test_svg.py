@@ -301,3 +301,35 @@ def test_html_and_tensor_reports_name_groups_rings_and_internal_tensors():
     assert by_id[2]["transfers"] == "spill_rows@1:flash:64B fetch@3:flash:64B"
     assert by_id[1]["bytes"] == 0 and "rows in ring #6 (3/8 rows)" in by_id[1]["offsets"]
     assert render_csv(planned, plan).count("\n") == len(by_id) + 1
+
+
+def test_real_streamed_plan_draws_every_group_and_ring():
+    """tiny_unet_int8's planned graph (choose_groups on qspi-flash) under tflm-greedy."""
+    from pathlib import Path
+
+    from frontends import load_model
+    from planner.kernels import apply_kernels, op_kernels_of
+    from planner.streaming import apply_groups, choose_groups, groups_of
+
+    model = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "tiny_unet_int8.tflite"
+    profile = load_profile("qspi-flash")
+    source = apply_kernels(load_model(model), profile)
+    planned = apply_groups(source, choose_groups(source, profile))
+    plan = registry()["tflm-greedy"](Request(planned, profile))
+    if not plan.stream_groups:  # a planner that does not stamp the groups it planned for
+        plan = replace(plan, stream_groups=groups_of(planned), op_kernels=op_kernels_of(source))
+    assert_valid(planned, plan, profile.capacities)
+    root = parse(render_layout_svg(planned, plan))
+    cols = by_class(root, "rect", "group")
+    assert len(cols) == len(plan.stream_groups) >= 1
+    for col, group in zip(cols, plan.stream_groups, strict=True):
+        tip = col.find("s:title", NS).text
+        assert f"source ops {group.ops[0]}..{group.ops[-1]}" in tip
+        assert all(f"#{m}" in tip for m in group.ops)
+    rings = [r for r in by_class(root, "rect", "seg") if r.get("data-role") == "ring"]
+    held = {t: rows for g in plan.stream_groups for t, rows in g.rings}
+    assert len(rings) == len(held)
+    for r in rings:
+        tip = r.find("s:title", NS).text
+        source_t = int(tip.split(" rows of #")[1].split()[0])
+        assert f": {held[source_t]} of {source.tensors[source_t].shape[1]} rows" in tip
