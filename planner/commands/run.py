@@ -65,10 +65,6 @@ def run(args: argparse.Namespace) -> int:
     made_for = check_plan_for(plan, args.model, profile)
     # The graph the plan was made for: the same ops on the same custom kernels.
     graph = with_op_kernels(read_graph(args), plan.op_kernels)
-    if plan.stream_groups:  # the plan's steps are those of the graph with its groups as ops
-        from ..streaming import planned_graph
-
-        graph = planned_graph(graph, plan)
     if plan.num_steps != graph.num_steps:
         raise PlannerError(f"plan {args.plan} has {plan.num_steps} steps, model "
                            f"{Path(args.model).name} has {graph.num_steps}: not its plan")
