@@ -636,7 +636,7 @@ def storage_extent(plan: Plan) -> dict[str, int]:
     """Bytes each storage must hold for the plan's spills (at least 1)."""
     extent: dict[str, int] = {}
     for tr in plan.transfers:
-        end = tr.address + tr.nbytes if tr.kind == "spill" else 0
+        end = tr.address + tr.nbytes if tr.kind in ("spill", "spill_rows") else 0
         extent[tr.storage] = max(extent.get(tr.storage, 1), end)
     return extent
 
