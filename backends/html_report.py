@@ -41,15 +41,19 @@ def spill_reasons(graph: Graph, plan: Plan) -> list[dict]:
     """Each spilled tensor (part): bytes, storage, the idle stretch it spends away."""
     gaps = cold_ranges(graph)
     found = []
-    for t in sorted((t for t in plan.transfers if t.kind == "spill"), key=lambda t: t.step):
+    # A spill_rows transfer is its tensor's one spill, written row by row by its group.
+    spills = ("spill", "spill_rows")
+    for t in sorted((t for t in plan.transfers if t.kind in spills), key=lambda t: t.step):
         back = sorted(x.step for x in plan.transfers
-                      if x.kind != "spill" and (x.tensor, x.part) == (t.tensor, t.part))
+                      if x.kind not in spills and (x.tensor, x.part) == (t.tensor, t.part))
         gap = next((g for g in gaps if g.tensor == t.tensor and g.start <= t.step < g.end), None)
         found.append({
             "id": t.tensor, "name": graph.tensors[t.tensor].name, "part": t.part,
             "bytes": t.nbytes, "storage": t.storage, "spill_step": t.step,
-            "back_steps": back, "kinds": sorted({x.kind for x in plan.transfers
-                                                  if x.kind != "spill" and x.tensor == t.tensor}),
+            "back_steps": back,
+            "written": "row by row, while its group runs" if t.kind == "spill_rows" else "whole",
+            "kinds": sorted({x.kind for x in plan.transfers
+                             if x.kind not in spills and x.tensor == t.tensor}),
             "idle": (gap.start, gap.end) if gap else None,
         })
     return found
@@ -164,13 +168,15 @@ def render_html_report(graph: Graph, plan: Plan, budget: int | None = None,
         out.append(f"<p>Each tensor below leaves the arena while no op uses it, {why} "
                    f"(without spilling or fusion no plan goes below the load bound, "
                    f"{load.bytes:,} B).</p><table><tr><th>id</th><th>tensor</th><th>bytes</th>"
-                   "<th>storage</th><th>spilled after step</th><th>back at step</th>"
+                   "<th>storage</th><th>spilled after step</th><th>written</th>"
+                   "<th>back at step</th>"
                    "<th>how</th><th>idle between uses</th></tr>")
         for r in reasons:
             name = r["name"] + ("" if r["part"] is None else f" (part {r['part']})")
             idle = f"steps {r['idle'][0]}..{r['idle'][1]}" if r["idle"] else "-"
             out.append(_row([str(r["id"]), escape(name), f"{r['bytes']:,}", escape(r["storage"]),
-                             str(r["spill_step"]), ", ".join(map(str, r["back_steps"])) or "-",
+                             str(r["spill_step"]), r["written"],
+                             ", ".join(map(str, r["back_steps"])) or "-",
                              "/".join(r["kinds"]) or "-", idle], {0, 2, 4}))
         out.append("</table>")
     out.append("<h2 id='tensors'>Tensors</h2><table class='tensors'><tr>"

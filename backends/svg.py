@@ -184,7 +184,11 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
         title += (f", spilled {human_bytes(plan.spilled_bytes)}, fetched "
                   f"{human_bytes(plan.fetched_bytes)}")
     out.append(_text(LEFT, 24, title, 15, extra="font-weight='bold'"))
-    out.append(_text(LEFT, 42, f"{len(graph.ops)} ops, {len(plan.segments)} segments, status "
+    ops = f"{len(graph.ops)} ops"
+    if graph.source is not None and plan.stream_groups:
+        ops += (f" ({len(graph.source.ops)} source ops, {len(plan.stream_groups)} streamed "
+                "group" + ("s" if len(plan.stream_groups) > 1 else "") + ")")
+    out.append(_text(LEFT, 42, f"{ops}, {len(plan.segments)} segments, status "
                      f"{plan.status}; x = step (op k runs at step k+1), y = arena offset", 11,
                      extra="fill='#555'"))
 
@@ -204,7 +208,7 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
         tip = f"step {g.step}: op {g.op} runs streamed {g.describe()}"
         out.append(f"<rect class='group' data-group='{g.group}' x='{x(g.step):.1f}' "
                    f"y='{plot_top}' width='{max(col, 1):.1f}' height='{PLOT_H}' "
-                   f"fill='#dcebfb'><title>{escape(tip)}</title></rect>")
+                   f"fill='#e6f0fb'><title>{escape(tip)}</title></rect>")
         out.append(_text(x(g.step + 0.5), plot_top - 4, f"G{g.group}", 10, "middle",
                          "fill='#1f5fa8'"))
 
@@ -424,7 +428,7 @@ def _legend(x0: float, y0: float, drawn: Mapping[str, bool]) -> list[str]:
         (f"<rect width='22' height='10' fill='{colour(3)}' stroke='#333' stroke-width='0.5'/>"
          "<line x1='0' y1='3.3' x2='22' y2='3.3' stroke='#1f5fa8' stroke-width='0.6'/>"
          "<line x1='0' y1='6.6' x2='22' y2='6.6' stroke='#1f5fa8' stroke-width='0.6'/>",
-         "ring (rows of a group's internal tensor)"),
+         "ring (rows held)"),
         (f"<rect width='22' height='10' fill='{colour(3)}' fill-opacity='0.35' "
          f"stroke='{colour(3)}' stroke-dasharray='4 2'/>", "in storage (spilled)"),
         ("<polygon points='6,0 16,0 11,9' fill='#222'/>", "spill"),
@@ -432,7 +436,8 @@ def _legend(x0: float, y0: float, drawn: Mapping[str, bool]) -> list[str]:
         ("<polygon points='6,9 16,9 11,0' fill='#222'/>", "fetch"),
         ("<polygon points='11,0 16,5 11,10 6,5' fill='#1f6fd1'/>", "stream (read in place)"),
         ("<rect width='22' height='10' fill='#fff3c4'/>", "fused op"),
-        ("<rect width='22' height='10' fill='#dcebfb'/>", "streamed group (one op)"),
+        ("<rect width='22' height='10' fill='#e6f0fb' stroke='#9bbbe0'/>",
+         "streamed group (one op)"),
         ("<line x1='0' y1='5' x2='22' y2='5' stroke='#111' stroke-width='1.6'/>", "peak"),
         ("<line x1='0' y1='5' x2='22' y2='5' stroke='#d22' stroke-width='1.6' "
          "stroke-dasharray='8 4'/>", "budget"),

@@ -277,7 +277,7 @@ def test_group_column_rings_and_spill_rows_are_labelled():
     assert [a.find("s:title", NS).text for a in away] == [
         "t2 in flash over steps 2..2, fetched at 3"]
     legend = [e.text for g in by_class(root, "g", "legend") for e in g.iter(f"{{{NS['s']}}}text")]
-    for row in ("streamed group (one op)", "ring (rows of a group's internal tensor)",
+    for row in ("streamed group (one op)", "ring (rows held)",
                 "line buffer (spill_rows)", "spill_rows (row by row)", "fetch"):
         assert row in legend
     assert "fused op" not in legend and "line buffer (streamed)" not in legend
