@@ -504,16 +504,17 @@ SERIES_SHAPES = ("circle", "square", "triangle", "diamond", "triangle-down", "pl
                  "star")
 # Planners keep their style from plot to plot.
 KNOWN_SERIES = ("ilp", "tinyseg", "tflm-greedy", "greedy-by-size", "greedy-by-breadth",
-                "hill-climb", "linear")
+                "hill-climb", "linear", "ilp-streamed")
 # Points past a gap of this factor between consecutive peaks are drawn at the right edge,
 # so one far outlier (the linear planner) does not squeeze everything else into a corner.
 OUTLIER_FACTOR = 2.5
 
 
 def series_style(names: Sequence[str]) -> dict[str, tuple[str, str]]:
-    order = [n for n in KNOWN_SERIES if n in names] + [n for n in names if n not in KNOWN_SERIES]
-    slot = {n: KNOWN_SERIES.index(n) if n in KNOWN_SERIES else len(KNOWN_SERIES) + k
-            for k, n in enumerate(order)}
+    unknown = [n for n in names if n not in KNOWN_SERIES]
+    # Unknown series take the slots after the known ones, in order of appearance.
+    slot = {n: KNOWN_SERIES.index(n) if n in KNOWN_SERIES else len(KNOWN_SERIES) +
+            unknown.index(n) for n in names}
     return {n: (SERIES_COLOURS[slot[n] % len(SERIES_COLOURS)],
                 SERIES_SHAPES[slot[n] % len(SERIES_SHAPES)]) for n in names}
 
@@ -548,7 +549,8 @@ def marker_path(shape: str, cx: float, cy: float, r: float = 5.0) -> str:
 
 
 def render_pareto_svg(points: Iterable[PointLike], title: str,
-                      budgets: Mapping[str, int] | None = None) -> str:
+                      budgets: Mapping[str, int] | None = None,
+                      y_label: str = "estimated transfer time") -> str:
     """Peak against transfer time, one marker shape and colour per series.
 
     The x axis stops at the first gap of OUTLIER_FACTOR between consecutive peaks; points
@@ -617,7 +619,7 @@ def render_pareto_svg(points: Iterable[PointLike], title: str,
                    + _text(x(b) + 2, top + 10 + 11 * (k % 3), f"budget {text}", 9, "start",
                            "fill='#d22'") + "</g>")
     out.append(_text(left + pw / 2, top + ph + 40, "peak arena bytes", 12, "middle"))
-    out.append(_text(20, top + ph / 2, "estimated transfer time", 12, "middle",
+    out.append(_text(20, top + ph / 2, y_label, 12, "middle",
                      f"transform='rotate(-90 20 {top + ph / 2:.1f})'"))
     edge = left + pw + 10
     for k, name in enumerate(series):

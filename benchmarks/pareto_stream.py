@@ -105,7 +105,8 @@ def write(rows: list[Row], outdir: Path, profile: str, command: str) -> list[Pat
                    for r in rows if r.model == model]
             path = outdir / f"{safe(model)}.pareto_streaming.svg"
             path.write_text(render_pareto_svg(
-                pts, f"{model}: peak vs estimated time, row streaming off / on ({profile})"))
+                pts, f"{model}: peak vs estimated time, row streaming off / on ({profile})",
+                y_label="transfers + ring overhead (s)"))
             written.append(path)
     except OSError as exc:
         raise PlannerError(f"cannot write into {outdir}: {exc.strerror}") from None

@@ -467,6 +467,8 @@ def test_pareto_sweeps_with_streaming_off_and_on(tmp_path, capsys):
                                                   abs=2e-6)
         assert (float(r["overhead_s"]) > 0) == (r["series"] == STREAMED_ILP)
     svg = ET.parse(tmp_path / "tiny_unet_int8.tflite.pareto_streaming.svg").getroot()
-    drawn = {p.get("data-series") for p in svg.iter(f"{SVG}path") if p.get("class") == "point"}
-    assert drawn == series
+    points = [p for p in svg.iter(f"{SVG}path") if p.get("class") == "point"]
+    assert {p.get("data-series") for p in points} == series
+    strokes = {p.get("data-series"): p.get("stroke") for p in points}
+    assert strokes["ilp"] != strokes[STREAMED_ILP]  # the two series stay apart
     assert main(["pareto", "--points", "1"]) == 2
