@@ -51,8 +51,8 @@ def plan_for(path: Path, planner: str, budget: int | None = None) -> Plan:
     profile = load_profile(PROFILE)
     plan = registry()[planner](Request(planned, profile, budget, time_limit=10.0,
                                        work_limit=0.5))
-    if not plan.stream_groups:  # a planner that does not stamp the groups it planned for
-        plan = replace(plan, stream_groups=groups_of(planned), op_kernels=op_kernels_of(source))
+    # Planners stamp the groups and kernels of the graph they planned.
+    assert plan.stream_groups == groups_of(planned) and plan.op_kernels == op_kernels_of(source)
     assert_valid(planned, plan, profile.capacities)
     return plan
 

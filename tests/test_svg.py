@@ -316,8 +316,8 @@ def test_real_streamed_plan_draws_every_group_and_ring():
     source = apply_kernels(load_model(model), profile)
     planned = apply_groups(source, choose_groups(source, profile))
     plan = registry()["tflm-greedy"](Request(planned, profile))
-    if not plan.stream_groups:  # a planner that does not stamp the groups it planned for
-        plan = replace(plan, stream_groups=groups_of(planned), op_kernels=op_kernels_of(source))
+    # Planners stamp the groups and kernels of the graph they planned.
+    assert plan.stream_groups == groups_of(planned) and plan.op_kernels == op_kernels_of(source)
     assert_valid(planned, plan, profile.capacities)
     root = parse(render_layout_svg(planned, plan))
     cols = by_class(root, "rect", "group")
