@@ -182,6 +182,12 @@ def test_cli_solve_row_streaming_then_run(tmp_path: Path):
     plan_path = next(out.glob("*.json")) if not (out / "plan.json").is_file() \
         else out / "plan.json"
     assert Plan.load(plan_path).stream_groups
+    # The pictures and reports of the plan show its groups and rings.
+    report = (out / "report.html").read_text()
+    assert "id='groups'" in report and "streamed working-set bound" in report
+    svg = next(out.glob("*.svg")).read_text()
+    assert "class='group'" in svg and "data-role='ring'" in svg
+    assert " ring " in (out / "tensors.csv").read_text()
     done = subprocess.run([sys.executable, "-m", "planner", "run", str(UNET), str(plan_path),
                            "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
