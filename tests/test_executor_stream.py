@@ -167,20 +167,39 @@ def test_a_ring_one_row_short_gives_wrong_numbers_or_is_refused(planner: str):
     bad, _, _ = found
     bad_graph = planned_graph(load_model(UNET), bad)
     errors = check(bad_graph, bad, load_profile(PROFILE).capacities)
+    assert any("before its last read" in e for e in errors)  # the checker refuses it
     result = run(UNET, bad, graph=bad_graph)
-    # The executor's poison catches it whatever the checker says.
+    # And the executor's poison catches it on its own (planner run --unchecked).
     assert result.mismatch is not None, "a ring one row short ran bit-identical"
-    assert errors or result.mismatch
 
 
-def test_cli_solve_row_streaming_then_run(tmp_path: Path):
-    out = tmp_path / "out"
+def test_run_refuses_a_short_ring_and_unchecked_it_mismatches(solved: Path, tmp_path: Path):
+    bad, _, _ = shrunk(Plan.load(solved / "plan.json"))  # stamped with its model by solve
+    path = tmp_path / "short.json"
+    bad.save(path)
+    cmd = [sys.executable, "-m", "planner", "run", str(UNET), str(path)]
+    refused = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "before its last read" in refused.stderr
+    wrong = subprocess.run([*cmd, "--unchecked"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+    assert wrong.returncode == 1, wrong.stderr
+    assert wrong.stderr.startswith("mismatch: output ")
+
+
+@pytest.fixture(scope="module")
+def solved(tmp_path_factory) -> Path:
+    """`solve --row-streaming -o OUT` of tiny_unet_int8 with tflm-greedy."""
+    out = tmp_path_factory.mktemp("solved")
     solve = subprocess.run([sys.executable, "-m", "planner", "solve", str(UNET),
                             "--row-streaming", "--planner", "tflm-greedy", "-o", str(out)],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert solve.returncode == 0, solve.stderr
-    plan_path = next(out.glob("*.json")) if not (out / "plan.json").is_file() \
-        else out / "plan.json"
+    return out
+
+
+def test_cli_solve_row_streaming_then_run(solved: Path):
+    out = solved
+    plan_path = out / "plan.json"
     assert Plan.load(plan_path).stream_groups
     # The pictures and reports of the plan show its groups and rings.
     report = (out / "report.html").read_text()
