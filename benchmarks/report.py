@@ -208,8 +208,10 @@ def headline_tables(rows: Sequence[dict], profile: str) -> list[str]:
         "partition `choose_groups` picks) run as one op each, holding rings of rows instead "
         "of the tensors between their members; streamed ILP: the exact planner on that "
         f"graph (`solve --row-streaming`), rows `{STREAMED_ILP}`, lowest head over all "
-        "budgets. Last column: that head against the streamed bound (\"=\": proven optimal "
-        "over the partitions choose_groups searches).",
+        "budgets; its status is the solver's for that graph (the chosen groups). Last "
+        "column: that head against the streamed bound (\"=\": optimal over every partition "
+        "choose_groups searches; above it, the gap no search closed, e.g. a graph input "
+        "that is whole in the arena at step 0 in any plan).",
         "",
         *streaming_table(rows),
     ]
