@@ -7,6 +7,8 @@ rings of the exact size, bit-exact against the unmodified model."""
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +18,9 @@ from one_op_models import one_op_model, reference
 from row_op_models import binary_model, concat_model, pool_model, reference_n
 
 from backends import ckernels, crows, group_program
+from planner import kernels, streaming
 from planner.errors import PlannerError
+from planner.ir import OpKind
 
 pytest.importorskip("ai_edge_litert")
 pytestmark = pytest.mark.skipif(crows.available() is not None, reason=str(crows.available()))
@@ -48,34 +52,36 @@ def _conv_band(oy: int, stride: int, pad: int, k: int, h: int) -> list[int]:
 
 # -- CONV_2D / DEPTHWISE_CONV_2D ------------------------------------------------------------
 
-@examples(30)
+@examples(40)
 @given(h=st.integers(1, 7), w=st.integers(1, 6), groups=st.integers(1, 3),
-       gin=st.integers(1, 4), gout=st.integers(1, 3), k=st.integers(1, 4), s=st.integers(1, 3),
-       padding=st.sampled_from(["same", "valid"]), act=st.sampled_from(["none", "relu", "relu6"]),
+       gin=st.integers(1, 4), gout=st.integers(1, 3), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), padding=st.sampled_from(["same", "valid"]),
+       act=st.sampled_from(["none", "relu", "relu6", "relu_n1_to_1"]),
        seed=st.integers(0, 2**16))
-def test_conv_rows_match_reference(h, w, groups, gin, gout, k, s, padding, act, seed):
+def test_conv_rows_match_reference(h, w, groups, gin, gout, kh, kw, sh, sw, padding, act, seed):
+    """CONV_2D (grouped when groups > 1, 1x1 when kh = kw = 1), any strides and kernel."""
     rng = np.random.default_rng(seed)
-    if padding == "valid" and (h < k or w < k):
+    if padding == "valid" and (h < kh or w < kw):
         return
     cin, cout = groups * gin, groups * gout
-    oh = math.ceil(h / s) if padding == "same" else (h - k) // s + 1
-    ow = math.ceil(w / s) if padding == "same" else (w - k) // s + 1
-    filt = rng.integers(-127, 128, (cout, k, k, gin)).astype(np.int8)
+    oh = math.ceil(h / sh) if padding == "same" else (h - kh) // sh + 1
+    ow = math.ceil(w / sw) if padding == "same" else (w - kw) // sw + 1
+    filt = rng.integers(-127, 128, (cout, kh, kw, gin)).astype(np.int8)
     bias = rng.integers(-3000, 3000, cout).astype(np.int32)  # TFLite's int8 conv needs one
     in_q, out_q = _q(rng), _q(rng, 0.05, 0.5)
     f_scales = [float(np.float32(v)) for v in rng.uniform(0.002, 0.03, cout)]
     x = rng.integers(-128, 128, (1, h, w, cin)).astype(np.int8)
     want = reference(one_op_model("CONV_2D", x.shape, filt, bias, in_q, f_scales, out_q,
-                                  (1, oh, ow, cout), (s, s), padding, act), x)
+                                  (1, oh, ow, cout), (sh, sw), padding, act), x)
     mult, shift = ckernels.per_channel_multipliers(in_q[0], f_scales, out_q[0], cout)
-    pt = group_program.same_padding(h, oh, k, s) if padding == "same" else 0
-    pl = group_program.same_padding(w, ow, k, s) if padding == "same" else 0
-    assert (pt, pl) == (crows.same_padding(h, oh, k, s), crows.same_padding(w, ow, k, s)) or \
-        padding == "valid"
+    pt = group_program.same_padding(h, oh, kh, sh) if padding == "same" else 0
+    pl = group_program.same_padding(w, ow, kw, sw) if padding == "same" else 0
+    if padding == "same":
+        assert (pt, pl) == (crows.same_padding(h, oh, kh, sh), crows.same_padding(w, ow, kw, sw))
     for oy in range(oh):
-        ring = _band_ring(rng, x, _conv_band(oy, s, pt, k, h), k)
+        ring = _band_ring(rng, x, _conv_band(oy, sh, pt, kh, h), kh)
         got = crows.conv_row(ring, oy, filt, bias, mult, shift, in_shape=x.shape,
-                             out_shape=(1, oh, ow, cout), strides=(s, s), pads=(pt, pl),
+                             out_shape=(1, oh, ow, cout), strides=(sh, sw), pads=(pt, pl),
                              input_zero_point=in_q[1], output_zero_point=out_q[1],
                              act_range=ckernels.activation_range(act, *out_q))
         np.testing.assert_array_equal(got, want[0, oy].ravel(), err_msg=f"row {oy}")
@@ -210,6 +216,25 @@ def test_concat_rows_match_reference(h, w, chans, seed):
         np.testing.assert_array_equal(got, want[0, y].ravel())
 
 
+def test_encoder_constants_are_the_headers():
+    """group_program writes the numbers tp_rows.h defines (one source: the header)."""
+    import re
+
+    header = (crows.C_DIR / "tp_rows.h").read_text()
+    enums = dict(re.findall(r"(TP_(?:VIEW|OPK)_\w+) = (\d+)", header))
+    assert {k: int(v) for k, v in enums.items()} == {
+        "TP_VIEW_WHOLE": group_program.WHOLE, "TP_VIEW_RING": group_program.RING,
+        "TP_VIEW_STREAM_IN": group_program.STREAM_IN,
+        "TP_VIEW_SPILL_ROWS": group_program.SPILL_ROWS, "TP_OPK_CONV": group_program.CONV,
+        "TP_OPK_DEPTHWISE": group_program.DEPTHWISE, "TP_OPK_TCONV": group_program.TCONV,
+        "TP_OPK_MAX_POOL": group_program.MAX_POOL, "TP_OPK_AVG_POOL": group_program.AVG_POOL,
+        "TP_OPK_ADD": group_program.ADD, "TP_OPK_MUL": group_program.MUL,
+        "TP_OPK_CONCAT": group_program.CONCAT}
+    assert (crows.MAGIC, crows.VERSION) == (group_program.MAGIC, group_program.VERSION)
+    assert crows._define("TP_GROUP_MAX_DIM") == group_program.MAX_DIM
+    assert (crows.MAX_OPS, crows.MAX_VIEWS) == (kernels.GROUP_MAX_OPS, kernels.GROUP_MAX_VIEWS)
+
+
 def test_add_row_differs_from_a_wrong_multiplier():
     """The add test could not pass on a constant: a changed multiplier changes rows."""
     rng = np.random.default_rng(1)
@@ -223,96 +248,17 @@ def test_add_row_differs_from_a_wrong_multiplier():
 
 # -- whole groups through tp_group_run -------------------------------------------------------
 
-def _last_row(graph, op, t: int, r: int) -> int:
-    """The last row of input tensor t that output row r of op reads (as tp_rows.c)."""
-    h = graph.tensors[t].shape[1]
-    oh = graph.tensors[op.outputs[0]].shape[1]
-    k = op.attrs.get("kernel", (1, 1))[0]
-    s = op.attrs.get("strides", (1, 1))[0]
-    if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"):
-        pt = group_program.same_padding(h, oh, k, s) if op.attrs.get("padding") == "same" else 0
-        return min(h - 1, r * s - pt + k - 1)
-    if op.op_type == "TRANSPOSE_CONV":
-        pt = group_program.tconv_padding(oh, k, s, op.attrs.get("padding") == "same")
-        return min(h - 1, (r + pt) // s)
-    return r
-
-
-def _row_inputs(op) -> list[int]:
-    if op.op_type == "TRANSPOSE_CONV":
-        return [op.inputs[2]]
-    if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        return [op.inputs[0]]
-    return list(op.inputs)
-
-
 def local_group(graph, ops: tuple[int, ...]):
-    """A StreamGroup for consecutive `ops`: a demand-driven schedule (each sink's rows in
-    order, producers' rows computed just before they are first needed) and the least ring
-    per internal tensor under it (what planner/streaming.py derives; a test stand-in)."""
-    from planner.plan import StreamGroup
-
-    members = [graph.ops[i] for i in ops]
-    made = {op.outputs[0]: pos for pos, op in enumerate(members)}
-    used_in = {t for op in members for t in op.inputs}
-    consumers = graph.consumers()
-    outside = {t for t in made if t in graph.outputs or
-               any(c not in ops for c in consumers.get(t, []))}
-    done = [0] * len(members)
-    schedule: list[tuple[int, int]] = []
-    newest: dict[int, int] = {}
-    span: dict[int, int] = {}
-
-    def compute(pos: int, r: int) -> None:
-        op = members[pos]
-        for t in _row_inputs(op):
-            if t in made:
-                while done[made[t]] <= _last_row(graph, op, t, r):
-                    compute(made[t], done[made[t]])
-        for t in _row_inputs(op):  # every row read is still held: ring >= newest - read + 1
-            if t in made:
-                lo = r if op.op_type in ("ADD", "MUL", "CONCATENATION") else 0
-                first = lo
-                if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D",
-                                  "AVERAGE_POOL_2D", "TRANSPOSE_CONV"):
-                    first = _first_row(graph, op, t, r)
-                if first <= _last_row(graph, op, t, r):
-                    span[t] = max(span.get(t, 1), newest[t] - first + 1)
-        schedule.append((pos, r))
-        newest[op.outputs[0]] = r
-        done[pos] += 1
-
-    sinks = [pos for pos, op in enumerate(members) if op.outputs[0] not in used_in]
-    # Sinks first, then rows nobody reads (a VALID pool's last input row): every row once.
-    for pos in [*sinks, *range(len(members))]:
-        while done[pos] < graph.tensors[members[pos].outputs[0]].shape[1]:
-            compute(pos, done[pos])
-    rings = tuple((t, span.get(t, 1)) for t in made if t not in outside)
-    return StreamGroup(ops=tuple(ops), rings=rings, schedule=tuple(schedule))
-
-
-def _first_row(graph, op, t: int, r: int) -> int:
-    h = graph.tensors[t].shape[1]
-    oh = graph.tensors[op.outputs[0]].shape[1]
-    k = op.attrs.get("kernel", (1, 1))[0]
-    s = op.attrs.get("strides", (1, 1))[0]
-    if op.op_type == "TRANSPOSE_CONV":
-        pt = group_program.tconv_padding(oh, k, s, op.attrs.get("padding") == "same")
-        return max(0, -(-(r + pt - k + 1) // s))
-    pt = group_program.same_padding(h, oh, k, s) if op.attrs.get("padding") == "same" else 0
-    return max(0, r * s - pt)
+    """The group of consecutive `ops` as planner/streaming.py schedules it (demand-driven
+    schedule, least rings)."""
+    return streaming.schedule_group(graph, ops)
 
 
 def _views(graph, group):
-    """The group op's views as apply_groups lists them: external inputs in order of first
-    read, external outputs in order of production."""
-    made = {graph.ops[i].outputs[0] for i in group.ops}
-    ring_ts = {t for t, _ in group.rings}
-    inputs = list(dict.fromkeys(t for i in group.ops for t in graph.ops[i].inputs
-                                if t >= 0 and t not in made))
-    outputs = [graph.ops[i].outputs[0] for i in group.ops
-               if graph.ops[i].outputs[0] not in ring_ts]
-    return inputs, outputs
+    """The group op's views as apply_groups lists them: its inputs and outputs."""
+    planned = streaming.apply_groups(graph, [group])
+    (op,) = [o for o in planned.ops if o.kind == OpKind.STREAMED_GROUP]
+    return list(op.inputs), list(op.outputs)
 
 
 class Model:
@@ -325,7 +271,11 @@ class Model:
         from frontends.tflite_frontend import parse_tflite
 
         self.data = data
-        self.graph = parse_tflite(data)
+        graph = parse_tflite(data)
+        # TRANSPOSE_CONVs on the row kernel, as kernels.apply_kernels puts them.
+        self.graph = kernels.with_op_kernels(graph, [(op.index, kernels.ROWS_KERNEL)
+                                                     for op in graph.ops
+                                                     if op.op_type == "TRANSPOSE_CONV"])
         self.fbm = read_model(data)
         it = Interpreter(model_content=data, experimental_preserve_all_tensors=True,
                          experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
@@ -425,11 +375,13 @@ def test_ring_one_row_short_gives_wrong_numbers(request, name, ops):
     poisoning, gives wrong numbers: the rings are exact, and the runner really reads them."""
     chain1 = request.getfixturevalue(name)
     g = local_group(chain1.graph, ops)
+    assert streaming.verify_schedule(chain1.graph, g) == []
     assert _run(chain1, g, poison=0xA5)[0] == 0
     for i, (t, rows) in enumerate(g.rings):
         rings = list(g.rings)
         rings[i] = (t, rows - 1)
         short = type(g)(ops=g.ops, rings=tuple(rings), schedule=g.schedule)
+        assert streaming.verify_schedule(chain1.graph, short), "the checker agrees"
         if rows == 1:  # a ring of no rows is refused, not run
             with pytest.raises(PlannerError, match="held in 0 rows"):
                 _run(chain1, short)
@@ -464,19 +416,8 @@ def test_whole_unet_tail_chain_from_the_first_conv(chain2):
 # -- stream_in and spill_rows through Python callbacks ----------------------------------------
 
 def held_rows(graph, group, t: int) -> int:
-    """Rows of external input t a line buffer holds under the group's schedule: rows are
-    read on first need, in order, and every row read must still be there."""
-    loaded, span = -1, 1
-    for pos, r in group.schedule:
-        op = graph.ops[group.ops[pos]]
-        if t not in _row_inputs(op):
-            continue
-        hi = _last_row(graph, op, t, r)
-        lo = r if op.op_type in ("ADD", "MUL", "CONCATENATION") else _first_row(graph, op, t, r)
-        loaded = max(loaded, hi)
-        if lo <= hi:
-            span = max(span, loaded - lo + 1)
-    return span
+    """Rows of external input t its line buffer holds under the schedule."""
+    return streaming.held_rows(graph, group)[t]
 
 
 class Storage:
@@ -570,35 +511,7 @@ def test_a_failing_callback_stops_the_run(chain2):
 # -- encode(): the group op of a planned graph --------------------------------------------------
 
 def local_planned(source, groups):
-    """The planned graph of the spec (streaming.apply_groups): each group one
-    STREAMED_GROUP op, its rings appended as scratch tensors. A test stand-in."""
-    import dataclasses
-
-    from planner.ir import Graph, Op, OpKind, Role, Tensor
-
-    tensors = list(source.tensors)
-    ops = []
-    first = {g.ops[0]: (i, g) for i, g in enumerate(groups)}
-    inside = {o for g in groups for o in g.ops}
-    for op in source.ops:
-        if op.index in first:
-            gi, g = first[op.index]
-            inputs, outputs = _views(source, g)
-            scratch = []
-            for t, rows in g.rings:
-                src = source.tensors[t]
-                shape = (rows, *src.shape[2:])
-                tensors.append(Tensor(len(tensors), f"{src.name}/ring", shape, src.dtype,
-                                      int(np.prod(shape)), Role.SCRATCH))
-                scratch.append(len(tensors) - 1)
-            ops.append(Op(len(ops), f"group{gi}", "TINYPLAN_STREAMED_GROUP",
-                          OpKind.STREAMED_GROUP, tuple(inputs), tuple(outputs), tuple(scratch),
-                          {"kernel": "tinyplan_group", "group": gi, "members": list(g.ops),
-                           "stream_in": [], "spill_rows": []}))
-        elif op.index not in inside:
-            ops.append(dataclasses.replace(op, index=len(ops)))
-    return Graph(source.name, source.source_format, tuple(tensors), tuple(ops), source.inputs,
-                 source.outputs, source.layout, source=source)
+    return streaming.apply_groups(source, groups)
 
 
 def test_encode_reads_modes_from_the_plan(chain2):
@@ -666,7 +579,7 @@ def test_corrupted_programs_return_error_codes(chain1):
     def code(mutate) -> int:
         bad = prog.copy()
         mutate(bad)
-        return crows.group_return_code(bad, _full_bases(prog))
+        return crows.group_return_code(bad, _full_bases(prog), check=False)
 
     assert code(lambda p: p.__setitem__(0, 0)) == crows.TP_EPROGRAM           # magic
     assert code(lambda p: p.__setitem__(5, len(p) + 1)) == crows.TP_EPROGRAM  # length
@@ -710,8 +623,203 @@ def test_fuzzed_programs_never_crash(chain2):
         for b in bases:
             b[-64:] = 0xEE
         try:
-            codes.add(crows.group_return_code(bad, bases, storage.read, storage.write, 0x55))
+            codes.add(crows.group_return_code(bad, bases, storage.read, storage.write, 0x55,
+                                              check=False))
         except IndexError:  # a fuzzed storage address past the test storage
             codes.add("callback")
         assert all((b[-64:] == 0xEE).all() for b in bases)
     assert crows.TP_EPROGRAM in codes and len(codes) >= 2
+
+
+def test_stream_in_reads_only_the_rows_a_band_reads():
+    """A 1x1 stride-2 conv reads rows 0, 2, 4, ... of its streamed input: the odd rows are
+    never read from storage, and one row of line buffer is enough."""
+    from benchmarks.models.tflite_builder import Builder
+
+    b = Builder("rows_skip", seed=13)
+    x = b.input("x", (1, 9, 6, 4))
+    s = b.conv2d(x, 4, k=1, stride=2, name="s")
+    b.output(b.conv2d(s, 5, k=3, name="y"))
+    m = Model(b.finish())
+    g = local_group(m.graph, (0, 1))
+    inputs, outputs = _views(m.graph, g)
+    t = m.graph.inputs[0]
+    rows = held_rows(m.graph, g, t)
+    assert rows == 1
+    st_ = Storage()
+    st_.data[1000:1000 + m.values[t].nbytes] = m.values[t].tobytes()
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={t: (rows, 1000)})
+    bases = m.bases(prog, inputs, outputs, skip={t})
+    crows.run_group(prog, bases, st_.read, None, poison=0xC3)
+    assert st_.reads == [(1000 + r * 24, 24) for r in range(0, 9, 2)]
+    (y,) = outputs
+    np.testing.assert_array_equal(bases[len(inputs)].view(np.int8), m.values[y].ravel())
+    # A load naming a view that is not streamed in is refused.
+    load = next(i for i in range(6 + 5 * int(prog[2]), len(prog), 2) if prog[i] < 0
+                and i >= len(prog) - 2 * int(prog[4]))
+    bad = prog.copy()
+    bad[load] = -1 - len(inputs)  # the output view
+    assert crows.group_return_code(bad, m.bases(prog, inputs, outputs)) == crows.TP_ESCHEDULE
+
+
+# -- the zoo models: every row-capable run as a group ---------------------------------------------
+
+ZOO = ["tiny_unet_int8", "fcn_additive_int8", "deeplab_lite_int8", "mbv2_unet_int8",
+       "irregular_int8", "unet_wide96_int8"]
+
+
+def _chunks(graph, run: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """`run` cut into pieces the C limits take (ops and views per group)."""
+    out, cur = [], []
+    for i in run:
+        trial = (*cur, i)
+        if cur and (len(trial) > crows.MAX_OPS or
+                    streaming.group_views(graph, streaming.schedule_group(graph, trial))
+                    > crows.MAX_VIEWS):
+            out.append(tuple(cur))
+            cur = [i]
+        else:
+            cur.append(i)
+    out.append(tuple(cur))
+    return [c for c in out if len(c) >= 2]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_groups_are_bit_exact(name):
+    """Each maximal run of row-capable ops of a zoo model runs as one group, its external
+    inputs streamed in and its spillable outputs spilled row by row where the group op
+    allows it, on line buffers of the sizes streaming.py gives: every output equals the
+    reference interpreter's tensor."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / f"{name}.tflite"
+    m = Model(path.read_bytes(), seed=3)
+    runs = streaming.group_candidates(m.graph, SimpleNamespace(custom_kernels=True))
+    groups = [c for run in runs for c in _chunks(m.graph, run)]
+    assert groups, f"{name}: no row-capable run"
+    checked = 0
+    for ops in groups:
+        g = local_group(m.graph, ops)
+        planned = streaming.apply_groups(m.graph, [g])
+        (op,) = [o for o in planned.ops if o.kind == OpKind.STREAMED_GROUP]
+        inputs, outputs = list(op.inputs), list(op.outputs)
+
+        def rows_of(entries):
+            return {int(t): (int(nb) // streaming.row_bytes(m.graph.tensors[t]), 0)
+                    for t, nb in entries}
+
+        stream_in, spill = rows_of(op.attrs["stream_in"]), rows_of(op.attrs["spill_rows"])
+        st_ = Storage(sum(m.graph.tensors[t].nbytes for t in (*stream_in, *spill)) + 16)
+        at = 0
+        for t in (*stream_in, *spill):
+            (stream_in if t in stream_in else spill)[t] = (
+                (stream_in if t in stream_in else spill)[t][0], at)
+            if t in stream_in:
+                st_.data[at:at + m.graph.tensors[t].nbytes] = m.values[t].tobytes()
+            at += m.graph.tensors[t].nbytes
+        prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs, stream_in,
+                                          spill)
+        bases = m.bases(prog, inputs, outputs, skip=set(stream_in))
+        crows.run_group(prog, bases, st_.read, st_.write, poison=0xE7)
+        for i, t in enumerate(outputs):
+            want = m.values[t].tobytes()
+            if t in spill:
+                a = spill[t][1]
+                got = bytes(st_.data[a:a + len(want)])
+            else:
+                got = bases[len(inputs) + i].tobytes()
+            assert got == want, f"{name}: group {list(ops)} output {m.graph.tensors[t].name}"
+            checked += 1
+    assert checked
+
+
+def test_buffers_are_checked_before_the_c_runner_sees_them(chain1):
+    m = chain1
+    g = local_group(m.graph, (0, 1, 2))
+    inputs, outputs = _views(m.graph, g)
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs)
+    bases = m.bases(prog, inputs, outputs)
+    for v in range(len(inputs)):  # inputs read whole may be read-only (constants in place)
+        bases[v].flags.writeable = False
+    crows.run_group(prog, bases)
+    ring = len(inputs) + len(outputs)
+    small = list(bases)
+    small[ring] = small[ring][:-1].copy()
+    with pytest.raises(crows.CKernelError, match=f"group view {ring}: buffer of"):
+        crows.run_group(prog, small)
+    frozen = list(bases)
+    frozen[len(inputs)] = bases[len(inputs)].copy()
+    frozen[len(inputs)].flags.writeable = False
+    with pytest.raises(crows.CKernelError, match="the group writes it"):
+        crows.run_group(prog, frozen)
+    with pytest.raises(crows.CKernelError, match="views, 2 buffers"):
+        crows.run_group(prog, bases[:2])
+
+
+_ASAN_FUZZ = """
+import sys
+from pathlib import Path
+import numpy as np
+import backends.ckernels as ck
+_build = ck.build_shared
+ck.build_shared = lambda s, h, name, lib: Path(sys.argv[1]) if name == "crows" else \\
+    _build(s, h, name, lib)
+import test_rows_kernels as T
+from backends import crows, group_program
+m = T._chain2()
+for ops in ((2, 3, 4), (0, 1, 2, 3, 4)):
+    g = T.local_group(m.graph, ops)
+    inputs, outputs = T._views(m.graph, g)
+    e = [t for t in inputs if m.graph.tensors[t].name == "e"]
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={t: (1, 64) for t in e},
+                                      spill_rows={outputs[0]: (1, 0)})
+    rng = np.random.default_rng(9)
+    st = T.Storage(1 << 22)
+    for i in range(int(sys.argv[2])):
+        bad = prog.copy()
+        for _ in range(int(rng.integers(1, 6))):
+            at = int(rng.integers(0, len(bad)))
+            bad[at] = rng.choice([0, -1, 1, 2, int(bad[at]) + int(rng.integers(-3, 4)),
+                                  int(rng.integers(-2**31, 2**31 - 1))])
+        try:
+            crows.group_return_code(bad, T._full_bases(prog), st.read, st.write, 0x55,
+                                    check=False)
+        except IndexError:
+            pass
+print("fuzzed")
+"""
+
+
+def test_fuzzed_programs_are_clean_under_asan_and_ubsan(tmp_path):
+    """The runner built with AddressSanitizer and UndefinedBehaviorSanitizer (aborting on
+    the first report) over fuzzed programs: no out-of-bounds access, no overflow."""
+    import shutil
+    import subprocess
+    import sys
+
+    cc = shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no gcc for the sanitizer build")
+    asan = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True,
+                          text=True).stdout.strip()
+    if not asan.startswith("/"):
+        pytest.skip("gcc has no libasan here")
+    lib = tmp_path / "libtprows_asan.so"
+    build = subprocess.run(
+        [cc, "-std=c99", "-O1", "-g", "-fsanitize=address,undefined",
+         "-fno-sanitize-recover=undefined", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror",
+         "-I", str(crows.C_DIR), "-o", str(lib), *(str(crows.C_DIR / s) for s in crows.SOURCES)],
+        capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    script = tmp_path / "fuzz.py"
+    script.write_text(_ASAN_FUZZ)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0",
+               PYTHONPATH=f"{root}{os.pathsep}{root / 'tests'}")
+    done = subprocess.run([sys.executable, str(script), str(lib), "250"], capture_output=True,
+                          text=True, env=env, cwd=root, timeout=600)
+    assert done.returncode == 0 and "fuzzed" in done.stdout, done.stderr[-2000:]
+    assert "runtime error" not in done.stderr and "AddressSanitizer" not in done.stderr
