@@ -51,14 +51,12 @@ def stream_overhead_seconds(graph: Graph, profile: DeviceProfile) -> float:
 
 
 def group_rows(graph: Graph, op_index: int) -> int:
-    """Output rows the member ops of group op `op_index` compute (each row once)."""
+    """Output rows the member ops of group op `op_index` compute: its schedule computes
+    each once (planner/streaming.py); without one, the group's own output rows."""
     op = graph.ops[op_index]
-    source = graph.source
-    members = op.attrs.get("members", ())
-    if source is None or not members:  # no source graph: count the group's own outputs
-        return sum(stream_rows(graph.tensors[t], graph.layout) for t in op.outputs if t >= 0)
-    return sum(stream_rows(source.tensors[t], source.layout)
-               for m in members for t in source.ops[int(m)].outputs[:1] if t >= 0)
+    if "schedule" in op.attrs:
+        return len(op.attrs["schedule"])
+    return sum(stream_rows(graph.tensors[t], graph.layout) for t in op.outputs if t >= 0)
 
 
 def _one(graph: Graph, t: Transfer, profile: DeviceProfile) -> float:

@@ -14,41 +14,8 @@ relaxation spills fractions of tensors), so this is what the gap is measured aga
 
 from __future__ import annotations
 
-from ...analysis import lifetimes, op_working_set, working_set_bound
-from ...device import DeviceProfile
-from ...ir import ALIGNMENT, Graph, align
-from .model import Need, Problem, group_streams
-
-
-def peak_bound_bytes(graph: Graph, profile: DeviceProfile) -> int:
-    """No plan the exact model admits has a lower peak: the working-set bound, where a
-    streamed group op needs its rings, each input whole or (storage to stream from) its
-    stream_in lines, and each output whole or (storage to write to) its spill_rows lines.
-
-    analysis.working_set_bound holds the same per op for ordinary ops; for group ops it is
-    recomputed here from the op's attrs so that the proof never rests on a bound that
-    counts streamable tensors whole.
-    """
-    groups = group_streams(graph)
-    if not groups:
-        return working_set_bound(graph, profile.can_stream, profile.fusion).bytes
-    planned = lifetimes(graph)
-    best = 0
-    for op in graph.ops:
-        if op.index not in groups:
-            need, _ = op_working_set(graph, op.index, profile.can_stream, profile.fusion)
-            best = max(best, need)
-            continue
-        stream_in, spill_rows = groups[op.index]
-        lines = {**stream_in, **spill_rows} if profile.storages else {}
-        need = 0
-        for t in dict.fromkeys((*op.inputs, *op.outputs, *op.scratch)):
-            if t < 0 or t not in planned:
-                continue
-            size = align(graph.tensors[t].nbytes)
-            need += min(size, align(lines[t])) if t in lines else size
-        best = max(best, need)
-    return best
+from ...ir import ALIGNMENT
+from .model import Need, Problem
 
 
 def transfer_bound_seconds(problem: Problem, peak_bytes: int) -> float:

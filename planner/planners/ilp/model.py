@@ -183,7 +183,8 @@ def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True
     scratch = {t.id for t in graph.tensors if t.role == Role.SCRATCH}
     fixed = [(t, life[t][0], align(graph.tensors[t].nbytes) // ALIGNMENT)
              for t in life if t in scratch]
-    streamed = group_streams(graph)
+    # Gated as analysis.working_set_bound gates them, so that its bound holds for the model.
+    streamed = group_streams(graph) if profile.can_stream else {}
 
     def points_for(t: int) -> tuple[list[Point], int | None]:
         eliminated = None
