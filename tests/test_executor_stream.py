@@ -212,3 +212,19 @@ def test_cli_solve_row_streaming_then_run(solved: Path):
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["match"] is True and summary["checker_errors"] == 0
+
+
+def test_a_stream_in_from_the_wrong_address_is_caught():
+    """A group's stream_in reads from its transfer's own address: pointing it one row
+    further brings back the wrong rows (or bytes no spill wrote), never the right answer."""
+    plan = moving_plan()
+    _, planned, *_ = streamed(UNET)
+    groups = {op.index + 1 for op in planned.ops if op.kind.value == "streamed_group"}
+    target = next((t for t in plan.transfers if t.kind == "stream" and t.step in groups), None)
+    if target is None:
+        pytest.skip("this plan streams no group input")
+    row = planned.tensors[target.tensor].nbytes // planned.tensors[target.tensor].shape[1]
+    moved = tuple(replace(t, address=t.address + row) if t == target else t
+                  for t in plan.transfers)
+    result = run(UNET, replace(plan, transfers=moved))
+    assert result.mismatch is not None
