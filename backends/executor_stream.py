@@ -211,6 +211,10 @@ class GroupRunner:
         from . import crows
         from .executor import ExecutionError
 
+        if self.m.device is None:
+            raise ExecutionError(f"op {op.index} ({op.name}): streamed groups run on the C row "
+                                 "runner, which serves TFLite int8 models only")
+        crows.library()  # no C compiler: one PlannerError line, not a mismatch
         program = self._program(op)
         views, reads, writes = self.bases(op, step)
         router = _Router(self.m, reads, writes)
