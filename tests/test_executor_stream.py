@@ -228,3 +228,27 @@ def test_a_stream_in_from_the_wrong_address_is_caught():
                   for t in plan.transfers)
     result = run(UNET, replace(plan, transfers=moved))
     assert result.mismatch is not None
+
+
+def test_layout_of_a_plan_moving_rows_labels_its_line_buffers():
+    import xml.etree.ElementTree as ET
+
+    from backends.svg import render_layout_svg
+
+    plan = moving_plan()
+    _, planned, *_ = streamed(UNET)
+    root = ET.fromstring(render_layout_svg(planned, plan))
+    ns = "{http://www.w3.org/2000/svg}"
+    segs = [e for e in root.iter(f"{ns}rect") if e.get("class") == "seg"]
+    roles = {e.get("data-role") for e in segs}
+    kinds = {t.kind for t in plan.transfers}
+    assert ("stream_in" in roles) == ("stream" in kinds)
+    assert ("spill_rows" in roles) == ("spill_rows" in kinds)
+    for e in segs:
+        tip = e.find(f"{ns}title").text
+        if e.get("data-role") == "stream_in":
+            assert "(line buffer, stream_in rows from storage)" in tip
+        if e.get("data-role") == "spill_rows":
+            assert "(line buffer, spill_rows rows to storage)" in tip
+    markers = [e for e in root.iter(f"{ns}polygon") if e.get("class") == "spill-rows-marker"]
+    assert len(markers) == sum(t.kind == "spill_rows" for t in plan.transfers)
