@@ -543,9 +543,9 @@ class ArenaMachine:
                 if is_group(op):
                     # Rings start as garbage; outputs go to their segments or to storage.
                     self._clobber_scratch(op, step)
-                    start = time.perf_counter()
+                    began = time.perf_counter()
                     self.groups.run(op, step)
-                    self.kernel_seconds += time.perf_counter() - start
+                    self.kernel_seconds += time.perf_counter() - began
                     self.c_kernel_ops += 1
                     self._clobber_scratch(op, step)
                 elif op.index not in self.fused_concat:

@@ -252,3 +252,8 @@ def test_layout_of_a_plan_moving_rows_labels_its_line_buffers():
             assert "(line buffer, spill_rows rows to storage)" in tip
     markers = [e for e in root.iter(f"{ns}polygon") if e.get("class") == "spill-rows-marker"]
     assert len(markers) == sum(t.kind == "spill_rows" for t in plan.transfers)
+
+
+def test_kernel_time_is_part_of_the_run_time():
+    result = run(UNET, plan_for(UNET, "tflm-greedy"))
+    assert 0 < result.execution.kernel_seconds <= result.execution.seconds
