@@ -125,7 +125,7 @@ def streaming_table(rows: Sequence[dict]) -> list[str]:
         if st is not None:
             cell = f"{kib(st['peak_bytes'])} ({ilp_status(rows, m, st, STREAMED_ILP)})"
             over = "=" if st["peak_bytes"] == bound else f"{st['peak_bytes'] / bound - 1:+.1%}"
-            groups = str(st.get("stream_groups", "-"))
+            groups = str(st.get("num_stream_groups", "-"))
         else:
             cell, over, groups = "-", "-", "-"
         lines.append(

@@ -79,7 +79,7 @@ STREAMED_ILP = "ilp-streamed"
 COLUMNS = (
     "model", "source", "ops", "buffers", "budget", "budget_bytes", "planner", "status",
     "peak_bytes", "fits", "ratio_tflm", "load_bound", "ws_bound", "ratio_load_bound",
-    "ratio_ws_bound", "streamed_bound", "ratio_streamed_bound", "stream_groups",
+    "ratio_ws_bound", "streamed_bound", "ratio_streamed_bound", "num_stream_groups",
     "spilled_bytes", "fetched_bytes", "num_spills", "num_fusions",
     "est_transfer_s", "solve_seconds", "bound_bytes", "gap", "svg", "detail",
 )
@@ -300,7 +300,7 @@ def run_task(task: Task) -> list[dict]:
     if task.streamed:
         from planner.costs import stream_overhead_seconds
 
-        streamed = {"stream_groups": len(plan.stream_groups),
+        streamed = {"num_stream_groups": len(plan.stream_groups),
                     "stream_overhead_s": round(stream_overhead_seconds(graph, profile), 6)}
     if info.streamed_bound:
         streamed["ratio_streamed_bound"] = round(peak / info.streamed_bound, 4)

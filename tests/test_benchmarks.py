@@ -440,7 +440,7 @@ def test_streamed_ilp_rows_and_the_row_streaming_table_match_the_csv(unet_run):
     unet = [r for r in rows if r["model"] == UNET.name]
     assert {r["streamed_bound"] for r in unet} == {str(want)}
     streamed = [r for r in unet if r["planner"] == STREAMED_ILP and r["peak_bytes"]]
-    assert streamed and all(int(r["stream_groups"]) >= 1 for r in streamed)
+    assert streamed and all(int(r["num_stream_groups"]) >= 1 for r in streamed)
     assert all(int(r["peak_bytes"]) >= want for r in streamed)
     got = table((out / "report.md").read_text(), "| model | working-set bound KiB |")
     cells = next(c for c in got.values() if c[0] == UNET.name)
