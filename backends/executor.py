@@ -25,6 +25,13 @@ every TRANSPOSE_CONV the plan puts on the scratch-free kernel (IR attrs["kernel"
 other op, and the whole-model reference, runs on the reference kernels, so a C kernel
 that differs from TFLite shows up as an output mismatch.
 
+Streamed groups (planner/streaming.py): a plan for a planned graph has one op per group
+of source ops run row by row. The arena machine runs it on the project's C row runner
+(backends/executor_stream.py) over views into this arena: its rings are the group op's
+scratch segments, its stream_in inputs and spill_rows outputs go row by row through
+their line buffers to and from the real storage, and recycled rows are poisoned. Every
+other op of a planned graph runs as the source op it copies.
+
 Step order (TFLM: op k runs at step k + 1, step 0 holds the graph inputs):
 fetches into segments starting at s; scratch clobbered; inputs read (streamed
 inputs row by row through their line buffers); the op runs; outputs written;
@@ -49,6 +56,8 @@ from planner.analysis import lifetimes
 from planner.errors import PlannerError
 from planner.ir import Graph, Op, Role, Tensor
 from planner.plan import Part, Plan, Segment, Transfer
+
+from .executor_stream import GroupRunner, is_group, source_op_indices
 
 POISON_SEED = 0x5EED
 SCRATCH_SEED = 0xC10B
@@ -211,7 +220,7 @@ class ArenaMachine:
         self.spill_of: dict[tuple[int, int | None], Transfer] = {}
         for tr in plan.transfers:
             self.by_step[(tr.kind, tr.step)].append(tr)
-            if tr.kind == "spill":
+            if tr.kind in ("spill", "spill_rows"):  # a spill_rows output's one spill
                 self.spill_of[(tr.tensor, tr.part)] = tr
         self.ending: dict[int, list[Segment]] = defaultdict(list)
         for s in plan.segments:
@@ -226,6 +235,10 @@ class ArenaMachine:
                 self.fused_concat[f.concat] = f.conv
                 self.fused_conv[f.conv] = f.concat
                 self.stream_ops.add(f.conv)
+        # A planned graph (streamed groups as one op each) runs its other ops as the source
+        # ops they copy; the groups run on the C row runner (backends/executor_stream.py).
+        self.source_op = source_op_indices(graph)
+        self.groups = GroupRunner(self)
         self.side: dict[int, np.ndarray] = {}  # unplanned non-constant values (shapes etc.)
         self.poisoned = 0
         self.kernel_seconds = 0.0
@@ -239,7 +252,7 @@ class ArenaMachine:
         if self.graph.source_format != "tflite" or not hasattr(self.kernels, "device_kernels"):
             return None
         device_ops = [self.graph.ops[o] for o in (*self.fused_conv, *self.stream_ops)]
-        device_ops += [op for op in self.graph.ops if uses_row_transpose_conv(op)]
+        device_ops += [op for op in self.graph.ops if uses_row_transpose_conv(op) or is_group(op)]
         if not any(op.inputs and self._tensor(op.outputs[0]).dtype in ("int8", "int16")
                    for op in device_ops):
             return None
@@ -499,7 +512,10 @@ class ArenaMachine:
 
     def _compute(self, op: Op, inputs: list[np.ndarray | None]) -> list[np.ndarray | None]:
         start = time.perf_counter()
-        out = self.kernels.compute(op, inputs)
+        source = self.graph.source
+        # The kernels know the source model's ops; a planned graph's copy names its original.
+        out = self.kernels.compute(op if source is None else source.ops[self.source_op[op.index]],
+                                   inputs)
         self.kernel_seconds += time.perf_counter() - start
         if len(out) != len(op.outputs):
             raise PlannerError(f"kernel of op {op.index} returned {len(out)} outputs, "
@@ -524,7 +540,15 @@ class ArenaMachine:
             if step > 0:
                 op = self.graph.ops[step - 1]
                 self._fetch(step)
-                if op.index not in self.fused_concat:
+                if is_group(op):
+                    # Rings start as garbage; outputs go to their segments or to storage.
+                    self._clobber_scratch(op, step)
+                    began = time.perf_counter()
+                    self.groups.run(op, step)
+                    self.kernel_seconds += time.perf_counter() - began
+                    self.c_kernel_ops += 1
+                    self._clobber_scratch(op, step)
+                elif op.index not in self.fused_concat:
                     self._clobber_scratch(op, step)
                     results = self._on_device(op, step)
                     if results is None:
@@ -612,7 +636,7 @@ def storage_extent(plan: Plan) -> dict[str, int]:
     """Bytes each storage must hold for the plan's spills (at least 1)."""
     extent: dict[str, int] = {}
     for tr in plan.transfers:
-        end = tr.address + tr.nbytes if tr.kind == "spill" else 0
+        end = tr.address + tr.nbytes if tr.kind in ("spill", "spill_rows") else 0
         extent[tr.storage] = max(extent.get(tr.storage, 1), end)
     return extent
 
@@ -722,7 +746,8 @@ def run_plan(graph: Graph, plan: Plan, model_path: str | Path, storage: str = "l
     `kernels` and `reference` (outputs of the whole model on `inputs`) may be passed in
     to run several plans of one model without rebuilding them.
     """
-    kernels = kernels or kernels_for(graph, model_path, runtime)
+    # Kernels of the model file: a planned graph's source graph is the model's.
+    kernels = kernels or kernels_for(graph.source or graph, model_path, runtime)
     feeds = dict(inputs) if inputs is not None else random_inputs(graph, seed)
     reference = dict(reference) if reference is not None else kernels.reference(feeds)
     with open_storages(plan, storage) as backends:

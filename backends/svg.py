@@ -5,7 +5,12 @@ the bottom). Every plan segment is one <rect class="seg">; line buffers of
 streamed inputs are hatched; while a spilled tensor sits in storage it is drawn
 as a dashed bar in a band above the arena (it holds no arena bytes then), with a
 down marker where it is spilled and an up marker where it comes back; fused ops
-get a shaded column. Budget, peak and the load bound are horizontal lines.
+get a shaded column. A streamed group (one op of a planned graph, planner/streaming.py)
+gets a blue column whose tooltip lists the source ops it runs; its rings are striped
+(one stripe per row held) and say what they hold; a group's line buffers say whether
+they carry stream_in rows (hatched) or spill_rows rows (cross-hatched), and a spill_rows
+output is in storage from the group's step on. Budget, peak and the load bound are
+horizontal lines.
 Everything is read from the plan; nothing is re-planned here.
 """
 
@@ -23,6 +28,7 @@ from planner.ir import Graph
 from planner.plan import Plan, Segment
 
 from .labels import key_part, short_labels
+from .stream_labels import RingInfo, groups, line_kind, rings
 
 WIDTH = 1100
 PLOT_W = 800
@@ -100,10 +106,11 @@ class _Away:
 
 def _away_stretches(plan: Plan) -> list[_Away]:
     out = []
-    spills = {(t.tensor, t.part): t for t in plan.transfers if t.kind == "spill"}
+    # A spill_rows output is written to storage while its group runs: away from then on.
+    spills = {(t.tensor, t.part): t for t in plan.transfers if t.kind in ("spill", "spill_rows")}
     for (tensor, part), spill in spills.items():
         backs = sorted((t for t in plan.transfers
-                        if t.kind != "spill" and (t.tensor, t.part) == (tensor, part)),
+                        if t.kind in ("fetch", "stream") and (t.tensor, t.part) == (tensor, part)),
                        key=lambda t: t.step)
         prev = spill.step + 1
         segs = plan.segments_of(tensor, part)
@@ -147,7 +154,7 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
     band_h = (n_lanes * LANE_H + 26) if away else 0
     plot_top = TOP + band_h
     height = plot_top + PLOT_H + 70
-    legend_h = 24 + 18 * 8
+    legend_h = 24 + 18 * 14  # legend rows at most
     height = max(height, TOP + legend_h + 20)
     col = PLOT_W / steps
 
@@ -162,7 +169,10 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
         f"viewBox='0 0 {WIDTH} {height}'>",
         "<defs><pattern id='hatch' width='6' height='6' patternUnits='userSpaceOnUse' "
         "patternTransform='rotate(45)'><rect width='6' height='6' fill='white'/>"
-        "<line x1='0' y1='0' x2='0' y2='6' stroke='#333' stroke-width='2'/></pattern></defs>",
+        "<line x1='0' y1='0' x2='0' y2='6' stroke='#333' stroke-width='2'/></pattern>"
+        "<pattern id='hatch-out' width='6' height='6' patternUnits='userSpaceOnUse'>"
+        "<rect width='6' height='6' fill='white'/><path d='M0,0 L6,6 M6,0 L0,6' "
+        "stroke='#333' stroke-width='1.2'/></pattern></defs>",
         f"<rect width='{WIDTH}' height='{height}' fill='white'/>",
     ]
     title = (f"{plan.model} - {plan.planner}: peak {human_bytes(plan.peak_bytes)} "
@@ -174,7 +184,11 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
         title += (f", spilled {human_bytes(plan.spilled_bytes)}, fetched "
                   f"{human_bytes(plan.fetched_bytes)}")
     out.append(_text(LEFT, 24, title, 15, extra="font-weight='bold'"))
-    out.append(_text(LEFT, 42, f"{len(graph.ops)} ops, {len(plan.segments)} segments, status "
+    ops = f"{len(graph.ops)} ops"
+    if graph.source is not None and plan.stream_groups:
+        ops += (f" ({len(graph.source.ops)} source ops, {len(plan.stream_groups)} streamed "
+                "group" + ("s" if len(plan.stream_groups) > 1 else "") + ")")
+    out.append(_text(LEFT, 42, f"{ops}, {len(plan.segments)} segments, status "
                      f"{plan.status}; x = step (op k runs at step k+1), y = arena offset", 11,
                      extra="fill='#555'"))
 
@@ -188,6 +202,15 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
                        f"<title>fused op {op} ({escape(graph.ops[op].op_type)})</title></rect>")
         out.append(_text(x((f.conv if f.conv is not None else f.concat) + 1.5), plot_top - 4,
                          "F", 10, "middle", "fill='#a67c00'"))
+
+    # Streamed groups: a blue column naming the source ops each one runs.
+    for g in groups(graph, plan):
+        tip = f"step {g.step}: op {g.op} runs streamed {g.describe()}"
+        out.append(f"<rect class='group' data-group='{g.group}' x='{x(g.step):.1f}' "
+                   f"y='{plot_top}' width='{max(col, 1):.1f}' height='{PLOT_H}' "
+                   f"fill='#e6f0fb'><title>{escape(tip)}</title></rect>")
+        out.append(_text(x(g.step + 0.5), plot_top - 4, f"G{g.group}", 10, "middle",
+                         "fill='#1f5fa8'"))
 
     # Axes and grid.
     out.append(f"<rect x='{LEFT}' y='{plot_top}' width='{PLOT_W}' height='{PLOT_H}' "
@@ -213,13 +236,17 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
     # least MIN_LINE_BUFFER_PX tall so that they show at any arena scale.
     labels = short_labels({s.tensor: graph.tensors[s.tensor].name for s in plan.segments})
     key_uses = Counter(key_part(label) for label in labels.values())
+    ring_of = rings(graph, plan)
+    lines_of = {seg: line_kind(graph, plan, seg) for seg in plan.segments
+                if seg.role == "line_buffer"}
     for seg in plan.segments:
         y0, y1 = y(seg.end), y(seg.offset)
         if seg.role == "line_buffer" and y1 - y0 < MIN_LINE_BUFFER_PX:
             y0 = y1 - MIN_LINE_BUFFER_PX
         key = key_part(labels[seg.tensor])
         out.append(_segment(graph, seg, x(seg.first), x(seg.last + 1), y0, y1,
-                            labels[seg.tensor], key if key_uses[key] == 1 else None))
+                            labels[seg.tensor], key if key_uses[key] == 1 else None,
+                            ring_of.get(seg.tensor), lines_of.get(seg)))
 
     # Spill / fetch markers on the arena, storage stretches in the band above it.
     if away:
@@ -245,6 +272,12 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
             at = [s for s in seg_list if s.first <= t.step <= s.last]
             if at:
                 out.append(_marker(x(t.step + 1), y(at[0].end), "down", t.tensor))
+        elif t.kind == "spill_rows":  # written row by row from its line buffer
+            lb = [s for s in plan.segments if s.role == "line_buffer" and s.tensor == t.tensor
+                  and s.first <= t.step <= s.last]
+            top = min(y(lb[0].end), y(lb[0].offset) - MIN_LINE_BUFFER_PX) if lb \
+                else plot_top + 10
+            out.append(_marker(x(t.step + 0.5), top, "rows", t.tensor, graph, t))
         elif t.kind == "fetch":
             at = [s for s in seg_list if s.first == t.step]
             if at:
@@ -265,31 +298,50 @@ def render_layout_svg(graph: Graph, plan: Plan, budget: int | None = None) -> st
         out.append(_hline("budget", y(budget), "#d22", "8 4", f"budget {budget:,} B", 0.5))
 
     kinds = {t.kind for t in plan.transfers}
-    drawn = {"line_buffer": any(s.role == "line_buffer" for s in plan.segments),
+    drawn = {"line_buffer": any(k in ("stream", "stream_in") for k in lines_of.values()),
              "away": bool(away), "spill": "spill" in kinds, "fetch": "fetch" in kinds,
              "stream": "stream" in kinds, "fusion": bool(plan.fusions),
-             "budget": budget is not None}
+             "budget": budget is not None, "group": bool(groups(graph, plan)),
+             "ring": bool(ring_of), "spill_rows": "spill_rows" in kinds,
+             "line_out": "spill_rows" in lines_of.values()}
     out += _legend(LEGEND_X, TOP, drawn)
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
+LINE_WHAT = {"stream": "line buffer", "stream_in": "line buffer, stream_in rows from storage",
+             "spill_rows": "line buffer, spill_rows rows to storage"}
+
+
 def _segment(graph: Graph, seg: Segment, x0: float, x1: float, y0: float, y1: float,
-             short: str, key: str | None) -> str:
+             short: str, key: str | None, ring: RingInfo | None = None,
+             line: str | None = None) -> str:
     tensor = graph.tensors[seg.tensor]
     name = tensor.name + ("" if seg.part is None else f" [part {seg.part}]")
-    tip = (f"#{tensor.id} {name} ({seg.role.replace('_', ' ')}) steps {seg.first}..{seg.last}, "
+    what = LINE_WHAT.get(line or "", seg.role.replace("_", " "))
+    if ring is not None:
+        what = ring.describe(graph)
+    tip = (f"#{tensor.id} {name} ({what}) steps {seg.first}..{seg.last}, "
            f"offset {seg.offset:,}..{seg.end:,}, {seg.size:,} B")
     w, h = max(x1 - x0, 0.5), max(y1 - y0, 0.5)
+    role = "ring" if ring is not None else line or seg.role
     if seg.role == "line_buffer":
-        fill = "url(#hatch)"
+        fill = "url(#hatch-out)" if line == "spill_rows" else "url(#hatch)"
         stroke = f"stroke='{colour(seg.tensor)}' stroke-width='2'"
     else:
-        fill = colour(seg.tensor)
+        fill = colour(ring.source_tensor if ring is not None and ring.source_tensor is not None
+                      else seg.tensor)
         stroke = "stroke='#333' stroke-width='0.5'"
-    rect = (f"<rect class='seg' data-tensor='{seg.tensor}' x='{x0:.2f}' y='{y0:.2f}' "
-            f"width='{w:.2f}' height='{h:.2f}' fill='{fill}' {stroke}>"
+    rect = (f"<rect class='seg' data-tensor='{seg.tensor}' data-role='{role}' x='{x0:.2f}' "
+            f"y='{y0:.2f}' width='{w:.2f}' height='{h:.2f}' fill='{fill}' {stroke}>"
             f"<title>{escape(tip)}</title></rect>")
+    if ring is not None:
+        # One stripe per row held: a ring is R rows of its tensor, not the whole tensor.
+        for k in range(1, min(ring.rows, int(h // 2)) if ring.rows > 1 else 0):
+            yy = y0 + h * k / ring.rows
+            rect += (f"\n<line class='ring-row' x1='{x0:.2f}' y1='{yy:.2f}' x2='{x0 + w:.2f}' "
+                     f"y2='{yy:.2f}' stroke='#1f5fa8' stroke-width='0.6' "
+                     "pointer-events='none'/>")
     if seg.role != "tensor":
         return rect
     suffix = "" if seg.part is None else f"/{seg.part}"
@@ -317,7 +369,16 @@ def _fit(short: str, key: str | None, suffix: str, tensor: int, chars: int) -> s
     return ""
 
 
-def _marker(cx: float, cy: float, direction: str, tensor: int) -> str:
+def _marker(cx: float, cy: float, direction: str, tensor: int, graph: Graph | None = None,
+            transfer=None) -> str:
+    if direction == "rows":  # spill_rows: rows leave the line buffer as they are produced
+        pts = f"{cx - 5:.1f},{cy - 9:.1f} {cx + 5:.1f},{cy - 9:.1f} {cx:.1f},{cy - 1:.1f}"
+        name = graph.tensors[tensor].name if graph is not None else ""
+        tip = (f"spill_rows of #{tensor} {name} to {transfer.storage} at step {transfer.step}: "
+               f"{transfer.nbytes:,} B written row by row") if transfer is not None else \
+            f"spill_rows of tensor {tensor}"
+        return (f"<polygon class='spill-rows-marker' points='{pts}' fill='#1f6fd1' "
+                f"stroke='white' stroke-width='0.8'><title>{escape(tip)}</title></polygon>")
     if direction == "down":
         pts = f"{cx - 5:.1f},{cy - 9:.1f} {cx + 5:.1f},{cy - 9:.1f} {cx:.1f},{cy - 1:.1f}"
         cls, tip = "spill-marker", "spill"
@@ -355,19 +416,28 @@ def _hline(cls: str, yy: float, stroke: str, dash: str, label: str, where: float
 def _legend(x0: float, y0: float, drawn: Mapping[str, bool]) -> list[str]:
     """Legend rows for what this picture draws, in one fixed order."""
     out = ["<g class='legend'>", _text(x0, y0 + 10, "legend", 12, extra="font-weight='bold'")]
-    keys = ["tensor", "line_buffer", "away", "spill", "fetch", "stream", "fusion", "peak",
-            "budget", "bound"]
+    keys = ["tensor", "line_buffer", "line_out", "ring", "away", "spill", "spill_rows", "fetch",
+            "stream", "fusion", "group", "peak", "budget", "bound"]
     rows: list[tuple[str, str]] = [
         (f"<rect width='22' height='10' fill='{colour(3)}' stroke='#333' stroke-width='0.5'/>",
          "tensor (colour per tensor)"),
         ("<rect width='22' height='10' fill='url(#hatch)' stroke='#333'/>",
          "line buffer (streamed)"),
+        ("<rect width='22' height='10' fill='url(#hatch-out)' stroke='#333'/>",
+         "line buffer (spill_rows)"),
+        (f"<rect width='22' height='10' fill='{colour(3)}' stroke='#333' stroke-width='0.5'/>"
+         "<line x1='0' y1='3.3' x2='22' y2='3.3' stroke='#1f5fa8' stroke-width='0.6'/>"
+         "<line x1='0' y1='6.6' x2='22' y2='6.6' stroke='#1f5fa8' stroke-width='0.6'/>",
+         "ring (rows held)"),
         (f"<rect width='22' height='10' fill='{colour(3)}' fill-opacity='0.35' "
          f"stroke='{colour(3)}' stroke-dasharray='4 2'/>", "in storage (spilled)"),
         ("<polygon points='6,0 16,0 11,9' fill='#222'/>", "spill"),
+        ("<polygon points='6,0 16,0 11,9' fill='#1f6fd1'/>", "spill_rows (row by row)"),
         ("<polygon points='6,9 16,9 11,0' fill='#222'/>", "fetch"),
         ("<polygon points='11,0 16,5 11,10 6,5' fill='#1f6fd1'/>", "stream (read in place)"),
         ("<rect width='22' height='10' fill='#fff3c4'/>", "fused op"),
+        ("<rect width='22' height='10' fill='#e6f0fb' stroke='#9bbbe0'/>",
+         "streamed group (one op)"),
         ("<line x1='0' y1='5' x2='22' y2='5' stroke='#111' stroke-width='1.6'/>", "peak"),
         ("<line x1='0' y1='5' x2='22' y2='5' stroke='#d22' stroke-width='1.6' "
          "stroke-dasharray='8 4'/>", "budget"),
@@ -434,16 +504,17 @@ SERIES_SHAPES = ("circle", "square", "triangle", "diamond", "triangle-down", "pl
                  "star")
 # Planners keep their style from plot to plot.
 KNOWN_SERIES = ("ilp", "tinyseg", "tflm-greedy", "greedy-by-size", "greedy-by-breadth",
-                "hill-climb", "linear")
+                "hill-climb", "linear", "ilp-streamed")
 # Points past a gap of this factor between consecutive peaks are drawn at the right edge,
 # so one far outlier (the linear planner) does not squeeze everything else into a corner.
 OUTLIER_FACTOR = 2.5
 
 
 def series_style(names: Sequence[str]) -> dict[str, tuple[str, str]]:
-    order = [n for n in KNOWN_SERIES if n in names] + [n for n in names if n not in KNOWN_SERIES]
-    slot = {n: KNOWN_SERIES.index(n) if n in KNOWN_SERIES else len(KNOWN_SERIES) + k
-            for k, n in enumerate(order)}
+    unknown = [n for n in names if n not in KNOWN_SERIES]
+    # Unknown series take the slots after the known ones, in order of appearance.
+    slot = {n: KNOWN_SERIES.index(n) if n in KNOWN_SERIES else len(KNOWN_SERIES) +
+            unknown.index(n) for n in names}
     return {n: (SERIES_COLOURS[slot[n] % len(SERIES_COLOURS)],
                 SERIES_SHAPES[slot[n] % len(SERIES_SHAPES)]) for n in names}
 
@@ -480,7 +551,7 @@ def marker_path(shape: str, cx: float, cy: float, r: float = 5.0) -> str:
 def render_pareto_svg(points: Iterable[PointLike], title: str,
                       budgets: Mapping[str, int] | None = None,
                       y_label: str = "estimated transfer time") -> str:
-    """Peak against transfer time (or `y_label`'s seconds), one marker and colour per series.
+    """Peak against transfer time (or `y_label`'s seconds), one marker shape and colour per series.
 
     The x axis stops at the first gap of OUTLIER_FACTOR between consecutive peaks; points
     beyond it sit at the right edge with an arrow and their exact peak. `budgets`

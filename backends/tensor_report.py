@@ -2,8 +2,11 @@
 
 Columns: id, name, shape, dtype, bytes (16-byte aligned, as planned), first/last step
 of the TFLM lifetime, where it sits in the arena (offset@steps per segment), and what
-moves it (spill/fetch/stream with step and storage). Also the tensor list plan.json
-carries so that a plan names its tensors, not only their ids.
+moves it (spill/fetch/stream/spill_rows with step and storage). For a plan with streamed
+groups: a ring's segments say "ring R/H rows", a group's line buffers say whether they carry
+stream_in or spill_rows rows, and each tensor internal to a group (it never exists whole)
+gets a row of 0 planned bytes naming the ring that holds its rows. Also the tensor list
+plan.json carries so that a plan names its tensors, not only their ids.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from planner.analysis import buffers
 from planner.ir import Graph
 from planner.plan import Plan
 
+from .stream_labels import groups, line_kind, rings
+
 COLUMNS = ("id", "name", "shape", "dtype", "bytes", "first", "last", "offsets", "transfers")
 
 
@@ -25,15 +30,26 @@ def tensor_table(graph: Graph) -> list[dict]:
              "bytes": t.nbytes} for t in graph.tensors]
 
 
+def _segment_note(graph: Graph, plan: Plan, seg, ring_of) -> str:
+    if seg.tensor in ring_of:
+        r = ring_of[seg.tensor]
+        return f" ring {r.rows}/{r.height if r.height is not None else '?'} rows"
+    kind = line_kind(graph, plan, seg)
+    if kind is None:
+        return ""
+    return " line buffer" + ("" if kind == "stream" else f" {kind}")
+
+
 def rows(graph: Graph, plan: Plan) -> list[dict]:
     out = []
+    ring_of = rings(graph, plan)
     for b in buffers(graph):
         t = graph.tensors[b.tensor]
         segs = sorted((s for s in plan.segments if s.tensor == b.tensor),
                       key=lambda s: (s.first, s.part or 0))
         offsets = " ".join(
             f"{s.offset}@{s.first}-{s.last}" + (f"(part {s.part})" if s.part is not None else "")
-            + (" line buffer" if s.role == "line_buffer" else "") for s in segs)
+            + _segment_note(graph, plan, s, ring_of) for s in segs)
         moves = " ".join(
             f"{tr.kind}@{tr.step}:{tr.storage}:{tr.nbytes}B"
             + (f"(part {tr.part})" if tr.part is not None else "")
@@ -42,6 +58,18 @@ def rows(graph: Graph, plan: Plan) -> list[dict]:
         out.append({"id": t.id, "name": t.name, "shape": "x".join(map(str, t.shape)) or "scalar",
                     "dtype": t.dtype, "bytes": b.size, "first": b.first, "last": b.last,
                     "offsets": offsets or "-", "transfers": moves or "-"})
+    step_of_group = {g.group: g.step for g in groups(graph, plan)}
+    for r in sorted(ring_of.values(), key=lambda r: r.source_tensor or -1):
+        if r.source_tensor is None:
+            continue
+        t = graph.tensors[r.source_tensor]
+        step = step_of_group.get(r.group, 0)
+        out.append({"id": t.id, "name": t.name,
+                    "shape": "x".join(map(str, t.shape)) or "scalar", "dtype": t.dtype,
+                    "bytes": 0, "first": step, "last": step,
+                    "offsets": f"internal to group {r.group}: rows in ring #{r.tensor} "
+                               f"({r.rows}/{r.height if r.height is not None else '?'} rows)",
+                    "transfers": "-"})
     return out
 
 

@@ -1,4 +1,5 @@
-"""`python -m benchmarks run|minimalloc`: the benchmark suites and the MiniMalloc problems."""
+"""`python -m benchmarks run|minimalloc|scale|pareto`: the benchmark suites, the MiniMalloc
+problems, the scale benchmark and the Pareto sweep with row streaming off and on."""
 
 from __future__ import annotations
 
@@ -92,7 +93,34 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("-o", "--outdir", default="bench-out/scale",
                     help="where the generated models, scale.csv and scale.md go")
     sc.set_defaults(func=cmd_scale)
+    pa = sub.add_parser("pareto", help="peak vs estimated time of the exact planner with row "
+                        "streaming off and on (the zoo's int8 U-Nets)",
+                        formatter_class=HelpFormatter)
+    pa.add_argument("--models", action="append", default=None, metavar="TEXT",
+                    help="zoo .tflite models whose file name contains TEXT (repeatable; default "
+                    "tiny_unet, unet_wide96, mbv2_unet int8)")
+    pa.add_argument("--profile", default="qspi-flash", help="device profile (needs a storage)")
+    pa.add_argument("--points", type=int, default=6, help="budgets per sweep (>= 2)")
+    pa.add_argument("--time-limit", type=float, default=20.0, metavar="SECONDS",
+                    help="per solve (reproducible work limit: 0.02 units per second)")
+    pa.add_argument("-o", "--outdir", default="bench-out/pareto",
+                    help="pareto_streaming.csv, .md and one SVG per model go here")
+    pa.set_defaults(func=cmd_pareto)
     return parser
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from .pareto_stream import run_pareto
+
+    if args.points < 2:
+        raise PlannerError("--points must be at least 2")
+    if args.time_limit <= 0:
+        raise PlannerError("--time-limit must be positive")
+    command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in args.argv)
+    for path in run_pareto(args.models, Path(args.outdir), args.profile, args.points,
+                           args.time_limit, command):
+        print(f"wrote {path}")
+    return 0
 
 
 def cmd_scale(args: argparse.Namespace) -> int:

@@ -14,6 +14,13 @@ its numbers.
 Every model is planned as the suite's profile runs it: where the profile allows the
 project's custom kernels, int8 TRANSPOSE_CONV ops run on the row kernel (scratch of
 one output row, planner/kernels.py), and every planner sees that same graph.
+
+Row streaming (planner/streaming.py): where the profile's kernels stream rows and the
+model has runs of row-capable ops, the parent also builds the planned graph of the
+groups `choose_groups` picks (what `solve --row-streaming` plans) and its streamed
+working-set bound (column `streamed_bound`); the ILP then plans that graph too, once
+per budget, in rows labelled STREAMED_ILP ("ilp-streamed"), whose `stream_overhead_s`
+is the ring bookkeeping the profile charges per computed row.
 """
 
 from __future__ import annotations
@@ -66,11 +73,14 @@ SHARED_MODELS = (shared_dir() or ROOT.parent / "shared") / "models"
 SPILL_FREE = frozenset({"linear", "tflm-greedy", "greedy-by-size", "greedy-by-breadth",
                         "hill-climb"})
 FRACTIONS = (0.90, 0.75, 0.60, 0.50)
+# The rows of the exact planner on the row-streamed (planned) graph.
+STREAMED_ILP = "ilp-streamed"
 
 COLUMNS = (
     "model", "source", "ops", "buffers", "budget", "budget_bytes", "planner", "status",
     "peak_bytes", "fits", "ratio_tflm", "load_bound", "ws_bound", "ratio_load_bound",
-    "ratio_ws_bound", "spilled_bytes", "fetched_bytes", "num_spills", "num_fusions",
+    "ratio_ws_bound", "streamed_bound", "ratio_streamed_bound", "num_stream_groups",
+    "spilled_bytes", "fetched_bytes", "num_spills", "num_fusions",
     "est_transfer_s",
     # Estimated end-to-end latency (planner/latency.py): as planned, every transfer
     # blocking, after the async post-pass (planner/async_windows.py); and compute alone.
@@ -95,6 +105,7 @@ class Suite:
     minimalloc_planners: tuple[str, ...] | None = None
     minimalloc_time_limit: float = 10.0
     svg: bool = True
+    row_streaming: bool = True  # also plan the row-streamed graph with the ILP (STREAMED_ILP)
 
 
 def zoo_models(shared: Path | None = SHARED_MODELS) -> list[Path]:
@@ -153,6 +164,10 @@ class ModelInfo:
     load_bound: int
     ws_bound: int
     budgets: tuple[tuple[str, int | None], ...]
+    # The row-streamed graph `solve --row-streaming` plans and its working-set bound;
+    # None where no group applies (or the suite does not stream).
+    planned: Graph | None = None
+    streamed_bound: int | None = None
 
 
 def model_name(path: Path) -> str:
@@ -179,9 +194,21 @@ def prepare(path: Path, suite: Suite, graph: Graph | None = None) -> ModelInfo:
     bufs = buffers(graph)
     offsets = greedy_offsets(bufs)
     peak = max((o + b.size for b, o in zip(bufs, offsets, strict=True)), default=0)
+    planned = streamed_graph(graph, profile) if suite.row_streaming else None
     return ModelInfo(model_name(path), path, graph, peak, load_bound(graph).bytes,
                      working_set_bound(graph, profile.can_stream, profile.fusion).bytes,
-                     budgets_for(peak, suite))
+                     budgets_for(peak, suite), planned,
+                     working_set_bound(planned, profile.can_stream, profile.fusion).bytes
+                     if planned is not None else None)
+
+
+def streamed_graph(graph: Graph, profile: DeviceProfile) -> Graph | None:
+    """The planned graph of the groups choose_groups picks for `graph` on `profile`
+    (what `solve --row-streaming` plans), or None when it picks none."""
+    from planner.streaming import apply_groups, choose_groups
+
+    groups = choose_groups(graph, profile)
+    return apply_groups(graph, groups) if groups else None
 
 
 # ------------------------------------------------------------------ tasks
@@ -196,6 +223,7 @@ class Task:
     suite: Suite
     outdir: Path
     workers: int = 2
+    streamed: bool = False  # plan model.planned (the row-streamed graph), as STREAMED_ILP
 
 
 def storage_profiles() -> list[DeviceProfile]:
@@ -221,28 +249,35 @@ def run_task(task: Task) -> list[dict]:
     """Plan once, check, score against each budget; returns one row per budget."""
     info, suite = task.model, task.suite
     profile = load_profile(suite.profile)
+    graph = info.planned if task.streamed and info.planned is not None else info.graph
+    label = STREAMED_ILP if task.streamed else task.planner
     base = {"model": info.name, "model_path": str(info.path),
             "source": info.graph.source_format,
             "ops": len(info.graph.ops),
-            "buffers": len(buffers(info.graph)), "planner": task.planner,
-            "load_bound": info.load_bound, "ws_bound": info.ws_bound}
+            "buffers": len(buffers(info.graph)), "planner": label,
+            "load_bound": info.load_bound, "ws_bound": info.ws_bound,
+            "streamed_bound": info.streamed_bound}
+    # A plan of the streamed graph is held to its own (lower) bound.
+    floor, floor_name = (info.streamed_bound, "streamed working-set bound") \
+        if task.streamed and info.streamed_bound is not None else \
+        (info.ws_bound, "working-set bound")
 
     def rows_with(extra: dict) -> list[dict]:
         return [{**base, "budget": label, "budget_bytes": b, **extra}
                 for label, b in task.budgets]
 
-    if task.plan_budget is not None and task.plan_budget < info.ws_bound \
+    if task.plan_budget is not None and task.plan_budget < floor \
             and task.planner not in SPILL_FREE:
         return rows_with({"status": "infeasible", "fits": False,
-                          "detail": f"below the working-set bound {info.ws_bound:,} B"})
-    request = Request(info.graph, profile, task.plan_budget, None, suite.time_limit,
+                          "detail": f"below the {floor_name} {floor:,} B"})
+    request = Request(graph, profile, task.plan_budget, None, suite.time_limit,
                       workers=task.workers, work_limit=suite.work_limit)
     start = time.perf_counter()
     try:
         with sigint_kept():
             plan = registry()[task.planner](request)
         elapsed = time.perf_counter() - start
-        assert_valid(info.graph, plan, profile.capacities)
+        assert_valid(graph, plan, profile.capacities)
     except InfeasibleBudget as exc:
         return rows_with({"status": "infeasible", "fits": False, "detail": str(exc),
                           "solve_seconds": round(time.perf_counter() - start, 3)})
@@ -259,12 +294,21 @@ def run_task(task: Task) -> list[dict]:
     summary = plan_summary(plan, task.plan_budget, elapsed)
     svg = ""
     if suite.svg:
-        svg = write_layout(info, plan, task.plan_budget, task.budgets[0][0], task.outdir)
-    per_profile = {f"est_s_{p.name}": round(transfer_seconds_under(info.graph, plan, p), 6)
+        svg = write_layout(info, plan, task.plan_budget, task.budgets[0][0], task.outdir,
+                           graph, label)
+    per_profile = {f"est_s_{p.name}": round(transfer_seconds_under(graph, plan, p), 6)
                    for p in storage_profiles()}
     peak = plan.peak_bytes
-    tail, arena = arena_of(info, plan, profile)
-    latency = latency_columns(info.graph, plan, profile)
+    tail, arena = arena_of(info, plan, profile) if not task.streamed else (None, None)
+    streamed = {}
+    if task.streamed:
+        from planner.costs import stream_overhead_seconds
+
+        streamed = {"num_stream_groups": len(plan.stream_groups),
+                    "stream_overhead_s": round(stream_overhead_seconds(graph, profile), 6)}
+    if info.streamed_bound:
+        streamed["ratio_streamed_bound"] = round(peak / info.streamed_bound, 4)
+    latency = latency_columns(graph, plan, profile)
     common = {
         "status": summary["status"], "peak_bytes": peak, "tail_bytes": tail,
         "arena_bytes": arena,
@@ -273,11 +317,12 @@ def run_task(task: Task) -> list[dict]:
         "ratio_ws_bound": round(peak / info.ws_bound, 4) if info.ws_bound else None,
         "spilled_bytes": summary["spilled_bytes"], "fetched_bytes": summary["fetched_bytes"],
         "num_spills": summary["num_spills"], "num_fusions": summary["num_fusions"],
-        "est_transfer_s": round(transfer_seconds_under(info.graph, plan, profile), 6)
+        "est_transfer_s": round(transfer_seconds_under(graph, plan, profile), 6)
         if profile.storages else 0.0,
         "solve_seconds": summary["solve_seconds"], "bound_bytes": summary["bound_bytes"],
         "gap": round(summary["gap"], 4) if summary["gap"] is not None else None,
         "svg": svg, "detail": "; ".join(plan.notes)[:300], **per_profile, **latency,
+        **streamed,
     }
     return [{**base, "budget": label, "budget_bytes": b, **common,
              "fits": b is None or peak <= b} for label, b in task.budgets]
@@ -326,15 +371,17 @@ def safe(text: str) -> str:
 
 
 def write_layout(info: ModelInfo, plan: Plan, budget: int | None, label: str,
-                 outdir: Path) -> str:
+                 outdir: Path, graph: Graph | None = None, planner: str | None = None) -> str:
+    """The layout picture of `plan` (of `graph`, default the model's; named after
+    `planner`, default the plan's, so streamed ILP plans do not overwrite the ILP's)."""
     from backends.svg import render_layout_svg
 
     folder = outdir / "svg" / safe(info.name)
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{safe(plan.planner)}.svg" if plan.planner in SPILL_FREE else \
-        f"{safe(plan.planner)}.{safe(label)}.svg"
+    who = planner or plan.planner
+    name = f"{safe(who)}.svg" if who in SPILL_FREE else f"{safe(who)}.{safe(label)}.svg"
     path = folder / name
-    path.write_text(render_layout_svg(info.graph, plan, budget=budget))
+    path.write_text(render_layout_svg(graph or info.graph, plan, budget=budget))
     return str(path.relative_to(outdir))
 
 
@@ -346,6 +393,9 @@ def tasks_for(info: ModelInfo, planners: Sequence[str], suite: Suite, outdir: Pa
             tasks.append(Task(info, name, info.budgets, None, suite, outdir, workers))
         else:
             tasks += [Task(info, name, ((label, b),), b, suite, outdir, workers)
+                      for label, b in info.budgets]
+        if name == "ilp" and info.planned is not None:
+            tasks += [Task(info, name, ((label, b),), b, suite, outdir, workers, streamed=True)
                       for label, b in info.budgets]
     return tasks
 
@@ -470,7 +520,8 @@ def run_suite(suite: Suite, outdir: Path, jobs: int = 1,
                 bar.update(f"minimalloc {task.path.name} {task.planner}")
             else:
                 results.rows += rows
-                bar.update(f"{task.model.name} {task.planner} {task.budgets[0][0]}")
+                who = STREAMED_ILP if task.streamed else task.planner
+                bar.update(f"{task.model.name} {who} {task.budgets[0][0]}")
     except KeyboardInterrupt:  # keep what finished; the caller writes it and exits 130
         results.interrupted = True
     finally:
@@ -478,6 +529,7 @@ def run_suite(suite: Suite, outdir: Path, jobs: int = 1,
         getattr(bar, "close", lambda: None)()
     order = {info.name: k for k, info in enumerate(infos)}
     planner_rank = {p: k for k, p in enumerate(planners)}
+    planner_rank[STREAMED_ILP] = planner_rank.get("ilp", len(planners)) + 0.5
     budget_rank = {(info.name, label): k for info in infos
                    for k, (label, _) in enumerate(info.budgets)}
     results.rows.sort(key=lambda r: (order[r["model"]], budget_rank[(r["model"], r["budget"])],

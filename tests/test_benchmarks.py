@@ -423,3 +423,52 @@ def test_empty_results_leave_a_readable_block(tmp_path):
     readme.write_text(README)
     update_readme(readme, Results(), Suite("t", ()), 1, "cmd")
     assert "No budget where both TinySeg and the ILP fit moves data." in readme.read_text()
+
+
+def test_streamed_ilp_rows_and_the_row_streaming_table_match_the_csv(unet_run):
+    """The ILP also plans the row-streamed graph (rows ilp-streamed); every row carries the
+    streamed bound of the groups choose_groups picks, and the headline's row-streaming
+    table shows it and the lowest streamed head."""
+    from benchmarks.runner import STREAMED_ILP
+    from planner.streaming import streamed_bound
+
+    out, _, _ = unet_run
+    rows = read_rows(out / "results.csv")
+    info = prepare(UNET, Suite("t", ()))
+    want = streamed_bound(info.graph, load_profile("qspi-flash")).bytes
+    assert info.streamed_bound == want < info.ws_bound
+    unet = [r for r in rows if r["model"] == UNET.name]
+    assert {r["streamed_bound"] for r in unet} == {str(want)}
+    streamed = [r for r in unet if r["planner"] == STREAMED_ILP and r["peak_bytes"]]
+    assert streamed and all(int(r["num_stream_groups"]) >= 1 for r in streamed)
+    assert all(int(r["peak_bytes"]) >= want for r in streamed)
+    got = table((out / "report.md").read_text(), "| model | working-set bound KiB |")
+    cells = next(c for c in got.values() if c[0] == UNET.name)
+    assert cells[1] == kib(info.ws_bound) and cells[2] == kib(want)
+    low = min(int(r["peak_bytes"]) for r in streamed)
+    assert cells[4].startswith(f"{kib(low)} (")
+    assert cells[7] == ("=" if low == want else f"{low / want - 1:+.1%}")
+
+
+def test_pareto_sweeps_with_streaming_off_and_on(tmp_path, capsys):
+    from benchmarks.runner import STREAMED_ILP
+
+    code = main(["pareto", "--models", "tiny_unet_int8", "--points", "2", "--time-limit", "3",
+                 "-o", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    rows = read_rows(tmp_path / "pareto_streaming.csv")
+    series = {r["series"] for r in rows}
+    assert series == {"ilp", STREAMED_ILP}
+    off = min(int(r["peak_bytes"]) for r in rows if r["series"] == "ilp")
+    on = min(int(r["peak_bytes"]) for r in rows if r["series"] == STREAMED_ILP)
+    assert on < off  # streaming reaches below every unstreamed plan
+    for r in rows:
+        assert float(r["est_s"]) == pytest.approx(float(r["transfer_s"]) + float(r["overhead_s"]),
+                                                  abs=2e-6)
+        assert (float(r["overhead_s"]) > 0) == (r["series"] == STREAMED_ILP)
+    svg = ET.parse(tmp_path / "tiny_unet_int8.tflite.pareto_streaming.svg").getroot()
+    points = [p for p in svg.iter(f"{SVG}path") if p.get("class") == "point"]
+    assert {p.get("data-series") for p in points} == series
+    strokes = {p.get("data-series"): p.get("stroke") for p in points}
+    assert strokes["ilp"] != strokes[STREAMED_ILP]  # the two series stay apart
+    assert main(["pareto", "--points", "1"]) == 2

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 import pytest
 
@@ -17,7 +18,7 @@ from planner.analysis import line_buffer_bytes
 from planner.checker import assert_valid
 from planner.device import load_profile
 from planner.ir import Graph, Op, OpKind, Role, Tensor
-from planner.plan import Fusion, Plan, Segment, Transfer
+from planner.plan import Fusion, Plan, Segment, StreamGroup, Transfer
 from planner.planners.base import Request, registry
 
 NS = {"s": "http://www.w3.org/2000/svg"}
@@ -211,3 +212,124 @@ def test_stream_marker_and_visible_line_buffer():
     assert by_class(root, "polygon", "stream-marker")
     hatched = [r for r in by_class(root, "rect", "seg") if r.get("fill") == "url(#hatch)"]
     assert all(float(r.get("height")) >= 4.0 for r in hatched)
+
+
+# -- streamed groups ------------------------------------------------------------------
+
+def grouped_graphs() -> tuple[Graph, Graph]:
+    """Source: c0 (t0 -> t1), c1 (t1 -> t2), c2 (t0 -> t3), add (t2, t3 -> t5), 3x3 convs
+    on 8x4 maps; planned: c0+c1 as one STREAMED_GROUP op whose internal tensor t1 lives
+    in a ring of 3 rows (id 6)."""
+    def act(i, role=Role.ACTIVATION):
+        return Tensor(i, f"t{i}", (1, 8, 4, 2), "int8", 64, role, i, 3)
+
+    filt = Tensor(4, "filter", (2, 3, 3, 2), "int8", 36, Role.CONSTANT, 4, 0)
+    tensors = (act(0, Role.INPUT), act(1), act(2), act(3), filt, act(5, Role.OUTPUT))
+    attrs = {"kernel": (3, 3), "padding": "same", "strides": (1, 1)}
+    ops = (Op(0, "c0", "CONV_2D", OpKind.CONV, (0, 4), (1,), (), attrs),
+           Op(1, "c1", "CONV_2D", OpKind.CONV, (1, 4), (2,), (), attrs),
+           Op(2, "c2", "CONV_2D", OpKind.CONV, (0, 4), (3,), (), attrs),
+           Op(3, "add", "ADD", OpKind.ELEMENTWISE, (2, 3), (5,), (), {}))
+    source = Graph("grouped", "tflite", tensors, ops, (0,), (5,))
+    ring = Tensor(6, "t1/ring", (3, 4, 2), "int8", 24, Role.SCRATCH)
+    group = Op(0, "group0", "TINYPLAN_STREAMED_GROUP", OpKind.STREAMED_GROUP, (0, 4), (2,), (6,),
+               {"kernel": "tinyplan_group", "group": 0, "members": [0, 1], "stream_in": [],
+                "spill_rows": [[2, 32]]})
+    planned = Graph("grouped", "tflite", (*tensors, ring),
+                    (group, replace(ops[2], index=1), replace(ops[3], index=2)), (0,), (5,),
+                    source=source)
+    return source, planned
+
+
+def grouped_plan(planned: Graph) -> Plan:
+    """The group (step 1) spills t2 row by row through a 32 B line buffer; t2 waits in
+    storage over step 2 and is fetched for the add at step 3."""
+    segs = (Segment(0, 0, 2, 0, 64), Segment(6, 1, 1, 64, 32),
+            Segment(2, 1, 1, 96, 32, role="line_buffer"), Segment(3, 2, 3, 64, 64),
+            Segment(2, 3, 3, 0, 64), Segment(5, 3, 3, 128, 64))
+    transfers = (Transfer("spill_rows", 2, 1, "flash", 64), Transfer("fetch", 2, 3, "flash", 64))
+    group = StreamGroup((0, 1), ((1, 3),), tuple((m, r) for r in range(8) for m in (0, 1)))
+    return Plan(planned.name, "hand", planned.num_steps, 192, segs, transfers=transfers,
+                stream_groups=(group,))
+
+
+def test_group_column_rings_and_spill_rows_are_labelled():
+    _, planned = grouped_graphs()
+    plan = grouped_plan(planned)
+    root = parse(render_layout_svg(planned, plan))
+    cols = by_class(root, "rect", "group")
+    assert len(cols) == 1
+    assert cols[0].find("s:title", NS).text == (
+        "step 1: op 0 runs streamed group 0: source ops 0..1 (CONV_2D #0, CONV_2D #1)")
+    segs = {r.get("data-role"): r for r in by_class(root, "rect", "seg")}
+    assert set(segs) == {"tensor", "ring", "spill_rows"}
+    ring_tip = segs["ring"].find("s:title", NS).text
+    assert ring_tip == ("#6 t1/ring (ring of group 0: 3 of 8 rows of #1 t1, 8 B a row, row r in "
+                        "slot r % 3) steps 1..1, offset 64..96, 32 B")
+    assert len(by_class(root, "line", "ring-row")) == 2  # three rows: two stripes between
+    assert segs["spill_rows"].get("fill") == "url(#hatch-out)"
+    assert "line buffer, spill_rows rows to storage" in segs["spill_rows"].find("s:title", NS).text
+    marker = by_class(root, "polygon", "spill-rows-marker")
+    assert [m.find("s:title", NS).text for m in marker] == [
+        "spill_rows of #2 t2 to flash at step 1: 64 B written row by row"]
+    assert not by_class(root, "polygon", "spill-marker")
+    away = by_class(root, "rect", "away")
+    assert [a.find("s:title", NS).text for a in away] == [
+        "t2 in flash over steps 2..2, fetched at 3"]
+    legend = [e.text for g in by_class(root, "g", "legend") for e in g.iter(f"{{{NS['s']}}}text")]
+    for row in ("streamed group (one op)", "ring (rows held)",
+                "line buffer (spill_rows)", "spill_rows (row by row)", "fetch"):
+        assert row in legend
+    assert "fused op" not in legend and "line buffer (streamed)" not in legend
+
+
+def test_html_and_tensor_reports_name_groups_rings_and_internal_tensors():
+    from backends.html_report import render_html_report
+    from backends.tensor_report import render_csv, rows
+
+    _, planned = grouped_graphs()
+    plan = grouped_plan(planned)
+    html = render_html_report(planned, plan)
+    assert "id='groups'" in html and "<table class='groups'>" in html
+    assert "CONV_2D #0, CONV_2D #1" in html
+    assert "#1 t1: 3/8 rows, 24 B" in html
+    assert "#2 t2 (32 B line): spilled row by row" in html
+    assert "streamed working-set bound" in html and "(no streaming)" in html
+    by_id = {r["id"]: r for r in rows(planned, plan)}
+    assert by_id[6]["offsets"] == "64@1-1 ring 3/8 rows"
+    assert by_id[2]["offsets"] == "96@1-1 line buffer spill_rows 0@3-3"
+    assert by_id[2]["transfers"] == "spill_rows@1:flash:64B fetch@3:flash:64B"
+    assert by_id[1]["bytes"] == 0 and "rows in ring #6 (3/8 rows)" in by_id[1]["offsets"]
+    assert render_csv(planned, plan).count("\n") == len(by_id) + 1
+
+
+def test_real_streamed_plan_draws_every_group_and_ring():
+    """tiny_unet_int8's planned graph (choose_groups on qspi-flash) under tflm-greedy."""
+    from pathlib import Path
+
+    from frontends import load_model
+    from planner.kernels import apply_kernels, op_kernels_of
+    from planner.streaming import apply_groups, choose_groups, groups_of
+
+    model = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "tiny_unet_int8.tflite"
+    profile = load_profile("qspi-flash")
+    source = apply_kernels(load_model(model), profile)
+    planned = apply_groups(source, choose_groups(source, profile))
+    plan = registry()["tflm-greedy"](Request(planned, profile))
+    # Planners stamp the groups and kernels of the graph they planned.
+    assert plan.stream_groups == groups_of(planned) and plan.op_kernels == op_kernels_of(source)
+    assert_valid(planned, plan, profile.capacities)
+    root = parse(render_layout_svg(planned, plan))
+    cols = by_class(root, "rect", "group")
+    assert len(cols) == len(plan.stream_groups) >= 1
+    for col, group in zip(cols, plan.stream_groups, strict=True):
+        tip = col.find("s:title", NS).text
+        assert f"source ops {group.ops[0]}..{group.ops[-1]}" in tip
+        assert all(f"#{m}" in tip for m in group.ops)
+    rings = [r for r in by_class(root, "rect", "seg") if r.get("data-role") == "ring"]
+    held = {t: rows for g in plan.stream_groups for t, rows in g.rings}
+    assert len(rings) == len(held)
+    for r in rings:
+        tip = r.find("s:title", NS).text
+        source_t = int(tip.split(" rows of #")[1].split()[0])
+        assert f": {held[source_t]} of {source.tensors[source_t].shape[1]} rows" in tip
