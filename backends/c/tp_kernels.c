@@ -39,38 +39,114 @@ typedef struct {
   size_t oc, k, c;
 } filter_strides;
 
+/* The filter geometry of a conv: input channels per group, output channels per group,
+ * and the filter strides. TP_OK or TP_ECONFIG. */
+typedef struct {
+  int32_t group_in, per_group;
+  filter_strides fs;
+} conv_geometry;
+
+static int conv_geometry_of(const tp_conv_params *p, conv_geometry *g) {
+  if (p->k_h > TP_MAX_KERNEL_H || p->k_h <= 0 || p->k_w <= 0 || p->out_c <= 0 || p->in_c <= 0)
+    return TP_ECONFIG;
+  if (p->depthwise) {
+    /* Depth multiplier m = out_c / in_c: output channel oc reads input channel oc / m. */
+    if (p->out_c % p->in_c != 0) return TP_ECONFIG;
+    g->group_in = 1;
+    g->per_group = p->out_c / p->in_c;
+    g->fs.oc = 1;
+    g->fs.k = (size_t)p->out_c;
+    g->fs.c = 0;
+  } else {
+    g->group_in = p->filter_in_c > 0 ? p->filter_in_c : p->in_c;
+    if (p->in_c % g->group_in != 0 || p->out_c % (p->in_c / g->group_in) != 0) return TP_ECONFIG;
+    g->per_group = p->out_c / (p->in_c / g->group_in);
+    g->fs.oc = (size_t)p->k_h * p->k_w * g->group_in;
+    g->fs.k = (size_t)g->group_in;
+    g->fs.c = 1;
+  }
+  return TP_OK;
+}
+
+static void conv_output_row(const tp_conv_params *p, const conv_geometry *g,
+                            const int8_t *rows[][TP_MAX_SLICES], const uint32_t *strides,
+                            const int32_t *starts, const uint32_t *channels, int n_slices,
+                            int8_t *out_row) {
+  int32_t ox, oc, ky, kx, c, i;
+  for (ox = 0; ox < p->out_w; ox++) {
+    const int32_t x0 = ox * p->stride_w - p->pad_left;
+    for (oc = 0; oc < p->out_c; oc++) {
+      /* The input channels [c_lo, c_hi) this output channel reads. */
+      const int32_t c_lo = (oc / g->per_group) * g->group_in, c_hi = c_lo + g->group_in;
+      const int8_t *f_oc = p->filter + (size_t)oc * g->fs.oc;
+      int32_t acc = 0;
+      for (ky = 0; ky < p->k_h; ky++) {
+        if (rows[ky][0] == NULL) continue; /* padding row */
+        for (kx = 0; kx < p->k_w; kx++) {
+          const int32_t x = x0 + kx * p->dilation_w;
+          const int8_t *f = f_oc + ((size_t)ky * p->k_w + kx) * g->fs.k;
+          if (x < 0 || x >= p->in_w) continue;
+          for (i = 0; i < n_slices; i++) {
+            const int32_t lo = starts[i] > c_lo ? starts[i] : c_lo;
+            const int32_t end = starts[i] + (int32_t)channels[i];
+            const int32_t hi = end < c_hi ? end : c_hi;
+            const int8_t *px = rows[ky][i] + (size_t)x * strides[i];
+            for (c = lo; c < hi; c++)
+              acc += (int32_t)f[(size_t)(c - c_lo) * g->fs.c] *
+                     ((int32_t)px[c - starts[i]] + p->input_offset);
+          }
+        }
+      }
+      if (p->bias != NULL) acc += p->bias[oc];
+      acc = tp_multiply_by_quantized_multiplier(acc, p->out_multiplier[oc], p->out_shift[oc]);
+      acc += p->output_offset;
+      if (acc < p->act_min) acc = p->act_min;
+      if (acc > p->act_max) acc = p->act_max;
+      out_row[(size_t)ox * p->out_c + oc] = (int8_t)acc;
+    }
+  }
+}
+
+int tp_conv_row(const tp_conv_params *p, const uint8_t *input, int32_t rows_held, int32_t oy,
+                int8_t *out_row) {
+  const int8_t *rows[TP_MAX_KERNEL_H][TP_MAX_SLICES];
+  const uint32_t stride = (uint32_t)p->in_c, channels = (uint32_t)p->in_c;
+  const int32_t start = 0;
+  conv_geometry g;
+  int32_t ky;
+  int rc = conv_geometry_of(p, &g);
+  if (rc != TP_OK) return rc;
+  if (rows_held <= 0 || oy < 0 || oy >= p->out_h || p->in_h <= 0 || p->in_w <= 0 ||
+      p->out_w <= 0 || p->stride_w <= 0 || p->dilation_h <= 0 || p->dilation_w <= 0)
+    return TP_ECONFIG;
+  for (ky = 0; ky < p->k_h; ky++) {
+    const int32_t y = oy * p->stride_h - p->pad_top + ky * p->dilation_h;
+    rows[ky][0] = (y >= 0 && y < p->in_h)
+                      ? (const int8_t *)(input + (size_t)(y % rows_held) * p->in_w * p->in_c)
+                      : NULL;
+  }
+  conv_output_row(p, &g, rows, &stride, &start, &channels, 1, out_row);
+  return TP_OK;
+}
+
 int tp_fused_concat_conv2d(tp_runtime *rt, const tp_conv_params *p, const tp_slice *slices,
                            int n_slices, int8_t *output) {
   const int8_t *rows[TP_MAX_KERNEL_H][TP_MAX_SLICES];
-  uint32_t strides[TP_MAX_SLICES];
+  uint32_t strides[TP_MAX_SLICES], channels[TP_MAX_SLICES];
   int32_t starts[TP_MAX_SLICES];
-  int32_t oy, ox, oc, ky, kx, c, i, total = 0, group_in, per_group;
-  filter_strides fs;
-  if (n_slices <= 0 || n_slices > TP_MAX_SLICES || p->k_h > TP_MAX_KERNEL_H || p->k_h <= 0 ||
-      p->k_w <= 0 || p->out_c <= 0 || p->in_c <= 0)
-    return TP_ECONFIG;
+  int32_t oy, ky, i, total = 0;
+  conv_geometry g;
+  int rc;
+  if (n_slices <= 0 || n_slices > TP_MAX_SLICES) return TP_ECONFIG;
+  rc = conv_geometry_of(p, &g);
+  if (rc != TP_OK) return rc;
   for (i = 0; i < n_slices; i++) {
     starts[i] = total;
+    channels[i] = slices[i].channels;
     total += (int32_t)slices[i].channels;
     if (slices[i].stream != NULL && p->dilation_h != 1) return TP_ECONFIG;
   }
   if (total != p->in_c) return TP_EPLAN;
-  if (p->depthwise) {
-    /* Depth multiplier m = out_c / in_c: output channel oc reads input channel oc / m. */
-    if (p->out_c % p->in_c != 0) return TP_ECONFIG;
-    group_in = 1;
-    per_group = p->out_c / p->in_c;
-    fs.oc = 1;
-    fs.k = (size_t)p->out_c;
-    fs.c = 0;
-  } else {
-    group_in = p->filter_in_c > 0 ? p->filter_in_c : p->in_c;
-    if (p->in_c % group_in != 0 || p->out_c % (p->in_c / group_in) != 0) return TP_ECONFIG;
-    per_group = p->out_c / (p->in_c / group_in);
-    fs.oc = (size_t)p->k_h * p->k_w * group_in;
-    fs.k = (size_t)group_in;
-    fs.c = 1;
-  }
   for (oy = 0; oy < p->out_h; oy++) {
     const int32_t y0 = oy * p->stride_h - p->pad_top;
     /* Rows of this window, fetched in ascending order so that streams only move forward. */
@@ -79,44 +155,14 @@ int tp_fused_concat_conv2d(tp_runtime *rt, const tp_conv_params *p, const tp_sli
       for (i = 0; i < n_slices; i++) {
         rows[ky][i] = NULL;
         if (y >= 0 && y < p->in_h) {
-          int rc = tp_slice_row(rt, &slices[i], (uint32_t)p->in_w, (uint32_t)y, &rows[ky][i],
-                                &strides[i]);
+          rc = tp_slice_row(rt, &slices[i], (uint32_t)p->in_w, (uint32_t)y, &rows[ky][i],
+                            &strides[i]);
           if (rc != TP_OK) return rc;
         }
       }
     }
-    for (ox = 0; ox < p->out_w; ox++) {
-      const int32_t x0 = ox * p->stride_w - p->pad_left;
-      for (oc = 0; oc < p->out_c; oc++) {
-        /* The input channels [c_lo, c_hi) this output channel reads. */
-        const int32_t c_lo = (oc / per_group) * group_in, c_hi = c_lo + group_in;
-        const int8_t *f_oc = p->filter + (size_t)oc * fs.oc;
-        int32_t acc = 0;
-        for (ky = 0; ky < p->k_h; ky++) {
-          if (rows[ky][0] == NULL) continue; /* padding row */
-          for (kx = 0; kx < p->k_w; kx++) {
-            const int32_t x = x0 + kx * p->dilation_w;
-            const int8_t *f = f_oc + ((size_t)ky * p->k_w + kx) * fs.k;
-            if (x < 0 || x >= p->in_w) continue;
-            for (i = 0; i < n_slices; i++) {
-              const int32_t lo = starts[i] > c_lo ? starts[i] : c_lo;
-              const int32_t end = starts[i] + (int32_t)slices[i].channels;
-              const int32_t hi = end < c_hi ? end : c_hi;
-              const int8_t *px = rows[ky][i] + (size_t)x * strides[i];
-              for (c = lo; c < hi; c++)
-                acc += (int32_t)f[(size_t)(c - c_lo) * fs.c] *
-                       ((int32_t)px[c - starts[i]] + p->input_offset);
-            }
-          }
-        }
-        if (p->bias != NULL) acc += p->bias[oc];
-        acc = tp_multiply_by_quantized_multiplier(acc, p->out_multiplier[oc], p->out_shift[oc]);
-        acc += p->output_offset;
-        if (acc < p->act_min) acc = p->act_min;
-        if (acc > p->act_max) acc = p->act_max;
-        output[((size_t)oy * p->out_w + ox) * p->out_c + oc] = (int8_t)acc;
-      }
-    }
+    conv_output_row(p, &g, rows, strides, starts, channels, n_slices,
+                    output + (size_t)oy * p->out_w * p->out_c);
   }
   return TP_OK;
 }
@@ -192,57 +238,62 @@ static int tconv_shape_ok(const tp_tconv_params *p) {
          p->out_c > 0 && p->k_h > 0 && p->k_w > 0 && p->stride_h > 0 && p->stride_w > 0;
 }
 
-int tp_transpose_conv_rows(const tp_tconv_params *p, const int8_t *input, int32_t *row_acc,
-                           int8_t *output) {
-  const int32_t batches = p->batches > 0 ? p->batches : 1;
-  const size_t row_len = (size_t)p->out_w * p->out_c;
+/* Output row oy in gather form: output pixel (oy, ox) takes input pixel (iy, ix) through
+ * filter tap (ky, kx) when iy * stride_h - pad_top + ky == oy and likewise for x. Each
+ * output element accumulates in one int32; int32 addition is exact, so the order differs
+ * from TFLite's scatter but the sum does not. */
+static void tconv_output_row(const tp_tconv_params *p, const uint8_t *input, int32_t rows_held,
+                             int32_t oy, int8_t *out_row) {
   const size_t f_oc = (size_t)p->k_h * p->k_w * p->in_c;
-  int32_t b, oy, ky, ix, kx, oc, c;
-  if (!tconv_shape_ok(p)) return TP_ECONFIG;
-  for (b = 0; b < batches; b++) {
-    const int8_t *in_b = input + (size_t)b * p->in_h * p->in_w * p->in_c;
-    int8_t *out_b = output + (size_t)b * p->out_h * row_len;
-    for (oy = 0; oy < p->out_h; oy++) {
-      int8_t *out_row = out_b + (size_t)oy * row_len;
-      size_t j;
-      memset(row_acc, 0, row_len * sizeof(int32_t));
-      /* Input row iy reaches output row oy through filter row ky when
-       * iy * stride_h - pad_top + ky == oy. */
+  const size_t in_row_bytes = (size_t)p->in_w * p->in_c;
+  int32_t ox, ky, kx, oc, c;
+  for (ox = 0; ox < p->out_w; ox++) {
+    for (oc = 0; oc < p->out_c; oc++) {
+      const int8_t *f_o = p->filter + (size_t)oc * f_oc;
+      int32_t acc = 0;
       for (ky = 0; ky < p->k_h; ky++) {
         const int32_t t = oy + p->pad_top - ky;
         const int8_t *in_row;
         if (t < 0 || t % p->stride_h != 0 || t / p->stride_h >= p->in_h) continue;
-        in_row = in_b + (size_t)(t / p->stride_h) * p->in_w * p->in_c;
-        for (ix = 0; ix < p->in_w; ix++) {
-          const int8_t *px = in_row + (size_t)ix * p->in_c;
-          for (kx = 0; kx < p->k_w; kx++) {
-            const int32_t ox = ix * p->stride_w - p->pad_left + kx;
-            int32_t *acc;
-            const int8_t *f;
-            if (ox < 0 || ox >= p->out_w) continue;
-            acc = row_acc + (size_t)ox * p->out_c;
-            f = p->filter + ((size_t)ky * p->k_w + kx) * p->in_c;
-            for (oc = 0; oc < p->out_c; oc++) {
-              const int8_t *fo = f + (size_t)oc * f_oc;
-              int32_t sum = 0;
-              for (c = 0; c < p->in_c; c++) sum += ((int32_t)px[c] + p->input_offset) * fo[c];
-              acc[oc] += sum;
-            }
-          }
+        in_row = (const int8_t *)(input + (size_t)((t / p->stride_h) % rows_held) * in_row_bytes);
+        for (kx = 0; kx < p->k_w; kx++) {
+          const int32_t u = ox + p->pad_left - kx;
+          const int8_t *px, *f;
+          if (u < 0 || u % p->stride_w != 0 || u / p->stride_w >= p->in_w) continue;
+          px = in_row + (size_t)(u / p->stride_w) * p->in_c;
+          f = f_o + ((size_t)ky * p->k_w + kx) * p->in_c;
+          for (c = 0; c < p->in_c; c++) acc += ((int32_t)px[c] + p->input_offset) * f[c];
         }
       }
-      for (j = 0; j < row_len; j++) {
-        const int32_t oc_j = (int32_t)(j % (size_t)p->out_c);
-        int32_t acc = row_acc[j];
-        if (p->bias != NULL) acc += p->bias[oc_j];
-        acc = tp_multiply_by_quantized_multiplier(acc, p->out_multiplier[oc_j],
-                                                  p->out_shift[oc_j]);
-        acc += p->output_offset;
-        if (acc < p->act_min) acc = p->act_min;
-        if (acc > p->act_max) acc = p->act_max;
-        out_row[j] = (int8_t)acc;
-      }
+      if (p->bias != NULL) acc += p->bias[oc];
+      acc = tp_multiply_by_quantized_multiplier(acc, p->out_multiplier[oc], p->out_shift[oc]);
+      acc += p->output_offset;
+      if (acc < p->act_min) acc = p->act_min;
+      if (acc > p->act_max) acc = p->act_max;
+      out_row[(size_t)ox * p->out_c + oc] = (int8_t)acc;
     }
+  }
+}
+
+int tp_transpose_conv_row(const tp_tconv_params *p, const uint8_t *input, int32_t rows_held,
+                          int32_t oy, int8_t *out_row) {
+  if (!tconv_shape_ok(p) || rows_held <= 0 || oy < 0 || oy >= p->out_h) return TP_ECONFIG;
+  tconv_output_row(p, input, rows_held, oy, out_row);
+  return TP_OK;
+}
+
+int tp_transpose_conv_rows(const tp_tconv_params *p, const int8_t *input, int32_t *row_acc,
+                           int8_t *output) {
+  const int32_t batches = p->batches > 0 ? p->batches : 1;
+  const size_t row_len = (size_t)p->out_w * p->out_c;
+  int32_t b, oy;
+  (void)row_acc; /* the gather form needs no row buffer; callers still reserve one */
+  if (!tconv_shape_ok(p)) return TP_ECONFIG;
+  for (b = 0; b < batches; b++) {
+    const uint8_t *in_b = (const uint8_t *)(input + (size_t)b * p->in_h * p->in_w * p->in_c);
+    int8_t *out_b = output + (size_t)b * p->out_h * row_len;
+    for (oy = 0; oy < p->out_h; oy++)
+      tconv_output_row(p, in_b, p->in_h, oy, out_b + (size_t)oy * row_len);
   }
   return TP_OK;
 }

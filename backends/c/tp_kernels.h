@@ -8,9 +8,10 @@
  *   the concat output's scale and zero point (then TFLite's concat is a plain copy).
  * - tp_fused_concat: the concatenation itself, on byte geometry (any dtype, any axis).
  * - tp_transpose_conv_rows: reference_integer_ops::TransposeConv (TRANSPOSE_CONV) in a
- *   gather formulation: each output row is accumulated from the input rows that reach it
- *   in an int32 buffer of ONE output row (out_w * out_c int32), instead of TFLite's
- *   whole-output int32 scatter buffer. int32 addition is exact, so the result is the same.
+ *   gather formulation: each output element is one int32 sum over the input pixels that
+ *   reach it, instead of TFLite's whole-output int32 scatter buffer. int32 addition is
+ *   exact, so the result is the same. The row streaming runner (tp_rows.c) shares the
+ *   per-row functions tp_conv_row / tp_transpose_conv_row.
  *
  * Limits (named constants; the planner's kernel table states them): at most
  * TP_MAX_SLICES slices per fused op, kernel height at most TP_MAX_KERNEL_H.
@@ -59,6 +60,11 @@ int32_t tp_same_padding(int32_t in, int32_t out, int32_t k, int32_t stride, int3
 
 int tp_fused_concat_conv2d(tp_runtime *rt, const tp_conv_params *p, const tp_slice *slices,
                            int n_slices, int8_t *output);
+/* One output row oy of the same conv (one slice: all in_c channels) whose input row y is at
+ * input + (y % rows_held) * in_w * in_c: a whole tensor (rows_held = in_h) or a ring.
+ * The arithmetic is tp_fused_concat_conv2d's. TP_OK, or TP_ECONFIG. */
+int tp_conv_row(const tp_conv_params *p, const uint8_t *input, int32_t rows_held, int32_t oy,
+                int8_t *out_row);
 
 /* The concatenation on byte geometry: the output is `outer` repeats of the slices' chunks
  * in slice order; slice i contributes channels_i * inner bytes per repeat (`inner` = bytes
@@ -90,10 +96,16 @@ uint32_t tp_tconv_scratch_bytes(const tp_tconv_params *p);
 /* TFLite's TRANSPOSE_CONV padding (top or left) for one dimension: computed, as TFLite
  * does, from the output size alone (same: 1 for SAME, 0 for VALID). */
 int32_t tp_tconv_padding(int32_t out, int32_t k, int32_t stride, int same);
-/* TRANSPOSE_CONV int8, one output row at a time; row_acc holds out_w * out_c int32.
- * TP_OK, or TP_ECONFIG for inconsistent parameters. */
+/* TRANSPOSE_CONV int8, one output row at a time, in gather form (each output element is
+ * one int32 sum over the input pixels that reach it). row_acc (out_w * out_c int32, the
+ * scratch TinyPlanTransposeConv reserves) is no longer written; it stays in the signature
+ * so callers and plans are unchanged. TP_OK, or TP_ECONFIG for inconsistent parameters. */
 int tp_transpose_conv_rows(const tp_tconv_params *p, const int8_t *input, int32_t *row_acc,
                            int8_t *output);
+/* Output row oy of the same TRANSPOSE_CONV (batch 1), input row y at
+ * input + (y % rows_held) * in_w * in_c. TP_OK, or TP_ECONFIG. */
+int tp_transpose_conv_row(const tp_tconv_params *p, const uint8_t *input, int32_t rows_held,
+                          int32_t oy, int8_t *out_row);
 
 /* TRANSPOSE_CONV 16x8 (int16 activations, zero points 0, int8 filter, int64 bias), as
  * TFLite's reference kernel: int64 accumulators, requantised with the 64-bit
