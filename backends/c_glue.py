@@ -32,7 +32,8 @@ C_DIR = Path(__file__).parent / "c"
 RUNTIME_SOURCES = (
     "tp_storage.h", "tp_storage_file.c", "tp_storage_flash.c", "tp_storage_remote.c",
     "tp_stream_tcp.h", "tp_stream_tcp.c", "tp_compress.h", "tp_compress.c",
-    "tp_runtime.h", "tp_runtime.c", "tp_kernels.h", "tp_kernels.c", "tflm_ops.cc",
+    "tp_runtime.h", "tp_runtime.c", "tp_kernels.h", "tp_kernels.c", "tp_rows.h", "tp_rows.c",
+    "tflm_ops.cc",
 )
 SPILL, FETCH, STREAM, COMPACT = 0, 1, 2, 3
 OP_PLAIN, OP_STREAM_CONCAT, OP_FUSED_AWAY, OP_FUSED_CONV, OP_CHANNEL_CONCAT = 0, 1, 2, 3, 4

@@ -836,6 +836,7 @@ TfLiteStatus EvalGroup(TfLiteContext* context, TfLiteNode* node) {
     const int32_t* view = GroupView(d, v);
     if (view[0] != TP_VIEW_SPILL_ROWS) continue;
     tp_spill_record* rec = Record(d->storage, view[4], false);
+    TF_LITE_ENSURE(context, rec != nullptr);  // created before the run
     RawRecord(rec, ViewBytes(view));
     rec->valid = 1;
   }
