@@ -90,9 +90,9 @@ def _cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "tinyplan"
 
 
-def source_hash() -> str:
+def source_hash(sources: Sequence[str] = SOURCES, headers: Sequence[str] = HEADERS) -> str:
     h = hashlib.sha256()
-    for name in (*SOURCES, *HEADERS):
+    for name in (*sources, *headers):
         h.update(name.encode())
         h.update((C_DIR / name).read_bytes())
     return h.hexdigest()[:16]
@@ -101,29 +101,38 @@ def source_hash() -> str:
 _LIB: ctypes.CDLL | None = None
 
 
+def build_shared(sources: Sequence[str], headers: Sequence[str], name: str,
+                 libname: str) -> Path:
+    """The shared library of these C sources (backends/c), built once per source hash in
+    the cache (a build that fails is one CKernelError line)."""
+    target = _cache_dir() / name / source_hash(sources, headers) / f"lib{libname}.so"
+    if target.is_file():
+        return target
+    cc = _compiler()
+    if cc is None:
+        raise CKernelError("no C compiler (cc, gcc or clang; or set CC): the project's C "
+                           "kernels cannot be built to run the fused ops")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent first uses never load half a file.
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
+        partial = Path(tmp.name)
+    cmd = [cc, "-std=c99", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-I", str(C_DIR),
+           "-o", str(partial), *(str(C_DIR / s) for s in sources)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        partial.unlink(missing_ok=True)
+        first = next((ln for ln in done.stderr.splitlines() if "error" in ln), done.stderr)
+        raise CKernelError(f"building the C kernels with {cc} failed: {first.strip()}")
+    os.replace(partial, target)
+    return target
+
+
 def library() -> ctypes.CDLL:
     """The built kernels (built once per source hash, then loaded from the cache)."""
     global _LIB
     if _LIB is not None:
         return _LIB
-    target = _cache_dir() / "ckernels" / source_hash() / "libtpkernels.so"
-    if not target.is_file():
-        cc = _compiler()
-        if cc is None:
-            raise CKernelError("no C compiler (cc, gcc or clang; or set CC): the project's C "
-                               "kernels cannot be built to run the fused ops")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Build beside the target and rename: concurrent first uses never load half a file.
-        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
-            partial = Path(tmp.name)
-        cmd = [cc, "-std=c99", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-I", str(C_DIR),
-               "-o", str(partial), *(str(C_DIR / s) for s in SOURCES)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            partial.unlink(missing_ok=True)
-            first = next((ln for ln in done.stderr.splitlines() if "error" in ln), done.stderr)
-            raise CKernelError(f"building the C kernels with {cc} failed: {first.strip()}")
-        os.replace(partial, target)
+    target = build_shared(SOURCES, HEADERS, "ckernels", "tpkernels")
     lib = ctypes.CDLL(str(target))
     lib.tp_fused_concat_conv2d.argtypes = [ctypes.c_void_p, ctypes.POINTER(_ConvParams),
                                            ctypes.POINTER(_Slice), ctypes.c_int, ctypes.c_void_p]
@@ -167,7 +176,9 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
     if m == 0:
         return 0, 0
     q, shift = math.frexp(m)
-    fixed = round(q * (1 << 31))  # half away from zero for positive m, as std::round
+    # std::round: halves away from zero (Python's round() would round them to even).
+    # q * 2**31 and + 0.5 are exact in a double.
+    fixed = int(math.copysign(math.floor(abs(q) * (1 << 31) + 0.5), q))
     if fixed == 1 << 31:
         fixed //= 2
         shift += 1

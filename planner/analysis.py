@@ -8,11 +8,12 @@ and a scratch buffer lives only at its op's step. Sizes are rounded up to 16 byt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
 from . import kernels
-from .ir import Graph, OpKind, Role, Tensor, align
+from .ir import Graph, Op, OpKind, Role, Tensor, align
 
 
 @dataclass(frozen=True)
@@ -210,13 +211,39 @@ def op_working_set(graph: Graph, op_index: int, can_stream: bool = True,
     return _WorkingSets(graph, can_stream, can_fuse).of(op_index)
 
 
+def op_working_sets(graph: Graph, can_stream: bool = True, can_fuse: bool = True,
+                    pair_fusion: bool = True) -> list[int]:
+    """`op_working_set` of every op, in op order (the graph's analysis done once);
+    `pair_fusion` False: as if no concat fused into its conv (concats still stream)."""
+    sets = _WorkingSets(graph, can_stream, can_fuse, pair_fusion)
+    return [sets.of(op.index)[0] for op in graph.ops]
+
+
+def group_working_set(tensors: Sequence[Tensor], op: Op, can_stream: bool) -> tuple[int, str]:
+    """Bytes a streamed-group op (planner/streaming.py) must hold, and why: its rings, each
+    input whole or (storage to stream from) its stream_in line buffer, each output whole
+    or (storage to spill to) its spill_rows line buffer. Constants take no arena."""
+    lines_in = dict(op.attrs.get("stream_in", [])) if can_stream else {}
+    lines_out = dict(op.attrs.get("spill_rows", [])) if can_stream else {}
+
+    def held(ts: Sequence[int], lines: dict) -> int:
+        return sum(min(align(tensors[t].nbytes), lines.get(t, align(tensors[t].nbytes)))
+                   for t in dict.fromkeys(ts) if t >= 0 and tensors[t].planned)
+
+    rings = sum(align(tensors[t].nbytes) for t in op.scratch)
+    ins, outs = held(op.inputs, lines_in), held(op.outputs, lines_out)
+    return rings + ins + outs, f"rings {rings} B, inputs {ins} B, outputs {outs} B"
+
+
 class _WorkingSets:
     """What every op's working set needs to know of the graph, computed once."""
 
-    def __init__(self, graph: Graph, can_stream: bool, can_fuse: bool):
+    def __init__(self, graph: Graph, can_stream: bool, can_fuse: bool, pair_fusion: bool = True):
         self.graph = graph
+        self.storage = can_stream  # a group streams and spills rows without the fused kernels
         self.can_stream = can_stream and can_fuse
-        self.groups = {g.concat: g for g in fusion_groups(graph)} if can_fuse else {}
+        self.groups = {g.concat: g if pair_fusion else FusionGroup(g.concat, None)
+                       for g in fusion_groups(graph)} if can_fuse else {}
         self.fused_conv_of = {g.conv: g for g in self.groups.values() if g.conv is not None}
         self.planned = lifetimes(graph)
 
@@ -224,6 +251,8 @@ class _WorkingSets:
         graph, groups, planned = self.graph, self.groups, self.planned
         can_stream, fused_conv_of = self.can_stream, self.fused_conv_of
         op = graph.ops[op_index]
+        if op.kind == OpKind.STREAMED_GROUP:
+            return group_working_set(graph.tensors, op, self.storage)
         if op_index in groups and groups[op_index].conv is not None:
             return 0, "concat fuses into its conv"
 

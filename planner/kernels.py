@@ -7,6 +7,10 @@ analysis (what may fuse or stream: `analysis.fusion_groups`), the ILP and TinySe
 glue (writes `c_defines()` into the generated header; tests compare them with the
 #defines of backends/c/) and the executor (reads `Op.attrs["kernel"]`).
 
+The row kernels of a streamed group (`STREAMED_GROUP`, backends/c/tp_rows.c) compute one
+output row of a member op at a time; `ROW_OPS` says which ops they compute and
+`row_refusals` why one is not (planner/streaming.py builds groups from them).
+
 The kernels (backends/c/tp_kernels.c, tflm_ops.cc) are int8 NHWC, as TFLite
 quantised models are. An ONNX graph (float32, NCHW) therefore never fuses or streams:
 no emitted kernel computes a float concat or conv, and C glue is emitted for ONNX
@@ -26,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .errors import PlannerError
-from .ir import Graph, Op, OpKind, Tensor
+from .ir import Graph, Op, OpKind, Role, Tensor
 
 if TYPE_CHECKING:  # the device and plan modules do not import this one
     from .device import DeviceProfile
@@ -112,6 +116,22 @@ TRANSPOSE_CONV_ROWS = Kernel(
     ),
     scratch="out_w * out_c accumulators (one output row): int32 for int8, int64 for 16x8",
 )
+GROUP_MAX_OPS = 32  # tp_rows.h TP_GROUP_MAX_OPS: members of one streamed group
+GROUP_MAX_VIEWS = 64  # tp_rows.h TP_GROUP_MAX_VIEWS: the group op's inputs + outputs + rings
+STREAMED_GROUP = Kernel(
+    name="streamed_group", custom_op="TinyPlanStreamedGroup", c_entry="tp_group_run",
+    source_formats=_TFLITE, dtypes=_INT8, layouts=_NHWC, concat_axis="channel",
+    # The convolutions a member may be; pooling, ADD/MUL and concat are in ROW_OPS.
+    conv=ConvRule(
+        op_kinds=frozenset({OpKind.CONV, OpKind.DEPTHWISE_CONV, OpKind.TRANSPOSE_CONV}),
+        filter_dtypes=_INT8, bias_dtypes=frozenset({"int32"}),
+        paddings=frozenset({"same", "valid"}), activations=INT8_ACTIVATIONS,
+        groups=True, depthwise=True, dilation=False,
+    ),
+    scratch="one ring of rows per internal tensor; line buffers for streamed inputs and "
+            "outputs spilled row by row",
+    c_limits=(("TP_GROUP_MAX_OPS", GROUP_MAX_OPS), ("TP_GROUP_MAX_VIEWS", GROUP_MAX_VIEWS)),
+)
 SPLIT_IN_PLACE = Kernel(
     name="split_in_place", custom_op="TinyPlanSplit", c_entry="tp_compact",
     source_formats=_ANY_FORMAT, dtypes=None, layouts=None, concat_axis="channel",
@@ -122,7 +142,8 @@ FETCH = Kernel(name="fetch", custom_op="Fetch", c_entry="tp_fetch_data",
                source_formats=_ANY_FORMAT, dtypes=None, layouts=None)
 
 KERNELS: dict[str, Kernel] = {k.name: k for k in (
-    FUSED_CONCAT, FUSED_CONCAT_CONV, TRANSPOSE_CONV_ROWS, SPLIT_IN_PLACE, SPILL, FETCH)}
+    FUSED_CONCAT, FUSED_CONCAT_CONV, TRANSPOSE_CONV_ROWS, STREAMED_GROUP, SPLIT_IN_PLACE,
+    SPILL, FETCH)}
 # Op.attrs["kernel"] value -> table entry, for ops whose kernel a graph transform replaced.
 OP_KERNELS: dict[str, Kernel] = {ROWS_KERNEL: TRANSPOSE_CONV_ROWS}
 
@@ -275,6 +296,98 @@ def rows_scratch_bytes(graph: Graph, op: Op) -> int:
     return int(w) * int(c) * ROWS_ACCUMULATOR_BYTES[out.dtype]
 
 
+# -- row kernels: the members of a streamed group ---------------------------------------------
+
+@dataclass(frozen=True)
+class RowOp:
+    """An op the group's row kernels compute one output row at a time.
+
+    `band` is how output row r depends on the rows of a row input (planner/streaming.py):
+    "window" rows [r*sh - pad_top, r*sh - pad_top + kh - 1] (conv, depthwise, pool),
+    "gather" the input rows a transpose conv scatters into row r, "same" row r itself.
+    """
+
+    op_type: str
+    kind: OpKind
+    band: str
+    row_inputs: tuple[int, ...] | None  # input positions read row by row; None: every input
+    conv: bool = False  # checked against STREAMED_GROUP.conv
+    activations: frozenset[str] = INT8_ACTIVATIONS
+    needs_kernel: str | None = None  # the Op.attrs["kernel"] it must already run on
+    equal_shapes: bool = False  # element-wise: no broadcasting
+
+
+ROW_OPS: dict[str, RowOp] = {r.op_type: r for r in (
+    RowOp("CONV_2D", OpKind.CONV, "window", (0,), conv=True),
+    RowOp("DEPTHWISE_CONV_2D", OpKind.DEPTHWISE_CONV, "window", (0,), conv=True),
+    RowOp("MAX_POOL_2D", OpKind.POOL, "window", (0,)),
+    RowOp("AVERAGE_POOL_2D", OpKind.POOL, "window", (0,)),
+    RowOp("ADD", OpKind.ELEMENTWISE, "same", None, equal_shapes=True),
+    RowOp("MUL", OpKind.ELEMENTWISE, "same", None, equal_shapes=True),
+    # The concat kernel copies bytes: a fused activation would go unapplied.
+    RowOp("CONCATENATION", OpKind.CONCAT, "same", None, activations=frozenset({"none"})),
+    # Only on the row kernel (kernels.apply_kernels), int8 (not 16x8).
+    RowOp("TRANSPOSE_CONV", OpKind.TRANSPOSE_CONV, "gather", (2,), conv=True,
+          needs_kernel=ROWS_KERNEL),
+)}
+
+
+def row_inputs(graph: Graph, op: Op) -> tuple[int, ...]:
+    """Tensor ids `op` reads row by row (its activations; constants are read whole)."""
+    rule = ROW_OPS.get(op.op_type)
+    positions = range(len(op.inputs)) if rule is None or rule.row_inputs is None \
+        else rule.row_inputs
+    ids = [op.inputs[p] for p in positions if p < len(op.inputs) and op.inputs[p] >= 0]
+    return tuple(t for t in dict.fromkeys(ids)
+                 if graph.tensors[t].role not in (Role.CONSTANT, Role.VARIABLE))
+
+
+def row_refusals(graph: Graph, op: Op) -> list[str]:
+    """Why the group's row kernels cannot compute `op` (empty: they can)."""
+    kernel = STREAMED_GROUP
+    why = _graph_refusals(kernel, graph)
+    rule = ROW_OPS.get(op.op_type)
+    if rule is None or op.kind != rule.kind:
+        return why + [f"{kernel.name} has no row kernel for {op.op_type}"]
+    if rule.needs_kernel is not None and op.attrs.get("kernel") != rule.needs_kernel:
+        why.append(f"{kernel.name}: {op.op_type} only on the {rule.needs_kernel} kernel")
+    if len(op.outputs) != 1 or op.outputs[0] < 0:
+        return why + [f"op {op.index}: {kernel.name} members have one output"]
+    out = graph.tensors[op.outputs[0]]
+    rows = [graph.tensors[t] for t in row_inputs(graph, op)]
+    if not rows:
+        why.append(f"op {op.index}: no activation input to stream")
+    for t in (out, *rows):
+        if len(t.shape) != 4 or t.shape[0] != 1:
+            why.append(f"{kernel.name}: tensor '{t.name}' is not 4-D NHWC with batch 1")
+    why += _dtype_refusals(kernel, [out, *rows])
+    if op.attrs.get("fused_activation", "none") not in rule.activations:
+        why.append(f"{kernel.name}: fused activation {op.attrs.get('fused_activation')} "
+                   f"not supported on {op.op_type}")
+    if rule.equal_shapes:
+        ins = [graph.tensors[t] for t in op.inputs if t >= 0]
+        if len(op.inputs) != 2 or any(t.shape != out.shape for t in ins):
+            why.append(f"{kernel.name}: {op.op_type} needs two inputs of the output's shape "
+                       "(no broadcasting)")
+        why += _dtype_refusals(kernel, ins)
+    if rule.kind == OpKind.CONCAT:
+        why += concat_refusals(graph, op, kernel)
+    if rule.band == "window":
+        if op.attrs.get("padding", "same") not in ("same", "valid"):
+            why.append(f"{kernel.name}: padding {op.attrs.get('padding')} not supported")
+        if tuple(op.attrs.get("dilations", (1, 1))) != (1, 1):
+            why.append(f"{kernel.name}: dilated kernels not supported")
+    if rule.conv:
+        assert kernel.conv is not None
+        x = graph.tensors[rows[0].id] if rows else None
+        if rule.kind == OpKind.TRANSPOSE_CONV:
+            why += transpose_conv_refusals(graph, op)
+            if out.dtype != "int8":
+                why.append(f"{kernel.name}: int8 transpose convolutions only")
+        why += _conv_refusals(graph, op, kernel.conv, kernel, True, x)
+    return list(dict.fromkeys(why))
+
+
 # -- graph transform: which ops the plan runs on which custom kernel -----------------------
 
 def apply_kernels(graph: Graph, profile: DeviceProfile,
@@ -318,7 +431,12 @@ def with_op_kernels(graph: Graph, op_kernels: Iterable[tuple[int, str]]) -> Grap
 
 
 def op_kernels_of(graph: Graph) -> tuple[tuple[int, str], ...]:
-    """(op index, kernel) of every op a graph transform moved onto a custom kernel."""
+    """(op index, kernel) of every op a graph transform moved onto a custom kernel.
+
+    For a graph with streamed groups (`graph.source` set), of the source graph: plans
+    name its op indices (planner/plan.py)."""
+    if graph.source is not None:
+        graph = graph.source
     return tuple((op.index, op.attrs["kernel"]) for op in graph.ops
                  if isinstance(op.attrs.get("kernel"), str) and op.attrs["kernel"] in OP_KERNELS)
 
@@ -340,6 +458,8 @@ def kernels_used(plan: Plan) -> list[Kernel]:
         used.append(FUSED_CONCAT_CONV)
     if any(name == ROWS_KERNEL for _, name in plan.op_kernels):
         used.append(TRANSPOSE_CONV_ROWS)
+    if plan.stream_groups:
+        used.append(STREAMED_GROUP)
     if any(t.part is not None for t in plan.transfers):  # a part that never moves stays put
         used.append(SPLIT_IN_PLACE)
     kinds = {t.kind for t in plan.transfers}
@@ -356,12 +476,39 @@ def plan_violations(graph: Graph, plan: Plan) -> list[str]:
     if tuple(plan.op_kernels) != op_kernels_of(graph):
         errors.append(f"plan runs ops on kernels {list(plan.op_kernels)}, the graph on "
                       f"{list(op_kernels_of(graph))}: not the graph it was planned for")
+    source = graph.source if graph.source is not None else graph  # op_kernels' indices
     for index, name in plan.op_kernels:
-        if name not in OP_KERNELS or not 0 <= index < len(graph.ops):
+        if name not in OP_KERNELS or not 0 <= index < len(source.ops):
             errors.append(f"op {index}: unknown kernel '{name}'")
             continue
         errors += [f"op {index}: {w}" for w in
-                   transpose_conv_refusals(graph, graph.ops[index], OP_KERNELS[name])]
+                   transpose_conv_refusals(source, source.ops[index], OP_KERNELS[name])]
+    return errors + group_violations(graph, plan)
+
+
+def group_violations(graph: Graph, plan: Plan) -> list[str]:
+    """Streamed groups of `plan` that are not the graph's, or that the row kernels cannot run."""
+    from .streaming import group_views, groups_of  # streaming reads this table
+
+    errors: list[str] = []
+    if tuple(plan.stream_groups) != groups_of(graph):
+        errors.append(f"plan streams groups {[list(g.ops) for g in plan.stream_groups]}, the "
+                      f"graph {[list(g.ops) for g in groups_of(graph)]} (or their rings and "
+                      "schedules differ): not the graph it was planned for")
+    source = graph.source if graph.source is not None else graph
+    for g in plan.stream_groups:
+        name = f"group {list(g.ops)[:3]}..." if len(g.ops) > 3 else f"group {list(g.ops)}"
+        if not g.ops or list(g.ops) != list(range(g.ops[0], g.ops[0] + len(g.ops))) or \
+                not 0 <= g.ops[0] <= g.ops[-1] < len(source.ops):
+            errors.append(f"{name}: not consecutive ops of the source graph")
+            continue
+        if len(g.ops) > GROUP_MAX_OPS:
+            errors.append(f"{name}: {len(g.ops)} members > {GROUP_MAX_OPS}")
+        for m in g.ops:
+            errors += [f"{name}: op {m}: {w}" for w in row_refusals(source, source.ops[m])]
+        views = group_views(source, g)
+        if views > GROUP_MAX_VIEWS:
+            errors.append(f"{name}: {views} views > {GROUP_MAX_VIEWS}")
     return errors
 
 
