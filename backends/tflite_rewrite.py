@@ -387,7 +387,7 @@ class _Builder:
                 continue
             self.refuse_split(t, k)
             tr = self.transfers.get(("stream", t, None, step))
-            if tr is None or self.resident(t, None, step) is not None:
+            if tr is None:  # (group_program.encode gives the view the same mode)
                 inputs.append(self.whole(t, step))
                 continue
             stream_lines.append(self.group_line(t, step, "line"))
