@@ -53,6 +53,7 @@ from planner.ir import Graph, OpKind, Role, align
 from planner.kernels import (
     ROWS_KERNEL,
     SPLIT_IN_PLACE,
+    STREAMED_GROUP,
     TRANSPOSE_CONV_ROWS,
     plan_violations,
 )
@@ -77,7 +78,7 @@ SIMPLE_FIELDS = {SPLIT_IN_PLACE.custom_op: 3, TRANSPOSE_CONV_ROWS.custom_op: 5}
 # backends/group_program.py; its view table (tp_rows.h: a 6-word header with n_views at
 # word 2, then per view [mode, height, row_bytes, rows_held, address]) says which views
 # stream from or spill rows to storage.
-STREAMED_GROUP_OP = "TinyPlanStreamedGroup"
+STREAMED_GROUP_OP = STREAMED_GROUP.custom_op
 GROUP_HEADER = 2
 PROGRAM_HEADER, VIEW_FIELDS = 6, 5
 VIEW_WHOLE, VIEW_RING, VIEW_STREAM_IN, VIEW_SPILL_ROWS = 0, 1, 2, 3

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import PlannerError
+from planner.kernels import STREAMED_GROUP
 
 ENV_ROOT = "TINYPLAN_TFLM_ROOT"
 ENV_INCLUDES = "TINYPLAN_TFLM_INCLUDES"
@@ -44,7 +45,7 @@ THIRD_PARTY = {
     "ruy/profiler/instrumentation.h": "ruy",
 }
 STORAGE_KINDS = {"ram": 0, "file": 1, "flash": 2, "remote": 3}
-STREAMED_GROUP_OP = "TinyPlanStreamedGroup"  # backends/tflite_rewrite.py
+STREAMED_GROUP_OP = STREAMED_GROUP.custom_op
 
 
 @dataclass(frozen=True)
