@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -151,13 +151,18 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def available() -> str | None:
-    """None when the kernels build and load here, else why not (one line)."""
+def why_unavailable(load: Callable[[], object]) -> str | None:
+    """None when `load` (a library() function) builds and loads, else why not (one line)."""
     try:
-        library()
+        load()
     except CKernelError as exc:
         return str(exc)
     return None
+
+
+def available() -> str | None:
+    """None when the kernels build and load here, else why not (one line)."""
+    return why_unavailable(library)
 
 
 def _check(rc: int, what: str) -> None:

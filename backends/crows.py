@@ -111,11 +111,7 @@ def library() -> ctypes.CDLL:
 
 def available() -> str | None:
     """None when the runner builds and loads here, else why not (one line)."""
-    try:
-        library()
-    except CKernelError as exc:
-        return str(exc)
-    return None
+    return ckernels.why_unavailable(library)
 
 
 def _check(rc: int, what: str) -> None:
@@ -139,15 +135,34 @@ def check_program(program: np.ndarray) -> int:
     return int(library().tp_group_check(_ptr(prog), int(prog.size)))
 
 
+def check_buffers(program: np.ndarray, bases: Sequence[np.ndarray]) -> None:
+    """What the C runner cannot check: one contiguous buffer per view, each at least its
+    rows_held * row_bytes, writable where the group writes (outputs, rings, lines)."""
+    from .group_program import views_of, written_views
+
+    views = views_of(program)
+    if len(bases) != len(views):
+        raise CKernelError(f"group program has {len(views)} views, {len(bases)} buffers given")
+    written = written_views(program)
+    for v, (view, b) in enumerate(zip(views, bases, strict=True)):
+        if not (isinstance(b, np.ndarray) and b.flags.c_contiguous):
+            raise CKernelError(f"group view {v}: the buffer must be a contiguous numpy array")
+        if b.nbytes < view.rows_held * view.row_bytes:
+            raise CKernelError(f"group view {v}: buffer of {b.nbytes} B, the view holds "
+                               f"{view.rows_held} rows of {view.row_bytes} B")
+        if v in written and not b.flags.writeable:
+            raise CKernelError(f"group view {v}: the group writes it, the buffer is read-only")
+
+
 def group_return_code(program: np.ndarray, bases: Sequence[np.ndarray],
                       read: ReadRows | None = None, write: WriteRows | None = None,
-                      poison: int | None = None) -> int:
-    """tp_group_run's return code (run_group raises on a nonzero one)."""
+                      poison: int | None = None, check: bool = True) -> int:
+    """tp_group_run's return code (run_group raises on a nonzero one). check=False skips
+    check_buffers (to test the C validation itself on malformed programs)."""
     lib = library()
     prog = np.ascontiguousarray(program, dtype=np.int32)
-    for b in bases:
-        if not (isinstance(b, np.ndarray) and b.flags.c_contiguous and b.flags.writeable):
-            raise CKernelError("group view buffers must be writable contiguous numpy arrays")
+    if check and check_program(prog) == 0:
+        check_buffers(prog, bases)
     ptrs = (ctypes.c_void_p * max(1, len(bases)))(*(_ptr(b) for b in bases))
     failure: list[BaseException] = []
 

@@ -28,6 +28,7 @@ WHOLE, RING, STREAM_IN, SPILL_ROWS = 0, 1, 2, 3
 CONV, DEPTHWISE, TCONV, MAX_POOL, AVG_POOL, ADD, MUL, CONCAT = range(1, 9)
 _POOL_KINDS = {"MAX_POOL_2D": MAX_POOL, "AVERAGE_POOL_2D": AVG_POOL}
 ADD_LEFT_SHIFT = 20  # TFLite's left_shift for int8 ADD
+MAX_DIM = 32767  # tp_rows.h TP_GROUP_MAX_DIM (tests check the two agree)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,9 @@ def _hwc(graph: Graph, t: int, what: str) -> tuple[int, int, int]:
     if len(tensor.shape) != 4 or tensor.shape[0] != 1 or tensor.dtype != "int8":
         raise PlannerError(f"group program: {what} '{tensor.name}' is {tensor.dtype} "
                            f"{list(tensor.shape)}, the row kernels take int8 NHWC batch 1")
+    if max(tensor.shape) > MAX_DIM:
+        raise PlannerError(f"group program: {what} '{tensor.name}' {list(tensor.shape)} has "
+                           f"a side above TP_GROUP_MAX_DIM ({MAX_DIM})")
     return tuple(int(d) for d in tensor.shape[1:4])  # type: ignore[return-value]
 
 
@@ -164,35 +168,34 @@ def _member(q: _Quant, graph: Graph, op: Op, view: Mapping[int, int]) -> Member:
         raise PlannerError(f"group program: op {op.index} has padding '{padding}'")
     if tuple(op.attrs.get("dilations", (1, 1))) != (1, 1):
         raise PlannerError(f"group program: op {op.index} is dilated; rows need dilation 1")
-    if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        x, f = op.inputs[0], op.inputs[1]
-        b = op.inputs[2] if len(op.inputs) > 2 else -1
+    if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV"):
+        tconv = op.op_type == "TRANSPOSE_CONV"
+        # TFLite orders a transpose conv's inputs (output_shape, filter, input, bias).
+        f, x = (op.inputs[1], op.inputs[2]) if tconv else (op.inputs[1], op.inputs[0])
+        b_pos = 3 if tconv else 2
+        b = op.inputs[b_pos] if len(op.inputs) > b_pos else -1
         ih, iw, ic = _hwc(graph, x, f"op {op.index} input")
         fshape = graph.tensors[f].shape
         kh, kw = int(fshape[1]), int(fshape[2])
+        if not tconv and kh > ckernels.MAX_KERNEL_H:
+            raise PlannerError(f"group program: op {op.index} kernel height {kh} exceeds "
+                               f"TP_MAX_KERNEL_H ({ckernels.MAX_KERNEL_H})")
         si, zpi = q.one(graph, x)
         fscales, _ = q.of(graph, f)
         mult, shift = ckernels.per_channel_multipliers(si, fscales, so, oc)
-        pt = same_padding(ih, oh, kh, sh) if padding == "same" else 0
-        pl = same_padding(iw, ow, kw, sw) if padding == "same" else 0
+        requant = (*mult.tolist(), *shift.tolist())
+        same = padding == "same"
+        if tconv:
+            pt, pl = tconv_padding(oh, kh, sh, same), tconv_padding(ow, kw, sw, same)
+            params = (ih, iw, ic, oh, ow, oc, kh, kw, sh, sw, pt, pl, -zpi, zpo, lo, hi,
+                      *requant)
+            return Member(TCONV, (v(x), v(f), v(b)), v(out), params)
+        pt = same_padding(ih, oh, kh, sh) if same else 0
+        pl = same_padding(iw, ow, kw, sw) if same else 0
         depthwise = op.op_type == "DEPTHWISE_CONV_2D"
         params = (ih, iw, ic, oh, ow, oc, kh, kw, sh, sw, pt, pl, -zpi, zpo, lo, hi,
-                  0 if depthwise else int(fshape[3]), *mult.tolist(), *shift.tolist())
+                  0 if depthwise else int(fshape[3]), *requant)
         return Member(DEPTHWISE if depthwise else CONV, (v(x), v(f), v(b)), v(out), params)
-    if op.op_type == "TRANSPOSE_CONV":
-        f, x = op.inputs[1], op.inputs[2]
-        b = op.inputs[3] if len(op.inputs) > 3 else -1
-        ih, iw, ic = _hwc(graph, x, f"op {op.index} input")
-        fshape = graph.tensors[f].shape
-        kh, kw = int(fshape[1]), int(fshape[2])
-        si, zpi = q.one(graph, x)
-        fscales, _ = q.of(graph, f)
-        mult, shift = ckernels.per_channel_multipliers(si, fscales, so, oc)
-        same = padding == "same"
-        params = (ih, iw, ic, oh, ow, oc, kh, kw, sh, sw, tconv_padding(oh, kh, sh, same),
-                  tconv_padding(ow, kw, sw, same), -zpi, zpo, lo, hi, *mult.tolist(),
-                  *shift.tolist())
-        return Member(TCONV, (v(x), v(f), v(b)), v(out), params)
     if op.op_type in _POOL_KINDS:
         x = op.inputs[0]
         ih, iw, ic = _hwc(graph, x, f"op {op.index} input")
@@ -239,6 +242,31 @@ def _activation_view(graph: Graph, t: int, mode: int, rows_held: int | None,
     return View(mode, h, w * c, held, address)
 
 
+def with_stream_loads(source: Graph, group: StreamGroup,
+                      stream_views: Mapping[int, int]) -> list[tuple[int, int]]:
+    """The group's schedule with a load entry (-1 - view, row) just before the first member
+    row that reads each row of a stream_in tensor (tensor -> view): rows arrive exactly when
+    first needed, as the line sizes of planner/streaming.py assume; rows no band reads are
+    never read from storage."""
+    from planner import kernels, streaming
+
+    ops = [source.ops[i] for i in group.ops]
+    bands = [streaming.op_bands(source, op) for op in ops]
+    reads = [[t for t in kernels.row_inputs(source, op) if t in stream_views] for op in ops]
+    loaded: dict[int, set[int]] = {t: set() for t in stream_views}
+    out: list[tuple[int, int]] = []
+    for m, r in group.schedule:
+        if reads[m]:
+            lo, hi = bands[m][r]
+            for t in reads[m]:
+                for i in range(lo, hi + 1):
+                    if i not in loaded[t]:
+                        loaded[t].add(i)
+                        out.append((-1 - stream_views[t], i))
+        out.append((int(m), int(r)))
+    return out
+
+
 def encode_group(model: Any, source: Graph, group: StreamGroup, inputs: Sequence[int],
                  outputs: Sequence[int], stream_in: Mapping[int, tuple[int, int]] | None = None,
                  spill_rows: Mapping[int, tuple[int, int]] | None = None) -> np.ndarray:
@@ -266,13 +294,14 @@ def encode_group(model: Any, source: Graph, group: StreamGroup, inputs: Sequence
         views.append(_activation_view(source, t, RING, int(rows)))
         index[t] = len(views) - 1
     members = [_member(q, source, source.ops[i], index) for i in group.ops]
+    schedule = with_stream_loads(source, group, {t: index[t] for t in stream_in})
     from . import crows
 
     if len(views) > crows.MAX_VIEWS or len(members) > crows.MAX_OPS:
         raise PlannerError(f"group program: {len(views)} views / {len(members)} ops exceed "
                            f"TP_GROUP_MAX_VIEWS {crows.MAX_VIEWS} / TP_GROUP_MAX_OPS "
                            f"{crows.MAX_OPS}")
-    return program_words(views, members, group.schedule)
+    return program_words(views, members, schedule)
 
 
 def _line_rows(graph: Graph, entries: Sequence[Sequence[int]], t: int, what: str) -> int:
@@ -302,6 +331,9 @@ def encode(model: Any, planned: Graph, plan: Plan, op_index: int) -> np.ndarray:
         raise PlannerError(f"group program: op {op_index} names group {g}, the plan has "
                            f"{len(plan.stream_groups)}")
     group = plan.stream_groups[g]
+    if tuple(int(i) for i in op.attrs.get("members", group.ops)) != tuple(group.ops):
+        raise PlannerError(f"group program: op {op_index} runs ops {op.attrs.get('members')}, "
+                           f"the plan's group {g} ops {list(group.ops)}")
     if len(op.scratch) != len(group.rings):
         raise PlannerError(f"group program: op {op_index} has {len(op.scratch)} ring tensors, "
                            f"group {g} {len(group.rings)} rings")
@@ -335,3 +367,18 @@ def views_of(program: np.ndarray) -> list[View]:
         raise PlannerError("group program: not a tp_rows program (magic or version)")
     table = np.asarray(program, dtype=np.int32)[6:6 + 5 * w[2]].reshape(-1, 5)
     return [View(*(int(x) for x in row)) for row in table]
+
+
+def written_views(program: np.ndarray) -> set[int]:
+    """Views the group writes: every member's output, and every non-WHOLE view (rings,
+    stream_in lines, spill_rows lines). Inputs read whole may be read-only buffers."""
+    w = [int(x) for x in np.asarray(program, dtype=np.int32)]
+    views = views_of(program)
+    out = {v for v, view in enumerate(views) if view.mode != WHOLE}
+    at = 6 + 5 * len(views)
+    for _ in range(w[3]):
+        n_in = w[at + 2]
+        out.add(w[at + 3 + n_in])
+        at += w[at + 1]
+    return out
+

@@ -14,7 +14,12 @@ line-buffer sizes) and never trusts a planner's bookkeeping:
 4. storages: known names, spilled data inside their capacity, no two spills sharing
    storage bytes;
 5. kernels: every fusion, stream and custom kernel the plan relies on is one the kernel
-   table (planner/kernels.py) offers, and the plan was made for this graph's kernels.
+   table (planner/kernels.py) offers, and the plan was made for this graph's kernels;
+6. streamed groups (planner/streaming.py): the plan's groups are the graph's, each
+   schedule re-simulated row by row; at a group's step every external input is resident
+   or streamed through a line buffer as large as the rows the schedule holds, every output
+   resident or spilled row by row through one (`spill_rows`: no segment at its creation,
+   that is its one spill, later segments start with fetches).
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from collections.abc import Mapping
 from itertools import pairwise
 
 from .analysis import fusion_groups, lifetimes, line_buffer_bytes
-from .ir import ALIGNMENT, Graph, Role, align
+from .ir import ALIGNMENT, Graph, OpKind, Role, align
 from .kernels import plan_violations
 from .plan import Plan, Segment, Transfer
+from .streaming import groups_of, line_bytes, verify_schedule
 
 
 class PlanError(Exception):
@@ -50,7 +56,11 @@ def check(graph: Graph, plan: Plan, storage_capacity: Mapping[str, int] | None =
     fused_concat, fused_conv, stream_ops, errs = _check_fusions(graph, plan)
     errors += errs
     errors += plan_violations(graph, plan)  # every kernel it relies on exists (kernels.py)
+    group_lines, errs = _group_lines(graph)
+    errors += errs
+    errors += _check_line_buffers(graph, plan, stream_ops, fused_conv, group_lines)
     streams = {(t.tensor, t.part, t.step) for t in plan.transfers if t.kind == "stream"}
+    spill_rows = {(t.tensor, t.part, t.step) for t in plan.transfers if t.kind == "spill_rows"}
     lines = {(s.tensor, s.part, s.first) for s in plan.segments if s.role == "line_buffer"}
 
     def resident(t: int, part: int | None, step: int) -> bool:
@@ -92,6 +102,28 @@ def check(graph: Graph, plan: Plan, storage_capacity: Mapping[str, int] | None =
         step = op.index + 1
         if op.index in fused_concat:
             continue  # its reads happen at the conv's step, its output never exists
+        if op.kind == OpKind.STREAMED_GROUP:
+            # Line buffers are sized in _check_line_buffers; here: each read and write has
+            # its data in the arena or goes through storage row by row.
+            stream_in = {t for t, _ in op.attrs.get("stream_in", [])}
+            spilled = {t for t, _ in op.attrs.get("spill_rows", [])}
+            for t in op.scratch:
+                need(t, step, f"group op {op.index} ring")
+            for t in dict.fromkeys(op.outputs):
+                if (t, None, step) in spill_rows and t in spilled:
+                    if (t, None, step) not in lines:
+                        errors.append(f"group op {op.index} output tensor {t} spilled row by "
+                                      f"row at step {step} without a line buffer")
+                    continue
+                need(t, step, f"group op {op.index} output")
+            for t in dict.fromkeys(op.inputs):
+                if t in stream_in and t not in split and (t, None, step) in streams:
+                    if (t, None, step) not in lines and not resident(t, None, step):
+                        errors.append(f"group op {op.index} input tensor {t} streamed at step "
+                                      f"{step} without a line buffer")
+                    continue
+                need(t, step, f"group op {op.index} input")
+            continue
         for t in op.outputs + op.scratch:
             need(t, step, f"op {op.index} output")
         reads = list(dict.fromkeys(op.inputs))
@@ -153,11 +185,16 @@ def _check_geometry(graph: Graph, plan: Plan, life, parts) -> list[str]:
                     f"tensors {a.tensor} and {b.tensor} overlap: [{a.offset},{a.end}) and "
                     f"[{b.offset},{b.end}) both alive at step {max(a.first, b.first)}"
                 )
+    rows_spilled = {tr.tensor for tr in plan.transfers if tr.kind == "spill_rows"}
     for t, (first, _) in life.items():
         keys = [p.index for p in plan.parts if p.tensor == t] or [None]
         for key in keys:
             segs = plan.segments_of(t, key)
-            if segs and segs[0].first != first:
+            if t in rows_spilled:  # written to storage as produced: never whole at creation
+                if segs and segs[0].first <= first:
+                    errors.append(f"tensor {t} is spilled row by row but has a segment at its "
+                                  f"creation (step {first})")
+            elif segs and segs[0].first != first:
                 errors.append(f"tensor {t} first resident at {segs[0].first}, created at {first}")
             for a, b in pairwise(segs):
                 if b.first <= a.last:
@@ -216,11 +253,51 @@ def _check_fusions(graph: Graph, plan: Plan):
             out = graph.ops[f.concat].outputs[0]
             if plan.segments_of(out):
                 errors.append(f"fused concat output {out} still has arena segments")
+    return fused_concat, fused_conv, stream_ops, errors
+
+
+def _group_lines(graph: Graph) -> tuple[dict[int, dict[int, int]], list[str]]:
+    """Group op index -> tensor -> the line-buffer bytes its schedule needs, re-derived
+    from the source graph; and every group whose schedule or records do not hold."""
+    ops = [op for op in graph.ops if op.kind == OpKind.STREAMED_GROUP]
+    if not ops:
+        return {}, []
+    if graph.source is None:
+        return {}, ["graph has streamed-group ops but no source graph"]
+    errors: list[str] = []
+    needs: dict[int, dict[int, int]] = {}
+    for op, group in zip(ops, groups_of(graph), strict=True):
+        why = verify_schedule(graph.source, group)
+        errors += [f"group op {op.index}: {w}" for w in why]
+        if why:
+            continue
+        stream_in, spill = line_bytes(graph.source, group)
+        needs[op.index] = {**stream_in, **spill}
+        if dict(map(tuple, op.attrs.get("stream_in", []))) != stream_in or \
+                dict(map(tuple, op.attrs.get("spill_rows", []))) != spill:
+            errors.append(f"group op {op.index}: stream_in/spill_rows records differ from "
+                          "the line buffers its schedule needs")
+    return needs, errors
+
+
+def _check_line_buffers(graph: Graph, plan: Plan, stream_ops: set[int],
+                        fused_conv: dict[int, int], group_lines) -> list[str]:
+    """Each line buffer sits at one fused op's or group op's step, as large as it needs."""
+    errors = []
     parts = {(p.tensor, p.index): p for p in plan.parts}
     for s in plan.segments:
         if s.role != "line_buffer" or not 0 <= s.tensor < len(graph.tensors):
             continue  # an unknown tensor is reported by the geometry check
         op = s.first - 1
+        if s.first == s.last and op in group_lines:
+            need = group_lines[op].get(s.tensor)
+            if need is None or s.part is not None:
+                errors.append(f"line buffer of tensor {s.tensor} at step {s.first}: group op "
+                              f"{op} neither streams it in nor spills it row by row")
+            elif s.size < need:
+                errors.append(f"line buffer of tensor {s.tensor} at step {s.first}: {s.size} < "
+                              f"{need} (the rows its group's schedule holds)")
+            continue
         if s.first != s.last or op not in stream_ops:
             errors.append(f"line buffer of tensor {s.tensor} is not at one fused op's step")
             continue
@@ -229,7 +306,7 @@ def _check_fusions(graph: Graph, plan: Plan):
                                  part.nbytes if part else None)
         if s.size < need:
             errors.append(f"line buffer of tensor {s.tensor} at step {s.first}: {s.size} < {need}")
-    return fused_concat, fused_conv, stream_ops, errors
+    return errors
 
 
 def _check_transfers(graph: Graph, plan: Plan, life, parts, capacity) -> list[str]:
@@ -251,15 +328,18 @@ def _check_transfers(graph: Graph, plan: Plan, life, parts, capacity) -> list[st
             errors.append(f"{tr.kind} of tensor {tr.tensor}: unknown storage '{tr.storage}'")
     for key, trs in by_key.items():
         t, part = key
-        spills = [tr for tr in trs if tr.kind == "spill"]
+        spills = [tr for tr in trs if tr.kind in ("spill", "spill_rows")]
         segs = plan.segments_of(t, part)
         if len(spills) > 1:
             errors.append(f"tensor {t} part {part} spilled {len(spills)} times")
         spill = spills[0] if spills else None
-        if spill and not any(s.first <= spill.step <= s.last for s in segs):
+        if spill and spill.kind == "spill" and \
+                not any(s.first <= spill.step <= s.last for s in segs):
             errors.append(f"tensor {t} spilled at step {spill.step} while not resident")
+        if spill and spill.kind == "spill_rows":
+            errors += _spill_rows_violations(graph, spill, life)
         for tr in trs:
-            if tr.kind == "spill":
+            if tr.kind in ("spill", "spill_rows"):
                 continue
             if spill is None or spill.step >= tr.step or tr.storage != spill.storage:
                 errors.append(f"{tr.kind} of tensor {t} at step {tr.step} has no earlier spill")
@@ -271,14 +351,17 @@ def _check_transfers(graph: Graph, plan: Plan, life, parts, capacity) -> list[st
     for t in life:
         keys = [p.index for p in plan.parts if p.tensor == t] or [None]
         for key in keys:
-            fetch_steps = {tr.step for tr in by_key.get((t, key), []) if tr.kind == "fetch"}
-            for seg in plan.segments_of(t, key)[1:]:
+            trs = by_key.get((t, key), [])
+            fetch_steps = {tr.step for tr in trs if tr.kind == "fetch"}
+            # A tensor spilled row by row comes into the arena by fetches only.
+            skip = 0 if any(tr.kind == "spill_rows" for tr in trs) else 1
+            for seg in plan.segments_of(t, key)[skip:]:
                 if seg.first not in fetch_steps:
                     errors.append(f"tensor {t} reappears at step {seg.first} without a fetch")
     # Storage: spills hold disjoint byte ranges within capacity.
     used: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for tr in plan.transfers:
-        if tr.kind == "spill":
+        if tr.kind in ("spill", "spill_rows"):
             used[tr.storage].append((tr.address, tr.address + tr.nbytes))
     for name, ranges in used.items():
         ranges.sort()
@@ -291,3 +374,16 @@ def _check_transfers(graph: Graph, plan: Plan, life, parts, capacity) -> list[st
         if any(start < 0 for start, _ in ranges):
             errors.append(f"storage '{name}': negative address")
     return errors
+
+
+def _spill_rows_violations(graph: Graph, tr: Transfer, life) -> list[str]:
+    """A spill_rows is made by the group op that produces the tensor, at its step, for an
+    output the group may spill row by row."""
+    op_index = tr.step - 1
+    op = graph.ops[op_index] if 0 <= op_index < len(graph.ops) else None
+    if op is None or op.kind != OpKind.STREAMED_GROUP or tr.part is not None or \
+            tr.tensor not in {t for t, _ in op.attrs.get("spill_rows", [])} or \
+            life.get(tr.tensor, (None,))[0] != tr.step:
+        return [f"spill_rows of tensor {tr.tensor} at step {tr.step}: not an output the group "
+                "op at that step spills row by row"]
+    return []

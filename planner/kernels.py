@@ -504,9 +504,10 @@ def group_violations(graph: Graph, plan: Plan) -> list[str]:
             continue
         if len(g.ops) > GROUP_MAX_OPS:
             errors.append(f"{name}: {len(g.ops)} members > {GROUP_MAX_OPS}")
-        for m in g.ops:
-            errors += [f"{name}: op {m}: {w}" for w in row_refusals(source, source.ops[m])]
-        views = group_views(source, g)
+        refused = [f"{name}: op {m}: {w}" for m in g.ops
+                   for w in row_refusals(source, source.ops[m])]
+        errors += refused
+        views = 0 if refused else group_views(source, g)
         if views > GROUP_MAX_VIEWS:
             errors.append(f"{name}: {views} views > {GROUP_MAX_VIEWS}")
     return errors

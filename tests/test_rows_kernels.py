@@ -16,7 +16,9 @@ from one_op_models import one_op_model, reference
 from row_op_models import binary_model, concat_model, pool_model, reference_n
 
 from backends import ckernels, crows, group_program
+from planner import kernels, streaming
 from planner.errors import PlannerError
+from planner.ir import OpKind
 
 pytest.importorskip("ai_edge_litert")
 pytestmark = pytest.mark.skipif(crows.available() is not None, reason=str(crows.available()))
@@ -210,6 +212,25 @@ def test_concat_rows_match_reference(h, w, chans, seed):
         np.testing.assert_array_equal(got, want[0, y].ravel())
 
 
+def test_encoder_constants_are_the_headers():
+    """group_program writes the numbers tp_rows.h defines (one source: the header)."""
+    import re
+
+    header = (crows.C_DIR / "tp_rows.h").read_text()
+    enums = dict(re.findall(r"(TP_(?:VIEW|OPK)_\w+) = (\d+)", header))
+    assert {k: int(v) for k, v in enums.items()} == {
+        "TP_VIEW_WHOLE": group_program.WHOLE, "TP_VIEW_RING": group_program.RING,
+        "TP_VIEW_STREAM_IN": group_program.STREAM_IN,
+        "TP_VIEW_SPILL_ROWS": group_program.SPILL_ROWS, "TP_OPK_CONV": group_program.CONV,
+        "TP_OPK_DEPTHWISE": group_program.DEPTHWISE, "TP_OPK_TCONV": group_program.TCONV,
+        "TP_OPK_MAX_POOL": group_program.MAX_POOL, "TP_OPK_AVG_POOL": group_program.AVG_POOL,
+        "TP_OPK_ADD": group_program.ADD, "TP_OPK_MUL": group_program.MUL,
+        "TP_OPK_CONCAT": group_program.CONCAT}
+    assert (crows.MAGIC, crows.VERSION) == (group_program.MAGIC, group_program.VERSION)
+    assert crows._define("TP_GROUP_MAX_DIM") == group_program.MAX_DIM
+    assert (crows.MAX_OPS, crows.MAX_VIEWS) == (kernels.GROUP_MAX_OPS, kernels.GROUP_MAX_VIEWS)
+
+
 def test_add_row_differs_from_a_wrong_multiplier():
     """The add test could not pass on a constant: a changed multiplier changes rows."""
     rng = np.random.default_rng(1)
@@ -223,96 +244,17 @@ def test_add_row_differs_from_a_wrong_multiplier():
 
 # -- whole groups through tp_group_run -------------------------------------------------------
 
-def _last_row(graph, op, t: int, r: int) -> int:
-    """The last row of input tensor t that output row r of op reads (as tp_rows.c)."""
-    h = graph.tensors[t].shape[1]
-    oh = graph.tensors[op.outputs[0]].shape[1]
-    k = op.attrs.get("kernel", (1, 1))[0]
-    s = op.attrs.get("strides", (1, 1))[0]
-    if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D"):
-        pt = group_program.same_padding(h, oh, k, s) if op.attrs.get("padding") == "same" else 0
-        return min(h - 1, r * s - pt + k - 1)
-    if op.op_type == "TRANSPOSE_CONV":
-        pt = group_program.tconv_padding(oh, k, s, op.attrs.get("padding") == "same")
-        return min(h - 1, (r + pt) // s)
-    return r
-
-
-def _row_inputs(op) -> list[int]:
-    if op.op_type == "TRANSPOSE_CONV":
-        return [op.inputs[2]]
-    if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        return [op.inputs[0]]
-    return list(op.inputs)
-
-
 def local_group(graph, ops: tuple[int, ...]):
-    """A StreamGroup for consecutive `ops`: a demand-driven schedule (each sink's rows in
-    order, producers' rows computed just before they are first needed) and the least ring
-    per internal tensor under it (what planner/streaming.py derives; a test stand-in)."""
-    from planner.plan import StreamGroup
-
-    members = [graph.ops[i] for i in ops]
-    made = {op.outputs[0]: pos for pos, op in enumerate(members)}
-    used_in = {t for op in members for t in op.inputs}
-    consumers = graph.consumers()
-    outside = {t for t in made if t in graph.outputs or
-               any(c not in ops for c in consumers.get(t, []))}
-    done = [0] * len(members)
-    schedule: list[tuple[int, int]] = []
-    newest: dict[int, int] = {}
-    span: dict[int, int] = {}
-
-    def compute(pos: int, r: int) -> None:
-        op = members[pos]
-        for t in _row_inputs(op):
-            if t in made:
-                while done[made[t]] <= _last_row(graph, op, t, r):
-                    compute(made[t], done[made[t]])
-        for t in _row_inputs(op):  # every row read is still held: ring >= newest - read + 1
-            if t in made:
-                lo = r if op.op_type in ("ADD", "MUL", "CONCATENATION") else 0
-                first = lo
-                if op.op_type in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D",
-                                  "AVERAGE_POOL_2D", "TRANSPOSE_CONV"):
-                    first = _first_row(graph, op, t, r)
-                if first <= _last_row(graph, op, t, r):
-                    span[t] = max(span.get(t, 1), newest[t] - first + 1)
-        schedule.append((pos, r))
-        newest[op.outputs[0]] = r
-        done[pos] += 1
-
-    sinks = [pos for pos, op in enumerate(members) if op.outputs[0] not in used_in]
-    # Sinks first, then rows nobody reads (a VALID pool's last input row): every row once.
-    for pos in [*sinks, *range(len(members))]:
-        while done[pos] < graph.tensors[members[pos].outputs[0]].shape[1]:
-            compute(pos, done[pos])
-    rings = tuple((t, span.get(t, 1)) for t in made if t not in outside)
-    return StreamGroup(ops=tuple(ops), rings=rings, schedule=tuple(schedule))
-
-
-def _first_row(graph, op, t: int, r: int) -> int:
-    h = graph.tensors[t].shape[1]
-    oh = graph.tensors[op.outputs[0]].shape[1]
-    k = op.attrs.get("kernel", (1, 1))[0]
-    s = op.attrs.get("strides", (1, 1))[0]
-    if op.op_type == "TRANSPOSE_CONV":
-        pt = group_program.tconv_padding(oh, k, s, op.attrs.get("padding") == "same")
-        return max(0, -(-(r + pt - k + 1) // s))
-    pt = group_program.same_padding(h, oh, k, s) if op.attrs.get("padding") == "same" else 0
-    return max(0, r * s - pt)
+    """The group of consecutive `ops` as planner/streaming.py schedules it (demand-driven
+    schedule, least rings)."""
+    return streaming.schedule_group(graph, ops)
 
 
 def _views(graph, group):
-    """The group op's views as apply_groups lists them: external inputs in order of first
-    read, external outputs in order of production."""
-    made = {graph.ops[i].outputs[0] for i in group.ops}
-    ring_ts = {t for t, _ in group.rings}
-    inputs = list(dict.fromkeys(t for i in group.ops for t in graph.ops[i].inputs
-                                if t >= 0 and t not in made))
-    outputs = [graph.ops[i].outputs[0] for i in group.ops
-               if graph.ops[i].outputs[0] not in ring_ts]
-    return inputs, outputs
+    """The group op's views as apply_groups lists them: its inputs and outputs."""
+    planned = streaming.apply_groups(graph, [group])
+    (op,) = [o for o in planned.ops if o.kind == OpKind.STREAMED_GROUP]
+    return list(op.inputs), list(op.outputs)
 
 
 class Model:
@@ -325,7 +267,11 @@ class Model:
         from frontends.tflite_frontend import parse_tflite
 
         self.data = data
-        self.graph = parse_tflite(data)
+        graph = parse_tflite(data)
+        # TRANSPOSE_CONVs on the row kernel, as kernels.apply_kernels puts them.
+        self.graph = kernels.with_op_kernels(graph, [(op.index, kernels.ROWS_KERNEL)
+                                                     for op in graph.ops
+                                                     if op.op_type == "TRANSPOSE_CONV"])
         self.fbm = read_model(data)
         it = Interpreter(model_content=data, experimental_preserve_all_tensors=True,
                          experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
@@ -425,11 +371,13 @@ def test_ring_one_row_short_gives_wrong_numbers(request, name, ops):
     poisoning, gives wrong numbers: the rings are exact, and the runner really reads them."""
     chain1 = request.getfixturevalue(name)
     g = local_group(chain1.graph, ops)
+    assert streaming.verify_schedule(chain1.graph, g) == []
     assert _run(chain1, g, poison=0xA5)[0] == 0
     for i, (t, rows) in enumerate(g.rings):
         rings = list(g.rings)
         rings[i] = (t, rows - 1)
         short = type(g)(ops=g.ops, rings=tuple(rings), schedule=g.schedule)
+        assert streaming.verify_schedule(chain1.graph, short), "the checker agrees"
         if rows == 1:  # a ring of no rows is refused, not run
             with pytest.raises(PlannerError, match="held in 0 rows"):
                 _run(chain1, short)
@@ -459,3 +407,348 @@ def test_whole_unet_tail_chain_from_the_first_conv(chain2):
     (t, got), = outs.items()
     np.testing.assert_array_equal(got.view(np.int8).reshape(chain2.values[t].shape),
                                   chain2.values[t])
+
+
+# -- stream_in and spill_rows through Python callbacks ----------------------------------------
+
+def held_rows(graph, group, t: int) -> int:
+    """Rows of external input t its line buffer holds under the schedule."""
+    return streaming.held_rows(graph, group)[t]
+
+
+class Storage:
+    def __init__(self, nbytes: int = 1 << 16):
+        self.data = bytearray(nbytes)
+        self.reads: list[tuple[int, int]] = []
+        self.writes: list[tuple[int, int]] = []
+
+    def read(self, address: int, nbytes: int) -> bytes:
+        self.reads.append((address, nbytes))
+        if address + nbytes > len(self.data):
+            raise IndexError(f"read past the storage at {address}")
+        return bytes(self.data[address:address + nbytes])
+
+    def write(self, address: int, data: bytes) -> None:
+        self.writes.append((address, len(data)))
+        if address + len(data) > len(self.data):
+            raise IndexError(f"write past the storage at {address}")
+        self.data[address:address + len(data)] = data
+
+
+def test_stream_in_and_spill_rows_give_identical_results(chain2):
+    m = chain2
+    g = local_group(m.graph, (1, 2, 3, 4))  # the pool and the concat both read e
+    inputs, outputs = _views(m.graph, g)
+    e = next(t for t in inputs if m.graph.tensors[t].name == "e")
+    (y,) = outputs
+    rows = held_rows(m.graph, g, e)
+    assert rows == 2
+    st_ = Storage()
+    e_bytes = m.values[e].tobytes()
+    st_.data[4096:4096 + len(e_bytes)] = e_bytes
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={e: (rows, 4096)}, spill_rows={y: (1, 256)})
+    bases = m.bases(prog, inputs, outputs, skip={e})
+    assert bases[inputs.index(e)].size == rows * m.graph.tensors[e].shape[2] * 8
+    crows.run_group(prog, bases, st_.read, st_.write, poison=0x77)
+    row_e = len(e_bytes) // m.graph.tensors[e].shape[1]
+    assert st_.reads == [(4096 + r * row_e, row_e) for r in range(m.graph.tensors[e].shape[1])]
+    y_bytes = m.values[y].tobytes()
+    row_y = len(y_bytes) // m.graph.tensors[y].shape[1]
+    assert st_.writes == [(256 + r * row_y, row_y) for r in range(m.graph.tensors[y].shape[1])]
+    assert bytes(st_.data[256:256 + len(y_bytes)]) == y_bytes
+    # One row less of line buffer for e: the pool's band no longer fits.
+    short = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                       stream_in={e: (rows - 1, 4096)}, spill_rows={y: (1, 256)})
+    st2 = Storage()
+    st2.data[:] = st_.data
+    st2.data[256:256 + len(y_bytes)] = bytes(len(y_bytes))
+    crows.run_group(short, m.bases(short, inputs, outputs, skip={e}), st2.read, st2.write,
+                    poison=0x77)
+    assert bytes(st2.data[256:256 + len(y_bytes)]) != y_bytes
+
+
+def test_spill_rows_of_a_tensor_also_read_inside(chain2):
+    """e is spilled row by row while the pool and the concat still read it from its line."""
+    m = chain2
+    g = local_group(m.graph, (0, 1, 2, 3, 4))
+    ring = dict(g.rings)
+    e = next(t for t in ring if m.graph.tensors[t].name == "e")
+    spilled = type(g)(ops=g.ops, rings=tuple((t, r) for t, r in g.rings if t != e),
+                      schedule=g.schedule)
+    inputs, _ = _views(m.graph, g)
+    y = m.graph.ops[4].outputs[0]
+    outputs = [e, y]  # production order
+    st_ = Storage()
+    prog = group_program.encode_group(m.data, m.graph, spilled, inputs, outputs,
+                                      spill_rows={e: (ring[e], 8192)})
+    bases = m.bases(prog, inputs, outputs)
+    crows.run_group(prog, bases, None, st_.write, poison=0x11)
+    e_bytes = m.values[e].tobytes()
+    assert bytes(st_.data[8192:8192 + len(e_bytes)]) == e_bytes
+    np.testing.assert_array_equal(bases[len(inputs) + 1].view(np.int8),
+                                  m.values[y].ravel())
+    # Without a write callback the runner refuses instead of dropping rows.
+    rc = crows.group_return_code(prog, m.bases(prog, inputs, outputs))
+    assert rc == crows.TP_EIO_CALLBACK
+
+
+def test_a_failing_callback_stops_the_run(chain2):
+    m = chain2
+    g = local_group(m.graph, (2, 3, 4))
+    inputs, outputs = _views(m.graph, g)
+    e = next(t for t in inputs if m.graph.tensors[t].name == "e")
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={e: (1, 1 << 20)})
+    with pytest.raises(IndexError, match="read past the storage"):
+        crows.run_group(prog, m.bases(prog, inputs, outputs, skip={e}), Storage().read)
+
+
+# -- encode(): the group op of a planned graph --------------------------------------------------
+
+def local_planned(source, groups):
+    return streaming.apply_groups(source, groups)
+
+
+def test_encode_reads_modes_from_the_plan(chain2):
+    import dataclasses
+
+    from planner.plan import Plan, Transfer
+
+    m = chain2
+    g = local_group(m.graph, (2, 3, 4))
+    planned = local_planned(m.graph, [g])
+    op_index = 2
+    op = planned.ops[op_index]
+    e = next(t for t in op.inputs if m.graph.tensors[t].name == "e")
+    (y,) = op.outputs
+    row_e = m.values[e].nbytes // m.graph.tensors[e].shape[1]
+    row_y = m.values[y].nbytes // m.graph.tensors[y].shape[1]
+    attrs = dict(op.attrs, stream_in=[[e, 16 * -(-row_e // 16)]],
+                 spill_rows=[[y, 16 * -(-row_y // 16)]])
+    planned = dataclasses.replace(planned, ops=(*planned.ops[:2],
+                                                dataclasses.replace(op, attrs=attrs)))
+    plan = Plan(model="rows_chain2", planner="test", num_steps=4, peak_bytes=0, segments=(),
+                transfers=(Transfer("stream", e, 3, "flash", m.values[e].nbytes, 4096),
+                           Transfer("spill_rows", y, 3, "flash", m.values[y].nbytes, 0)),
+                stream_groups=(g,))
+    got = group_program.encode(m.data, planned, plan, op_index)
+    inputs, outputs = list(op.inputs), list(op.outputs)
+    want = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={e: (1, 4096)}, spill_rows={y: (1, 0)})
+    np.testing.assert_array_equal(got, want)
+    modes = [v.mode for v in group_program.views_of(got)]
+    assert modes[inputs.index(e)] == group_program.STREAM_IN
+    assert modes[len(inputs)] == group_program.SPILL_ROWS
+    assert modes[len(inputs) + 1:] == [group_program.RING] * len(g.rings)
+    # Without the plan's transfers every external view is whole.
+    whole = group_program.encode(m.data, planned, dataclasses.replace(plan, transfers=()),
+                                 op_index)
+    assert {v.mode for v in group_program.views_of(whole)[:len(inputs) + 1]} == \
+        {group_program.WHOLE}
+    st_ = Storage()
+    st_.data[4096:4096 + m.values[e].nbytes] = m.values[e].tobytes()
+    crows.run_group(got, m.bases(got, inputs, outputs, skip={e}), st_.read, st_.write, 0x42)
+    assert bytes(st_.data[:m.values[y].nbytes]) == m.values[y].tobytes()
+    with pytest.raises(PlannerError, match="no streamed group"):
+        group_program.encode(m.data, planned, plan, 0)
+
+
+# -- bad programs ------------------------------------------------------------------------------
+
+def _full_bases(prog):
+    """Buffers of each view's whole tensor: a fuzzed program that passes validation
+    still stays inside them."""
+    return [np.zeros(v.height * v.row_bytes + 64, np.uint8)
+            for v in group_program.views_of(prog)]
+
+
+def test_corrupted_programs_return_error_codes(chain1):
+    m = chain1
+    g = local_group(m.graph, (0, 1, 2))
+    inputs, outputs = _views(m.graph, g)
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs)
+    assert crows.check_program(prog) == 0
+    n_views = int(prog[2])
+    sched = len(prog) - 2 * int(prog[4])
+
+    def code(mutate) -> int:
+        bad = prog.copy()
+        mutate(bad)
+        return crows.group_return_code(bad, _full_bases(prog), check=False)
+
+    assert code(lambda p: p.__setitem__(0, 0)) == crows.TP_EPROGRAM           # magic
+    assert code(lambda p: p.__setitem__(5, len(p) + 1)) == crows.TP_EPROGRAM  # length
+    assert code(lambda p: p.__setitem__(2, crows.MAX_VIEWS + 1)) == crows.TP_EPROGRAM
+    assert code(lambda p: p.__setitem__(6 + 5 * 0 + 3, 0)) == crows.TP_EPROGRAM  # rows held
+    first_op = 6 + 5 * n_views
+    assert code(lambda p: p.__setitem__(first_op + 3, n_views)) == crows.TP_EPROGRAM  # view
+    assert code(lambda p: p.__setitem__(first_op, 99)) == crows.TP_EPROGRAM  # kind
+    assert code(lambda p: p.__setitem__(sched + 1, 1)) == crows.TP_ESCHEDULE  # row skipped
+    assert code(lambda p: p.__setitem__(sched, 7)) == crows.TP_ESCHEDULE  # no such op
+    short = np.concatenate([prog[:-2]])
+    short[4] -= 1
+    short[5] -= 2
+    assert crows.group_return_code(short, _full_bases(prog)) == crows.TP_ESCHEDULE  # row missing
+    assert crows.group_return_code(prog[:3], []) == crows.TP_EPROGRAM
+    with pytest.raises(crows.CRowsError, match="TP_EPROGRAM"):
+        crows.run_group(prog[:-1], _full_bases(prog))
+
+
+def test_fuzzed_programs_never_crash(chain2):
+    """Random word changes and cuts: each run returns 0 or an error code, inside the
+    buffers (no crash, no write outside: guard bytes stay)."""
+    m = chain2
+    g = local_group(m.graph, (2, 3, 4))
+    inputs, outputs = _views(m.graph, g)
+    e = next(t for t in inputs if m.graph.tensors[t].name == "e")
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={e: (1, 64)}, spill_rows={outputs[0]: (1, 0)})
+    rng = np.random.default_rng(5)
+    codes = set()
+    storage = Storage(1 << 20)
+    for i in range(300):
+        bad = prog.copy()
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(0, len(bad)))
+            bad[at] = rng.choice([0, -1, 1, int(bad[at]) + int(rng.integers(-3, 4)),
+                                  int(rng.integers(-2**31, 2**31 - 1))])
+        if i % 10 == 0:
+            bad = bad[:int(rng.integers(0, len(bad)))]
+        bases = _full_bases(prog)
+        for b in bases:
+            b[-64:] = 0xEE
+        try:
+            codes.add(crows.group_return_code(bad, bases, storage.read, storage.write, 0x55,
+                                              check=False))
+        except IndexError:  # a fuzzed storage address past the test storage
+            codes.add("callback")
+        assert all((b[-64:] == 0xEE).all() for b in bases)
+    assert crows.TP_EPROGRAM in codes and len(codes) >= 2
+
+
+def test_stream_in_reads_only_the_rows_a_band_reads():
+    """A 1x1 stride-2 conv reads rows 0, 2, 4, ... of its streamed input: the odd rows are
+    never read from storage, and one row of line buffer is enough."""
+    from benchmarks.models.tflite_builder import Builder
+
+    b = Builder("rows_skip", seed=13)
+    x = b.input("x", (1, 9, 6, 4))
+    s = b.conv2d(x, 4, k=1, stride=2, name="s")
+    b.output(b.conv2d(s, 5, k=3, name="y"))
+    m = Model(b.finish())
+    g = local_group(m.graph, (0, 1))
+    inputs, outputs = _views(m.graph, g)
+    t = m.graph.inputs[0]
+    rows = held_rows(m.graph, g, t)
+    assert rows == 1
+    st_ = Storage()
+    st_.data[1000:1000 + m.values[t].nbytes] = m.values[t].tobytes()
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={t: (rows, 1000)})
+    bases = m.bases(prog, inputs, outputs, skip={t})
+    crows.run_group(prog, bases, st_.read, None, poison=0xC3)
+    assert st_.reads == [(1000 + r * 24, 24) for r in range(0, 9, 2)]
+    (y,) = outputs
+    np.testing.assert_array_equal(bases[len(inputs)].view(np.int8), m.values[y].ravel())
+    # A load naming a view that is not streamed in is refused.
+    load = next(i for i in range(6 + 5 * int(prog[2]), len(prog), 2) if prog[i] < 0
+                and i >= len(prog) - 2 * int(prog[4]))
+    bad = prog.copy()
+    bad[load] = -1 - len(inputs)  # the output view
+    assert crows.group_return_code(bad, m.bases(prog, inputs, outputs)) == crows.TP_ESCHEDULE
+
+
+# -- the zoo models: every row-capable run as a group ---------------------------------------------
+
+ZOO = ["tiny_unet_int8", "fcn_additive_int8", "deeplab_lite_int8", "mbv2_unet_int8",
+       "irregular_int8", "unet_wide96_int8"]
+
+
+def _chunks(graph, run: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """`run` cut into pieces the C limits take (ops and views per group)."""
+    out, cur = [], []
+    for i in run:
+        trial = (*cur, i)
+        if cur and (len(trial) > crows.MAX_OPS or
+                    streaming.group_views(graph, streaming.schedule_group(graph, trial))
+                    > crows.MAX_VIEWS):
+            out.append(tuple(cur))
+            cur = [i]
+        else:
+            cur.append(i)
+    out.append(tuple(cur))
+    return [c for c in out if len(c) >= 2]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_groups_are_bit_exact(name):
+    """Each maximal run of row-capable ops of a zoo model runs as one group, its external
+    inputs streamed in and its spillable outputs spilled row by row where the group op
+    allows it, on line buffers of the sizes streaming.py gives: every output equals the
+    reference interpreter's tensor."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / f"{name}.tflite"
+    m = Model(path.read_bytes(), seed=3)
+    runs = streaming.group_candidates(m.graph, SimpleNamespace(custom_kernels=True))
+    groups = [c for run in runs for c in _chunks(m.graph, run)]
+    assert groups, f"{name}: no row-capable run"
+    checked = 0
+    for ops in groups:
+        g = local_group(m.graph, ops)
+        planned = streaming.apply_groups(m.graph, [g])
+        (op,) = [o for o in planned.ops if o.kind == OpKind.STREAMED_GROUP]
+        inputs, outputs = list(op.inputs), list(op.outputs)
+
+        def rows_of(entries):
+            return {int(t): (int(nb) // streaming.row_bytes(m.graph.tensors[t]), 0)
+                    for t, nb in entries}
+
+        stream_in, spill = rows_of(op.attrs["stream_in"]), rows_of(op.attrs["spill_rows"])
+        st_ = Storage(sum(m.graph.tensors[t].nbytes for t in (*stream_in, *spill)) + 16)
+        at = 0
+        for t in (*stream_in, *spill):
+            (stream_in if t in stream_in else spill)[t] = (
+                (stream_in if t in stream_in else spill)[t][0], at)
+            if t in stream_in:
+                st_.data[at:at + m.graph.tensors[t].nbytes] = m.values[t].tobytes()
+            at += m.graph.tensors[t].nbytes
+        prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs, stream_in,
+                                          spill)
+        bases = m.bases(prog, inputs, outputs, skip=set(stream_in))
+        crows.run_group(prog, bases, st_.read, st_.write, poison=0xE7)
+        for i, t in enumerate(outputs):
+            want = m.values[t].tobytes()
+            if t in spill:
+                a = spill[t][1]
+                got = bytes(st_.data[a:a + len(want)])
+            else:
+                got = bases[len(inputs) + i].tobytes()
+            assert got == want, f"{name}: group {list(ops)} output {m.graph.tensors[t].name}"
+            checked += 1
+    assert checked
+
+
+def test_buffers_are_checked_before_the_c_runner_sees_them(chain1):
+    m = chain1
+    g = local_group(m.graph, (0, 1, 2))
+    inputs, outputs = _views(m.graph, g)
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs)
+    bases = m.bases(prog, inputs, outputs)
+    for v in range(len(inputs)):  # inputs read whole may be read-only (constants in place)
+        bases[v].flags.writeable = False
+    crows.run_group(prog, bases)
+    ring = len(inputs) + len(outputs)
+    small = list(bases)
+    small[ring] = small[ring][:-1].copy()
+    with pytest.raises(crows.CKernelError, match=f"group view {ring}: buffer of"):
+        crows.run_group(prog, small)
+    frozen = list(bases)
+    frozen[len(inputs)] = bases[len(inputs)].copy()
+    frozen[len(inputs)].flags.writeable = False
+    with pytest.raises(crows.CKernelError, match="the group writes it"):
+        crows.run_group(prog, frozen)
+    with pytest.raises(crows.CKernelError, match="views, 2 buffers"):
+        crows.run_group(prog, bases[:2])

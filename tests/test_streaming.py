@@ -275,3 +275,72 @@ def test_no_groups_without_custom_kernels() -> None:
     assert streaming.group_candidates(source, stock) == []
     assert streaming.choose_groups(source, stock) == ()
     assert streaming.apply_groups(source, ()) is source
+
+
+# -- end to end: solve / analyze --row-streaming, the plan file, the Python API -----------------
+
+def _cli(capsys, *args) -> dict:
+    import json
+
+    from planner.cli import main
+
+    assert main([str(a) for a in args] + ["--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("planner", ["tflm-greedy", "tinyseg"])
+def test_solve_row_streaming_writes_a_valid_plan(planner, tmp_path, capsys) -> None:
+    from planner.checker import check
+    from planner.plan import Plan
+    from planner.schema import load_schema
+
+    jsonschema = pytest.importorskip("jsonschema")
+    out = _cli(capsys, "solve", TINY_UNET, "--row-streaming", "--planner", planner,
+               "-o", tmp_path, "--emit", "svg")
+    jsonschema.Draft202012Validator(load_schema()).validate(out)
+    assert out["working_set_bound_bytes"] == 153_600
+    assert out["streamed_bound_bytes"] == streaming.streamed_bound(
+        apply_kernels(load_model(TINY_UNET), QSPI), QSPI).bytes
+    plan = Plan.load(tmp_path / "plan.json")
+    assert [list(g.ops) for g in plan.stream_groups] == out["stream_groups"] != []
+    # The plan's graph rebuilt from the plan file alone, as `run` and the writers do.
+    graph = streaming.planned_graph(load_model(TINY_UNET), plan)
+    assert graph.num_steps == plan.num_steps and check(graph, plan, QSPI.capacities) == []
+    plain = _cli(capsys, "solve", TINY_UNET, "--planner", planner)
+    assert plain["streamed_bound_bytes"] is None and plain["stream_groups"] == []
+
+
+def test_analyze_row_streaming_shows_groups_and_bound(capsys) -> None:
+    out = _cli(capsys, "analyze", TINY_UNET, "--row-streaming")
+    assert out["streamed_bound_bytes"] < out["working_set_bound_bytes"]
+    assert out["stream_groups"] and all(g["rows"] > 0 for g in out["stream_groups"])
+    from planner.cli import main
+
+    assert main(["analyze", str(TINY_UNET), "--row-streaming"]) == 0
+    text = capsys.readouterr().out
+    assert "streamed group:" in text and "streamed bound:" in text
+
+
+def test_python_api_row_streaming() -> None:
+    import tinyplan
+
+    graph = tinyplan.load(TINY_UNET)
+    analysis = tinyplan.analyse(graph, row_streaming=True)
+    assert analysis.streamed_bound_bytes is not None and analysis.stream_groups
+    assert tinyplan.analyse(graph).streamed_bound_bytes is None
+    plan = tinyplan.plan(graph, planner="tflm-greedy", row_streaming=True)
+    assert tuple(g.ops for g in plan.stream_groups) == analysis.stream_groups
+    assert tinyplan.check(graph, plan) == []
+    assert tinyplan.check(graph, replace(plan, stream_groups=())) != []
+
+
+def test_every_planner_plans_a_planned_graph(unet) -> None:
+    """Planners know nothing of groups; their plans of a planned graph pass the checker."""
+    from planner.checker import check
+    from planner.planners.base import Request, registry
+
+    _, groups, planned = unet
+    for name in ("linear", "tflm-greedy", "tinyseg", "ilp"):
+        plan = registry()[name](Request(planned, QSPI, time_limit=10.0))
+        assert plan.stream_groups == groups, name
+        assert check(planned, plan, QSPI.capacities) == [], name

@@ -25,9 +25,10 @@ from planner.checker import check as _check
 from planner.device import DeviceProfile, bundled_profiles, load_profile
 from planner.errors import InfeasibleBudget, PlannerError
 from planner.ir import Graph
-from planner.kernels import apply_kernels, with_op_kernels
+from planner.kernels import apply_kernels
 from planner.plan import Plan
 from planner.planners.base import Request, registry
+from planner.streaming import apply_groups, choose_groups, groups_of, planned_graph
 from planner.units import parse_size
 from planner.version import __version__
 
@@ -47,6 +48,9 @@ class Analysis:
     working_set_bound_detail: str
     num_ops: int
     num_tensors: int
+    # With row_streaming: the working-set bound of the graph with its streamed groups.
+    streamed_bound_bytes: int | None = None
+    stream_groups: tuple[tuple[int, ...], ...] = ()
 
 
 def load(path: str | Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Graph:
@@ -72,36 +76,51 @@ def planners() -> list[str]:
     return sorted(registry())
 
 
+def _planned(graph: Graph, prof: DeviceProfile, stock_transpose_conv: bool,
+             row_streaming: bool) -> Graph:
+    """The graph `plan` plans (as the command does): the device's kernels, and with
+    `row_streaming` the chosen streamed groups as one op each."""
+    source = apply_kernels(graph, prof, stock_transpose_conv)
+    return apply_groups(source, choose_groups(source, prof)) if row_streaming else source
+
+
 def analyse(graph: Graph, device: str | DeviceProfile = "qspi-flash",
-            stock_transpose_conv: bool = False) -> Analysis:
+            stock_transpose_conv: bool = False, row_streaming: bool = False) -> Analysis:
     """Lower bounds of `graph` on `device` (its kernels, streaming and fusion as the
-    profile allows: the graph `plan` plans)."""
+    profile allows: the graph `plan` plans); with `row_streaming`, also the bound with
+    the streamed groups `plan(..., row_streaming=True)` runs."""
     prof = profile(device)
-    graph = apply_kernels(graph, prof, stock_transpose_conv)
-    load_b = load_bound(graph)
-    ws = working_set_bound(graph, prof.can_stream, prof.fusion)
-    return Analysis(load_b.bytes, load_b.step, ws.bytes, ws.detail, len(graph.ops),
-                    len(graph.tensors))
+    planned = _planned(graph, prof, stock_transpose_conv, row_streaming)
+    source = planned.source if planned.source is not None else planned
+    load_b = load_bound(planned)
+    ws = working_set_bound(source, prof.can_stream, prof.fusion)
+    streamed = working_set_bound(planned, prof.can_stream, prof.fusion).bytes \
+        if row_streaming else None
+    return Analysis(load_b.bytes, load_b.step, ws.bytes, ws.detail, len(source.ops),
+                    len(source.tensors), streamed,
+                    tuple(g.ops for g in groups_of(planned)))
 
 
 def plan(graph: Graph, budget: int | str | None = None, planner: str = "ilp",
          device: str | DeviceProfile = "qspi-flash", objective: str | None = None,
          time_limit: float = 60.0, solver: str = "cpsat", deterministic: bool = False,
-         stock_transpose_conv: bool = False) -> Plan:
+         stock_transpose_conv: bool = False, row_streaming: bool = False) -> Plan:
     """Plan the arena with a named planner; the plan is checked before it is returned.
 
     `budget`: bytes or a size such as "256KiB" (None: minimise the peak); it bounds the
     head (the command's `--budget` adds TFLM's tail). As the command does, the ops run on
     the kernels the device allows (planner/kernels.py: int8 TRANSPOSE_CONV on the row
-    kernel unless `stock_transpose_conv`); the plan records them in `op_kernels`. Raises
-    InfeasibleBudget when no plan fits, PlannerError on bad input.
+    kernel unless `stock_transpose_conv`); the plan records them in `op_kernels`. With
+    `row_streaming`, chains of row-capable ops run as streamed groups (planner/streaming.py)
+    that the plan records in `stream_groups`. Raises InfeasibleBudget when no plan fits,
+    PlannerError on bad input.
     """
     found = registry()
     if planner not in found:
         raise PlannerError(f"unknown planner '{planner}': use one of {', '.join(sorted(found))}")
     prof = profile(device)
     nbytes = parse_size(budget) if budget is not None else None
-    graph = apply_kernels(graph, prof, stock_transpose_conv)
+    graph = _planned(graph, prof, stock_transpose_conv, row_streaming)
     result = found[planner](Request(graph, prof, nbytes, objective, time_limit, solver,
                                     deterministic=deterministic))
     errors = _check(graph, result, prof.capacities)
@@ -112,8 +131,8 @@ def plan(graph: Graph, budget: int | str | None = None, planner: str = "ilp",
 
 def check(graph: Graph, plan: Plan, device: str | DeviceProfile | None = None) -> list[str]:
     """The independent checker's violations ([] for a valid plan), on the kernels the
-    plan says its ops run on."""
-    graph = with_op_kernels(graph, plan.op_kernels)
+    plan says its ops run on and with the groups it streams."""
+    graph = planned_graph(graph, plan)
     return _check(graph, plan, profile(device).capacities if device is not None else None)
 
 
@@ -124,7 +143,7 @@ def write(graph: Graph, plan: Plan, outdir: str | Path, model_path: str | Path,
     from backends import write_outputs
 
     nbytes = parse_size(budget) if budget is not None else None
-    graph = with_op_kernels(graph, plan.op_kernels)
+    graph = planned_graph(graph, plan)
     # write_outputs checks the emits for the input format before writing anything.
     return write_outputs(graph, plan, Path(model_path), outdir,
                          list(emits) if emits is not None else None, budget=nbytes,

@@ -33,6 +33,22 @@ int32_t tp_same_padding(int32_t in, int32_t out, int32_t k, int32_t stride, int3
   return total > 0 ? total / 2 : 0;
 }
 
+/* An int32 accumulator of output channel oc to int8, as TFLite's per-channel kernels:
+ * bias, MultiplyByQuantizedMultiplier, output offset, activation clamp. */
+static int8_t requantize(int32_t acc, const int32_t *bias, const int32_t *multiplier,
+                         const int32_t *shift, int32_t oc, int32_t output_offset,
+                         int32_t act_min, int32_t act_max) {
+  int64_t v;
+  /* A bias that overflows the sum wraps, as the reference kernel's int32 does in practice
+   * (unsigned arithmetic: defined behaviour here). */
+  if (bias != NULL) acc = (int32_t)((uint32_t)acc + (uint32_t)bias[oc]);
+  v = (int64_t)tp_multiply_by_quantized_multiplier(acc, multiplier[oc], shift[oc]) +
+      output_offset;
+  if (v < act_min) v = act_min;
+  if (v > act_max) v = act_max;
+  return (int8_t)v;
+}
+
 /* Filter element (oc, ky, kx, c) with c relative to the group's first input channel:
  * OHWI for (grouped) CONV_2D, 1HWO for DEPTHWISE_CONV_2D. */
 typedef struct {
@@ -97,12 +113,9 @@ static void conv_output_row(const tp_conv_params *p, const conv_geometry *g,
           }
         }
       }
-      if (p->bias != NULL) acc += p->bias[oc];
-      acc = tp_multiply_by_quantized_multiplier(acc, p->out_multiplier[oc], p->out_shift[oc]);
-      acc += p->output_offset;
-      if (acc < p->act_min) acc = p->act_min;
-      if (acc > p->act_max) acc = p->act_max;
-      out_row[(size_t)ox * p->out_c + oc] = (int8_t)acc;
+      out_row[(size_t)ox * p->out_c + oc] =
+          requantize(acc, p->bias, p->out_multiplier, p->out_shift, oc, p->output_offset,
+                     p->act_min, p->act_max);
     }
   }
 }
@@ -265,12 +278,9 @@ static void tconv_output_row(const tp_tconv_params *p, const uint8_t *input, int
           for (c = 0; c < p->in_c; c++) acc += ((int32_t)px[c] + p->input_offset) * f[c];
         }
       }
-      if (p->bias != NULL) acc += p->bias[oc];
-      acc = tp_multiply_by_quantized_multiplier(acc, p->out_multiplier[oc], p->out_shift[oc]);
-      acc += p->output_offset;
-      if (acc < p->act_min) acc = p->act_min;
-      if (acc > p->act_max) acc = p->act_max;
-      out_row[(size_t)ox * p->out_c + oc] = (int8_t)acc;
+      out_row[(size_t)ox * p->out_c + oc] =
+          requantize(acc, p->bias, p->out_multiplier, p->out_shift, oc, p->output_offset,
+                     p->act_min, p->act_max);
     }
   }
 }

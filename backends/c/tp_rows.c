@@ -6,6 +6,10 @@
 /* ---- row kernels ------------------------------------------------------------------------ */
 
 static int32_t clamp(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+/* Sums of a requantised value and an offset, kept in int64 so no input overflows them. */
+static int32_t clamp64(int64_t v, int32_t lo, int32_t hi) {
+  return v < lo ? lo : (v > hi ? hi : (int32_t)v);
+}
 
 int tp_pool_row(const tp_pool_params *p, const uint8_t *input, int32_t rows_held, int32_t oy,
                 int8_t *out_row) {
@@ -53,7 +57,7 @@ int tp_pool_row(const tp_pool_params *p, const uint8_t *input, int32_t rows_held
 int tp_add_row(const tp_add_params *p, const int8_t *a, const int8_t *b, int32_t n,
                int8_t *out) {
   int32_t i;
-  if (n < 0 || p->left_shift < 0 || p->left_shift > 24) return TP_ECONFIG;
+  if (n < 0 || p->left_shift < 0 || p->left_shift > 20) return TP_ECONFIG;
   for (i = 0; i < n; i++) {
     const int32_t x = (p->input1_offset + a[i]) * (1 << p->left_shift);
     const int32_t y = (p->input2_offset + b[i]) * (1 << p->left_shift);
@@ -61,10 +65,10 @@ int tp_add_row(const tp_add_params *p, const int8_t *a, const int8_t *b, int32_t
                                                            p->input1_shift);
     const int32_t sy = tp_multiply_by_quantized_multiplier(y, p->input2_multiplier,
                                                            p->input2_shift);
-    const int32_t raw = tp_multiply_by_quantized_multiplier(sx + sy, p->output_multiplier,
-                                                            p->output_shift) +
+    const int64_t raw = (int64_t)tp_multiply_by_quantized_multiplier(
+                            sx + sy, p->output_multiplier, p->output_shift) +
                         p->output_offset;
-    out[i] = (int8_t)clamp(raw, p->act_min, p->act_max);
+    out[i] = (int8_t)clamp64(raw, p->act_min, p->act_max);
   }
   return TP_OK;
 }
@@ -75,10 +79,10 @@ int tp_mul_row(const tp_mul_params *p, const int8_t *a, const int8_t *b, int32_t
   if (n < 0) return TP_ECONFIG;
   for (i = 0; i < n; i++) {
     const int32_t prod = (p->input1_offset + a[i]) * (p->input2_offset + b[i]);
-    const int32_t raw =
+    const int64_t raw =
         p->output_offset +
-        tp_multiply_by_quantized_multiplier(prod, p->output_multiplier, p->output_shift);
-    out[i] = (int8_t)clamp(raw, p->act_min, p->act_max);
+        (int64_t)tp_multiply_by_quantized_multiplier(prod, p->output_multiplier, p->output_shift);
+    out[i] = (int8_t)clamp64(raw, p->act_min, p->act_max);
   }
   return TP_OK;
 }
@@ -134,6 +138,11 @@ typedef struct {
 } member;
 
 static int shift_ok(int32_t s) { return s >= -31 && s <= 31; }
+static int dim_ok(int32_t d) { return d > 0 && d <= TP_GROUP_MAX_DIM; }
+static int pad_ok(int32_t d) { return d >= 0 && d <= TP_GROUP_MAX_DIM; }
+static int offsets_ok(int32_t in1, int32_t in2, int32_t out) {
+  return in1 >= -255 && in1 <= 255 && in2 >= -255 && in2 <= 255 && out >= -128 && out <= 127;
+}
 static int act_ok(int32_t lo, int32_t hi) { return lo >= -128 && lo <= hi && hi <= 127; }
 
 /* View v holds an activation of this height and row size (as an input, or as an output:
@@ -168,9 +177,10 @@ static int decode_conv(const group *g, member *m, const int32_t *q, int32_t n_pr
   p->act_min = q[14], p->act_max = q[15], p->filter_in_c = q[16];
   p->dilation_h = p->dilation_w = 1;
   p->depthwise = m->kind == TP_OPK_DEPTHWISE;
-  if (p->in_h <= 0 || p->in_w <= 0 || p->in_c <= 0 || p->out_h <= 0 || p->out_w <= 0 ||
-      p->out_c <= 0 || p->k_h <= 0 || p->k_h > TP_MAX_KERNEL_H || p->k_w <= 0 ||
-      p->stride_h <= 0 || p->stride_w <= 0 || p->pad_top < 0 || p->pad_left < 0 ||
+  if (!dim_ok(p->in_h) || !dim_ok(p->in_w) || !dim_ok(p->in_c) || !dim_ok(p->out_h) ||
+      !dim_ok(p->out_w) || !dim_ok(p->out_c) || !dim_ok(p->k_h) || p->k_h > TP_MAX_KERNEL_H ||
+      !dim_ok(p->k_w) || !dim_ok(p->stride_h) || !dim_ok(p->stride_w) || !pad_ok(p->pad_top) ||
+      !pad_ok(p->pad_left) || !offsets_ok(p->input_offset, 0, p->output_offset) ||
       !act_ok(p->act_min, p->act_max) || n_prm != 17 + 2 * (int64_t)p->out_c)
     return TP_EPROGRAM;
   if (p->depthwise) {
@@ -209,10 +219,11 @@ static int decode_tconv(const group *g, member *m, const int32_t *q, int32_t n_p
   p->out_c = q[5], p->k_h = q[6], p->k_w = q[7], p->stride_h = q[8], p->stride_w = q[9];
   p->pad_top = q[10], p->pad_left = q[11], p->input_offset = q[12], p->output_offset = q[13];
   p->act_min = q[14], p->act_max = q[15];
-  if (p->in_h <= 0 || p->in_w <= 0 || p->in_c <= 0 || p->out_h <= 0 || p->out_w <= 0 ||
-      p->out_c <= 0 || p->k_h <= 0 || p->k_w <= 0 || p->stride_h <= 0 || p->stride_w <= 0 ||
-      p->pad_top < 0 || p->pad_left < 0 || !act_ok(p->act_min, p->act_max) ||
-      n_prm != 16 + 2 * (int64_t)p->out_c)
+  if (!dim_ok(p->in_h) || !dim_ok(p->in_w) || !dim_ok(p->in_c) || !dim_ok(p->out_h) ||
+      !dim_ok(p->out_w) || !dim_ok(p->out_c) || !dim_ok(p->k_h) || !dim_ok(p->k_w) ||
+      !dim_ok(p->stride_h) || !dim_ok(p->stride_w) || !pad_ok(p->pad_top) ||
+      !pad_ok(p->pad_left) || !offsets_ok(p->input_offset, 0, p->output_offset) ||
+      !act_ok(p->act_min, p->act_max) || n_prm != 16 + 2 * (int64_t)p->out_c)
     return TP_EPROGRAM;
   for (i = 0; i < p->out_c; i++)
     if (!shift_ok(q[16 + p->out_c + i])) return TP_EPROGRAM;
@@ -236,9 +247,10 @@ static int decode_pool(const group *g, member *m, const int32_t *q, int32_t n_pr
   p->k_h = q[5], p->k_w = q[6], p->stride_h = q[7], p->stride_w = q[8], p->pad_top = q[9];
   p->pad_left = q[10], p->act_min = q[11], p->act_max = q[12];
   p->average = m->kind == TP_OPK_AVG_POOL;
-  if (p->in_h <= 0 || p->in_w <= 0 || p->channels <= 0 || p->out_h <= 0 || p->out_w <= 0 ||
-      p->k_h <= 0 || p->k_w <= 0 || p->stride_h <= 0 || p->stride_w <= 0 || p->pad_top < 0 ||
-      p->pad_left < 0 || !act_ok(p->act_min, p->act_max))
+  if (!dim_ok(p->in_h) || !dim_ok(p->in_w) || !dim_ok(p->channels) || !dim_ok(p->out_h) ||
+      !dim_ok(p->out_w) || !dim_ok(p->k_h) || !dim_ok(p->k_w) || !dim_ok(p->stride_h) ||
+      !dim_ok(p->stride_w) || !pad_ok(p->pad_top) || !pad_ok(p->pad_left) ||
+      !act_ok(p->act_min, p->act_max))
     return TP_EPROGRAM;
   /* Every window must hold a pixel (an average over none is undefined). */
   if ((int64_t)(p->out_h - 1) * p->stride_h - p->pad_top >= p->in_h ||
@@ -266,10 +278,10 @@ static int decode_elementwise(const group *g, member *m, const int32_t *q, int32
     p->left_shift = q[3], p->input1_multiplier = q[4], p->input1_shift = q[5];
     p->input2_multiplier = q[6], p->input2_shift = q[7], p->output_multiplier = q[8];
     p->output_shift = q[9], p->act_min = q[10], p->act_max = q[11];
-    if (p->left_shift < 0 || p->left_shift > 24 || !shift_ok(p->input1_shift) ||
+    if (p->left_shift < 0 || p->left_shift > 20 || !shift_ok(p->input1_shift) ||
         !shift_ok(p->input2_shift) || !shift_ok(p->output_shift) ||
-        !act_ok(p->act_min, p->act_max) || p->input1_offset < -255 || p->input1_offset > 255 ||
-        p->input2_offset < -255 || p->input2_offset > 255)
+        !act_ok(p->act_min, p->act_max) ||
+        !offsets_ok(p->input1_offset, p->input2_offset, p->output_offset))
       return TP_EPROGRAM;
   } else {
     tp_mul_params *p = &m->u.mul;
@@ -277,8 +289,7 @@ static int decode_elementwise(const group *g, member *m, const int32_t *q, int32
     p->input1_offset = q[0], p->input2_offset = q[1], p->output_offset = q[2];
     p->output_multiplier = q[3], p->output_shift = q[4], p->act_min = q[5], p->act_max = q[6];
     if (!shift_ok(p->output_shift) || !act_ok(p->act_min, p->act_max) ||
-        p->input1_offset < -255 || p->input1_offset > 255 || p->input2_offset < -255 ||
-        p->input2_offset > 255)
+        !offsets_ok(p->input1_offset, p->input2_offset, p->output_offset))
       return TP_EPROGRAM;
   }
   m->out_h = h;
@@ -288,14 +299,14 @@ static int decode_elementwise(const group *g, member *m, const int32_t *q, int32
 static int decode_concat(const group *g, member *m, const int32_t *q, int32_t n_prm) {
   int64_t total = 0;
   int32_t i, h;
-  if (m->n_in < 1 || m->n_in > TP_MAX_SLICES || n_prm != 1 + m->n_in || q[0] <= 0)
+  if (m->n_in < 1 || m->n_in > TP_MAX_SLICES || n_prm != 1 + m->n_in || !dim_ok(q[0]))
     return TP_EPROGRAM;
   if (m->out < 0 || m->out >= g->n_views) return TP_EPROGRAM;
   m->width = q[0];
   m->channels = q + 1;
   h = vw(g, m->out, V_HEIGHT);
   for (i = 0; i < m->n_in; i++) {
-    if (m->channels[i] <= 0 || !act_view_ok(g, m->in[i], h, (int64_t)m->width * m->channels[i], 0))
+    if (!dim_ok(m->channels[i]) || !act_view_ok(g, m->in[i], h, (int64_t)m->width * m->channels[i], 0))
       return TP_EPROGRAM;
     total += m->channels[i];
   }
@@ -415,7 +426,14 @@ static int check_program(const int32_t *w, int32_t words, group *g) {
     if (vw(g, i, V_MODE) == TP_VIEW_RING && producer[i] == -1) return TP_EPROGRAM;
   for (i = 0; i < g->n_steps; i++) {
     const int32_t op = g->sched[2 * i], row = g->sched[2 * i + 1];
-    if (op < 0 || op >= g->n_ops || row != done[op] || row >= out_h[op]) return TP_ESCHEDULE;
+    if (op < 0) { /* load row `row` of stream_in view -1 - op */
+      const int32_t v = -1 - op;
+      if (v >= g->n_views || vw(g, v, V_MODE) != TP_VIEW_STREAM_IN || row < 0 ||
+          row >= vw(g, v, V_HEIGHT))
+        return TP_ESCHEDULE;
+      continue;
+    }
+    if (op >= g->n_ops || row != done[op] || row >= out_h[op]) return TP_ESCHEDULE;
     done[op]++;
   }
   for (i = 0; i < g->n_ops; i++)
@@ -434,45 +452,15 @@ static uint8_t *slot(const group *g, uint8_t *const *bases, int32_t v, int32_t r
   return bases[v] + (size_t)(row % vw(g, v, V_ROWS_HELD)) * (size_t)vw(g, v, V_ROW_BYTES);
 }
 
-/* The last input row (of input k) output row r of member m reads; -1 if none. */
-static int32_t last_row_read(const member *m, int32_t r) {
-  int32_t hi, in_h;
-  switch (m->kind) {
-    case TP_OPK_CONV:
-    case TP_OPK_DEPTHWISE:
-      hi = r * m->u.conv.stride_h - m->u.conv.pad_top + m->u.conv.k_h - 1;
-      in_h = m->u.conv.in_h;
-      break;
-    case TP_OPK_MAX_POOL:
-    case TP_OPK_AVG_POOL:
-      hi = r * m->u.pool.stride_h - m->u.pool.pad_top + m->u.pool.k_h - 1;
-      in_h = m->u.pool.in_h;
-      break;
-    case TP_OPK_TCONV:
-      /* input rows i with i * stride - pad_top <= r */
-      hi = (r + m->u.tconv.pad_top) / m->u.tconv.stride_h;
-      in_h = m->u.tconv.in_h;
-      break;
-    default:
-      return r;
-  }
-  return hi < in_h ? hi : in_h - 1;
-}
-
-/* Reads stream_in rows of view v up to row `upto` (those not read yet). */
-static int stream_in_upto(const group *g, uint8_t *const *bases, const tp_group_io *io,
-                          const uint8_t *poison, int32_t v, int32_t upto, int32_t *loaded) {
+/* Reads row r of stream_in view v from storage into its slot. */
+static int load_row(const group *g, uint8_t *const *bases, const tp_group_io *io,
+                    const uint8_t *poison, int32_t v, int32_t r) {
   const int32_t rb = vw(g, v, V_ROW_BYTES);
-  while (loaded[v] <= upto) {
-    const int32_t r = loaded[v];
-    uint8_t *dst = slot(g, bases, v, r);
-    if (io == NULL || io->read == NULL) return TP_EIO_CALLBACK;
-    if (poison != NULL && r >= vw(g, v, V_ROWS_HELD)) memset(dst, *poison, (size_t)rb);
-    if (io->read(io->ctx, (uint32_t)vw(g, v, V_ADDRESS) + (uint32_t)r * (uint32_t)rb, dst, rb) !=
-        0)
-      return TP_EIO_CALLBACK;
-    loaded[v]++;
-  }
+  uint8_t *dst = slot(g, bases, v, r);
+  if (io == NULL || io->read == NULL) return TP_EIO_CALLBACK;
+  if (poison != NULL && r >= vw(g, v, V_ROWS_HELD)) memset(dst, *poison, (size_t)rb);
+  if (io->read(io->ctx, (uint32_t)vw(g, v, V_ADDRESS) + (uint32_t)r * (uint32_t)rb, dst, rb) != 0)
+    return TP_EIO_CALLBACK;
   return TP_OK;
 }
 
@@ -508,29 +496,25 @@ static int run_member_row(const group *g, uint8_t *const *bases, const member *m
 
 int tp_group_run(const int32_t *program, int32_t words, uint8_t *const *bases,
                  const tp_group_io *io, const uint8_t *poison) {
-  int32_t loaded[TP_GROUP_MAX_VIEWS];
   group g;
-  int32_t i, k;
+  int32_t i;
   int rc = check_program(program, words, &g);
   if (rc != TP_OK) return rc;
   if (bases == NULL) return TP_EPROGRAM;
-  for (i = 0; i < g.n_views; i++) {
+  for (i = 0; i < g.n_views; i++)
     if (bases[i] == NULL) return TP_EPROGRAM;
-    loaded[i] = 0;
-  }
   for (i = 0; i < g.n_steps; i++) {
     const int32_t op = g.sched[2 * i], r = g.sched[2 * i + 1];
     member m;
     uint8_t *out;
     int32_t mode, rb;
+    if (op < 0) { /* a stream_in row, read at its first need */
+      rc = load_row(&g, bases, io, poison, -1 - op, r);
+      if (rc != TP_OK) return rc;
+      continue;
+    }
     rc = decode_member(&g, op, bases, &m);
     if (rc != TP_OK) return rc;
-    /* Stream in what this row reads (constants and the bias slot are never streamed). */
-    for (k = 0; k < m.n_in; k++) {
-      if (m.in[k] < 0 || vw(&g, m.in[k], V_MODE) != TP_VIEW_STREAM_IN) continue;
-      rc = stream_in_upto(&g, bases, io, poison, m.in[k], last_row_read(&m, r), loaded);
-      if (rc != TP_OK) return rc;
-    }
     mode = vw(&g, m.out, V_MODE);
     rb = vw(&g, m.out, V_ROW_BYTES);
     out = slot(&g, bases, m.out, r);

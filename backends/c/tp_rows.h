@@ -45,16 +45,19 @@
  *           output_multiplier output_shift act_min act_max  (7 words)
  *     TP_OPK_CONCAT  n_in >= 1 (at most TP_MAX_SLICES); params: width, channels[n_in]
  *                                                           (1 + n_in words)
- *     Offsets are TFLite's: input_offset = -input zero point, output_offset = output zero
- *     point. Shifts: > 0 left, in [-31, 31]. Heights and row bytes of the views must
+ *     Offsets are TFLite's: input_offset = -input zero point (in [-255, 255]),
+ *     output_offset = output zero point (in [-128, 127]). Shifts: > 0 left, in [-31, 31];
+ *     ADD's left_shift in [0, 20]. Sizes, kernels, strides, pads: at most TP_GROUP_MAX_DIM. Heights and row bytes of the views must
  *     agree with the params (a conv's input view: height in_h, row_bytes in_w * in_c).
- *   schedule  n_steps x 2 words: op position, output row. Each op's rows come in order
- *           0, 1, ..., out_h - 1, each exactly once, after the rows they read.
+ *   schedule  n_steps x 2 words: (op position, output row): compute that row; or
+ *           (-1 - v, row): read that row of STREAM_IN view v from storage into its slot
+ *           (the encoder puts it just before the first member row that reads it; rows no
+ *           band reads are never read). Each op's rows come in order 0 .. out_h - 1, each
+ *           exactly once, after the rows they read.
  * ---------------------------------------------------------------------------------------
  *
  * Runner semantics: a STREAM_IN view's row r is read through io->read (address + r *
- * row_bytes) into slot r % rows_held the first time a member needs it (rows are read in
- * order, each once); a SPILL_ROWS view's row is written through io->write right after it
+ * row_bytes) into slot r % rows_held by its schedule entry, at its first need; a SPILL_ROWS view's row is written through io->write right after it
  * is produced (it may also be read by later members while its slot holds it). A ring or
  * line slot that is recycled (row r >= rows_held goes in) is first overwritten with
  * *poison when poison != NULL. Rings are not checked for residency: an undersized ring
@@ -78,6 +81,9 @@ extern "C" {
 #define TP_GROUP_VERSION 1
 #define TP_GROUP_HEADER_WORDS 6
 #define TP_GROUP_VIEW_WORDS 5
+/* Largest size, kernel, stride or padding a program may give: products of two stay in
+ * int32 (row positions like oy * stride - pad never overflow). */
+#define TP_GROUP_MAX_DIM 32767
 
 /* Error codes beside tp_storage.h's TP_E* (-1..-5). */
 #define TP_EPROGRAM (-6)  /* malformed program: magic, counts, indices, geometry, params */

@@ -10,6 +10,7 @@ from ..device import bundled_profiles, load_profile
 from ..ir import Graph
 from ..kernels import op_kernels_of
 from ..schema import stamp
+from ..streaming import groups_of
 from .common import add_kernel_args, add_model_args, planned_graph
 
 
@@ -25,7 +26,11 @@ def add_parser(sub) -> None:
 
 
 def report(graph: Graph) -> dict:
-    load, ws = load_bound(graph), working_set_bound(graph)
+    """The analysis of `graph`; of a graph with streamed groups (--row-streaming), its
+    groups and their bound beside the bound without them."""
+    source = graph.source if graph.source is not None else graph
+    load, ws = load_bound(graph), working_set_bound(source)
+    streamed = working_set_bound(graph) if graph.source is not None else None
     life = {b.tensor: b for b in buffers(graph)}
     return {
         "model": graph.name,
@@ -37,6 +42,12 @@ def report(graph: Graph) -> dict:
         "working_set_bound_bytes": ws.bytes,
         "working_set_bound_op": ws.op,
         "working_set_bound_detail": ws.detail,
+        "streamed_bound_bytes": streamed.bytes if streamed is not None else None,
+        "streamed_bound_detail": streamed.detail if streamed is not None else None,
+        "stream_groups": [
+            {"ops": list(g.ops), "rings": [list(r) for r in g.rings],
+             "rows": len(g.schedule)} for g in groups_of(graph)
+        ],
         "op_kernels": [list(k) for k in op_kernels_of(graph)],
         "ops": [
             {"index": op.index, "step": op.index + 1, "name": op.name, "type": op.op_type,
@@ -77,4 +88,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"load bound:        {data['load_bound_bytes']:>10,} B at step {data['load_bound_step']}")
     print(f"working-set bound: {data['working_set_bound_bytes']:>10,} B "
           f"({data['working_set_bound_detail']})")
+    for g in data["stream_groups"]:
+        rings = ", ".join(f"{graph.tensors[t].name} {r} rows" for t, r in g["rings"])
+        print(f"streamed group:    ops {g['ops'][0]}-{g['ops'][-1]}, {g['rows']} rows computed, "
+              f"rings: {rings or 'none'}")
+    if data["streamed_bound_bytes"] is not None:
+        print(f"streamed bound:    {data['streamed_bound_bytes']:>10,} B "
+              f"({data['streamed_bound_detail']})")
     return 0

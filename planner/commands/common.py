@@ -6,6 +6,7 @@ import argparse
 
 from frontends import load_model, parse_input_shape
 
+from .. import streaming
 from ..device import DeviceProfile
 from ..ir import Graph
 from ..kernels import apply_kernels
@@ -25,6 +26,12 @@ def add_kernel_args(p: argparse.ArgumentParser) -> None:
         help="keep TFLM's TRANSPOSE_CONV (int32 scratch of the whole output) instead of the "
         "project's bit-exact row kernel (scratch of one output row)",
     )
+    p.add_argument(
+        "--row-streaming", action="store_true",
+        help="run chains of row-capable ops (conv, depthwise, pool, add/mul, concat, the row "
+        "transpose conv) as streamed groups, row by row, the tensors between them in rings "
+        "of a few rows (planner/streaming.py); the groups minimise the working-set bound",
+    )
 
 
 def read_graph(args: argparse.Namespace) -> Graph:
@@ -34,6 +41,11 @@ def read_graph(args: argparse.Namespace) -> Graph:
 
 
 def planned_graph(args: argparse.Namespace, profile: DeviceProfile) -> Graph:
-    """The graph a plan is made for: its ops on the kernels the profile and flags allow."""
-    return apply_kernels(read_graph(args), profile,
-                         getattr(args, "stock_transpose_conv", False))
+    """The graph a plan is made for: its ops on the kernels the profile and flags allow,
+    with --row-streaming the chosen streamed groups as one op each (`.source` then holds
+    the graph before)."""
+    source = apply_kernels(read_graph(args), profile,
+                           getattr(args, "stock_transpose_conv", False))
+    if not getattr(args, "row_streaming", False):
+        return source
+    return streaming.apply_groups(source, streaming.choose_groups(source, profile))

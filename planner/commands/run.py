@@ -15,10 +15,10 @@ from ..atomic import same_file
 from ..checker import check
 from ..device import bundled_profiles, load_profile
 from ..errors import PlannerError
-from ..kernels import with_op_kernels
 from ..plan import Plan
 from ..plan_check import check_plan_for
 from ..schema import stamp
+from ..streaming import planned_graph
 from .common import add_model_args, read_graph
 
 
@@ -63,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if profile is None and plan.profile is not None and plan.profile.name in bundled_profiles():
         profile = load_profile(plan.profile.name)  # a bundled name must mean the bundled one
     made_for = check_plan_for(plan, args.model, profile)
-    # The graph the plan was made for: the same ops on the same custom kernels.
-    graph = with_op_kernels(read_graph(args), plan.op_kernels)
+    # The graph the plan was made for: the same ops on the same custom kernels, the same
+    # streamed groups.
+    graph = planned_graph(read_graph(args), plan)
     if plan.num_steps != graph.num_steps:
         raise PlannerError(f"plan {args.plan} has {plan.num_steps} steps, model "
                            f"{Path(args.model).name} has {graph.num_steps}: not its plan")

@@ -17,6 +17,7 @@ from ..planners.base import Request, registry
 from ..planners.ilp import SOLVERS
 from ..schema import stamp
 from ..stopping import as_interrupted, sigint_kept, was_interrupted
+from ..streaming import groups_of
 from ..units import parse_size
 from .common import add_kernel_args, add_model_args, planned_graph
 from .progress import end_progress, terminal_progress
@@ -84,9 +85,15 @@ def run(args: argparse.Namespace) -> int:
     head_cap = parse_size(args.head_budget) if args.head_budget is not None else None
     profile = load_profile(args.profile)
     graph = planned_graph(args, profile)
-    check_after_reading(args, graph)
+    source = graph.source if graph.source is not None else graph
+    check_after_reading(args, source)
     load = load_bound(graph)
-    ws = working_set_bound(graph, profile.can_stream, profile.fusion)
+    ws = working_set_bound(source, profile.can_stream, profile.fusion)
+    # With --row-streaming the plan's graph has group ops: its own bound is the one no
+    # head goes below (the old one stays beside it).
+    streamed = working_set_bound(graph, profile.can_stream, profile.fusion) \
+        if args.row_streaming else None
+    floor = streamed if streamed is not None else ws
     from backends.tflite_tail import ArenaTail
 
     tails = ArenaTail(graph, Path(args.model), profile)
@@ -101,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         "head_budget_bytes": head_cap,
         "load_bound_bytes": load.bytes,
         "working_set_bound_bytes": ws.bytes,
+        "streamed_bound_bytes": streamed.bytes if streamed is not None else None,
+        "stream_groups": [list(g.ops) for g in groups_of(graph)],
     }
     # --budget bounds head + tail; the tail is that of the model the plan emits, which a
     # rewrite (spills, fusions) makes larger: plan, predict, and re-plan with the head
@@ -113,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
     for _ in range(TAIL_ROUNDS):
         head_budget = _head_budget(budget, head_cap, tail)
         summary.update(tail_bytes=tail, head_budget_bytes=head_budget)
-        if head_budget is not None and head_budget < ws.bytes:
-            return _refuse(args, summary, _below_bound(budget, head_budget, tail, ws))
+        if head_budget is not None and head_budget < floor.bytes:
+            return _refuse(args, summary, _below_bound(budget, head_budget, tail, floor))
         if args.pareto:  # the sweep picks its own budgets
             from ..pareto import pareto_front
 
@@ -198,6 +207,7 @@ def _head_budget(budget: int | None, head_cap: int | None, tail: int | None) -> 
 
 
 def _below_bound(budget: int | None, head_budget: int, tail: int | None, ws) -> str:
+    """Why a head budget below the (streamed, with --row-streaming) working-set bound fails."""
     what = f"head budget {head_budget:,} B"
     if budget is not None and tail and head_budget == budget - tail:
         what = (f"budget {budget:,} B leaves a head of {head_budget:,} B after the predicted "
@@ -275,7 +285,13 @@ def _print_summary(s: dict, plan) -> None:
     print(f"load bound   {s['load_bound_bytes']:>10,} B   (live bytes at the busiest step: no "
           f"plan without spilling or fusion goes below){below}")
     print(f"work-set bnd {s['working_set_bound_bytes']:>10,} B   (what one op must hold: "
-          "no head goes below)")
+          "no head goes below" + (" without row streaming)" if s["stream_groups"] else ")"))
+    if s["streamed_bound_bytes"] is not None:
+        print(f"streamed bnd {s['streamed_bound_bytes']:>10,} B   (the same with the streamed "
+              "groups below: no head of this plan's graph goes below)")
+    if s["stream_groups"]:
+        groups = ", ".join(f"{g[0]}-{g[-1]}" for g in s["stream_groups"])
+        print(f"groups       ops {groups} streamed row by row (TinyPlanStreamedGroup)")
     verdict = "fits" if s["fits_budget"] else "DOES NOT FIT"
     if s["budget_bytes"] is not None:
         bounded = "arena total" if s["tail_bytes"] is not None else "head"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..analysis import Buffer
 from ..device import DeviceProfile
 from ..ir import Graph
 from ..kernels import op_kernels_of
 from ..plan import Plan, Segment
+from ..streaming import groups_of
 
 
 @dataclass(frozen=True)
@@ -52,14 +54,28 @@ def register(name: str, heuristic: bool = False) -> Callable[[PlannerFn], Planne
     """Add a planner; `heuristic`: a fast planner that proves nothing, which the exact
     planner runs as a seed (exact searches and test doubles are not)."""
     def deco(fn: PlannerFn) -> PlannerFn:
-        _REGISTRY[name] = fn
+        stamped = _with_graph_records(fn)
+        _REGISTRY[name] = stamped
         if heuristic:
             _HEURISTICS.add(name)
         else:
             _HEURISTICS.discard(name)
-        return fn
+        return stamped
 
     return deco
+
+
+def _with_graph_records(fn: PlannerFn) -> PlannerFn:
+    """`fn` whose plans carry what the graph itself records: the streamed groups of a
+    planned graph (planner/streaming.py). A planner plans the group ops like any op and
+    needs to know nothing of them."""
+    @functools.wraps(fn)
+    def planner(request: Request) -> Plan:
+        plan = fn(request)
+        groups = groups_of(request.graph)
+        return plan if plan.stream_groups == groups else replace(plan, stream_groups=groups)
+
+    return planner
 
 
 def heuristics() -> list[str]:
@@ -85,4 +101,5 @@ def plan_from_offsets(
     )
     peak = max((s.end for s in segments), default=0)
     extra.setdefault("op_kernels", op_kernels_of(graph))
+    extra.setdefault("stream_groups", groups_of(graph))
     return Plan(graph.name, planner, graph.num_steps, peak, segments, **extra)

@@ -27,6 +27,7 @@ from ..device import DeviceProfile
 from ..ir import Graph, Role, align
 from ..kernels import fusion_violations, op_kernels_of
 from ..plan import Fusion, Part, Plan, Segment, SegmentRole, Transfer
+from ..streaming import groups_of
 from .base import Request, register
 from .tflm_greedy import plan_tflm_greedy
 
@@ -190,6 +191,7 @@ class _Context:
             fusions=tuple(Fusion(c, conv) for c, conv in sorted(fusion.items())),
             status="heuristic",
             op_kernels=op_kernels_of(self.graph),
+            stream_groups=groups_of(self.graph),
         )
         if fusion_violations(self.graph, plan):
             return None  # e.g. every input of a fused op streams: the kernel cannot run it

@@ -9,6 +9,7 @@ from ...costs import footprint, plan_transfer_seconds
 from ...ir import ALIGNMENT
 from ...kernels import op_kernels_of
 from ...plan import Fusion, Part, Plan, Segment, Transfer
+from ...streaming import groups_of
 from .model import Problem, Stream
 
 
@@ -99,6 +100,7 @@ def to_plan(problem: Problem, sol: Solution, planner: str, objective: str) -> Pl
         bound_transfer_seconds=sol.bound_cost_us / 1e6 if sol.bound_cost_us is not None else None,
         notes=tuple(sol.notes),
         op_kernels=op_kernels_of(graph),
+        stream_groups=groups_of(graph),  # a planned graph's groups (planner/streaming.py)
     )
     est = plan_transfer_seconds(graph, plan, problem.profile)
     # The solver prices each transfer rounded up to a microsecond; its bound is on those
