@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .analysis import stream_rows
 from .device import DeviceProfile, Storage
-from .ir import Graph
+from .ir import Graph, OpKind
 from .plan import Plan, Transfer
 
 
@@ -17,6 +17,8 @@ def footprint(storage: Storage, nbytes: int) -> int:
 def transfer_seconds(storage: Storage, kind: str, nbytes: int, rows: int = 1) -> float:
     if kind == "spill":
         return storage.write_seconds(footprint(storage, nbytes))
+    if kind == "spill_rows":  # the same bytes written, one transfer per row
+        return storage.write_seconds(footprint(storage, nbytes), transfers=rows)
     if kind == "fetch":
         return storage.read_seconds(nbytes)
     return storage.read_seconds(nbytes, transfers=rows)  # a stream reads row by row
@@ -31,6 +33,30 @@ def seconds_by_storage(graph: Graph, plan: Plan, profile: DeviceProfile) -> dict
     for t in plan.transfers:
         out[t.storage] = out.get(t.storage, 0.0) + _one(graph, t, profile)
     return out
+
+
+def stream_overhead_seconds(graph: Graph, profile: DeviceProfile) -> float:
+    """Ring bookkeeping of the streamed group ops of a planned graph (streaming.apply_groups):
+    `profile.row_overhead_s` per output row of every member op.
+
+    It depends on the groups only, not on the plan: every plan of one planned graph pays
+    the same, so it is kept out of plan_transfer_seconds (what the exact planner minimises
+    and bounds) and reports add it where they compare graphs with and without groups.
+    """
+    total_rows = 0
+    for op in graph.ops:
+        if op.kind == OpKind.STREAMED_GROUP:
+            total_rows += group_rows(graph, op.index)
+    return total_rows * profile.row_overhead_s
+
+
+def group_rows(graph: Graph, op_index: int) -> int:
+    """Output rows the member ops of group op `op_index` compute: its schedule computes
+    each once (planner/streaming.py); without one, the group's own output rows."""
+    op = graph.ops[op_index]
+    if "schedule" in op.attrs:
+        return len(op.attrs["schedule"])
+    return sum(stream_rows(graph.tensors[t], graph.layout) for t in op.outputs if t >= 0)
 
 
 def _one(graph: Graph, t: Transfer, profile: DeviceProfile) -> float:

@@ -14,7 +14,7 @@ from ...costs import footprint
 from ...plan import Plan
 from . import search
 from .extract import Solution
-from .model import Need, Problem, Stream, costs_us
+from .model import Need, Problem, Stream, costs_us, row_spill_extra_us
 from .search import Budget, Progress
 
 PRESOLVE_MAX_VARIABLES = 5000
@@ -167,19 +167,29 @@ class CpSatModel:
             self._split_rules(item, act)
         if spilled is not None:
             fetches = [v.z[(i, a, b)] for a, b in item.candidates if a > 0 and (i, a, b) in v.z]
-            streams = [v.s[(i, j)] for j in range(npts) if (i, j) in v.s]
+            streams = [v.s[(i, j)] for j in range(npts)
+                       if (i, j) in v.s and item.points[j].stream != Stream.ROWS_OUT]
+            # A row spill replaces the item's one spill: its write plus a latency per row.
+            rows_out = [v.s[(i, j)] for j in range(npts)
+                        if (i, j) in v.s and item.points[j].stream == Stream.ROWS_OUT]
             for st in p.storages():
                 write, fetch, stream = costs_us(st, item.nbytes, item.rows)
+                extra = row_spill_extra_us(st, item.nbytes, item.rows)
                 y = v.y[(i, st.name)]
                 cost_terms.append(write * y)
                 if len(p.storages()) == 1:
                     cost_terms += [fetch * f for f in fetches] + [stream * s for s in streams]
+                    cost_terms += [extra * s for s in rows_out]
                     continue
                 nf = m.new_int_var(0, len(fetches), f"nf{i}{st.name}")
                 ns = m.new_int_var(0, len(streams), f"ns{i}{st.name}")
                 m.add(nf >= sum(fetches)).only_enforce_if(y)
                 m.add(ns >= sum(streams)).only_enforce_if(y)
                 cost_terms += [fetch * nf, stream * ns]
+                if rows_out:
+                    nr = m.new_int_var(0, len(rows_out), f"nr{i}{st.name}")
+                    m.add(nr >= sum(rows_out)).only_enforce_if(y)
+                    cost_terms.append(extra * nr)
 
     def _split_rules(self, item, act) -> None:
         """Both parts start as one whole tensor; non-concat reads need that layout."""
@@ -211,8 +221,10 @@ class CpSatModel:
         v, p, m = self.v, self.p, self.m
         spilled_channels = {q.tensor: q.channel_stop - q.channel_start
                             for q in plan.parts if q.index == 1}
-        streamed = {(t.tensor, t.part, t.step) for t in plan.transfers if t.kind == "stream"}
-        storage = {(t.tensor, t.part): t.storage for t in plan.transfers if t.kind == "spill"}
+        streamed = {(t.tensor, t.part, t.step) for t in plan.transfers
+                    if t.kind in ("stream", "spill_rows")}
+        storage = {(t.tensor, t.part): t.storage for t in plan.transfers
+                   if t.kind in ("spill", "spill_rows")}
         lines = {(s.tensor, s.part, s.first): s.offset // 16 for s in plan.segments
                  if s.role == "line_buffer"}
         for item in p.items:

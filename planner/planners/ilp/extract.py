@@ -35,7 +35,9 @@ def to_plan(problem: Problem, sol: Solution, planner: str, objective: str) -> Pl
     parts: list[Part] = []
     next_address: dict[str, int] = defaultdict(int)
     stream_ops: set[int] = set()
-    for i, chosen in sorted(sol.segments.items()):
+    for i in sorted(set(sol.segments) | set(sol.streams) | set(sol.storage)):
+        # An item row-spilled at creation and only streamed afterwards has no segment.
+        chosen = sol.segments.get(i, [])
         item = problem.items[i]
         for a, b, off in sorted(chosen):
             first, last = item.span(a, b)
@@ -57,16 +59,24 @@ def to_plan(problem: Problem, sol: Solution, planner: str, objective: str) -> Pl
             store = problem.profile.storage(name)
             address = next_address[name]
             next_address[name] += footprint(store, item.nbytes)
-            a, b, _ = min(chosen)
-            transfers.append(Transfer("spill", item.tensor, item.points[b].step, name,
-                                      item.nbytes, address, item.part))
+            row_spilled = [j for j, _ in sol.streams.get(i, [])
+                           if item.points[j].stream == Stream.ROWS_OUT]
+            if row_spilled:  # written row by row as the group produced it: its one spill
+                transfers.append(Transfer("spill_rows", item.tensor,
+                                          item.points[row_spilled[0]].step, name, item.nbytes,
+                                          address, item.part))
+            else:
+                a, b, _ = min(chosen)
+                transfers.append(Transfer("spill", item.tensor, item.points[b].step, name,
+                                          item.nbytes, address, item.part))
             for a, _, _ in chosen:
                 if a > 0:
                     transfers.append(Transfer("fetch", item.tensor, item.points[a].step, name,
                                               item.nbytes, address, item.part))
             for j, _ in sol.streams.get(i, []):
-                transfers.append(Transfer("stream", item.tensor, item.points[j].step, name,
-                                          item.nbytes, address, item.part))
+                if j not in row_spilled:
+                    transfers.append(Transfer("stream", item.tensor, item.points[j].step, name,
+                                              item.nbytes, address, item.part))
     for v in problem.variants:
         if v.spilled_channels and any(sol.segments.get(i) for i in v.items):
             channels = graph.tensors[v.tensor].channels or 0
@@ -92,7 +102,8 @@ def to_plan(problem: Problem, sol: Solution, planner: str, objective: str) -> Pl
         peak_bytes=peak,
         segments=tuple(sorted(segments, key=lambda s: (s.first, s.offset))),
         parts=tuple(parts),
-        transfers=tuple(sorted(transfers, key=lambda t: (t.step, t.kind != "spill", t.tensor))),
+        transfers=tuple(sorted(transfers, key=lambda t: (
+            t.step, t.kind not in ("spill", "spill_rows"), t.tensor))),
         fusions=tuple(fusions),
         status=sol.status,
         bound_bytes=sol.bound_units * ALIGNMENT if sol.bound_units is not None else None,

@@ -17,7 +17,7 @@ import pulp
 from ...costs import footprint
 from ..base import Request
 from .extract import Solution
-from .model import Need, Problem, Stream, costs_us
+from .model import Need, Problem, Stream, costs_us, row_spill_extra_us
 
 Box = tuple[str, int, int, int]  # (kind, item or tensor, a or point, b)
 
@@ -134,20 +134,30 @@ class _Milp:
         if spilled is not None:
             fetches = [self.z[(i, a, b)] for a, b in item.candidates
                        if a > 0 and (i, a, b) in self.z]
-            streams = [self.s[(i, j)] for j in range(len(item.points)) if (i, j) in self.s]
+            streams = [self.s[(i, j)] for j in range(len(item.points))
+                       if (i, j) in self.s and item.points[j].stream != Stream.ROWS_OUT]
+            # A row spill replaces the item's one spill: its write plus a latency per row.
+            rows_out = [self.s[(i, j)] for j in range(len(item.points))
+                        if (i, j) in self.s and item.points[j].stream == Stream.ROWS_OUT]
             for st in p.storages():
                 write, fetch, stream = costs_us(st, item.nbytes, item.rows)
+                extra = row_spill_extra_us(st, item.nbytes, item.rows)
                 y = self.y[(i, st.name)]
                 self.cost += write * y
                 if len(p.storages()) == 1:
                     self.cost += pulp.lpSum(fetch * f for f in fetches)
                     self.cost += pulp.lpSum(stream * s for s in streams)
+                    self.cost += pulp.lpSum(extra * s for s in rows_out)
                     continue
                 nf = pulp.LpVariable(f"nf{i}_{st.name}", 0, len(fetches))
                 ns = pulp.LpVariable(f"ns{i}_{st.name}", 0, len(streams))
                 lp += nf >= pulp.lpSum(fetches) - len(fetches) * (1 - y)
                 lp += ns >= pulp.lpSum(streams) - len(streams) * (1 - y)
                 self.cost += fetch * nf + stream * ns
+                if rows_out:
+                    nr = pulp.LpVariable(f"nr{i}_{st.name}", 0, len(rows_out))
+                    lp += nr >= pulp.lpSum(rows_out) - len(rows_out) * (1 - y)
+                    self.cost += extra * nr
 
     def _split(self, item, act) -> None:
         lp, i = self.lp, item.index

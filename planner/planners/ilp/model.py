@@ -7,6 +7,12 @@ fusions) or streamed from storage. Candidate segments are all runs of
 consecutive points [a, b], so the encodings only pick among them (a set
 partition over the points) and place the picked ones in the arena.
 
+At a streamed group op (planner/streaming.py) an input its attrs list in `stream_in`
+gets a GROUP stream point (read row by row from storage), and an output listed in
+`spill_rows` a ROWS_OUT creation point: not covered by a segment, the group writes
+it to storage row by row as it produces it, through a line buffer, which is then the
+item's one spill.
+
 A tensor eligible for partial spilling also gets *split variants*: two items,
 the kept leading channels and the spilled trailing channels, exactly one
 variant (whole or one split) being active.
@@ -24,7 +30,7 @@ from enum import Enum
 from ...analysis import fusion_groups, lifetimes, line_buffer_bytes, spatial, stream_rows
 from ...costs import transfer_seconds
 from ...device import DeviceProfile, Storage
-from ...ir import ALIGNMENT, Graph, Role, align
+from ...ir import ALIGNMENT, Graph, OpKind, Role, align
 from ...kernels import FUSED_CONCAT, FUSED_CONCAT_CONV, split_fits
 
 MAX_SPLIT_TENSORS = 8  # split variants only for the largest candidates: they multiply the model
@@ -41,6 +47,15 @@ class Stream(Enum):
     NONE = "none"
     CONCAT = "concat"  # streamed into a concat's output through a one-row buffer
     CONCAT_CONV = "concat_conv"  # streamed into a fused concat+conv through kernel-height rows
+    # Row streaming (planner/streaming.py), at a streamed group op's step: its attrs say which
+    # inputs it may read row by row from storage (GROUP) and which outputs it may write row
+    # by row to storage as it produces them (ROWS_OUT, the output's creation point), each
+    # through a line buffer of the bytes the attrs give.
+    GROUP = "group"
+    ROWS_OUT = "rows_out"
+
+
+GROUP_STREAMS = (Stream.GROUP, Stream.ROWS_OUT)
 
 
 @dataclass
@@ -51,6 +66,7 @@ class Point:
     stream: Stream = Stream.NONE
     stream_op: int | None = None  # op index that streams at this point
     layout: bool = False  # needs the tensor in its produced (whole, interleaved) layout
+    line_bytes: int | None = None  # a group stream's line buffer (from the op's attrs)
 
 
 @dataclass
@@ -112,7 +128,8 @@ class Problem:
         sites: dict[int, list[tuple[int, int]]] = {}
         for item in self.items:
             for j, p in enumerate(item.points):
-                if p.stream != Stream.NONE and p.stream_op is not None:
+                # A streamed group op reads each stream_in input on its own: no site.
+                if p.stream not in (Stream.NONE, *GROUP_STREAMS) and p.stream_op is not None:
                     sites.setdefault(p.stream_op, []).append((item.index, j))
         out = []
         for op, found in sorted(sites.items()):
@@ -134,6 +151,25 @@ def costs_us(storage: Storage, nbytes: int, rows: int) -> tuple[int, int, int]:
     )
 
 
+def row_spill_extra_us(storage: Storage, nbytes: int, rows: int) -> int:
+    """What writing `nbytes` row by row (spill_rows) costs beyond one whole spill, in whole
+    microseconds: the encodings price a row spill as the spill's write plus this."""
+    write = costs_us(storage, nbytes, rows)[0]
+    return max(0, math.ceil(transfer_seconds(storage, "spill_rows", nbytes, rows) * 1e6) - write)
+
+
+def group_streams(graph: Graph) -> dict[int, tuple[dict[int, int], dict[int, int]]]:
+    """Per streamed group op: ({stream_in tensor: line bytes}, {spill_rows tensor: line bytes})."""
+    out = {}
+    for op in graph.ops:
+        if op.kind != OpKind.STREAMED_GROUP:
+            continue
+        ins = {int(t): int(n) for t, n in op.attrs.get("stream_in", ())}
+        rows_out = {int(t): int(n) for t, n in op.attrs.get("spill_rows", ())}
+        out[op.index] = (ins, rows_out)
+    return out
+
+
 def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True,
                   extra_splits: dict[int, set[int]] | None = None) -> Problem:
     """The problem for `graph`; `extra_splits` adds spilled-channel counts to try per tensor
@@ -147,6 +183,7 @@ def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True
     scratch = {t.id for t in graph.tensors if t.role == Role.SCRATCH}
     fixed = [(t, life[t][0], align(graph.tensors[t].nbytes) // ALIGNMENT)
              for t in life if t in scratch]
+    streamed = group_streams(graph)
 
     def points_for(t: int) -> tuple[list[Point], int | None]:
         eliminated = None
@@ -155,12 +192,19 @@ def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True
         if producer_op in group_of_concat and groups[group_of_concat[producer_op]].conv is not None:
             eliminated = group_of_concat[producer_op]
         create_need = Need.IF_UNFUSED if eliminated is not None else Need.ALWAYS
-        raw.append(Point(life[t][0], create_need, eliminated, layout=True))
+        created = Point(life[t][0], create_need, eliminated, layout=True)
+        if producer_op in streamed and t in streamed[producer_op][1]:
+            created = Point(life[t][0], Need.ALWAYS, stream=Stream.ROWS_OUT,
+                            stream_op=producer_op, line_bytes=streamed[producer_op][1][t])
+        raw.append(created)
         for op in graph.ops:
             if t not in op.inputs:
                 continue
             step = op.index + 1
-            if op.index in group_of_concat:
+            if op.index in streamed and t in streamed[op.index][0]:
+                raw.append(Point(step, Need.ALWAYS, stream=Stream.GROUP, stream_op=op.index,
+                                 line_bytes=streamed[op.index][0][t]))
+            elif op.index in group_of_concat:
                 g = group_of_concat[op.index]
                 conv = groups[g].conv
                 if conv is None:
@@ -192,6 +236,8 @@ def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True
         items.append(item)
         variants.append(Variant(t, 0, [item.index]))
         streamable = any(p.stream != Stream.NONE for p in points)
+        # A group op reads and writes whole tensors (or rows of them), never channel parts.
+        streamable = streamable and not any(p.stream in GROUP_STREAMS for p in points)
         # Each part is one slice of the fused kernel: its concats must have room for both.
         streamable = streamable and all(
             split_fits(graph, graph.ops[groups[p.group].concat])
@@ -223,10 +269,13 @@ def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True
 
 def _item(graph: Graph, index: int, t: int, part: int | None, variant: int, nbytes: int,
           points: list[Point], rows: int, eliminated: int | None) -> Item:
-    pts = [Point(p.step, p.need, p.group, p.stream, p.stream_op, p.layout) for p in points]
+    pts = [Point(p.step, p.need, p.group, p.stream, p.stream_op, p.layout, p.line_bytes)
+           for p in points]
     line = {}
     for j, p in enumerate(pts):
-        if p.stream != Stream.NONE:
+        if p.line_bytes is not None:
+            line[j] = align(min(p.line_bytes, nbytes)) // ALIGNMENT
+        elif p.stream != Stream.NONE:
             conv = p.stream_op if p.stream == Stream.CONCAT_CONV else None
             line[j] = line_buffer_bytes(graph, t, conv, nbytes) // ALIGNMENT
     return Item(index, t, part, variant, nbytes, align(nbytes) // ALIGNMENT, pts, rows, line,
