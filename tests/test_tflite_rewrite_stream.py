@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_tflite_rewrite import _ops as _listing
 
 from backends import tflite_io as io
 from backends.group_program import encode
@@ -107,17 +108,9 @@ def streamed_plan(planned: Graph, rows: tuple[int, ...] = ()) -> Plan:
 
 
 def _ops(model) -> list[tuple[str, list[int], list[int], list[int]]]:
-    fb = io.schema()
-    names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
-    out = []
-    for op in model.subgraphs[0].operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        b = max(code.builtinCode, code.deprecatedBuiltinCode)
-        name = io._name(code.customCode) if b == fb.BuiltinOperator.CUSTOM else names[b]
-        raw = bytes(bytearray(op.customOptions)) if op.customOptions is not None else b""
-        out.append((name, list(op.inputs), list(op.outputs if op.outputs is not None else []),
-                    io.unpack_int32(raw) if raw and len(raw) % 4 == 0 else []))
-    return out
+    """test_tflite_rewrite's op listing, custom options as int32 words."""
+    return [(name, ins, outs, io.unpack_int32(opts) if opts and len(opts) % 4 == 0 else [])
+            for name, ins, outs, opts in _listing(io.write_model(model))]
 
 
 @pytest.fixture(scope="module")

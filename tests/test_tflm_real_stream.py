@@ -24,31 +24,20 @@ from test_tflite_rewrite_stream import (
     streamed_graph,
     streamed_plan,
 )
-from test_tflm_real import _skip_reason
+from test_tflm_real import _skip_reason, ops  # noqa: F401 (the built glue)
 
 from backends import tflite_io as io
-from backends import tflm_custom as tc
 from backends.tflite_rewrite import STREAMED_GROUP_OP, write_rewritten_tflite
 from backends.tflite_tail import predict_tail
 from planner.checker import assert_valid
 from planner.cli import main
-from planner.errors import PlannerError
 
 PLANNERS = ["tflm-greedy", "tinyseg", "ilp"]
 STORAGES = [("ram",), ("file",), ("flash",), ("ram", "--compress")]
 
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
-
-
-@pytest.fixture(scope="module")
-def ops(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("tflm-cache")
-    try:
-        return tc.load(cache=cache)
-    except PlannerError as exc:
-        if "link" in str(exc):
-            pytest.skip(f"TFLM tree and installed wheel do not match: {exc}")
-        raise
+# Every test runs with the glue built and loaded (test_tflm_real's `ops` fixture).
+pytestmark = [pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason())),
+              pytest.mark.usefixtures("ops")]
 
 
 def _verify(capsys, planned: Path, *extra: str) -> dict:
@@ -91,7 +80,7 @@ def solved(tmp_path_factory):
 
 
 @pytest.mark.parametrize("planner", PLANNERS)
-def test_solved_streamed_plan_runs_on_real_tflm(planner, ops, solved, capsys):
+def test_solved_streamed_plan_runs_on_real_tflm(planner, solved, capsys):
     written, summary = solved(planner, capsys)
     assert STREAMED_GROUP_OP in io.custom_op_names(io.read_model(written.read_bytes()))
     report = _verify(capsys, written)
@@ -102,7 +91,7 @@ def test_solved_streamed_plan_runs_on_real_tflm(planner, ops, solved, capsys):
 
 
 @pytest.mark.parametrize("storage", STORAGES, ids=lambda s: "+".join(s).replace("--", ""))
-def test_solved_ilp_plan_on_storage(storage, ops, solved, capsys):
+def test_solved_ilp_plan_on_storage(storage, solved, capsys):
     """The ILP streams rows from and spills rows to storage (issue 15's acceptance: at
     most 100,000 B of head against 153,600 B without streaming), on every driver."""
     written, summary = solved("ilp", capsys)
@@ -124,7 +113,7 @@ def _hand_written(tmp_path: Path, spill: bool) -> tuple[Path, int]:
 
 
 @pytest.mark.parametrize("storage", STORAGES, ids=lambda s: "+".join(s).replace("--", ""))
-def test_rows_spilled_and_streamed_by_groups_on_real_tflm(storage, ops, capsys, tmp_path):
+def test_rows_spilled_and_streamed_by_groups_on_real_tflm(storage, capsys, tmp_path):
     written, peak = _hand_written(tmp_path, spill=True)
     report = _verify(capsys, written, "--storage", *storage)
     _assert_passes(report, written, storage[0])
@@ -133,7 +122,7 @@ def test_rows_spilled_and_streamed_by_groups_on_real_tflm(storage, ops, capsys, 
     assert peak < 100_000
 
 
-def test_spill_free_hand_plan_on_real_tflm(ops, capsys, tmp_path):
+def test_spill_free_hand_plan_on_real_tflm(capsys, tmp_path):
     written, _ = _hand_written(tmp_path, spill=False)
     _assert_passes(_verify(capsys, written), written, "ram")
 
@@ -156,7 +145,7 @@ def _ring_over_input(data: bytes) -> bytes:
     raise AssertionError("no group with a ring and a resident input")
 
 
-def test_planted_ring_overlap_changes_outputs(ops, capsys, tmp_path):
+def test_planted_ring_overlap_changes_outputs(capsys, tmp_path):
     written, _ = _hand_written(tmp_path, spill=False)
     bad = tmp_path / "corrupt.tflite"
     bad.write_bytes(_ring_over_input(written.read_bytes()))
