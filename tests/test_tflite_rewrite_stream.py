@@ -269,3 +269,12 @@ def test_group_moving_rows_to_two_storages_is_refused(planned, tmp_path):
 
     with pytest.raises(PlannerError, match="several storages"):
         rewrite(planned, replace(plan, transfers=renamed), TINY_UNET, PROFILE)
+
+
+def test_c_glue_tables_refuse_streamed_groups(planned, tmp_path):
+    from backends.c_glue import write_c_glue
+
+    plan = streamed_plan(planned, tuple(row_spilled(planned)))
+    with pytest.raises(PlannerError, match="cannot replay streamed groups"):
+        write_c_glue(planned, plan, TINY_UNET, tmp_path, profile=PROFILE)
+    assert not list(tmp_path.iterdir())  # nothing half-written
