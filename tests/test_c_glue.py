@@ -221,7 +221,8 @@ def tflm_ops_test(tmp_path_factory) -> Path:
 def test_tflm_ops_three_inferences_on_every_driver(tflm_ops_test: Path, driver: str,
                                                    tmp_path: Path):
     """Every custom op (Spill, Fetch, TinyPlanSplit, FusedConcat, FusedConcatConv2D plain /
-    grouped / depthwise, TinyPlanTransposeConv) through a fake of the TFLM API, prepared
+    grouped / depthwise, TinyPlanTransposeConv, TinyPlanStreamedGroup) through a fake of
+    the TFLM API, prepared
     once and invoked three times in a row; each inference's outputs must equal the direct
     computation and the first inference's (tests/c/tflm_ops_test.cc)."""
     if driver == "remote":
