@@ -15,10 +15,10 @@ def footprint(storage: Storage, nbytes: int) -> int:
 
 
 def transfer_seconds(storage: Storage, kind: str, nbytes: int, rows: int = 1) -> float:
+    if kind == "spill_rows":  # a spill of the same bytes, written one row per transfer
+        return transfer_seconds(storage, "spill", nbytes) + max(rows - 1, 0) * storage.latency_s
     if kind == "spill":
         return storage.write_seconds(footprint(storage, nbytes))
-    if kind == "spill_rows":  # the same bytes written, one transfer per row
-        return storage.write_seconds(footprint(storage, nbytes), transfers=rows)
     if kind == "fetch":
         return storage.read_seconds(nbytes)
     return storage.read_seconds(nbytes, transfers=rows)  # a stream reads row by row
@@ -33,6 +33,11 @@ def seconds_by_storage(graph: Graph, plan: Plan, profile: DeviceProfile) -> dict
     for t in plan.transfers:
         out[t.storage] = out.get(t.storage, 0.0) + _one(graph, t, profile)
     return out
+
+
+def _one(graph: Graph, t: Transfer, profile: DeviceProfile) -> float:
+    rows = stream_rows(graph.tensors[t.tensor], graph.layout)
+    return transfer_seconds(profile.storage(t.storage), t.kind, t.nbytes, rows)
 
 
 def stream_overhead_seconds(graph: Graph, profile: DeviceProfile) -> float:
@@ -57,8 +62,3 @@ def group_rows(graph: Graph, op_index: int) -> int:
     if "schedule" in op.attrs:
         return len(op.attrs["schedule"])
     return sum(stream_rows(graph.tensors[t], graph.layout) for t in op.outputs if t >= 0)
-
-
-def _one(graph: Graph, t: Transfer, profile: DeviceProfile) -> float:
-    rows = stream_rows(graph.tensors[t.tensor], graph.layout)
-    return transfer_seconds(profile.storage(t.storage), t.kind, t.nbytes, rows)

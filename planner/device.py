@@ -29,8 +29,8 @@ class Storage:
     write_granularity: int = 1  # writes are padded to this many bytes
     compression: bool = False  # TinySeg's most-frequent-byte elision on spilled data
 
-    def write_seconds(self, nbytes: int, transfers: int = 1) -> float:
-        return transfers * self.latency_s + nbytes / self.write_bytes_per_s
+    def write_seconds(self, nbytes: int) -> float:
+        return self.latency_s + nbytes / self.write_bytes_per_s
 
     def read_seconds(self, nbytes: int, transfers: int = 1) -> float:
         return transfers * self.latency_s + nbytes / self.read_bytes_per_s
@@ -44,12 +44,12 @@ class DeviceProfile:
     description: str = ""
     # Fused concat / concat+conv kernels available (the generated C glue); stock TFLM: no.
     fusion: bool = True
-    # The project's other custom kernels (planner/kernels.py), e.g. the scratch-free
-    # TRANSPOSE_CONV; False keeps every op on stock TFLM's kernel.
-    custom_kernels: bool = True
     # Row streaming's ring bookkeeping (slot indices, band checks) per member-op output row
     # of a streamed group, in seconds: planner/costs.py stream_overhead_seconds.
     row_overhead_s: float = 0.2e-6
+    # The project's other custom kernels (planner/kernels.py), e.g. the scratch-free
+    # TRANSPOSE_CONV; False keeps every op on stock TFLM's kernel.
+    custom_kernels: bool = True
 
     @property
     def can_stream(self) -> bool:
@@ -78,11 +78,11 @@ PROFILE_FIELDS: dict[str, Field] = {
     "description": Field("str", default="", maximum=10_000),
     "sram": Field("size", required=True, minimum=1),
     "fusion": Field("bool", default=True),
+    # Per member-op output row of a streamed group (ring bookkeeping), in microseconds.
+    "row_overhead_us": Field("number", default=0.2, maximum=1e6),
     # The project's custom kernels (planner/kernels.py); stock TFLM ('none') has none.
     "custom_kernels": Field("bool", default=True),
     "storage": Field("tables", default=[], max_items=64),
-    # Per member-op output row of a streamed group (ring bookkeeping), in microseconds.
-    "row_overhead_us": Field("number", default=0.2, maximum=1e6),
 }
 STORAGE_FIELDS: dict[str, Field] = {
     "name": Field("str", required=True, maximum=200),
@@ -143,6 +143,6 @@ def profile_from_dict(data: object, where: str, default_name: str = "profile") -
         storages=tuple(storages),
         description=top["description"],
         fusion=top["fusion"],
-        custom_kernels=top["custom_kernels"],
         row_overhead_s=float(top["row_overhead_us"]) * 1e-6,
+        custom_kernels=top["custom_kernels"],
     )

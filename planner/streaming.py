@@ -14,7 +14,7 @@ results are those of running the members one after another.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from . import kernels
@@ -109,17 +109,34 @@ class _Group:
     spill_rows: list[int]  # external outputs that are not graph outputs
 
 
-def _group(graph: Graph, ops: Sequence[int],
-           consumers: dict[int, list[int]] | None = None) -> _Group:
+class _Rows:
+    """Per op of one graph, computed once: why the row kernels refuse it, its row inputs
+    and its bands (choose_groups looks at each op in many candidate groups)."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.consumers = graph.consumers()
+        self._memo: dict[int, tuple[list[str], tuple[int, ...], tuple[Band, ...]]] = {}
+
+    def of(self, op: Op) -> tuple[list[str], tuple[int, ...], tuple[Band, ...]]:
+        if op.index not in self._memo:
+            why = kernels.row_refusals(self.graph, op)
+            self._memo[op.index] = (why, kernels.row_inputs(self.graph, op),
+                                    () if why else op_bands(self.graph, op))
+        return self._memo[op.index]
+
+
+def _group(graph: Graph, ops: Sequence[int], rows: _Rows | None = None) -> _Group:
     if not ops or list(ops) != list(range(ops[0], ops[0] + len(ops))) or \
             not 0 <= ops[0] <= ops[-1] < len(graph.ops):
         raise PlannerError(f"group {list(ops)}: not consecutive ops of the graph")
+    rows = rows if rows is not None and rows.graph is graph else _Rows(graph)
     members = [graph.ops[i] for i in ops]
     for op in members:
-        why = kernels.row_refusals(graph, op)
+        why = rows.of(op)[0]
         if why:
             raise PlannerError(f"group {list(ops)}: op {op.index}: {why[0]}")
-    users = consumers if consumers is not None else graph.consumers()
+    users = rows.consumers
     in_group = set(ops)
     out_of = [op.outputs[0] for op in members]
     producer = {t: m for m, t in enumerate(out_of)}
@@ -127,12 +144,12 @@ def _group(graph: Graph, ops: Sequence[int],
                 and all(u in in_group for u in users.get(t, []))]
     inputs = list(dict.fromkeys(t for op in members for t in op.inputs
                                 if t >= 0 and t not in producer))
-    reads = [kernels.row_inputs(graph, op) for op in members]
+    reads = [rows.of(op)[1] for op in members]
     row_read = {t for r in reads for t in r}
     outputs = [t for t in out_of if t not in internal]
     return _Group(
         members=members, out_of=out_of, reads=reads,
-        bands=[op_bands(graph, op) for op in members], producer=producer,
+        bands=[rows.of(op)[2] for op in members], producer=producer,
         internal=internal, inputs=inputs, outputs=outputs,
         stream_in=[t for t in inputs if t in row_read and graph.tensors[t].planned],
         spill_rows=[t for t in outputs if t not in graph.outputs],
@@ -184,20 +201,28 @@ def _pull_schedule(g: _Group) -> list[tuple[int, int]]:
 def _intervals(g: _Group, schedule: Iterable[tuple[int, int]]) -> dict[int, dict[int, list[int]]]:
     """Tensor -> row -> [first, last] schedule position the row must be held: from its
     production (or first read, for an input) to its last read."""
-    held: dict[int, dict[int, list[int]]] = {}
     n = len(g.members)
+    at = [[-1] * len(b) for b in g.bands]  # (member, row) -> its position in the schedule
     for p, (m, r) in enumerate(schedule):
-        if not (0 <= m < n and 0 <= r < len(g.bands[m])):
-            continue
-        lo, hi = g.bands[m][r]
+        if 0 <= m < n and 0 <= r < len(at[m]) and at[m][r] < 0:
+            at[m][r] = p
+    held = {g.out_of[m]: {r: [p, p] for r, p in enumerate(at[m]) if p >= 0} for m in range(n)}
+    for m in range(n):
+        bands = g.bands[m]
         for t in g.reads[m]:
             rows = held.setdefault(t, {})
-            for i in range(lo, hi + 1):
-                if i in rows:
-                    rows[i][1] = p
-                else:
-                    rows[i] = [p, p]
-        held.setdefault(g.out_of[m], {}).setdefault(r, [p, p])
+            for r, p in enumerate(at[m]):
+                if p < 0:
+                    continue
+                lo, hi = bands[r]
+                for i in range(lo, hi + 1):
+                    span = rows.get(i)
+                    if span is None:
+                        rows[i] = [p, p]
+                    elif p < span[0]:
+                        span[0] = p
+                    elif p > span[1]:
+                        span[1] = p
     return held
 
 
@@ -337,8 +362,10 @@ def verify_schedule(graph: Graph, group: StreamGroup) -> list[str]:
 # -- the planned graph ------------------------------------------------------------------------
 
 def _group_op(graph: Graph, group: StreamGroup, number: int, index: int,
-              tensors: list[Tensor], g: _Group | None = None) -> Op:
-    """The op that runs `group`, its ring tensors appended to `tensors`."""
+              tensors: list[Tensor], g: _Group | None = None,
+              held: dict[int, int] | None = None) -> Op:
+    """The op that runs `group`, its ring tensors appended to `tensors` (`held`: the rows
+    its schedule holds of each tensor, when already known)."""
     g = g or _group(graph, group.ops)
     rings = dict(group.rings)
     if set(rings) != set(g.internal):
@@ -351,7 +378,8 @@ def _group_op(graph: Graph, group: StreamGroup, number: int, index: int,
         scratch.append(len(tensors))
         tensors.append(Tensor(len(tensors), f"{src.name}/ring", (int(ring), int(w), int(c)),
                               src.dtype, int(ring) * row_bytes(src), Role.SCRATCH))
-    held = {t: least_ring(rows) for t, rows in _intervals(g, group.schedule).items()}
+    if held is None:
+        held = {t: least_ring(rows) for t, rows in _intervals(g, group.schedule).items()}
 
     def lines(ts: list[int]) -> list[list[int]]:
         return [[t, align(held.get(t, 1) * row_bytes(graph.tensors[t]))] for t in ts]
@@ -382,11 +410,11 @@ def apply_groups(source: Graph, groups: Iterable[StreamGroup]) -> Graph:
     tensors = list(source.tensors)
     ops: list[Op] = []
     i = 0
-    consumers = source.consumers()
+    rows = _Rows(source)
     while i < len(source.ops):
         if i in starts:
             number, group = starts[i]
-            g = _group(source, group.ops, consumers)
+            g = _group(source, group.ops, rows)
             ops.append(_group_op(source, group, number, len(ops), tensors, g))
             i = group.ops[-1] + 1
         else:
@@ -431,22 +459,38 @@ def group_candidates(source: Graph, profile) -> list[tuple[int, ...]]:
 
 
 def _segment_cost(source: Graph, ops: tuple[int, ...], can_stream: bool,
-                  consumers: dict[int, list[int]]) -> tuple[int, int] | None:
+                  rows: _Rows) -> tuple[int, int] | None:
     """(working set, rows computed) of `ops` as one group; None if the C limits refuse it."""
     from .analysis import group_working_set
 
     if len(ops) > kernels.GROUP_MAX_OPS:
         return None
-    g = _group(source, ops, consumers)
+    g = _group(source, ops, rows)
     if len(g.inputs) + len(g.outputs) + len(g.internal) > kernels.GROUP_MAX_VIEWS:
         return None
-    group = StreamGroup(ops, (), tuple(_pull_schedule(g)))
-    held = _intervals(g, group.schedule)
-    group = replace(group, rings=tuple((t, least_ring(held.get(t, {}))) for t in g.internal))
+    schedule = tuple(_pull_schedule(g))
+    held = {t: least_ring(r) for t, r in _intervals(g, schedule).items()}
+    group = StreamGroup(ops, tuple((t, held.get(t, 1)) for t in g.internal), schedule)
     tensors = list(source.tensors)
-    op = _group_op(source, group, 0, 0, tensors, g)
+    op = _group_op(source, group, 0, 0, tensors, g, held)
     need, _ = group_working_set(tensors, op, can_stream)
-    return need, len(group.schedule)
+    return need, len(schedule)
+
+
+def _ring_floor(source: Graph, rows: _Rows, ops: Sequence[int]) -> int:
+    """A lower bound on the rings of group `ops`: each internal tensor holds at least the
+    rows one reader reads at once (its widest band). It only grows as the group takes in
+    earlier ops, so the search stops extending there."""
+    in_group = set(ops)
+    total = 0
+    for i in ops:
+        t = source.ops[i].outputs[0]
+        users = rows.consumers.get(t, [])
+        if t not in source.outputs and all(u in in_group for u in users):
+            widest = max((hi - lo + 1 for u in users for lo, hi in rows.of(source.ops[u])[2]),
+                         default=1)
+            total += align(max(widest, 1) * row_bytes(source.tensors[t]))
+    return total
 
 
 def choose_groups(source: Graph, profile) -> tuple[StreamGroup, ...]:
@@ -463,7 +507,7 @@ def choose_groups(source: Graph, profile) -> tuple[StreamGroup, ...]:
     alone = op_working_sets(source, can_stream, profile.fusion, pair_fusion=False)
     pairs = {(f.concat, f.conv) for f in fusion_groups(source) if f.conv is not None} \
         if profile.fusion else set()
-    consumers = source.consumers()
+    rows_of = _Rows(source)
     chosen: list[StreamGroup] = []
     inf = float("inf")
     for run in group_candidates(source, profile):
@@ -479,27 +523,38 @@ def choose_groups(source: Graph, profile) -> tuple[StreamGroup, ...]:
                 else:
                     if i - j == 2 and (run[j], run[j + 1]) in pairs:
                         found.append((max(fused[run[j]], fused[run[j + 1]]), 0, False))
-                    c = _segment_cost(source, run[j:i], can_stream, consumers)
+                    c = _segment_cost(source, run[j:i], can_stream, rows_of)
                     if c is not None:
                         found.append((c[0], c[1], True))
                 options[(j, i)] = found
             return options[(j, i)]
 
-        def starts(i: int) -> range:
-            return range(max(0, i - kernels.GROUP_MAX_OPS), i)
+        def starts(i: int, cap: float, run=run) -> Iterator[int]:
+            """Segment starts for run[:i], longest segment last, while its rings alone
+            stay below `cap` (they only grow with the segment)."""
+            for j in range(i - 1, max(0, i - kernels.GROUP_MAX_OPS) - 1, -1):
+                if cap < inf and i - j > 2 and _ring_floor(source, rows_of, run[j:i]) >= cap:
+                    return
+                yield j
 
         best = [0.0] + [inf] * n  # least largest working set of run[:i]
         for i in range(1, n + 1):
-            best[i] = min((max(best[j], need) for j in starts(i) for need, _, _ in segment(j, i)),
-                          default=inf)
+            for j in starts(i, inf):
+                for need, _, _ in segment(j, i):
+                    best[i] = min(best[i], max(best[j], need))
+                if i - j > 2 and _ring_floor(source, rows_of, run[j:i]) >= best[i]:
+                    break
         bound = best[n]
-        rows = [0.0] + [inf] * n  # fewest group rows of run[:i] within the bound
+        # Fewest group rows of run[:i] within the bound, then fewest groups (each group
+        # boundary is a tensor to keep whole or move through storage).
+        rows: list[tuple[float, int]] = [(0.0, 0)] + [(inf, 0)] * n
         cut: list[tuple[int, bool]] = [(0, False)] * (n + 1)
         for i in range(1, n + 1):
-            for j in starts(i):
+            for j in starts(i, bound + 1):
                 for need, extra, grouped in segment(j, i):
-                    if need <= bound and rows[j] + extra < rows[i]:
-                        rows[i], cut[i] = rows[j] + extra, (j, grouped)
+                    cost = (rows[j][0] + extra, rows[j][1] + grouped)
+                    if need <= bound and cost < rows[i]:
+                        rows[i], cut[i] = cost, (j, grouped)
         i = n
         while i > 0:
             j, grouped = cut[i]

@@ -10,7 +10,7 @@ from stream_graphs import Chain
 
 from frontends import load_model
 from planner import streaming
-from planner.analysis import group_working_set
+from planner.analysis import group_working_set, working_set_bound
 from planner.checker import check
 from planner.costs import plan_transfer_seconds, stream_overhead_seconds, transfer_seconds
 from planner.device import load_profile
@@ -18,7 +18,6 @@ from planner.errors import InfeasibleBudget, PlannerError
 from planner.ir import Graph, OpKind, align
 from planner.kernels import apply_kernels
 from planner.planners.base import Request, registry
-from planner.planners.ilp.bounds import peak_bound_bytes
 from planner.planners.ilp.model import Stream, build_problem
 
 PLAN = registry()
@@ -57,6 +56,11 @@ def stream_graph() -> Graph:
     c = Chain(32, 8, 8, "stream_in")
     src = c.build([c.conv(c.conv(c.x, 8), 8)])
     return planned(src, (0, 1))
+
+
+def ws_bound(graph: Graph) -> int:
+    """The streamed working-set bound (analysis.py): what the ILP's proof rests on."""
+    return working_set_bound(graph, QSPI.can_stream, QSPI.fusion).bytes
 
 
 def group_op(graph: Graph, number: int = 0):
@@ -114,7 +118,7 @@ def test_a_row_spill_where_nothing_else_fits(solver):
     g = skip_graph()
     op = group_op(g)
     p = plan(g, solver)
-    assert p.status == "optimal" and p.peak_bytes == p.bound_bytes == peak_bound_bytes(g, QSPI)
+    assert p.status == "optimal" and p.peak_bytes == p.bound_bytes == ws_bound(g)
     # No plan that keeps both group outputs whole at the group's step fits this peak.
     assert p.peak_bytes < whole_outputs_bytes(g, op)
     lines = dict(op.attrs["spill_rows"])
@@ -195,7 +199,7 @@ def test_tiny_unet_int8_under_100k():
     p = PLAN["ilp"](Request(g, QSPI, time_limit=30))
     assert p.peak_bytes <= 100_000
     assert p.status == "optimal" and p.bound_bytes == p.peak_bytes
-    assert p.bound_bytes >= peak_bound_bytes(g, QSPI)
+    assert p.bound_bytes >= ws_bound(g)
     assert p.stream_groups == streaming.groups_of(g)
     assert check(g, p, QSPI.capacities) == []
 
@@ -218,3 +222,18 @@ def test_row_overhead_is_a_profile_field(tmp_path):
     path.write_text('sram = "64KiB"\nrow_overhead_us = -1\n')
     with pytest.raises(PlannerError, match="row_overhead_us"):
         load_profile(str(path))
+
+
+def test_no_group_streams_without_the_fused_kernels(tmp_path):
+    """analysis.working_set_bound lets group ops stream only where the profile can_stream
+    (storage and the generated glue's fused kernels): the model asks the same, so the
+    bound it proves against holds."""
+    path = tmp_path / "nofuse.toml"
+    text = (ROOT / "planner" / "profiles" / "qspi-flash.toml").read_text()
+    path.write_text(text.replace("[[storage]]", "fusion = false\n\n[[storage]]", 1))
+    prof = load_profile(str(path))
+    assert prof.storages and not prof.can_stream
+    g = stream_graph()
+    p = plan(g, profile=str(path))
+    assert not [t for t in p.transfers if t.kind in ("stream", "spill_rows")]
+    assert p.peak_bytes == p.bound_bytes == working_set_bound(g, False, False).bytes == 4288

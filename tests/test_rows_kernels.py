@@ -7,6 +7,8 @@ rings of the exact size, bit-exact against the unmodified model."""
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,34 +52,36 @@ def _conv_band(oy: int, stride: int, pad: int, k: int, h: int) -> list[int]:
 
 # -- CONV_2D / DEPTHWISE_CONV_2D ------------------------------------------------------------
 
-@examples(30)
+@examples(40)
 @given(h=st.integers(1, 7), w=st.integers(1, 6), groups=st.integers(1, 3),
-       gin=st.integers(1, 4), gout=st.integers(1, 3), k=st.integers(1, 4), s=st.integers(1, 3),
-       padding=st.sampled_from(["same", "valid"]), act=st.sampled_from(["none", "relu", "relu6"]),
+       gin=st.integers(1, 4), gout=st.integers(1, 3), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), padding=st.sampled_from(["same", "valid"]),
+       act=st.sampled_from(["none", "relu", "relu6", "relu_n1_to_1"]),
        seed=st.integers(0, 2**16))
-def test_conv_rows_match_reference(h, w, groups, gin, gout, k, s, padding, act, seed):
+def test_conv_rows_match_reference(h, w, groups, gin, gout, kh, kw, sh, sw, padding, act, seed):
+    """CONV_2D (grouped when groups > 1, 1x1 when kh = kw = 1), any strides and kernel."""
     rng = np.random.default_rng(seed)
-    if padding == "valid" and (h < k or w < k):
+    if padding == "valid" and (h < kh or w < kw):
         return
     cin, cout = groups * gin, groups * gout
-    oh = math.ceil(h / s) if padding == "same" else (h - k) // s + 1
-    ow = math.ceil(w / s) if padding == "same" else (w - k) // s + 1
-    filt = rng.integers(-127, 128, (cout, k, k, gin)).astype(np.int8)
+    oh = math.ceil(h / sh) if padding == "same" else (h - kh) // sh + 1
+    ow = math.ceil(w / sw) if padding == "same" else (w - kw) // sw + 1
+    filt = rng.integers(-127, 128, (cout, kh, kw, gin)).astype(np.int8)
     bias = rng.integers(-3000, 3000, cout).astype(np.int32)  # TFLite's int8 conv needs one
     in_q, out_q = _q(rng), _q(rng, 0.05, 0.5)
     f_scales = [float(np.float32(v)) for v in rng.uniform(0.002, 0.03, cout)]
     x = rng.integers(-128, 128, (1, h, w, cin)).astype(np.int8)
     want = reference(one_op_model("CONV_2D", x.shape, filt, bias, in_q, f_scales, out_q,
-                                  (1, oh, ow, cout), (s, s), padding, act), x)
+                                  (1, oh, ow, cout), (sh, sw), padding, act), x)
     mult, shift = ckernels.per_channel_multipliers(in_q[0], f_scales, out_q[0], cout)
-    pt = group_program.same_padding(h, oh, k, s) if padding == "same" else 0
-    pl = group_program.same_padding(w, ow, k, s) if padding == "same" else 0
-    assert (pt, pl) == (crows.same_padding(h, oh, k, s), crows.same_padding(w, ow, k, s)) or \
-        padding == "valid"
+    pt = group_program.same_padding(h, oh, kh, sh) if padding == "same" else 0
+    pl = group_program.same_padding(w, ow, kw, sw) if padding == "same" else 0
+    if padding == "same":
+        assert (pt, pl) == (crows.same_padding(h, oh, kh, sh), crows.same_padding(w, ow, kw, sw))
     for oy in range(oh):
-        ring = _band_ring(rng, x, _conv_band(oy, s, pt, k, h), k)
+        ring = _band_ring(rng, x, _conv_band(oy, sh, pt, kh, h), kh)
         got = crows.conv_row(ring, oy, filt, bias, mult, shift, in_shape=x.shape,
-                             out_shape=(1, oh, ow, cout), strides=(s, s), pads=(pt, pl),
+                             out_shape=(1, oh, ow, cout), strides=(sh, sw), pads=(pt, pl),
                              input_zero_point=in_q[1], output_zero_point=out_q[1],
                              act_range=ckernels.activation_range(act, *out_q))
         np.testing.assert_array_equal(got, want[0, oy].ravel(), err_msg=f"row {oy}")
@@ -752,3 +756,70 @@ def test_buffers_are_checked_before_the_c_runner_sees_them(chain1):
         crows.run_group(prog, frozen)
     with pytest.raises(crows.CKernelError, match="views, 2 buffers"):
         crows.run_group(prog, bases[:2])
+
+
+_ASAN_FUZZ = """
+import sys
+from pathlib import Path
+import numpy as np
+import backends.ckernels as ck
+_build = ck.build_shared
+ck.build_shared = lambda s, h, name, lib: Path(sys.argv[1]) if name == "crows" else \\
+    _build(s, h, name, lib)
+import test_rows_kernels as T
+from backends import crows, group_program
+m = T._chain2()
+for ops in ((2, 3, 4), (0, 1, 2, 3, 4)):
+    g = T.local_group(m.graph, ops)
+    inputs, outputs = T._views(m.graph, g)
+    e = [t for t in inputs if m.graph.tensors[t].name == "e"]
+    prog = group_program.encode_group(m.data, m.graph, g, inputs, outputs,
+                                      stream_in={t: (1, 64) for t in e},
+                                      spill_rows={outputs[0]: (1, 0)})
+    rng = np.random.default_rng(9)
+    st = T.Storage(1 << 22)
+    for i in range(int(sys.argv[2])):
+        bad = prog.copy()
+        for _ in range(int(rng.integers(1, 6))):
+            at = int(rng.integers(0, len(bad)))
+            bad[at] = rng.choice([0, -1, 1, 2, int(bad[at]) + int(rng.integers(-3, 4)),
+                                  int(rng.integers(-2**31, 2**31 - 1))])
+        try:
+            crows.group_return_code(bad, T._full_bases(prog), st.read, st.write, 0x55,
+                                    check=False)
+        except IndexError:
+            pass
+print("fuzzed")
+"""
+
+
+def test_fuzzed_programs_are_clean_under_asan_and_ubsan(tmp_path):
+    """The runner built with AddressSanitizer and UndefinedBehaviorSanitizer (aborting on
+    the first report) over fuzzed programs: no out-of-bounds access, no overflow."""
+    import shutil
+    import subprocess
+    import sys
+
+    cc = shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no gcc for the sanitizer build")
+    asan = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True,
+                          text=True).stdout.strip()
+    if not asan.startswith("/"):
+        pytest.skip("gcc has no libasan here")
+    lib = tmp_path / "libtprows_asan.so"
+    build = subprocess.run(
+        [cc, "-std=c99", "-O1", "-g", "-fsanitize=address,undefined",
+         "-fno-sanitize-recover=undefined", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror",
+         "-I", str(crows.C_DIR), "-o", str(lib), *(str(crows.C_DIR / s) for s in crows.SOURCES)],
+        capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    script = tmp_path / "fuzz.py"
+    script.write_text(_ASAN_FUZZ)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, LD_PRELOAD=asan, ASAN_OPTIONS="detect_leaks=0",
+               PYTHONPATH=f"{root}{os.pathsep}{root / 'tests'}")
+    done = subprocess.run([sys.executable, str(script), str(lib), "250"], capture_output=True,
+                          text=True, env=env, cwd=root, timeout=600)
+    assert done.returncode == 0 and "fuzzed" in done.stdout, done.stderr[-2000:]
+    assert "runtime error" not in done.stderr and "AddressSanitizer" not in done.stderr

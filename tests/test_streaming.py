@@ -17,7 +17,7 @@ from frontends import load_model
 from planner import streaming
 from planner.analysis import working_set_bound
 from planner.device import load_profile
-from planner.ir import OpKind, Role
+from planner.ir import OpKind, Role, align
 from planner.kernels import apply_kernels, op_kernels_of, row_refusals
 from planner.plan import StreamGroup
 
@@ -344,3 +344,53 @@ def test_every_planner_plans_a_planned_graph(unet) -> None:
         plan = registry()[name](Request(planned, QSPI, time_limit=10.0))
         assert plan.stream_groups == groups, name
         assert check(planned, plan, QSPI.capacities) == [], name
+
+
+# -- the row-kernel table and the group working set ---------------------------------------------
+
+def test_row_refusals_follow_the_table() -> None:
+    source = apply_kernels(load_model(TINY_UNET), QSPI)
+    assert all(row_refusals(source, op) == [] for op in source.ops)
+    stock = load_model(TINY_UNET)  # TRANSPOSE_CONV on TFLM's kernel: not a row op
+    assert [op.index for op in stock.ops if row_refusals(stock, op)] == [11, 15, 19]
+    c = Chain(6, 4, 2)
+    a = c.conv(c.x, 2)
+    b = c.add(a, c.conv(c.x, 2))
+    g = c.build([b])
+    conv = g.ops[0]
+    assert row_refusals(g, conv) == []
+    bent = [
+        replace(conv, attrs={**conv.attrs, "dilations": (2, 2)}),
+        replace(conv, attrs={**conv.attrs, "fused_activation": "tanh"}),
+        replace(conv, attrs={**conv.attrs, "padding": "explicit"}),
+        replace(conv, op_type="FULLY_CONNECTED"),
+    ]
+    for op in bent:
+        assert row_refusals(g, op), op
+    tensors = list(g.tensors)
+    tensors[a] = replace(tensors[a], shape=(2, 6, 4, 2))  # batch 2
+    assert any("batch 1" in w for w in row_refusals(replace(g, tensors=tuple(tensors)),
+                                                     g.ops[2]))
+    tensors = list(g.tensors)
+    tensors[a] = replace(tensors[a], shape=(1, 1, 4, 2))  # broadcasting add
+    assert any("no broadcasting" in w
+               for w in row_refusals(replace(g, tensors=tuple(tensors)), g.ops[2]))
+    assert row_refusals(replace(g, source_format="onnx"), conv)
+
+
+def test_group_working_set_needs_storage_to_stream(unet) -> None:
+    from planner.analysis import group_working_set
+
+    source, _, planned = unet
+    for op in planned.ops:
+        if op.kind != OpKind.STREAMED_GROUP:
+            continue
+        whole, _ = group_working_set(planned.tensors, op, can_stream=False)
+        lines, _ = group_working_set(planned.tensors, op, can_stream=True)
+        rings = sum(align(planned.tensors[t].nbytes) for t in op.scratch)
+        held = sum(align(planned.tensors[t].nbytes)
+                   for t in op.inputs + op.outputs if planned.tensors[t].planned)
+        assert whole == rings + held and lines <= whole
+    none = load_profile("none")  # no storage, no custom kernels: nothing streams
+    assert streaming.streamed_bound(load_model(TINY_UNET), none).bytes == \
+        working_set_bound(load_model(TINY_UNET), none.can_stream, none.fusion).bytes

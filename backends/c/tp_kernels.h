@@ -91,7 +91,8 @@ typedef struct {
   const int32_t *out_shift;      /* [out_c] */
 } tp_tconv_params;
 
-/* Bytes of row_acc that tp_transpose_conv_rows needs: out_w * out_c * 4. */
+/* Bytes of the row_acc callers reserve for tp_transpose_conv_rows: out_w * out_c * 4
+ * (kept for the scratch TinyPlanTransposeConv requests; the gather form writes none). */
 uint32_t tp_tconv_scratch_bytes(const tp_tconv_params *p);
 /* TFLite's TRANSPOSE_CONV padding (top or left) for one dimension: computed, as TFLite
  * does, from the output size alone (same: 1 for SAME, 0 for VALID). */

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from ...analysis import working_set_bound
 from ...checker import check
 from ...errors import InfeasibleBudget, PlannerError
 from ...ir import ALIGNMENT
 from ...plan import Plan
 from ..base import Request, register
-from .bounds import peak_bound_bytes, transfer_bound_seconds
+from .bounds import transfer_bound_seconds
 from .decompose import load_view_plan
 from .extract import to_plan
 from .fused import fused_plan
@@ -41,7 +42,7 @@ def plan_ilp(request: Request) -> Plan:
     limit = max(request.time_limit - (time.perf_counter() - start), 1e-3)
     clock = Budget.start(limit - min(EXTRACT_SECONDS, EXTRACT_SHARE * limit), request.work_limit)
     graph, profile, budget = request.graph, request.profile, request.budget
-    ws = peak_bound_bytes(graph, profile)
+    ws = working_set_bound(graph, profile.can_stream, profile.fusion).bytes
     # The all-fused spill-free packing first: on segmentation networks it often meets the
     # working-set bound with no transfers, which no search can beat.
     problem = build_problem(graph, profile)
@@ -166,7 +167,8 @@ def _proven_primary(seed: Plan, request: Request) -> int | None:
     """The primary objective's optimum when the seed already meets its lower bound
     (peak at the working-set bound, or no transfers): then only the secondary is searched."""
     if request.goal == "peak":
-        bound = peak_bound_bytes(request.graph, request.profile)
+        bound = working_set_bound(request.graph, request.profile.can_stream,
+                                  request.profile.fusion).bytes
         return -(-seed.peak_bytes // ALIGNMENT) if seed.peak_bytes <= bound else None
     return 0 if seed.est_transfer_seconds == 0 else None
 
@@ -194,8 +196,8 @@ def _certify(plan: Plan, request: Request, view_bound: int | None = None) -> Pla
     if request.goal != "peak":
         return plan
     # Valid for every plan the model admits; the load bound is not (fusion alone beats it).
-    bound = max(plan.bound_bytes or 0, view_bound or 0,
-                peak_bound_bytes(request.graph, request.profile))
+    bound = max(plan.bound_bytes or 0, view_bound or 0, working_set_bound(
+        request.graph, request.profile.can_stream, request.profile.fusion).bytes)
     if plan.peak_bytes <= bound:
         return replace(plan, status="optimal", bound_bytes=plan.peak_bytes,
                        notes=tuple(n for n in plan.notes if not n.startswith(UNPROVEN_NOTES)))

@@ -14,27 +14,8 @@ relaxation spills fractions of tensors), so this is what the gap is measured aga
 
 from __future__ import annotations
 
-from ...analysis import group_working_set, op_working_sets, working_set_bound
-from ...device import DeviceProfile
-from ...ir import ALIGNMENT, Graph, OpKind
+from ...ir import ALIGNMENT
 from .model import Need, Problem
-
-
-def peak_bound_bytes(graph: Graph, profile: DeviceProfile) -> int:
-    """No plan the exact model admits has a lower peak: the working-set bound, where a
-    streamed group op needs its rings, each input whole or its stream_in lines, and each
-    output whole or its spill_rows lines (analysis.group_working_set).
-
-    The model streams group rows wherever there is storage, fused kernels or not, so group
-    ops are bounded with that (working_set_bound gates them on `can_stream`, which also
-    asks for the fused kernels).
-    """
-    if not any(op.kind == OpKind.STREAMED_GROUP for op in graph.ops):
-        return working_set_bound(graph, profile.can_stream, profile.fusion).bytes
-    plain = op_working_sets(graph, profile.can_stream, profile.fusion)
-    return max((group_working_set(graph.tensors, op, bool(profile.storages))[0]
-                if op.kind == OpKind.STREAMED_GROUP else plain[op.index] for op in graph.ops),
-               default=0)
 
 
 def transfer_bound_seconds(problem: Problem, peak_bytes: int) -> float:

@@ -14,7 +14,7 @@ from ...costs import footprint
 from ...plan import Plan
 from . import search
 from .extract import Solution
-from .model import Need, Problem, Stream, costs_us, row_spill_extra_us
+from .model import Need, Problem, Stream, costs_us
 from .search import Budget, Progress
 
 PRESOLVE_MAX_VARIABLES = 5000
@@ -174,7 +174,7 @@ class CpSatModel:
                         if (i, j) in v.s and item.points[j].stream == Stream.ROWS_OUT]
             for st in p.storages():
                 write, fetch, stream = costs_us(st, item.nbytes, item.rows)
-                extra = row_spill_extra_us(st, item.nbytes, item.rows)
+                extra = item.row_spill_extra_us(st)
                 y = v.y[(i, st.name)]
                 cost_terms.append(write * y)
                 if len(p.storages()) == 1:

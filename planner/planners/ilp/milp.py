@@ -17,7 +17,7 @@ import pulp
 from ...costs import footprint
 from ..base import Request
 from .extract import Solution
-from .model import Need, Problem, Stream, costs_us, row_spill_extra_us
+from .model import Need, Problem, Stream, costs_us
 
 Box = tuple[str, int, int, int]  # (kind, item or tensor, a or point, b)
 
@@ -141,7 +141,7 @@ class _Milp:
                         if (i, j) in self.s and item.points[j].stream == Stream.ROWS_OUT]
             for st in p.storages():
                 write, fetch, stream = costs_us(st, item.nbytes, item.rows)
-                extra = row_spill_extra_us(st, item.nbytes, item.rows)
+                extra = item.row_spill_extra_us(st)
                 y = self.y[(i, st.name)]
                 self.cost += write * y
                 if len(p.storages()) == 1:

@@ -90,6 +90,13 @@ class Item:
     def span(self, a: int, b: int) -> tuple[int, int]:
         return self.points[a].step, self.points[b].step
 
+    def row_spill_extra_us(self, storage: Storage) -> int:
+        """What writing this item row by row (spill_rows) costs beyond one whole spill, in
+        whole microseconds: the encodings price a row spill as the spill plus this."""
+        write = costs_us(storage, self.nbytes, self.rows)[0]
+        rows = transfer_seconds(storage, "spill_rows", self.nbytes, self.rows)
+        return max(0, math.ceil(rows * 1e6) - write)
+
 
 @dataclass
 class Variant:
@@ -151,13 +158,6 @@ def costs_us(storage: Storage, nbytes: int, rows: int) -> tuple[int, int, int]:
     )
 
 
-def row_spill_extra_us(storage: Storage, nbytes: int, rows: int) -> int:
-    """What writing `nbytes` row by row (spill_rows) costs beyond one whole spill, in whole
-    microseconds: the encodings price a row spill as the spill's write plus this."""
-    write = costs_us(storage, nbytes, rows)[0]
-    return max(0, math.ceil(transfer_seconds(storage, "spill_rows", nbytes, rows) * 1e6) - write)
-
-
 def group_streams(graph: Graph) -> dict[int, tuple[dict[int, int], dict[int, int]]]:
     """Per streamed group op: ({stream_in tensor: line bytes}, {spill_rows tensor: line bytes})."""
     out = {}
@@ -183,7 +183,8 @@ def build_problem(graph: Graph, profile: DeviceProfile, allow_split: bool = True
     scratch = {t.id for t in graph.tensors if t.role == Role.SCRATCH}
     fixed = [(t, life[t][0], align(graph.tensors[t].nbytes) // ALIGNMENT)
              for t in life if t in scratch]
-    streamed = group_streams(graph)
+    # Gated as analysis.working_set_bound gates them, so that its bound holds for the model.
+    streamed = group_streams(graph) if profile.can_stream else {}
 
     def points_for(t: int) -> tuple[list[Point], int | None]:
         eliminated = None
