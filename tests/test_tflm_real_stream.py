@@ -40,9 +40,9 @@ pytestmark = [pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_re
               pytest.mark.usefixtures("ops")]
 
 
-def _verify(capsys, planned: Path, *extra: str) -> dict:
+def _verify(capsys, planned: Path, *extra: str, original: Path = TINY_UNET) -> dict:
     capsys.readouterr()
-    code = main(["verify-tflm", str(TINY_UNET), str(planned), "--runs", "3", "--json",
+    code = main(["verify-tflm", str(original), str(planned), "--runs", "3", "--json",
                  "--profile", "qspi-flash", *extra])
     report = json.loads(capsys.readouterr().out)
     assert code == (0 if report["ok"] else 1)
@@ -152,3 +152,21 @@ def test_planted_ring_overlap_changes_outputs(capsys, tmp_path):
     report = _verify(capsys, bad)
     assert not report["ok"]
     assert any(not r["identical"] for r in report["runs"])
+
+
+@pytest.mark.parametrize("name", ["fcn_additive_int8", "irregular_int8", "mbv2_unet_int8",
+                                  "unet_wide96_int8"])
+def test_zoo_streamed_ilp_plans_on_real_tflm(name, capsys, tmp_path):
+    """The other zoo models (transpose convs, grouped and depthwise convs, skip ADDs) with
+    the ILP's row-streamed plan, on NOR flash."""
+    model = TINY_UNET.parent / f"{name}.tflite"
+    capsys.readouterr()
+    assert main(["solve", str(model), "--row-streaming", "--planner", "ilp", "--profile",
+                 "qspi-flash", "--time-limit", "30", "--emit", "tflite", "-o", str(tmp_path),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    [written] = tmp_path.glob("*.planned.tflite")
+    assert STREAMED_GROUP_OP in io.custom_op_names(io.read_model(written.read_bytes()))
+    report = _verify(capsys, written, "--storage", "flash", original=model)
+    _assert_passes(report, written, "flash" if "Spill" in report["custom_ops"] else "ram")
+    assert report["planned_arena_bytes"]["tail"] == summary["tail_bytes"]
