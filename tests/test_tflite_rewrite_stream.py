@@ -278,3 +278,15 @@ def test_c_glue_tables_refuse_streamed_groups(planned, tmp_path):
     with pytest.raises(PlannerError, match="cannot replay streamed groups"):
         write_c_glue(planned, plan, TINY_UNET, tmp_path, profile=PROFILE)
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_tail_counts_one_group_data_per_group_op(planned, tmp_path):
+    """Each TinyPlanStreamedGroup adds GroupData (InitGroup's one allocation) and nothing
+    in Prepare: the program stays in the options, views are checked on eval tensors."""
+    from backends.tflite_tail import CUSTOM_STRUCTS, predict_tail
+
+    model = _written(planned, streamed_plan(planned), tmp_path)
+    allocs = [a for a in predict_tail(model).allocations
+              if a.what.startswith(STREAMED_GROUP_OP)]
+    assert sorted(a.size for a in allocs) == \
+        [CUSTOM_STRUCTS["GroupData"]] * len(_group_ops(planned))
