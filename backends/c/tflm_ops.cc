@@ -1,5 +1,6 @@
 // TFLM custom-op registrations for a rewritten .tflite (backends/tflite_rewrite.py):
-// Spill, Fetch, FusedConcat, FusedConcatConv2D, TinyPlanTransposeConv, TinyPlanSplit.
+// Spill, Fetch, FusedConcat, FusedConcatConv2D, TinyPlanTransposeConv, TinyPlanSplit,
+// TinyPlanStreamedGroup.
 // Compiled only where the TFLM headers are on the include path; elsewhere this file is
 // empty. No builtin is replaced: every op here is registered with AddCustom.
 //
