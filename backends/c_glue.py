@@ -32,7 +32,8 @@ C_DIR = Path(__file__).parent / "c"
 RUNTIME_SOURCES = (
     "tp_storage.h", "tp_storage_file.c", "tp_storage_flash.c", "tp_storage_remote.c",
     "tp_stream_tcp.h", "tp_stream_tcp.c", "tp_compress.h", "tp_compress.c",
-    "tp_runtime.h", "tp_runtime.c", "tp_kernels.h", "tp_kernels.c", "tflm_ops.cc",
+    "tp_runtime.h", "tp_runtime.c", "tp_kernels.h", "tp_kernels.c", "tp_rows.h", "tp_rows.c",
+    "tflm_ops.cc",
 )
 SPILL, FETCH, STREAM, COMPACT = 0, 1, 2, 3
 OP_PLAIN, OP_STREAM_CONCAT, OP_FUSED_AWAY, OP_FUSED_CONV, OP_CHANNEL_CONCAT = 0, 1, 2, 3, 4
@@ -384,6 +385,12 @@ def write_c_glue(graph: Graph, plan: Plan, model_path: Path | None, outdir: str 
     refused = plan_violations(graph, plan)
     if refused:  # the runtime would have no kernel for it (planner/kernels.py)
         raise PlannerError(f"the plan needs a kernel that does not exist: {refused[0]}")
+    if plan.stream_groups:
+        # tp_plan has no action for rows a group spills or streams; the group op itself
+        # (TinyPlanStreamedGroup in tflm_ops.cc, tp_rows.c) does that inside TFLM.
+        raise PlannerError("the C glue's plan tables cannot replay streamed groups: emit "
+                           "tflite and run it with backends/c/tflm_ops.cc and tp_rows.c "
+                           "(docs/c_runtime.md)")
     assert_valid(graph, plan, capacities)
     tables = build_tables(graph, plan, profile)
     out = Path(outdir)

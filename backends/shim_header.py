@@ -36,7 +36,7 @@ def buffer_entries(graph: Graph, plan: Plan, model_path: Path,
     """(offset, comment) per shim buffer, in TFLM's AddBuffer order."""
     if len(io.read_model(model_path).subgraphs or []) > 1:
         raise PlannerError("the planner-shim header supports single-subgraph models only")
-    spill_free = not (plan.transfers or plan.fusions or plan.parts)
+    spill_free = not (plan.transfers or plan.fusions or plan.parts or plan.stream_groups)
     if spill_free:
         at = {s.tensor: s for s in plan.segments if s.role == "tensor"}
         entries = []

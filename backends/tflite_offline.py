@@ -152,7 +152,7 @@ def planned_path(model_path: Path, outdir: Path) -> Path:
 def write_offline_tflite(graph: Graph, plan: Plan, model_path: Path, outdir: Path,
                          **ctx) -> list[Path]:
     """`<stem>.planned.tflite`: the model plus the plan as offline offsets (and TinyPlanPeak)."""
-    if plan.transfers or plan.fusions or plan.parts or plan.op_kernels:
+    if plan.transfers or plan.fusions or plan.parts or plan.op_kernels or plan.stream_groups:
         from .tflite_rewrite import write_rewritten_tflite
 
         return write_rewritten_tflite(graph, plan, model_path, outdir, **ctx)

@@ -20,7 +20,14 @@ whole schedule:
   buffer is an extra output of the fused op (lives at that op only);
 - a TRANSPOSE_CONV the plan runs on the row kernel (`plan.op_kernels`) becomes
   `TinyPlanTransposeConv` with the builtin's inputs, so the model needs the C glue
-  even when the plan spills nothing.
+  even when the plan spills nothing;
+- a streamed group (a planned-graph op of kind STREAMED_GROUP, plan.stream_groups)
+  replaces its member ops by one `TinyPlanStreamedGroup`: inputs the group op's inputs
+  (-1 for one streamed from storage), outputs its outputs (the line buffer in place of
+  one spilled row by row), then one tensor per ring, then the line buffers of the
+  streamed inputs; the member ops' internal tensors are touched by no op and get shape
+  [0]. Its options are a small header (storage, per-transfer records) and then the
+  program words of backends/group_program.py.
 
 A plan that needs a kernel the table (planner/kernels.py) does not offer is refused.
 
@@ -42,10 +49,11 @@ from typing import Any
 
 from planner.analysis import lifetimes
 from planner.errors import PlannerError
-from planner.ir import Graph, Role, align
+from planner.ir import Graph, OpKind, Role, align
 from planner.kernels import (
     ROWS_KERNEL,
     SPLIT_IN_PLACE,
+    STREAMED_GROUP,
     TRANSPOSE_CONV_ROWS,
     plan_violations,
 )
@@ -66,6 +74,14 @@ SOURCE_ARENA, SOURCE_STREAM = 0, 1
 # TinyPlanSplit: [version, axis, keep_channels]; TinyPlanTransposeConv: [version, padding
 # (0 SAME, 1 VALID), stride_h, stride_w, fused_activation].
 SIMPLE_FIELDS = {SPLIT_IN_PLACE.custom_op: 3, TRANSPOSE_CONV_ROWS.custom_op: 5}
+# TinyPlanStreamedGroup: [version, storage_id (-1 none)], then the program words of
+# backends/group_program.py; its view table (tp_rows.h: a 6-word header with n_views at
+# word 2, then per view [mode, height, row_bytes, rows_held, address]) says which views
+# stream from or spill rows to storage.
+STREAMED_GROUP_OP = STREAMED_GROUP.custom_op
+GROUP_HEADER = 2
+PROGRAM_HEADER, VIEW_FIELDS = 6, 5
+VIEW_WHOLE, VIEW_RING, VIEW_STREAM_IN, VIEW_SPILL_ROWS = 0, 1, 2, 3
 
 Key = tuple[int, "int | None"]
 
@@ -84,7 +100,8 @@ class Rewrite:
 
 
 class _Builder:
-    def __init__(self, graph: Graph, plan: Plan, model: Any, storages: Sequence[str]):
+    def __init__(self, graph: Graph, plan: Plan, model: Any, storages: Sequence[str],
+                 source_model: Any = None):
         self.fb = io.schema()
         self.graph, self.plan, self.model = graph, plan, model
         self.sub = model.subgraphs[0]
@@ -103,7 +120,14 @@ class _Builder:
         self.ops: list[Any] = []
         self.op_steps: list[int] = []
         self.inplace: set[int] = set()
-        self.op_kernels = dict(plan.op_kernels)
+        # A planned graph (streaming.apply_groups) names source-graph ops in op_kernels
+        # and stream_groups; the file's operators are the source graph's.
+        self.source_op = source_op_indices(graph)
+        planned_of = {src: k for k, src in enumerate(self.source_op)
+                      if graph.ops[k].kind != OpKind.STREAMED_GROUP}
+        self.op_kernels = {planned_of[i]: kernel for i, kernel in plan.op_kernels
+                           if i in planned_of}
+        self.source_model = source_model
 
     # -- tensors ---------------------------------------------------------------------
     def index(self, t: int) -> int:
@@ -349,6 +373,68 @@ class _Builder:
         return self.custom(TRANSPOSE_CONV_ROWS.custom_op, list(rop.inputs), list(rop.outputs),
                            opts)
 
+    def streamed_group(self, k: int, step: int) -> None:
+        """`TinyPlanStreamedGroup` for planned op k: its members run row by row in C."""
+        from .group_program import encode
+
+        op = self.graph.ops[k]
+        inputs: list[int] = []
+        outputs: list[int] = []
+        stream_lines: list[int] = []
+        storages: set[str] = set()
+        for t in op.inputs:
+            if t < 0 or t not in self.life:  # omitted, or a constant read whole
+                inputs.append(t if t < 0 else self.index(t))
+                continue
+            self.refuse_split(t, k)
+            tr = self.transfers.get(("stream", t, None, step))
+            if tr is None:  # (group_program.encode gives the view the same mode)
+                inputs.append(self.whole(t, step))
+                continue
+            stream_lines.append(self.group_line(t, step, "line"))
+            inputs.append(-1)
+            storages.add(tr.storage)
+        for t in op.outputs:
+            self.refuse_split(t, k)
+            tr = self.transfers.get(("spill_rows", t, None, step))
+            if tr is None:
+                outputs.append(self.whole(t, step))
+                continue
+            # Written to storage row by row: the op's output slot is its line buffer.
+            outputs.append(self.group_line(t, step, "rows"))
+            storages.add(tr.storage)
+        rings = []
+        for t in op.scratch:
+            seg = self.resident(t, None, step)
+            tensor = self.graph.tensors[t]
+            if seg is None:
+                raise PlannerError(f"ring {tensor.name} of group op {k}: no segment at its step")
+            if tensor.dtype != "int8":
+                raise PlannerError(f"ring {tensor.name}: {tensor.dtype}, the row kernels are int8")
+            rings.append(self.new_tensor(None, tensor.name, list(tensor.shape),
+                                         self.fb.TensorType.INT8, seg))
+        if len(storages) > 1:
+            raise PlannerError(f"group op {k} moves rows to several storages "
+                               f"({', '.join(sorted(storages))}): one storage per group")
+        storage = self.storage_id[storages.pop()] if storages else -1
+        program = [int(w) for w in encode(self.source_model, self.graph, self.plan, k)]
+        self.emit(self.custom(STREAMED_GROUP_OP, inputs, outputs + rings + stream_lines,
+                              [OPTIONS_VERSION, storage, *program]), step)
+
+    def refuse_split(self, t: int, k: int) -> None:
+        if t in self.split:
+            raise PlannerError(f"group op {k}: tensor {t} is channel-split; a streamed group "
+                               "reads and writes whole tensors")
+
+    def group_line(self, t: int, step: int, what: str) -> int:
+        """The line-buffer tensor of tensor t's stream / row spill at a group step."""
+        line = self.lines.get((t, None, step))
+        if line is None:
+            raise PlannerError(f"tensor {t} at step {step}: streamed by a group without a "
+                               "line-buffer segment")
+        return self.new_tensor(None, f"{self.graph.tensors[t].name}/{what}@{step}",
+                               [line.size], self.fb.TensorType.INT8, line)
+
     # -- driver --------------------------------------------------------------------------
     def build(self) -> None:
         g, plan = self.graph, self.plan
@@ -379,14 +465,17 @@ class _Builder:
                 for tr in sorted(by_step["fetch"][step], key=lambda x: (x.tensor, x.part or 0)):
                     self.fetch(tr)
                 k = step - 1
-                if k in fused_concat:
+                rop = rops[self.source_op[k]]
+                if g.ops[k].kind == OpKind.STREAMED_GROUP:
+                    self.streamed_group(k, step)
+                elif k in fused_concat:
                     pass  # folded into its conv
                 elif k in fused_conv:
-                    self.fused_concat_conv(fused_conv[k], k, rops[k], step)
+                    self.fused_concat_conv(fused_conv[k], k, rop, step)
                 elif k in streaming:
-                    self.fused_concat(k, rops[k], step)
+                    self.fused_concat(k, rop, step)
                 else:
-                    self.plain(k, rops[k], step)
+                    self.plain(k, rop, step)
             for tr in sorted(by_step["spill"][step], key=lambda x: (x.tensor, x.part or 0)):
                 self.spill(tr)
             for t in sorted(splits[step]):
@@ -395,6 +484,29 @@ class _Builder:
         self.sub.outputs = [self.whole(t, last) if t in self.life else self.index(t)
                             for t in g.outputs]
         self.sub.operators = self.ops
+
+
+def source_op_indices(graph: Graph) -> list[int]:
+    """Per op of `graph`, the index of its operator in the .tflite file: itself, or for a
+    planned graph (streaming.apply_groups, ops copied in order) the source op it copies;
+    a group op maps to its first member."""
+    if graph.source is None:
+        return list(range(len(graph.ops)))
+    out, nxt = [], 0
+    for op in graph.ops:
+        if op.kind == OpKind.STREAMED_GROUP:
+            members = [int(m) for m in op.attrs["members"]]
+            if members != list(range(nxt, nxt + len(members))):
+                raise PlannerError(f"group op {op.index}: members {members} do not follow "
+                                   f"source op {nxt - 1}")
+            out.append(members[0])
+            nxt = members[-1] + 1
+        else:
+            out.append(nxt)
+            nxt += 1
+    if nxt != len(graph.source.ops):
+        raise PlannerError("the planned graph does not cover its source graph's ops")
+    return out
 
 
 def storage_names(plan: Plan, profile: Any = None) -> list[str]:
@@ -414,11 +526,14 @@ def rewrite(graph: Graph, plan: Plan, model_path: Path, profile: Any = None) -> 
     if len(model.subgraphs or []) != 1:
         raise PlannerError("the .tflite rewrite supports single-subgraph models only")
     storages = storage_names(plan, profile)
-    b = _Builder(graph, plan, model, storages)
+    source_model = io.read_model(model_path) if plan.stream_groups else None
+    b = _Builder(graph, plan, model, storages, source_model)
     b.build()
     _empty_untouched(model)
     plan_at = {s.tensor: s.offset for s in plan.segments if s.role == "tensor"}
-    scratch = [plan_at[s] for op in graph.ops for s in op.scratch if s in plan_at]
+    # A group's rings are tensors of the rewritten model, not kernel scratch requests.
+    scratch = [plan_at[s] for op in graph.ops if op.kind != OpKind.STREAMED_GROUP
+               for s in op.scratch if s in plan_at]
     return Rewrite(model, b.offsets, b.op_steps, b.segment_of, b.inplace, storages, scratch)
 
 
@@ -513,11 +628,52 @@ def _check_options(k: int, name: str, op: Any) -> list[str]:
         return [] if len(words) == TRANSFER_FIELDS else [f"op {k} {name}: {len(words)} words"]
     if name in SIMPLE_FIELDS:
         return [] if len(words) == SIMPLE_FIELDS[name] else [f"op {k} {name}: {len(words)} words"]
+    if name == STREAMED_GROUP_OP:
+        return _check_group_options(k, op, words)
     n = words[2] if len(words) > 2 else -1
     if n < 0 or len(words) != FUSED_HEADER + n * FUSED_INPUT_FIELDS or \
             len(op.inputs if op.inputs is not None else []) < n:
         return [f"op {k} {name}: options do not describe its inputs"]
     return []
+
+
+def group_views(words: Sequence[int]) -> tuple[int, list[list[int]]]:
+    """(storage id, program views [mode, height, row_bytes, rows_held, address]) of
+    TinyPlanStreamedGroup options; ValueError when they are cut short."""
+    program = list(words[GROUP_HEADER:])
+    if len(program) < PROGRAM_HEADER or program[2] < 0:
+        raise ValueError("no program header")
+    n = program[2]
+    end = PROGRAM_HEADER + VIEW_FIELDS * n
+    if len(program) < end:
+        raise ValueError("view table cut short")
+    return words[1], [program[i:i + VIEW_FIELDS] for i in range(PROGRAM_HEADER, end, VIEW_FIELDS)]
+
+
+def _check_group_options(k: int, op: Any, words: list[int]) -> list[str]:
+    """The view table against the op's own tensor lists (the program itself is checked in
+    C, by tp_group_check, when TFLM prepares the op)."""
+    name = f"op {k} {STREAMED_GROUP_OP}"
+    try:
+        storage, views = group_views(words)
+    except ValueError as exc:
+        return [f"{name}: {exc}"]
+    inputs = list(op.inputs if op.inputs is not None else [])
+    n_out = len(op.outputs if op.outputs is not None else [])
+    modes = [v[0] for v in views]
+    streamed = modes.count(VIEW_STREAM_IN)
+    if len(views) != len(inputs) + n_out - streamed:
+        return [f"{name}: {len(views)} program views for {len(inputs)} inputs, {n_out} outputs"]
+    errors = []
+    if [i for i, t in enumerate(inputs) if t == -1] != \
+            [v for v, m in enumerate(modes) if m == VIEW_STREAM_IN]:
+        errors.append(f"{name}: omitted inputs and streamed views differ")
+    if any(m == VIEW_SPILL_ROWS for m in modes[:len(inputs)]) or \
+            any(m == VIEW_STREAM_IN for m in modes[len(inputs):]):
+        errors.append(f"{name}: a stream_in output or a spill_rows input")
+    if storage < 0 and (VIEW_STREAM_IN in modes or VIEW_SPILL_ROWS in modes):
+        errors.append(f"{name}: storage transfers without a storage")
+    return errors
 
 
 def check_rewritten(data: bytes) -> list[str]:

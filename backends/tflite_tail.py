@@ -300,6 +300,8 @@ CUSTOM_STRUCTS: dict[str, int] = {
     "tp_stream_state": 344,  # includes its tp_reader (decompression state)
     "TconvData": 136,  # int32 opts[5], tp_tconv_params, scratch index, 16x8 flag
     "SplitData": 12,  # int32 opts[3]
+    # storage, program pointer and counts, two readers (decoders of compressed streams)
+    "GroupData": 688,
 }
 MAX_FUSED_INPUTS = 8  # TP_TFLM_MAX_INPUTS: InitFused allocates one stream state per slot
 
@@ -327,6 +329,9 @@ CUSTOM_KERNELS: dict[str, Kernel] = {
                                     prepare=_fused_conv, scratch=lambda op: 1,
                                     temps=("i2", "i1", "o0", "i0", "i3")),
     "TinyPlanSplit": Kernel(init=(CUSTOM_STRUCTS["SplitData"],), temps=()),
+    # InitGroup: GroupData only (the program stays in the model's options); PrepareGroup
+    # checks the views against eval tensors, so it allocates no temporaries.
+    "TinyPlanStreamedGroup": Kernel(init=(CUSTOM_STRUCTS["GroupData"],), temps=()),
 }
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planner.errors import PlannerError
+from planner.kernels import STREAMED_GROUP
 
 ENV_ROOT = "TINYPLAN_TFLM_ROOT"
 ENV_INCLUDES = "TINYPLAN_TFLM_INCLUDES"
@@ -44,6 +45,7 @@ THIRD_PARTY = {
     "ruy/profiler/instrumentation.h": "ruy",
 }
 STORAGE_KINDS = {"ram": 0, "file": 1, "flash": 2, "remote": 3}
+STREAMED_GROUP_OP = STREAMED_GROUP.custom_op
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,9 @@ def storage_specs(model, driver: str, profile=None, compress: bool = False,
     names = raw.decode("utf-8", "replace").splitlines() if raw else []
     ends = [0] * len(names)
     for op, name in _custom_ops(model):
+        if name == STREAMED_GROUP_OP and op.customOptions is not None:
+            _group_ends(op, names, ends)
+            continue
         if name != "Spill" or op.customOptions is None:
             continue
         words = io.unpack_int32(bytes(bytearray(op.customOptions)))
@@ -295,6 +300,25 @@ def storage_specs(model, driver: str, profile=None, compress: bool = False,
         squeeze = compress or (known is not None and known.compression)
         specs.append(StorageSpec(driver, capacity, block, granule, squeeze, path))
     return specs
+
+
+def _group_ends(op, names: Sequence[str], ends: list[int]) -> None:
+    """Raise `ends` to cover the rows a TinyPlanStreamedGroup spills (its view table)."""
+    from . import tflite_io as io
+    from .tflite_rewrite import VIEW_SPILL_ROWS, group_views
+
+    words = io.unpack_int32(bytes(bytearray(op.customOptions)))
+    try:
+        storage, views = group_views(words)
+    except ValueError as exc:
+        raise PlannerError(f"{STREAMED_GROUP_OP} with malformed options: {exc}") from None
+    for mode, height, row_bytes, _held, address in views:
+        if mode != VIEW_SPILL_ROWS:
+            continue
+        if not 0 <= storage < len(names):
+            raise PlannerError(f"{STREAMED_GROUP_OP} spills rows to storage {storage}, which "
+                               "the model's TinyPlanStorages does not name")
+        ends[storage] = max(ends[storage], address + height * row_bytes)
 
 
 def _custom_ops(model):

@@ -221,7 +221,8 @@ def tflm_ops_test(tmp_path_factory) -> Path:
 def test_tflm_ops_three_inferences_on_every_driver(tflm_ops_test: Path, driver: str,
                                                    tmp_path: Path):
     """Every custom op (Spill, Fetch, TinyPlanSplit, FusedConcat, FusedConcatConv2D plain /
-    grouped / depthwise, TinyPlanTransposeConv) through a fake of the TFLM API, prepared
+    grouped / depthwise, TinyPlanTransposeConv, TinyPlanStreamedGroup) through a fake of
+    the TFLM API, prepared
     once and invoked three times in a row; each inference's outputs must equal the direct
     computation and the first inference's (tests/c/tflm_ops_test.cc)."""
     if driver == "remote":
@@ -232,22 +233,27 @@ def test_tflm_ops_three_inferences_on_every_driver(tflm_ops_test: Path, driver: 
         ran = run(tflm_ops_test, "3", spec)
     assert ran.returncode == 0 and ran.stdout.startswith("ok"), ran.stderr
     if driver == "flash":
-        # Two spills share erase block 128: per inference block 128 once, block 256 once.
-        assert stats(ran.stdout)["erases"] == 2 * 3
+        # Two spills share erase block 128: per inference block 128 once, block 256 once,
+        # and block 1024 for the rows TinyPlanStreamedGroup spills.
+        assert stats(ran.stdout)["erases"] == 3 * 3
 
 
-@pytest.mark.parametrize("mutation", ["no_erase", "erase_shared_block"])
+@pytest.mark.parametrize("mutation", ["no_erase", "erase_shared_block", "no_group_erase"])
 def test_tflm_spill_erase_mutations_fail_on_flash(mutation: str, tmp_path: Path):
-    """Without the erase the second inference programs over old data; erasing a block an
-    earlier spill of the same inference wrote destroys that spill. Both must be caught."""
+    """Without the erase (a Spill's, or a streamed group's for the rows it spills) the
+    second inference programs over old data; erasing a block an earlier spill of the same
+    inference wrote destroys that spill. Each must be caught."""
     if shutil.which("g++") is None:
         pytest.skip("g++ is absent")
     text = (ROOT / "backends" / "c" / "tflm_ops.cc").read_text()
+    group_erase = "static_cast<uint32_t>(view[4]), ViewBytes(view));"
     old = {"no_erase": "int rc = EraseForSpill(a.storage, a.address, a.nbytes);",
-           "erase_shared_block": "if (ErasedThisInference(storage, block)) continue;"}[mutation]
+           "erase_shared_block": "if (ErasedThisInference(storage, block)) continue;",
+           "no_group_erase": group_erase}[mutation]
     new = {"no_erase": "int rc = EraseForSpill(a.storage, a.address, 0);",
            "erase_shared_block":
-               "if (ErasedThisInference(storage, block) && false) continue;"}[mutation]
+               "if (ErasedThisInference(storage, block) && false) continue;",
+           "no_group_erase": "static_cast<uint32_t>(view[4]), 0);"}[mutation]
     assert old in text
     mutated = tmp_path / "tflm_ops.cc"
     mutated.write_text(text.replace(old, new))

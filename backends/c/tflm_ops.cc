@@ -1,5 +1,6 @@
 // TFLM custom-op registrations for a rewritten .tflite (backends/tflite_rewrite.py):
-// Spill, Fetch, FusedConcat, FusedConcatConv2D, TinyPlanTransposeConv, TinyPlanSplit.
+// Spill, Fetch, FusedConcat, FusedConcatConv2D, TinyPlanTransposeConv, TinyPlanSplit,
+// TinyPlanStreamedGroup.
 // Compiled only where the TFLM headers are on the include path; elsewhere this file is
 // empty. No builtin is replaced: every op here is registered with AddCustom.
 //
@@ -17,6 +18,12 @@
 //   TinyPlanSplit: [version, axis, keep_channels]; input 0 the interleaved tensor,
 //                   output 0 part 0 (compacted in place), optional output 1 part 1
 //                   (already spilled: never written).
+//   TinyPlanStreamedGroup: [version, storage_id (-1 none)], then the tp_rows program
+//                   (backends/group_program.py; its view table says which inputs stream
+//                   and which outputs spill rows, at which addresses). Inputs: the
+//                   group's inputs (-1 streamed); outputs: its outputs (a spill_rows
+//                   output's slot holds its line buffer), one per ring, then the line
+//                   buffers of the streamed inputs in view order.
 // Streamed inputs are -1 in the op's inputs; line buffer k is output 1 + k.
 //
 // Before the first Invoke the application hands over its storages:
@@ -42,6 +49,7 @@
 
 extern "C" {
 #include "tp_kernels.h"
+#include "tp_rows.h"
 #include "tp_runtime.h"
 }
 
@@ -50,6 +58,12 @@ extern "C" {
 #endif
 #ifndef TP_TFLM_MAX_INPUTS
 #define TP_TFLM_MAX_INPUTS 8
+#endif
+#ifndef TP_TFLM_GROUP_READERS
+#define TP_TFLM_GROUP_READERS 2
+#endif
+#ifndef TP_TFLM_MAX_GROUP_VIEWS
+#define TP_TFLM_MAX_GROUP_VIEWS 64
 #endif
 
 namespace tinyplan {
@@ -604,6 +618,232 @@ TfLiteStatus EvalSplit(TfLiteContext* context, TfLiteNode* node) {
   return kTfLiteOk;
 }
 
+// ---- TinyPlanStreamedGroup: a run of ops computed row by row (tp_rows.h) ---------------
+// The group's rings and line buffers are tensors of the rewritten model (planned outputs
+// of this op, alive at its step only), so Eval only binds them and runs the program.
+// Views (tp_rows.h): the op's inputs, then its outputs, then its rings. A streamed input
+// is -1 among the inputs and its view's buffer is a line buffer after the rings; a
+// spill_rows output's slot holds its line buffer. Rows spilled by the group go straight
+// to the storage the Spill/Fetch ops use, raw, and leave a spill record (keyed by storage
+// and address like a Spill's) so later Fetch ops and streams find the tensor. Streamed
+// inputs are read through the record of whoever spilled them (compressed ones decode
+// sequentially, restarting at the section of a row asked out of order).
+constexpr int kGroupHeader = 2;  // version, storage id; then the program
+
+struct GroupData {
+  int32_t storage;
+  const int32_t* program;  // in place in the model's options
+  int32_t words;
+  int32_t num_views;
+  int32_t num_streamed;  // stream_in views: their line buffers follow the rings
+  int32_t next_reader;
+  struct Reader {  // decoders of compressed streamed inputs
+    int32_t view;       // the stream_in view it reads, -1 unused
+    uint32_t position;  // next raw byte it yields
+    tp_reader reader;
+  } readers[TP_TFLM_GROUP_READERS];
+};
+
+const int32_t* GroupView(const GroupData* d, int v) {
+  return d->program + TP_GROUP_HEADER_WORDS + TP_GROUP_VIEW_WORDS * v;
+}
+
+uint32_t ViewBytes(const int32_t* view) {  // the tensor's bytes: height rows
+  return static_cast<uint32_t>(view[1]) * static_cast<uint32_t>(view[2]);
+}
+
+void* InitGroup(TfLiteContext* context, const char* buffer, size_t length) {
+  auto* d = static_cast<GroupData*>(context->AllocatePersistentBuffer(context, sizeof(GroupData)));
+  if (d == nullptr) return nullptr;
+  memset(d, 0, sizeof *d);
+  d->storage = Option(buffer, length, 1);
+  d->words = -1;  // Prepare refuses the op
+  for (int r = 0; r < TP_TFLM_GROUP_READERS; ++r) d->readers[r].view = -1;
+  // The program is read in place (no copy in the arena): a flatbuffer vector's data is
+  // 4-byte aligned.
+  if (Option(buffer, length, 0) != 1 || reinterpret_cast<uintptr_t>(buffer) % 4 != 0 ||
+      length % 4 != 0 || length / 4 <= kGroupHeader + TP_GROUP_HEADER_WORDS)
+    return d;
+  d->program = reinterpret_cast<const int32_t*>(buffer) + kGroupHeader;
+  d->words = static_cast<int32_t>(length / 4) - kGroupHeader;
+  return d;
+}
+
+TfLiteStatus PrepareGroup(TfLiteContext* context, TfLiteNode* node) {
+  auto* d = static_cast<GroupData*>(node->user_data);
+  TF_LITE_ENSURE(context, d != nullptr);
+  TF_LITE_ENSURE_MSG(context, d->words > 0,
+                     "TinyPlanStreamedGroup: options of an unknown version or not aligned");
+  TF_LITE_ENSURE_MSG(context, tp_group_check(d->program, d->words) == TP_OK,
+                     "TinyPlanStreamedGroup: malformed program");
+  d->num_views = d->program[2];
+  TF_LITE_ENSURE(context, d->num_views > 0 && d->num_views <= TP_TFLM_MAX_GROUP_VIEWS);
+  const int n_in = node->inputs->size, n_out = node->outputs->size;
+  d->num_streamed = 0;
+  bool storage_needed = false;
+  for (int v = 0; v < d->num_views; ++v) {
+    const int32_t mode = GroupView(d, v)[0];
+    d->num_streamed += mode == TP_VIEW_STREAM_IN;
+    storage_needed |= mode == TP_VIEW_STREAM_IN || mode == TP_VIEW_SPILL_ROWS;
+  }
+  TF_LITE_ENSURE_MSG(context, n_in + n_out - d->num_streamed == d->num_views,
+                     "TinyPlanStreamedGroup: program views and op tensors disagree");
+  if (storage_needed) {
+    TF_LITE_ENSURE(context, d->storage >= 0 && d->storage < TP_MAX_STORAGES);
+    TF_LITE_ENSURE_MSG(context, g_rt.storages[d->storage] != nullptr,
+                       "tinyplan: storage not set (call tp_tflm_set_storages first)");
+  }
+  // Each view against its buffer: inputs stream exactly when omitted, rings are the
+  // last views, and every buffer holds the view's rows_held rows.
+  int line = n_out - d->num_streamed;
+  for (int v = 0; v < d->num_views; ++v) {
+    const int32_t* view = GroupView(d, v);
+    const int32_t mode = view[0];
+    const TfLiteEvalTensor* t;
+    if (v < n_in) {
+      const bool omitted = node->inputs->data[v] < 0;
+      TF_LITE_ENSURE_MSG(context, omitted == (mode == TP_VIEW_STREAM_IN),
+                         "TinyPlanStreamedGroup: streamed views and omitted inputs differ");
+      TF_LITE_ENSURE(context, mode != TP_VIEW_RING && mode != TP_VIEW_SPILL_ROWS);
+      t = omitted ? tflite::micro::GetEvalOutput(context, node, line++)
+                  : tflite::micro::GetEvalInput(context, node, v);
+    } else {
+      TF_LITE_ENSURE(context, mode != TP_VIEW_STREAM_IN);
+      t = tflite::micro::GetEvalOutput(context, node, v - n_in);
+    }
+    TF_LITE_ENSURE(context, t != nullptr);
+    const size_t need = static_cast<size_t>(view[3]) * static_cast<size_t>(view[2]);
+    TF_LITE_ENSURE_MSG(context, Bytes(t) >= need,
+                       "TinyPlanStreamedGroup: a buffer is smaller than its view");
+    if (mode == TP_VIEW_STREAM_IN || mode == TP_VIEW_SPILL_ROWS) {
+      const tp_storage* s = g_rt.storages[d->storage];
+      TF_LITE_ENSURE(context, view[4] >= 0 &&
+                                  static_cast<uint64_t>(view[4]) + ViewBytes(view) <= s->capacity);
+    }
+  }
+  return kTfLiteOk;
+}
+
+// The view of `mode` whose storage bytes hold [address, address + n), or -1.
+int GroupTransfer(const GroupData* d, int mode, uint32_t address, uint32_t n) {
+  for (int v = 0; v < d->num_views; ++v) {
+    const int32_t* view = GroupView(d, v);
+    const uint32_t start = static_cast<uint32_t>(view[4]), bytes = ViewBytes(view);
+    if (view[0] == mode && start <= address && address - start <= bytes &&
+        n <= bytes - (address - start))
+      return v;
+  }
+  return -1;
+}
+
+int GroupRead(void* ctx, uint32_t address, uint8_t* dst, int32_t nbytes) {
+  auto* d = static_cast<GroupData*>(ctx);
+  if (nbytes < 0) return TP_EPLAN;
+  const uint32_t n = static_cast<uint32_t>(nbytes);
+  const int v = GroupTransfer(d, TP_VIEW_STREAM_IN, address, n);
+  if (v < 0) return TP_EPLAN;
+  const int32_t* view = GroupView(d, v);
+  const tp_spill_record* rec = Record(d->storage, view[4], false);
+  if (rec == nullptr || !rec->valid || rec->raw_bytes != ViewBytes(view)) return TP_EPLAN;
+  tp_storage* s = g_rt.storages[d->storage];
+  if (rec->mode == TP_MODE_RAW) return s->read(s, address, dst, n);
+  GroupData::Reader* gr = nullptr;
+  for (int i = 0; i < TP_TFLM_GROUP_READERS; ++i)
+    if (d->readers[i].view == v) gr = &d->readers[i];
+  const uint32_t offset = address - static_cast<uint32_t>(view[4]);
+  if (gr == nullptr || gr->position > offset) {  // (re)start at the row's section
+    if (gr == nullptr) {
+      gr = &d->readers[d->next_reader];
+      d->next_reader = (d->next_reader + 1) % TP_TFLM_GROUP_READERS;
+    }
+    const uint32_t section = rec->section_raw ? offset / rec->section_raw : 0;
+    gr->view = v;
+    gr->position = section * rec->section_raw;
+    const int rc = tp_reader_begin(&gr->reader, s, static_cast<uint32_t>(view[4]), rec, section);
+    if (rc != TP_OK) {
+      gr->view = -1;
+      return rc;
+    }
+  }
+  int rc = tp_reader_get(&gr->reader, nullptr, offset - gr->position);
+  if (rc == TP_OK) rc = tp_reader_get(&gr->reader, dst, n);
+  gr->position = offset + n;
+  if (rc != TP_OK) gr->view = -1;
+  return rc;
+}
+
+int GroupWrite(void* ctx, uint32_t address, const uint8_t* src, int32_t nbytes) {
+  auto* d = static_cast<GroupData*>(ctx);
+  if (nbytes < 0 || GroupTransfer(d, TP_VIEW_SPILL_ROWS, address, nbytes) < 0) return TP_EPLAN;
+  tp_storage* s = g_rt.storages[d->storage];
+  return s->write(s, address, src, static_cast<uint32_t>(nbytes));
+}
+
+// The record tp_writer leaves for a raw spill of n bytes: what the rows written here are.
+void RawRecord(tp_spill_record* rec, uint32_t n) {
+  memset(rec, 0, sizeof *rec);
+  rec->raw_bytes = n;
+  rec->stored_bytes = n;
+  rec->section_raw = tp_section_raw(n);
+  rec->mode = TP_MODE_RAW;
+  for (uint32_t s = 0; s < TP_SECTIONS; ++s) {
+    const uint32_t start = s * rec->section_raw;
+    rec->section_at[s] = start < n ? start : n;
+  }
+}
+
+TfLiteStatus EvalGroup(TfLiteContext* context, TfLiteNode* node) {
+  auto* d = static_cast<GroupData*>(node->user_data);
+  const int n_in = node->inputs->size, n_out = node->outputs->size;
+  uint8_t* bases[TP_TFLM_MAX_GROUP_VIEWS];
+  int line = n_out - d->num_streamed;
+  for (int v = 0; v < d->num_views; ++v) {
+    TfLiteEvalTensor* t;
+    if (v < n_in && node->inputs->data[v] < 0) {
+      t = tflite::micro::GetEvalOutput(context, node, line++);
+    } else if (v < n_in) {
+      t = const_cast<TfLiteEvalTensor*>(tflite::micro::GetEvalInput(context, node, v));
+    } else {
+      t = tflite::micro::GetEvalOutput(context, node, v - n_in);
+    }
+    TF_LITE_ENSURE(context, t != nullptr);
+    bases[v] = tflite::micro::GetTensorData<uint8_t>(t);
+  }
+  // Rows spilled here: erase their flash blocks once per inference (as EvalSpill does);
+  // the record is invalid until every row is written.
+  for (int v = 0; v < d->num_views; ++v) {
+    const int32_t* view = GroupView(d, v);
+    if (view[0] != TP_VIEW_SPILL_ROWS) continue;
+    const int index = RecordIndex(d->storage, view[4], true);
+    TF_LITE_ENSURE(context, index >= 0);
+    if (g_record_generation[index] == g_generation) {  // spilled before: a new inference
+      ++g_generation;
+      g_num_erased = 0;
+    }
+    g_record_generation[index] = g_generation;
+    g_records[index].valid = 0;
+    const int rc = EraseForSpill(static_cast<uint32_t>(d->storage),
+                                 static_cast<uint32_t>(view[4]), ViewBytes(view));
+    TF_LITE_ENSURE_MSG(context, rc == TP_OK, "TinyPlanStreamedGroup: flash erase failed");
+  }
+  for (int i = 0; i < TP_TFLM_GROUP_READERS; ++i) d->readers[i].view = -1;
+  tp_group_io io;
+  io.ctx = d;
+  io.read = GroupRead;
+  io.write = GroupWrite;
+  const int rc = tp_group_run(d->program, d->words, bases, &io, nullptr);
+  TF_LITE_ENSURE_MSG(context, rc == TP_OK, "TinyPlanStreamedGroup: tp_group_run failed");
+  for (int v = 0; v < d->num_views; ++v) {  // every row is in storage now
+    const int32_t* view = GroupView(d, v);
+    if (view[0] != TP_VIEW_SPILL_ROWS) continue;
+    tp_spill_record* rec = Record(d->storage, view[4], false);
+    TF_LITE_ENSURE(context, rec != nullptr);  // created before the run
+    RawRecord(rec, ViewBytes(view));
+    rec->valid = 1;
+  }
+  return kTfLiteOk;
+}
+
 }  // namespace
 
 TFLMRegistration* Register_SPILL() {
@@ -634,6 +874,11 @@ TFLMRegistration* Register_TRANSPOSE_CONV_ROWS() {
 
 TFLMRegistration* Register_SPLIT() {
   static TFLMRegistration r = tflite::micro::RegisterOp(InitSplit, PrepareSplit, EvalSplit);
+  return &r;
+}
+
+TFLMRegistration* Register_STREAMED_GROUP() {
+  static TFLMRegistration r = tflite::micro::RegisterOp(InitGroup, PrepareGroup, EvalGroup);
   return &r;
 }
 

@@ -31,6 +31,7 @@ TFLMRegistration* Register_FUSED_CONCAT();
 TFLMRegistration* Register_FUSED_CONCAT_CONV2D();
 TFLMRegistration* Register_TRANSPOSE_CONV_ROWS();
 TFLMRegistration* Register_SPLIT();
+TFLMRegistration* Register_STREAMED_GROUP();
 }  // namespace tinyplan
 
 namespace {
@@ -47,6 +48,7 @@ const Op kOps[] = {
     {"FusedConcatConv2D", tinyplan::Register_FUSED_CONCAT_CONV2D},
     {"TinyPlanTransposeConv", tinyplan::Register_TRANSPOSE_CONV_ROWS},
     {"TinyPlanSplit", tinyplan::Register_SPLIT},
+    {"TinyPlanStreamedGroup", tinyplan::Register_STREAMED_GROUP},
 };
 
 enum { kRam = 0, kFile = 1, kFlash = 2, kRemote = 3 };

@@ -23,6 +23,7 @@
 
 extern "C" {
 #include "tp_kernels.h"
+#include "tp_rows.h"
 #include "tp_storage.h"
 #include "tp_stream_tcp.h"
 }
@@ -34,6 +35,7 @@ TFLMRegistration* Register_FUSED_CONCAT();
 TFLMRegistration* Register_FUSED_CONCAT_CONV2D();
 TFLMRegistration* Register_TRANSPOSE_CONV_ROWS();
 TFLMRegistration* Register_SPLIT();
+TFLMRegistration* Register_STREAMED_GROUP();
 }  // namespace tinyplan
 extern "C" int tp_tflm_set_storages(tp_storage* const* storages, uint32_t count,
                                     uint32_t compress_mask);
@@ -465,6 +467,40 @@ int main(int argc, char** argv) {
   ok = ok && Prepare(&n_tconv16, tinyplan::Register_TRANSPOSE_CONV_ROWS(), tconv16, 5,
                      {tshape, ttf, tx16, tb64}, {tup16});
   if (!ok) return Fail("prepare convolutions");
+  // A streamed group of two row copies (CONCATENATION of one input): a streamed from its
+  // (compressed) spill at 200 row by row, through a one-row ring, spilled row by row raw
+  // at 1024 (its own erase block), then fetched back by a plain Fetch.
+  static int8_t rows_line[W * CA], ring[W * CA], in_line[W * CA], a3[H * W * CA];
+  const int d_row[1] = {W * CA};
+  const int t_rows_line = AddTensor(kTfLiteInt8, rows_line, 1, d_row);
+  const int t_ring = AddTensor(kTfLiteInt8, ring, 1, d_row);
+  const int t_in_line = AddTensor(kTfLiteInt8, in_line, 1, d_row);
+  const int ta3 = AddTensor(kTfLiteInt8, a3, 4, d_a, in_scale, in_zp);
+  enum { kGroupWords = 6 + 3 * 5 + 2 * 7 + 2 * 3 * H };
+  int32_t group[2 + kGroupWords] = {
+      1, 0,                                       // version, storage
+      TP_GROUP_MAGIC, TP_GROUP_VERSION, 3, 2, 3 * H, kGroupWords,
+      TP_VIEW_STREAM_IN, H, W * CA, 1, 200,       // view 0: the group's input, streamed
+      TP_VIEW_SPILL_ROWS, H, W * CA, 1, 1024,     // view 1: its output, spilled row by row
+      TP_VIEW_RING, H, W * CA, 1, 0,              // view 2: the tensor between the members
+      TP_OPK_CONCAT, 7, 1, 0, 2, W, CA,
+      TP_OPK_CONCAT, 7, 1, 2, 1, W, CA};
+  for (int r = 0; r < H; ++r) {  // load input row r (view 0), copy it twice
+    int32_t* at = group + 2 + 6 + 3 * 5 + 2 * 7 + 6 * r;
+    at[0] = -1, at[1] = r, at[2] = 0, at[3] = r, at[4] = 1, at[5] = r;
+  }
+  const int32_t fetch_rows[8] = {1, 0, 1024, a_bytes, 3, 0, CA, -1};
+  static Node n_group, n_fetch_rows;
+  ok = Prepare(&n_group, tinyplan::Register_STREAMED_GROUP(), group,
+               static_cast<int>(sizeof group / 4), {-1}, {t_rows_line, t_ring, t_in_line}) &&
+       Prepare(&n_fetch_rows, tinyplan::Register_FETCH(), fetch_rows, 8, {}, {ta3});
+  if (!ok) return Fail("prepare TinyPlanStreamedGroup");
+  static Node n_bad;
+  group[2 + 6 + 5 + 3] = 2;  // the spilled view would need two rows of a one-row buffer
+  if (Prepare(&n_bad, tinyplan::Register_STREAMED_GROUP(), group,
+              static_cast<int>(sizeof group / 4), {-1}, {t_rows_line, t_ring, t_in_line}))
+    return Fail("TinyPlanStreamedGroup accepted a buffer smaller than its view");
+  group[2 + 6 + 5 + 3] = 1;
   // One output row of accumulators each (int32; int64 for 16x8), not the whole output.
   if (g_num_scratch != scratch_before + 3 || g_scratch_bytes[scratch_before] != UW * CT * 4u ||
       g_scratch_bytes[scratch_before + 1] != VW * CT * 4u ||
@@ -521,6 +557,10 @@ int main(int argc, char** argv) {
       if (memcmp(b1 + p * (CB - KEEP), b_src[set] + p * CB + KEEP, CB - KEEP) != 0)
         return Fail("Fetch data (part 1)");
     if (memcmp(a2, a_src[set], sizeof a2) != 0) return Fail("Fetch data (whole tensor)");
+    memset(a3, 0x5A, sizeof a3);
+    if (!Invoke(&n_group)) return Fail("TinyPlanStreamedGroup");
+    if (!Invoke(&n_fetch_rows)) return Fail("Fetch of rows a group spilled");
+    if (memcmp(a3, a_src[set], sizeof a3) != 0) return Fail("TinyPlanStreamedGroup data");
     if (!Invoke(&n_concat)) return Fail("FusedConcat");
     if (memcmp(cat, want_cat[set], sizeof cat) != 0) return Fail("FusedConcat data");
     memset(line, 0, sizeof line);
