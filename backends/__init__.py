@@ -84,6 +84,10 @@ def write_outputs(
     if plan.peak_bytes > INT32_MAX or any(s.end > INT32_MAX for s in plan.segments):
         raise PlannerError(f"the plan's arena ({plan.peak_bytes:,} B) exceeds int32, "
                            "what TFLite's offline array stores: nothing written")
+    if emits is None and plan.stream_groups:
+        # The C glue's plan tables cannot replay a streamed group (it runs inside TFLM only,
+        # as TinyPlanStreamedGroup): by default such a plan gets everything else.
+        emits = [e for e in default_emits(graph.source_format) if e != "c"]
     emits = check_emits(graph.source_format, emits) if outdir is not None else []
     if svg is not None:
         _refuse_input(Path(svg), model_path, "--svg")
