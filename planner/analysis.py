@@ -282,7 +282,10 @@ class _WorkingSets:
 
 
 def working_set_bound(graph: Graph, can_stream: bool = True, can_fuse: bool = True) -> Bound:
-    """Max over ops of `op_working_set`: no plan, spilling or not, goes below it."""
+    """Max over ops of `op_working_set`, and over the graph inputs at step 0 and the graph
+    outputs at the last step (resident together there): no plan, spilling or not, goes
+    below it. The two ends only tell where ops stream their inputs and spill their
+    outputs (streamed groups): an op otherwise holds its inputs or outputs whole."""
     best = Bound(0, 0, None, "empty graph")
     sets = _WorkingSets(graph, can_stream, can_fuse)
     for op in graph.ops:
@@ -290,4 +293,12 @@ def working_set_bound(graph: Graph, can_stream: bool = True, can_fuse: bool = Tr
         if need > best.bytes:
             best = Bound(need, step_of(op.index), op.index,
                          f"op {op.index} {op.op_type} '{op.name}': {why}")
+    last = graph.num_steps - 1
+    for step, tensors, what in ((0, graph.inputs, "graph inputs"),
+                                (last, graph.outputs, "graph outputs")):
+        need = sum(align(graph.tensors[t].nbytes) for t in dict.fromkeys(tensors)
+                   if t in sets.planned)
+        if need > best.bytes:
+            best = Bound(need, step, step - 1 if step else None,
+                         f"{what} resident at step {step}: {need} B")
     return best
