@@ -392,7 +392,8 @@ def test_row_kernel_shrinks_transpose_conv_scratch_unless_stock() -> None:
     rows = analysis(TFLITE)
     stock = json.loads(cli("analyze", TFLITE, "--stock-transpose-conv", "--json").stdout)
     none = json.loads(cli("analyze", TFLITE, "--profile", "none", "--json").stdout)
-    assert stock == none and stock["op_kernels"] == []
+    # The two name different profiles (and so may time ops differently); the graph is one.
+    assert stock["tensors"] == none["tensors"] and stock["op_kernels"] == none["op_kernels"] == []
     assert [k for _, k in rows["op_kernels"]] == ["tinyplan_rows"] * 3
     scratch = {t["id"]: t["bytes"] for t in rows["tensors"] if t["role"] == "scratch"}
     full = {t["id"]: t["bytes"] for t in stock["tensors"] if t["role"] == "scratch"}
