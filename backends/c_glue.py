@@ -35,7 +35,9 @@ RUNTIME_SOURCES = (
     "tp_runtime.h", "tp_runtime.c", "tp_kernels.h", "tp_kernels.c", "tflm_ops.cc",
     "tp_async.h", "tp_async.c",
 )
-SPILL, FETCH, STREAM, COMPACT, WAIT = 0, 1, 2, 3, 4
+SPILL, FETCH, STREAM, COMPACT = 0, 1, 2, 3
+# Asynchronous windows (tp_runtime.h): the waits, and the transfers they complete.
+WAIT_SPILL, WAIT_FETCH, SPILL_ASYNC, FETCH_ASYNC = 4, 5, 6, 7
 OP_PLAIN, OP_STREAM_CONCAT, OP_FUSED_AWAY, OP_FUSED_CONV, OP_CHANNEL_CONCAT = 0, 1, 2, 3, 4
 Key = tuple[int, "int | None"]
 
@@ -68,24 +70,15 @@ class Action:
     line_rows: int = 0
     line_bytes: int = 0
     stream: int = 0
-    # Window in flight (Transfer.window; equal for a blocking transfer) and, for a WAIT,
-    # the kind of the transfer it completes.
+    # The window in flight (Transfer.window), for the phase an asynchronous fetch goes in;
+    # not a table field (the kind says asynchronous, the WAIT's phase says until when).
     issue: int = -1
-    complete: int = -1
-    waits: int = 0
-
-    def __post_init__(self) -> None:
-        if self.issue < 0:
-            self.issue = self.step
-        if self.complete < 0:
-            self.complete = self.step
 
     def fields(self) -> list[int]:
         return [self.kind, self.step, self.tensor, -1 if self.part is None else self.part,
                 self.storage, self.record, self.address, self.nbytes, self.arena_offset,
                 *self.gather, *self.channels, *self.erase, self.rows, self.row_bytes,
-                self.line_rows, self.line_bytes, self.stream, self.issue, self.complete,
-                self.waits]
+                self.line_rows, self.line_bytes, self.stream]
 
 
 def storage_names(plan: Plan, profile: DeviceProfile | None) -> list[str]:
@@ -233,7 +226,8 @@ def build_tables(graph: Graph, plan: Plan, profile: DeviceProfile | None) -> dic
 
     # Stable: within a phase waits come first, spills keep step order and come before
     # compactions.
-    actions.sort(key=lambda a: (_phase(a), a.kind != WAIT, a.kind == COMPACT))
+    actions.sort(key=lambda a: (_phase(a), a.kind not in (WAIT_SPILL, WAIT_FETCH),
+                                a.kind == COMPACT))
     phase_start = [0] * (2 * plan.num_steps + 1)
     for p in range(2 * plan.num_steps + 1):
         phase_start[p] = sum(1 for a in actions if _phase(a) < p)
@@ -283,11 +277,11 @@ def build_tables(graph: Graph, plan: Plan, profile: DeviceProfile | None) -> dic
 
 def _phase(a: Action) -> int:
     """Phase 2s runs before the op at step s, 2s+1 after it (tp_plan.phase_start)."""
-    if a.kind == WAIT:  # a spill completes after the op at complete, a fetch before its step
-        return 2 * a.step + 1 if a.waits == SPILL else 2 * a.step
-    if a.kind == FETCH:  # started before the op at its issue step
+    if a.kind == WAIT_SPILL:  # after the op at the spill window's last step (a.step)
+        return 2 * a.step + 1
+    if a.kind == FETCH_ASYNC:  # started before the op at its issue step
         return 2 * a.issue
-    return 2 * a.step + (1 if a.kind in (SPILL, COMPACT) else 0)
+    return 2 * a.step + (1 if a.kind in (SPILL, SPILL_ASYNC, COMPACT) else 0)
 
 
 def _fetch_destination(segs: Sequence[Segment], tr: Transfer) -> Segment:
@@ -301,15 +295,17 @@ def _fetch_destination(segs: Sequence[Segment], tr: Transfer) -> Segment:
 
 
 def _window_actions(a: Action, tr: Transfer) -> list[Action]:
-    """The WAIT that completes an asynchronous spill or fetch (none for a blocking one)."""
+    """An asynchronous spill or fetch becomes the *_ASYNC kind plus the WAIT completing it
+    (a spill after the op at its window's end, a fetch before the op at its step)."""
     issue, complete = tr.window
     if tr.kind not in ("spill", "fetch") or issue == complete:
         return []
-    a.issue, a.complete = issue, complete
-    at = complete if tr.kind == "spill" else tr.step
-    return [Action(kind=WAIT, step=at, tensor=a.tensor, part=a.part, storage=a.storage,
-                   record=a.record, address=a.address, nbytes=a.nbytes, issue=issue,
-                   complete=complete, waits=a.kind)]
+    spill = tr.kind == "spill"
+    a.kind = SPILL_ASYNC if spill else FETCH_ASYNC
+    a.issue = issue
+    return [Action(kind=WAIT_SPILL if spill else WAIT_FETCH, step=complete if spill else tr.step,
+                   tensor=a.tensor, part=a.part, storage=a.storage, record=a.record,
+                   address=a.address, nbytes=a.nbytes)]
 
 
 def _erase_range(storage: StorageDesc, spill: Transfer, erased: set[int]) -> tuple[int, int]:

@@ -295,11 +295,12 @@ BUILTIN_KERNELS: dict[str, Kernel] = {
 # typedef in tp_runtime.h / tp_kernels.h) and a Kernel in CUSTOM_KERNELS: what its Init
 # and Prepare allocate, its scratch requests and the tensors Prepare reads.
 CUSTOM_STRUCTS: dict[str, int] = {
-    "TransferData": 32,  # int32 opts[8]
+    "TransferData": 32,  # int32 opts[8] (the async word is a bit of the first)
     "FusedData": 1136,  # header, per-input words, 8 tp_action, conv params, pointers
     "tp_stream_state": 344,  # includes its tp_reader (decompression state)
     "TconvData": 136,  # int32 opts[5], tp_tconv_params, scratch index, 16x8 flag
     "SplitData": 12,  # int32 opts[3]
+    "WaitData": 16,  # int32 opts[4]
 }
 MAX_FUSED_INPUTS = 8  # TP_TFLM_MAX_INPUTS: InitFused allocates one stream state per slot
 
@@ -327,6 +328,8 @@ CUSTOM_KERNELS: dict[str, Kernel] = {
                                     prepare=_fused_conv, scratch=lambda op: 1,
                                     temps=("i2", "i1", "o0", "i0", "i3")),
     "TinyPlanSplit": Kernel(init=(CUSTOM_STRUCTS["SplitData"],), temps=()),
+    # PrepareWait reads no tensors.
+    "TinyPlanWait": Kernel(init=(CUSTOM_STRUCTS["WaitData"],), temps=()),
 }
 
 

@@ -113,8 +113,7 @@ int tp_fetch_data(tp_runtime *rt, const tp_action *a, uint8_t *dst,
 static int run_slot(void *arg) {
   tp_inflight *f = (tp_inflight *)arg;
   tp_channel *ch = f->channel;
-  if (f->action.kind == TP_SPILL)
-    return spill_into(f->rt, &f->action, f->src, f->rec, &ch->writer, ch->hist);
+  if (f->spill) return spill_into(f->rt, &f->action, f->src, f->rec, &ch->writer, ch->hist);
   return fetch_into(f->rt, &f->action, f->dst, f->rec, &ch->reader);
 }
 
@@ -122,7 +121,7 @@ static int run_slot(void *arg) {
 static int finish_slot(tp_runtime *rt, tp_inflight *f) {
   int rc = f->channel->driver->wait(f->channel->driver, &f->xfer);
   f->busy = 0;
-  if (f->action.kind == TP_SPILL) {
+  if (f->spill) {
     rt->spilled_raw += f->action.nbytes;
     rt->spilled_stored += f->rec->stored_bytes;
   } else if (rc == TP_OK) {
@@ -159,8 +158,8 @@ int tp_channel_drain(tp_runtime *rt, uint32_t storage) {
   return rc;
 }
 
-static int start_slot(tp_runtime *rt, const tp_action *a, const uint8_t *src, uint8_t *dst,
-                      tp_spill_record *rec) {
+static int start_slot(tp_runtime *rt, const tp_action *a, int spill, int async,
+                      const uint8_t *src, uint8_t *dst, tp_spill_record *rec) {
   tp_channel *ch = rt->channels[a->storage];
   tp_inflight *f = NULL;
   uint32_t i;
@@ -173,6 +172,7 @@ static int start_slot(tp_runtime *rt, const tp_action *a, const uint8_t *src, ui
     if (rc != TP_OK) return rc;
   }
   f->action = *a;
+  f->spill = spill;
   f->rt = rt;
   f->channel = ch;
   f->src = src;
@@ -186,7 +186,7 @@ static int start_slot(tp_runtime *rt, const tp_action *a, const uint8_t *src, ui
     f->busy = 0;
     return rc;
   }
-  if (a->issue < a->complete) {
+  if (async) {
     rt->async_started++;
     return TP_OK;
   }
@@ -197,13 +197,13 @@ int tp_spill_start(tp_runtime *rt, const tp_action *a, const uint8_t *base,
                    tp_spill_record *rec) {
   if (a->storage >= TP_MAX_STORAGES) return TP_EPLAN;
   if (rt->channels[a->storage] == NULL) return tp_spill_data(rt, a, base, rec);
-  return start_slot(rt, a, base, NULL, rec);
+  return start_slot(rt, a, 1, a->kind == TP_SPILL_ASYNC, base, NULL, rec);
 }
 
 int tp_fetch_start(tp_runtime *rt, const tp_action *a, uint8_t *dst, tp_spill_record *rec) {
   if (a->storage >= TP_MAX_STORAGES) return TP_EPLAN;
   if (rt->channels[a->storage] == NULL) return tp_fetch_data(rt, a, dst, rec);
-  return start_slot(rt, a, NULL, dst, rec);
+  return start_slot(rt, a, 0, a->kind == TP_FETCH_ASYNC, NULL, dst, rec);
 }
 
 int tp_transfer_wait(tp_runtime *rt, uint32_t kind, uint32_t storage, uint32_t address) {
@@ -214,7 +214,7 @@ int tp_transfer_wait(tp_runtime *rt, uint32_t kind, uint32_t storage, uint32_t a
   if (ch == NULL) return TP_OK; /* blocking: finished when started */
   for (i = 0; i < TP_MAX_INFLIGHT; i++) {
     tp_inflight *f = &ch->slots[i];
-    if (f->busy && f->action.kind == kind && f->action.address == address)
+    if (f->busy && f->spill == (kind == TP_SPILL) && f->action.address == address)
       return finish_slot(rt, f);
   }
   return TP_OK; /* finished already (a full channel or a drain waited for it) */
@@ -334,10 +334,10 @@ int tp_before_op(tp_runtime *rt, uint32_t step) {
   for (i = plan->phase_start[2 * step]; i < plan->phase_start[2 * step + 1]; i++) {
     const tp_action *a = &plan->actions[i];
     int rc = TP_EPLAN;
-    if (a->kind == TP_FETCH)
+    if (a->kind == TP_FETCH || a->kind == TP_FETCH_ASYNC)
       rc = tp_fetch_start(rt, a, rt->arena + a->arena_offset, &plan->records[a->record]);
-    else if (a->kind == TP_WAIT)
-      rc = tp_transfer_wait(rt, a->waits, a->storage, a->address);
+    else if (a->kind == TP_WAIT_FETCH)
+      rc = tp_transfer_wait(rt, TP_FETCH, a->storage, a->address);
     else if (a->kind == TP_STREAM)
       rc = tp_stream_open(&plan->streams[a->stream], a, rt->arena + a->arena_offset,
                           tp_io_storage(rt, a->storage), &plan->records[a->record]);
@@ -358,10 +358,10 @@ int tp_after_op(tp_runtime *rt, uint32_t step) {
   for (i = plan->phase_start[2 * step + 1]; i < plan->phase_start[2 * step + 2]; i++) {
     const tp_action *a = &plan->actions[i];
     int rc = TP_EPLAN;
-    if (a->kind == TP_SPILL)
+    if (a->kind == TP_SPILL || a->kind == TP_SPILL_ASYNC)
       rc = tp_spill_start(rt, a, rt->arena + a->arena_offset, &plan->records[a->record]);
-    else if (a->kind == TP_WAIT)
-      rc = tp_transfer_wait(rt, a->waits, a->storage, a->address);
+    else if (a->kind == TP_WAIT_SPILL)
+      rc = tp_transfer_wait(rt, TP_SPILL, a->storage, a->address);
     else if (a->kind == TP_COMPACT) rc = do_compact(rt, a);
     if (rc != TP_OK) return rt->error = rc;
   }

@@ -27,11 +27,22 @@ extern "C" {
 
 #define TP_MAX_STORAGES 8
 
-/* TP_WAIT completes the asynchronous spill or fetch (kind `waits`) of the same storage
- * and address: a spill issued after the op at `step` is waited after the op at its
- * window's last step, a fetch issued before the op at its window's first step is waited
- * before the op at `step` (planner/plan.py, Transfer.window). */
-enum { TP_SPILL = 0, TP_FETCH = 1, TP_STREAM = 2, TP_COMPACT = 3, TP_WAIT = 4 };
+/* Asynchronous windows (planner/plan.py, Transfer.window): TP_SPILL_ASYNC is issued after
+ * the op at `step` and completed by the TP_WAIT_SPILL of the same storage and address
+ * after the op at its window's last step; TP_FETCH_ASYNC is issued before the op at its
+ * window's first step and completed by the TP_WAIT_FETCH before the op at `step`. They
+ * are new kinds, not new fields, so tp_action (which the TFLM ops keep per fused input)
+ * does not grow. */
+enum {
+  TP_SPILL = 0,
+  TP_FETCH = 1,
+  TP_STREAM = 2,
+  TP_COMPACT = 3,
+  TP_WAIT_SPILL = 4,
+  TP_WAIT_FETCH = 5,
+  TP_SPILL_ASYNC = 6,
+  TP_FETCH_ASYNC = 7
+};
 enum { TP_ROLE_TENSOR = 0, TP_ROLE_LINE = 1 };
 /* Op roles: plain; concat streaming inputs; concat fused into its conv (never runs);
  * conv of a fused pair (reads the concat's inputs); channel concat not fused, which may
@@ -88,8 +99,6 @@ typedef struct {
   uint32_t rows, row_bytes;          /* stream: rows of the part and bytes per row */
   uint32_t line_rows, line_bytes;    /* stream: rows the line buffer holds, its size */
   uint32_t stream;                   /* stream: index into tp_plan.streams */
-  uint32_t issue, complete;          /* window in flight; issue == complete: blocking */
-  uint32_t waits;                    /* TP_WAIT: kind of the transfer it completes */
 } tp_action;
 
 typedef struct {
@@ -156,6 +165,7 @@ typedef struct {
   const uint8_t *src; /* spill source base */
   uint8_t *dst;       /* fetch destination */
   tp_spill_record *rec;
+  int spill; /* 1 spill, 0 fetch */
   int busy;
 } tp_inflight;
 
@@ -197,12 +207,13 @@ int tp_runtime_set_channel(tp_runtime *rt, uint32_t storage, tp_channel *channel
                            tp_async *driver);
 /* The storage as the calling thread must use it (the channel's proxy, or the storage). */
 tp_storage *tp_io_storage(tp_runtime *rt, uint32_t storage);
-/* Start a spill / fetch (a->issue < a->complete: in flight until tp_transfer_wait; else,
- * or without a channel, done on return). base / dst / rec must stay until the wait. */
+/* Start a spill / fetch (kind TP_SPILL_ASYNC / TP_FETCH_ASYNC: in flight until
+ * tp_transfer_wait; otherwise, or without a channel, done on return). base / dst / rec
+ * must stay until the wait. */
 int tp_spill_start(tp_runtime *rt, const tp_action *a, const uint8_t *base,
                    tp_spill_record *rec);
 int tp_fetch_start(tp_runtime *rt, const tp_action *a, uint8_t *dst, tp_spill_record *rec);
-/* Complete the in-flight transfer of `kind` (TP_SPILL / TP_FETCH) at (storage, address);
+/* Complete the in-flight spill (kind TP_SPILL) or fetch (TP_FETCH) at (storage, address);
  * TP_OK when none is in flight (blocking storages finish at start). */
 int tp_transfer_wait(tp_runtime *rt, uint32_t kind, uint32_t storage, uint32_t address);
 /* Complete everything in flight on a storage (every storage: TP_MAX_STORAGES). */
