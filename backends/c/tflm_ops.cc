@@ -706,6 +706,7 @@ extern "C" int tp_tflm_set_storages(tp_storage* const* storages, uint32_t count,
     tinyplan::g_rt.storages[i] = i < count ? storages[i] : nullptr;
   }
   tinyplan::g_rt.compress_mask = compress_mask;
+  tinyplan::g_rt.async_started = 0;
   tinyplan::g_num_records = 0;  // a new session: earlier spills are gone
   tinyplan::g_num_erased = 0;
   ++tinyplan::g_generation;
