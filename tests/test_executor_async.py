@@ -36,17 +36,10 @@ def unet():
     return model(UNET_TFLITE)
 
 
-def window_errors(graph, plan: Plan) -> list[str]:
-    """Checker errors other than main's fetch-starts-a-segment rule (a windowed fetch's
-    segment starts at its issue; the window rules are the timing branch's)."""
-    return [e for e in check(graph, plan) if "starts no segment" not in e
-            and "without a fetch" not in e]
-
-
 @pytest.fixture(scope="module")
 def windowed(unet) -> Plan:
     plan = hold(hand_plan(unet.graph, SKIP, "fetch"), SKIP, after=3, before=3)
-    assert window_errors(unet.graph, plan) == []
+    assert check(unet.graph, plan) == []
     assert {tr.kind: tr.window for tr in windows(plan)} == {"spill": (3, 6),
                                                              "fetch": (18, 21)}
     return plan
@@ -75,6 +68,7 @@ def test_spill_outliving_its_source_spills_wrong_data(unet, windowed: Plan):
     spill = next(t for t in bad.transfers if t.kind == "spill")
     source = next(s for s in bad.segments if s.tensor == SKIP and s.first <= spill.step <= s.last)
     assert source.last < spill.window[1]
+    assert any("not resident over its window" in e for e in check(unet.graph, bad))
     assert unet.run(bad).mismatch is not None
     # The same plan run blocking (data moved at the spill step) would have matched.
     blocking = replace(bad, transfers=tuple(replace(t, issue=None, complete=None)
@@ -86,8 +80,9 @@ def test_spill_outliving_its_source_spills_wrong_data(unet, windowed: Plan):
 def test_read_before_the_fetch_completes_sees_poison(unet):
     # Destination held one step past its read, so the fetch can complete after that read.
     longer = hold(hand_plan(unet.graph, SKIP, "fetch"), SKIP, before=3, longer=1)
-    assert window_errors(unet.graph, longer) == []
+    assert check(unet.graph, longer) == []
     bad = plant_fetch_completing_late(longer, unet.graph)
+    assert any("while its fetch is in flight" in e for e in check(unet.graph, bad))
     assert unet.run(longer).mismatch is None
     assert unet.run(bad).mismatch is not None
 
@@ -100,13 +95,15 @@ def test_fetch_issued_before_its_spill_completes_is_refused(unet, windowed: Plan
     assert result.mismatch is not None and "before its spill completes" in result.mismatch
 
 
-def test_widened_ilp_plan_matches(unet):
+def test_windowed_ilp_plans_match(unet):
     from test_c_glue import ILP_CASES, ilp_plan
 
-    g, base, _ = ilp_plan(*ILP_CASES["tflite-mixed"])
-    plan = widen(base)
-    if not windows(plan):
-        pytest.skip("no free bytes to hold a window in this plan")
-    assert window_errors(g, plan) == []
-    result = unet.run(plan)
-    assert result.mismatch is None, result.mismatch
+    from planner.async_windows import with_windows
+
+    g, base, prof = ilp_plan(*ILP_CASES["tflite-mixed"])
+    for plan in (widen(base), with_windows(g, base, prof)):
+        if not windows(plan):
+            continue
+        assert check(g, plan) == []
+        result = unet.run(plan)
+        assert result.mismatch is None, result.mismatch
