@@ -14,7 +14,11 @@ line-buffer sizes) and never trusts a planner's bookkeeping:
 4. storages: known names, spilled data inside their capacity, no two spills sharing
    storage bytes;
 5. kernels: every fusion, stream and custom kernel the plan relies on is one the kernel
-   table (planner/kernels.py) offers, and the plan was made for this graph's kernels.
+   table (planner/kernels.py) offers, and the plan was made for this graph's kernels;
+6. transfer windows (async transfers): each inside the steps, of the shape plan.py
+   states, its buffer's segment spanning the whole window (so no other buffer reuses
+   the bytes while the transfer is in flight), nothing read before its fetch lands and
+   no fetch issued before its spill is done.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ def check(graph: Graph, plan: Plan, storage_capacity: Mapping[str, int] | None =
         for t in reads:
             need(t, step, f"op {op.index} input", streamable)
     errors += _check_transfers(graph, plan, life, parts, storage_capacity)
+    errors += _check_windows(graph, plan)
     return errors
 
 
@@ -266,12 +271,12 @@ def _check_transfers(graph: Graph, plan: Plan, life, parts, capacity) -> list[st
             elif tr.address != spill.address:
                 errors.append(f"{tr.kind} of tensor {t} at step {tr.step} reads address "
                               f"{tr.address}, its spill wrote {spill.address}")
-            if tr.kind == "fetch" and not any(s.first == tr.step for s in segs):
+            if tr.kind == "fetch" and not any(s.first == tr.window[0] for s in segs):
                 errors.append(f"fetch of tensor {t} at step {tr.step} starts no segment")
     for t in life:
         keys = [p.index for p in plan.parts if p.tensor == t] or [None]
         for key in keys:
-            fetch_steps = {tr.step for tr in by_key.get((t, key), []) if tr.kind == "fetch"}
+            fetch_steps = {tr.window[0] for tr in by_key.get((t, key), []) if tr.kind == "fetch"}
             for seg in plan.segments_of(t, key)[1:]:
                 if seg.first not in fetch_steps:
                     errors.append(f"tensor {t} reappears at step {seg.first} without a fetch")
@@ -291,3 +296,71 @@ def _check_transfers(graph: Graph, plan: Plan, life, parts, capacity) -> list[st
         if any(start < 0 for start, _ in ranges):
             errors.append(f"storage '{name}': negative address")
     return errors
+
+
+def _check_windows(graph: Graph, plan: Plan) -> list[str]:
+    """Async transfer windows (plan.py): shape, residency over the window, ordering."""
+    errors = []
+    last_step = plan.num_steps - 1
+    reads = _read_steps(graph, plan)
+    spill_end: dict[Key, int] = {}
+    for tr in plan.transfers:
+        if tr.kind == "spill":
+            spill_end[(tr.tensor, tr.part)] = tr.window[1]
+    for tr in plan.transfers:
+        first, last = tr.window
+        what = f"{tr.kind} of tensor {tr.tensor} at step {tr.step}"
+        if tr.window == (tr.step, tr.step):
+            if tr.kind != "spill" and (tr.tensor, tr.part) in spill_end and \
+                    spill_end[(tr.tensor, tr.part)] >= tr.step:
+                errors.append(f"{what} reads storage before its spill completes "
+                              f"(step {spill_end[(tr.tensor, tr.part)]})")
+            continue
+        if not 0 <= first <= last <= last_step:
+            errors.append(f"{what}: window [{first},{last}] outside 0..{last_step}")
+            continue
+        if tr.kind in ("stream", "spill_rows"):
+            errors.append(f"{what}: a {tr.kind} is blocking (window [{first},{last}])")
+            continue
+        segs = plan.segments_of(tr.tensor, tr.part)
+        if tr.kind == "spill":
+            if first != tr.step or last < tr.step:
+                errors.append(f"{what}: a spill's window starts at its step "
+                              f"(issue == step <= complete), not [{first},{last}]")
+                continue
+            if tr.part is not None:
+                errors.append(f"{what}: a part is compacted right after its spill, "
+                              "so the spill of a part is blocking")
+            if not any(s.first <= first and last <= s.last for s in segs):
+                errors.append(f"{what}: source not resident over its window [{first},{last}]")
+        else:  # fetch
+            if last != tr.step or first > tr.step:
+                errors.append(f"{what}: a fetch's window ends at its step "
+                              f"(issue <= complete == step), not [{first},{last}]")
+                continue
+            if not any(s.first == first and s.last >= last for s in segs):
+                errors.append(f"{what}: destination segment does not span its window "
+                              f"[{first},{last}]")
+            early = sorted(r for r in reads.get(tr.tensor, ()) if first <= r < last)
+            if early:
+                errors.append(f"{what}: tensor read at step {early[0]}, while its fetch "
+                              "is in flight")
+            done = spill_end.get((tr.tensor, tr.part))
+            if done is not None and first <= done:
+                errors.append(f"{what}: issued at step {first}, before its spill completes "
+                              f"(step {done})")
+    return errors
+
+
+def _read_steps(graph: Graph, plan: Plan) -> dict[int, set[int]]:
+    """Tensor id -> steps at which an op reads it (a fused concat reads at its conv's step)."""
+    fused = {f.concat: f.conv for f in plan.fusions if f.conv is not None}
+    out: dict[int, set[int]] = defaultdict(set)
+    for op in graph.ops:
+        step = (fused[op.index] if op.index in fused else op.index) + 1
+        for t in op.inputs:
+            if t >= 0:
+                out[t].add(step)
+    for t in graph.outputs:
+        out[t].add(graph.num_steps - 1)
+    return out

@@ -28,12 +28,63 @@ class Storage:
     erase_block: int = 1  # bytes erased at once (flash); 1 where writes need no erase
     write_granularity: int = 1  # writes are padded to this many bytes
     compression: bool = False  # TinySeg's most-frequent-byte elision on spilled data
+    # A DMA channel / transfer engine that moves data beside the CPU: transfers with a
+    # window overlap compute (planner/latency.py). False: the CPU moves every byte.
+    async_channel: bool = False
+    # An erase stalls the storage's bus: reads wait behind it (NOR flash, single-bank
+    # internal flash). False: the chip erases in the background while the bus is free.
+    erase_blocks_bus: bool = True
+    erase_s: float = 0.0  # per erase block; 0 where erase is folded into write_bandwidth
 
     def write_seconds(self, nbytes: int) -> float:
         return self.latency_s + nbytes / self.write_bytes_per_s
 
     def read_seconds(self, nbytes: int, transfers: int = 1) -> float:
         return transfers * self.latency_s + nbytes / self.read_bytes_per_s
+
+
+# Op kinds the compute model prices per MAC, and per byte read + written (planner/compute.py).
+MAC_KINDS = ("conv", "depthwise_conv", "transpose_conv", "fully_connected")
+BYTE_KINDS = ("concat", "reshape", "pool", "elementwise", "other")
+COMPUTE_DTYPES = ("int8", "int16", "float32")
+
+
+@dataclass(frozen=True)
+class ComputeModel:
+    """Cycles per MAC (MAC kinds) or per byte moved (byte kinds), per kind and dtype.
+
+    The defaults are estimates for a Cortex-M4F-class core running CMSIS-NN-style
+    kernels (SIMD int8 MACs, FPU float32), not measurements.
+    """
+
+    clock_hz: float = 168e6
+    # ((kind, ((dtype, cycles), ...)), ...): frozen, so profiles stay hashable.
+    cycles: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+
+    def cycles_per_unit(self, kind: str, dtype: str) -> float:
+        for k, row in self.cycles:
+            if k == kind:
+                for d, c in row:
+                    if d == dtype:
+                        return c
+        return DEFAULT_CYCLES[kind][dtype]
+
+
+# Cortex-M4F-class estimates (CMSIS-NN int8 convolutions reach about 1 cycle per MAC with
+# SMLAD; depthwise and the reference transpose conv are slower per MAC; int16 (16x8)
+# kernels about 1.5-2x int8; float32 uses the FPU's 1-cycle MAC plus loads; copies run
+# near one word per few cycles). Estimates, not measurements.
+DEFAULT_CYCLES: dict[str, dict[str, float]] = {
+    "conv": {"int8": 1.2, "int16": 2.0, "float32": 4.0},
+    "depthwise_conv": {"int8": 2.5, "int16": 4.0, "float32": 5.0},
+    "transpose_conv": {"int8": 6.0, "int16": 8.0, "float32": 6.0},
+    "fully_connected": {"int8": 1.0, "int16": 1.8, "float32": 3.5},
+    "concat": {"int8": 0.5, "int16": 0.5, "float32": 0.5},
+    "reshape": {"int8": 0.5, "int16": 0.5, "float32": 0.5},
+    "pool": {"int8": 2.0, "int16": 2.0, "float32": 2.5},
+    "elementwise": {"int8": 3.0, "int16": 2.5, "float32": 2.0},
+    "other": {"int8": 4.0, "int16": 4.0, "float32": 4.0},
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +98,7 @@ class DeviceProfile:
     # The project's other custom kernels (planner/kernels.py), e.g. the scratch-free
     # TRANSPOSE_CONV; False keeps every op on stock TFLM's kernel.
     custom_kernels: bool = True
+    compute: ComputeModel = ComputeModel()  # op timing (planner/compute.py)
 
     @property
     def can_stream(self) -> bool:
@@ -78,6 +130,9 @@ PROFILE_FIELDS: dict[str, Field] = {
     # The project's custom kernels (planner/kernels.py); stock TFLM ('none') has none.
     "custom_kernels": Field("bool", default=True),
     "storage": Field("tables", default=[], max_items=64),
+    # Op timing (planner/compute.py): the core clock and a [compute] table of cycles.
+    "clock_mhz": Field("number", default=168, minimum=0.001, maximum=100_000),
+    "compute": Field("custom", default=None, check=lambda v, w: _check_compute(v, w)),
 }
 STORAGE_FIELDS: dict[str, Field] = {
     "name": Field("str", required=True, maximum=200),
@@ -88,7 +143,27 @@ STORAGE_FIELDS: dict[str, Field] = {
     "erase_block": Field("size", default=1, minimum=1),
     "write_granularity": Field("size", default=1, minimum=1),
     "compression": Field("bool", default=False),
+    # A DMA channel beside the CPU (async transfers overlap compute); blocking if not said.
+    "async": Field("bool", default=False),
+    "erase_blocks_bus": Field("bool", default=True),
+    "erase_us": Field("number", default=0, maximum=60e6),  # per erase block
 }
+# [compute] table: kind = { int8 = cycles, int16 = cycles, float32 = cycles }, each optional.
+CYCLE_FIELDS: dict[str, Field] = {d: Field("number", minimum=0, maximum=1e6)
+                                  for d in COMPUTE_DTYPES}
+COMPUTE_FIELDS: dict[str, Field] = {k: Field("custom", check=lambda v, w: v)
+                                    for k in MAC_KINDS + BYTE_KINDS}
+
+
+def _check_compute(value: object, where: str) -> tuple:
+    kinds = check_table(value, COMPUTE_FIELDS, where)
+    out = []
+    for kind, row in kinds.items():
+        if row is None:
+            continue
+        cycles = check_table(row, CYCLE_FIELDS, f"{where}: '{kind}'")
+        out.append((kind, tuple((d, float(c)) for d, c in cycles.items() if c is not None)))
+    return tuple(out)
 MAX_PROFILE_BYTES = 1 << 20
 
 
@@ -130,6 +205,9 @@ def profile_from_dict(data: object, where: str, default_name: str = "profile") -
             erase_block=s["erase_block"],
             write_granularity=s["write_granularity"],
             compression=s["compression"],
+            async_channel=s["async"],
+            erase_blocks_bus=s["erase_blocks_bus"],
+            erase_s=float(s["erase_us"]) * 1e-6,
         ))
     check_unique([s.name for s in storages], f"profile {where}: storage")
     return DeviceProfile(
@@ -139,4 +217,6 @@ def profile_from_dict(data: object, where: str, default_name: str = "profile") -
         description=top["description"],
         fusion=top["fusion"],
         custom_kernels=top["custom_kernels"],
+        compute=ComputeModel(clock_hz=float(top["clock_mhz"]) * 1e6,
+                             cycles=top["compute"] or ()),
     )
