@@ -3,8 +3,9 @@
 End-to-end latency = compute (a constant: the sum of the ops' estimated seconds,
 planner/compute.py) + exposed transfer time. The encoding, in whole microseconds:
 
-- a blocking transfer (no window, a stream, or a storage without a DMA channel) is
-  exposed whole;
+- a blocking transfer (no window, or a storage without a DMA channel) is exposed whole;
+- a stream on a DMA channel is double-buffered inside its op (planner/latency.py): its
+  time is placed on that op's step;
 - an asynchronous one places portions x[k] of its time T on the steps k its window spans
   (windows.py: cover[k]); whatever is not placed (T - sum x) is exposed;
 - per storage channel and step, the placed portions beyond the op's compute time c[k]
@@ -117,7 +118,8 @@ class LatencyObjective:
         portions = []
         for k, cover in covers.items():
             x = self.m.new_int_var(0, cost, f"x{name}_{k}")
-            self.m.add(x <= cost * cover)
+            if cover is not None:  # None: always in flight over the op at k
+                self.m.add(x <= cost * cover)
             portions.append(x)
             self.placed.setdefault((storage, k), []).append(x)
         self.m.add(sum(portions) + rest == cost * gate)
@@ -152,9 +154,10 @@ class LatencyObjective:
                                    f"f{i}_{a}_{st.name}")
                 for j in range(npts):
                     s = v.s.get((i, j))
-                    if s is not None:
+                    if s is not None:  # double-buffered beside its own op on a DMA channel
                         gate = self._gate(s, i, st.name, single, f"gt{i}_{j}_{st.name}")
-                        self._transfer(gate, stream, {}, st.name, f"t{i}_{j}_{st.name}")
+                        self._transfer(gate, stream, {item.points[j].step: None}, st.name,
+                                       f"t{i}_{j}_{st.name}")
         for (storage, k), portions in sorted(self.placed.items()):
             c = self.c[k] if k < len(self.c) else 0
             most = sum(int(x.proto.domain[-1]) for x in portions)

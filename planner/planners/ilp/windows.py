@@ -11,7 +11,7 @@ Limits that keep a plan valid without further search:
 - a fetch is issued after the tensor's previous point (its segments never overlap in
   time) and after its spill completed; a spill completes before the next point (so a
   stream or fetch there reads complete data);
-- only storages with an asynchronous channel (device: `Storage.dma`) get windows;
+- only storages with an asynchronous channel (`Storage.async_channel`) get windows;
 - the parts of a channel split keep blocking spills (the kept part must outlive the
   spilled part's first segment, checker._check_parts), their fetches may lead.
 
@@ -33,7 +33,7 @@ DEFAULT_DEPTH = 3  # steps a fetch may lead / a spill may trail (the --async-win
 
 def channel_async(storage: Storage) -> bool:
     """Whether the storage moves data on its own channel (DMA) while the processor runs."""
-    return bool(getattr(storage, "dma", False))
+    return storage.async_channel
 
 
 def async_storages(profile: DeviceProfile) -> tuple[str, ...]:
