@@ -31,6 +31,9 @@ class Solution:
     exts: dict[tuple[int, int], int] = field(default_factory=dict)
     exposed_us: int | None = None  # the latency model's exposed transfer time
     bound_exposed_us: int | None = None  # its proven lower bound
+    # Latency objective: the least-transfer solution its search started from, kept so the
+    # planner can return whichever simulates faster (the model is a relaxation).
+    alternative: Solution | None = None
 
 
 def window_span(sol: Solution, item, a: int, b: int) -> tuple[int, int]:

@@ -93,6 +93,12 @@ class LatencyObjective:
         # (storage, step) -> [(portion variable, its transfer's whole time)]
         self.placed: dict[tuple[str, int], list] = {}
         self.top = 0  # an upper bound on the exposed time
+        # For completing a hint: (bool, a, b) with bool == a and b; per transfer (gate,
+        # cost, [(step, cover or None, portion)], rest, storage); per (storage, step) the
+        # exposure variable.
+        self.ands: list[tuple] = []
+        self.transfers: list[tuple] = []
+        self.overflow: dict[tuple[str, int], cp_model.IntVar] = {}
         self._build()
         self.exposed = self.m.new_int_var(0, max(self.top, 0), "exposed_us")
         self.m.add(self.exposed == sum(self.blocked))
@@ -102,11 +108,7 @@ class LatencyObjective:
         if single:
             return on
         y = self.model.v.y[(i, storage)]
-        g = self.m.new_bool_var(name)
-        self.m.add_implication(g, on)
-        self.m.add_implication(g, y)
-        self.m.add_bool_or([on.Not(), y.Not(), g])
-        return g
+        return self._and(on, y, name)
 
     def _transfer(self, gate, cost: int, covers: dict[int, cp_model.IntVar], storage: str,
                   name: str) -> None:
@@ -114,17 +116,20 @@ class LatencyObjective:
         async_ = storage in self.windows.async_names and covers
         if not async_:
             self.blocked.append(cost * gate)
+            self.transfers.append((gate, cost, [], None, storage))
             return
         rest = self.m.new_int_var(0, cost, f"blk{name}")
-        portions = []
+        portions, placed = [], []
         for k, cover in covers.items():
             x = self.m.new_int_var(0, cost, f"x{name}_{k}")
             if cover is not None:  # None: always in flight over the op at k
                 self.m.add(x <= cost * cover)
             portions.append(x)
+            placed.append((k, cover, x))
             self.placed.setdefault((storage, k), []).append((x, cost))
         self.m.add(sum(portions) + rest == cost * gate)
         self.blocked.append(rest)
+        self.transfers.append((gate, cost, placed, rest, storage))
 
     def _build(self) -> None:
         p, v, w = self.model.p, self.model.v, self.windows
@@ -167,9 +172,45 @@ class LatencyObjective:
             e = self.m.new_int_var(0, most, f"e{storage}_{k}")
             self.m.add(e >= sum(x for x, _ in portions) - c)
             self.blocked.append(e)
+            self.overflow[(storage, k)] = e
+
+    def complete_hint(self) -> None:
+        """Hint every variable of the objective from the hinted plan (the rest of the
+        model's hint): each transfer's time goes to the steps its window spans while the
+        channel has compute left there, the rest is exposed. With a complete hint CP-SAT
+        takes the plan as its first solution at once."""
+        hint = self.m.proto.solution_hint
+        known = dict(zip(hint.vars, hint.values, strict=True))
+
+        def val(var) -> int:
+            return known.get(var.index, 0)
+
+        def put(var, value: int) -> None:
+            known[var.index] = value
+            self.m.add_hint(var, value)
+
+        for g, a, b in self.ands:
+            put(g, int(bool(val(a)) and bool(val(b))))
+        free = {}
+        exposed = 0
+        for gate, cost, placed, rest, storage in self.transfers:
+            left = cost * val(gate)
+            for k, cover, x in placed:
+                room = free.setdefault((storage, k), self.c[k] if k < len(self.c) else 0)
+                share = min(left, room) if cover is None or val(cover) else 0
+                put(x, share)
+                free[(storage, k)] -= share
+                left -= share
+            if rest is not None:
+                put(rest, left)
+            exposed += left
+        for e in self.overflow.values():
+            put(e, 0)
+        put(self.exposed, exposed)
 
     def _and(self, a, b, name: str):
         g = self.m.new_bool_var(name)
+        self.ands.append((g, a, b))
         self.m.add_implication(g, a)
         self.m.add_implication(g, b)
         self.m.add_bool_or([a.Not(), b.Not(), g])
