@@ -41,7 +41,14 @@ from planner.ir import Graph
 from planner.plan import Plan
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
-from async_plans import plant_spill_past_its_source, widen, windows  # noqa: E402
+from async_plans import (  # noqa: E402
+    ILP_LATENCY_CASES,
+    blocking,
+    ilp_latency_plan,
+    plant_spill_past_its_source,
+    widen,
+    windows,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is absent")
@@ -143,3 +150,22 @@ def test_ilp_plans_with_windows_replay_over_the_threaded_driver(case: str, windo
     got = run(exe, "-c1", "-a2", "3", *specs)
     assert want.returncode == 0 and got.returncode == 0, got.stderr
     same_replay(want.stdout, got.stdout)
+
+
+@pytest.mark.parametrize(("name", "fraction"), ILP_LATENCY_CASES)
+def test_ilp_latency_plans_replay_over_the_threaded_driver(name: str, fraction: float,
+                                                           tmp_path: Path):
+    """The exact planner's own windows (--objective latency) against the same plan with
+    every transfer blocking: identical bytes at every use, on every driver."""
+    g, plan, prof, _ = ilp_latency_plan(name, fraction)
+    names = storage_names(plan, prof)
+    exe_blocking = write_glue(g, blocking(plan), tmp_path / "blocking", prof)
+    exe = write_glue(g, plan, tmp_path / "async", prof)
+    specs = [f"file:{tmp_path / f's{i}.bin'}" for i in range(len(names))]
+    want = run(exe_blocking, "3", *specs)
+    assert want.returncode == 0, want.stderr
+    for mode in MODES:
+        got = run(exe, mode, "3", *specs)
+        assert got.returncode == 0, (mode, got.stderr)
+        same_replay(want.stdout, got.stdout)
+        assert stats(got.stdout)["async"] == 3 * len(windows(plan))

@@ -21,7 +21,10 @@ from planner.plan import Plan
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from async_plans import (  # noqa: E402
+    ILP_LATENCY_CASES,
+    blocking,
     hold,
+    ilp_latency_plan,
     plant_fetch_completing_late,
     plant_spill_past_its_source,
     widen,
@@ -107,3 +110,12 @@ def test_windowed_ilp_plans_match(unet):
         assert check(g, plan) == []
         result = unet.run(plan)
         assert result.mismatch is None, result.mismatch
+
+
+@pytest.mark.parametrize(("name", "fraction"), ILP_LATENCY_CASES)
+def test_ilp_latency_plans_match(name: str, fraction: float):
+    """The exact planner's own windows run with matching numerics, as the blocking plan."""
+    g, plan, _, path = ilp_latency_plan(name, fraction)
+    m = model(path)
+    assert m.run(plan).mismatch is None
+    assert m.run(blocking(plan)).mismatch is None

@@ -6,6 +6,9 @@ TFLM tree matching the installed wheel (see tests/test_tflm_real.py)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from test_tflite_rewrite_async import windowed_unet
 from test_tflm_real import _skip_reason
@@ -14,6 +17,9 @@ from backends import tflite_io as io
 from backends import tflm_custom as tc
 from backends.tflite_rewrite import write_rewritten_tflite
 from backends.tflm_interpreter import invoke_runs, random_inputs
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from async_plans import ILP_LATENCY_CASES, blocking, ilp_latency_plan, windows  # noqa: E402
 
 pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 REGISTERER = ["TinyPlanRegisterer"]
@@ -97,3 +103,26 @@ def test_a_wait_after_the_read_is_caught_on_real_tflm(ops, models, tmp_path):
     late, _, _ = _run(ops, planted, "thread-latest", tmp_path / "late", inputs)
     assert _same(want, early)
     assert not _same(want, late)
+
+
+@pytest.mark.parametrize(("name", "fraction"), ILP_LATENCY_CASES)
+def test_ilp_latency_plans_on_real_tflm(name, fraction, ops, tmp_path):
+    """The exact planner's own windows (--objective latency), rewritten: the blocking
+    version of the same plan and the original model give the same outputs."""
+    g, plan, prof, path = ilp_latency_plan(name, fraction)
+    for sub in ("async", "blocking"):
+        (tmp_path / sub).mkdir()
+    [windowed] = write_rewritten_tflite(g, plan, path, tmp_path / "async", profile=prof)
+    [blocked] = write_rewritten_tflite(g, blocking(plan), path, tmp_path / "blocking",
+                                       profile=prof)
+    original = path.read_bytes()
+    inputs = [random_inputs(original, seed=s) for s in range(RUNS)]
+    want, _ = invoke_runs(original, inputs)
+    base, _, _ = _run(ops, blocked.read_bytes(), "off", tmp_path / "b", inputs)
+    assert _same(want, base)
+    for mode in ("off", "thread", "thread-latest"):
+        got, figures, (started, _) = _run(ops, windowed.read_bytes(), mode, tmp_path / mode,
+                                          inputs)
+        assert _same(want, got), mode
+        assert started == (RUNS * len(windows(plan)) if mode != "off" else 0)
+        assert figures["head"] == plan.peak_bytes

@@ -13,6 +13,7 @@ the timing branch does the same for the planner side).
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from planner.plan import Plan, Segment, Transfer
 
@@ -162,3 +163,53 @@ def hold(plan: Plan, tensor: int, after: int = 0, before: int = 0, longer: int =
         if tr.kind == "spill" and tr.tensor == tensor and after else tr
         for tr in transfers)
     return replace(plan, segments=segs, transfers=transfers, peak_bytes=peak)
+
+
+def blocking(plan: Plan) -> Plan:
+    """The same plan with every transfer blocking: same offsets, a spill's source held as
+    long, a fetch's destination starting at its step (a blocking fetch starts its segment)."""
+    segs = list(plan.segments)
+    for tr in plan.transfers:
+        if tr.kind == "fetch" and tr.window[0] < tr.step:
+            k = next(j for j, s in enumerate(segs) if (s.tensor, s.part) == (tr.tensor, tr.part)
+                     and s.role == "tensor" and s.first == tr.window[0])
+            segs[k] = replace(segs[k], first=tr.step)
+    return replace(plan, segments=tuple(segs), transfers=tuple(
+        replace(t, issue=None, complete=None) for t in plan.transfers))
+
+
+# The exact planner's own windows (--objective latency): irregular_int8 on qspi-flash gets
+# a spill and a fetch window at 75 % and 90 % of tflm-greedy (measured when written).
+ILP_LATENCY_CASES = (("irregular_int8", 0.9), ("irregular_int8", 0.75))
+_LATENCY_PLANS: dict = {}
+
+
+def ilp_latency_plan(name: str, fraction: float, profile: str = "qspi-flash"):
+    """(graph, plan, profile, model path) of the ILP's latency objective under
+    `fraction` of tflm-greedy's peak; pytest-skips when the ILP or the model is absent or
+    the plan has no window."""
+    import pytest
+
+    from frontends import load_model
+    from planner.checker import check
+    from planner.device import load_profile
+    from planner.kernels import apply_kernels
+    from planner.planners.base import Request, registry
+
+    key = (name, fraction, profile)
+    if key not in _LATENCY_PLANS:
+        path = Path(__file__).resolve().parents[2] / "benchmarks" / "models" / f"{name}.tflite"
+        planners = registry()
+        if not path.is_file() or "ilp" not in planners:
+            pytest.skip(f"{path.name} or the ilp planner is absent")
+        prof = load_profile(profile)
+        graph = apply_kernels(load_model(path), prof)
+        greedy = planners["tflm-greedy"](Request(graph, prof)).peak_bytes
+        budget = int(greedy * fraction) // 16 * 16
+        plan = planners["ilp"](Request(graph, prof, budget, "latency", 30, async_window=3))
+        assert check(graph, plan, prof.capacities) == []
+        _LATENCY_PLANS[key] = (graph, plan, prof, path)
+    graph, plan, prof, path = _LATENCY_PLANS[key]
+    if not windows(plan):
+        pytest.skip("the ILP chose no window for this case")
+    return graph, plan, prof, path
