@@ -29,8 +29,9 @@ whole schedule:
 
 A plan that needs a kernel the table (planner/kernels.py) does not offer is refused.
 
-Ops inserted between original op k-1 and op k run in this order: spills of step
-k-1, TinyPlanSplits of step k-1, fetches of step k. Custom options are fixed little-endian
+Ops inserted between original op k-1 and op k run in this order: waits of spills
+completing at k-1, spills of step k-1, TinyPlanSplits of step k-1, waits of fetches
+completing at k, fetches issued at k. Custom options are fixed little-endian
 int32 blobs (layouts below and in the docs) so C glue can read them without a
 flexbuffer parser.
 """
