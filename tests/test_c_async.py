@@ -35,6 +35,7 @@ from backends.c_glue import (
     storage_names,
     write_c_glue,
 )
+from backends.storage_host import StorageHostServer
 from planner.async_windows import with_windows
 from planner.checker import check
 from planner.ir import Graph
@@ -169,3 +170,14 @@ def test_ilp_latency_plans_replay_over_the_threaded_driver(name: str, fraction: 
         assert got.returncode == 0, (mode, got.stderr)
         same_replay(want.stdout, got.stdout)
         assert stats(got.stdout)["async"] == 3 * len(windows(plan))
+    # The remote driver over loopback TCP, its frames sent from the worker thread.
+    servers = [StorageHostServer(prof.storage(n).capacity, tmp_path / f"host{i}")
+               for i, n in enumerate(names)]
+    try:
+        ports = [srv.start() for srv in servers]
+        got = run(exe, "-c1", "-a1", "2", *[f"tcp:{port}" for port in ports])
+        assert got.returncode == 0, got.stderr
+        assert stats(got.stdout)["worker"] > 0
+    finally:
+        for srv in servers:
+            srv.stop()
