@@ -126,3 +126,23 @@ def test_ilp_latency_plans_on_real_tflm(name, fraction, ops, tmp_path):
         assert _same(want, got), mode
         assert started == (RUNS * len(windows(plan)) if mode != "off" else 0)
         assert figures["head"] == plan.peak_bytes
+
+
+def test_verify_tflm_runs_the_windows_on_a_worker_thread(ops, capsys, tmp_path):
+    """verify-tflm --async: the channels are made in the process that invokes (threads do
+    not survive the fork that isolates TFLM)."""
+    import json
+
+    from planner.cli import main
+
+    g, plan, prof, path = ilp_latency_plan(*ILP_LATENCY_CASES[0])
+    (tmp_path / "out").mkdir()
+    [written] = write_rewritten_tflite(g, plan, path, tmp_path / "out", profile=prof)
+    for mode in ("thread", "thread-latest"):
+        capsys.readouterr()
+        code = main(["verify-tflm", str(path), str(written), "--runs", "2", "--json",
+                     "--storage", "file", "--profile", "qspi-flash", "--async", mode])
+        report = json.loads(capsys.readouterr().out)
+        assert code == 0 and report["ok"], report
+        assert report["async"]["windows_started"] == 2 * len(windows(plan))
+        assert report["async"]["on_worker"] > 0
