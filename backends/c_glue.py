@@ -33,9 +33,11 @@ RUNTIME_SOURCES = (
     "tp_storage.h", "tp_storage_file.c", "tp_storage_flash.c", "tp_storage_remote.c",
     "tp_stream_tcp.h", "tp_stream_tcp.c", "tp_compress.h", "tp_compress.c",
     "tp_runtime.h", "tp_runtime.c", "tp_kernels.h", "tp_kernels.c", "tp_rows.h", "tp_rows.c",
-    "tflm_ops.cc",
+    "tflm_ops.cc", "tp_async.h", "tp_async.c",
 )
 SPILL, FETCH, STREAM, COMPACT = 0, 1, 2, 3
+# Asynchronous windows (tp_runtime.h): the waits, and the transfers they complete.
+WAIT_SPILL, WAIT_FETCH, SPILL_ASYNC, FETCH_ASYNC = 4, 5, 6, 7
 OP_PLAIN, OP_STREAM_CONCAT, OP_FUSED_AWAY, OP_FUSED_CONV, OP_CHANNEL_CONCAT = 0, 1, 2, 3, 4
 Key = tuple[int, "int | None"]
 
@@ -68,6 +70,9 @@ class Action:
     line_rows: int = 0
     line_bytes: int = 0
     stream: int = 0
+    # The window in flight (Transfer.window), for the phase an asynchronous fetch goes in;
+    # not a table field (the kind says asynchronous, the WAIT's phase says until when).
+    issue: int = -1
 
     def fields(self) -> list[int]:
         return [self.kind, self.step, self.tensor, -1 if self.part is None else self.part,
@@ -191,7 +196,7 @@ def build_tables(graph: Graph, plan: Plan, profile: DeviceProfile | None) -> dic
             a.erase = _erase_range(storages[a.storage], spill, erased[a.storage])
         elif tr.kind == "fetch":
             a.kind = FETCH
-            a.arena_offset = next(s.offset for s in segs(t, part) if s.first == tr.step)
+            a.arena_offset = _fetch_destination(segs(t, part), tr).offset
         else:
             a.kind = STREAM
             line = lines.get((t, part, tr.step))
@@ -211,6 +216,7 @@ def build_tables(graph: Graph, plan: Plan, profile: DeviceProfile | None) -> dic
             a.stream = n_streams
             n_streams += 1
         actions.append(a)
+        actions += _window_actions(a, tr)
     for t, k in split.items():
         end = interleaved_until(t)
         if segs(t, 0)[0].last > end and geo[t].outer > 1:
@@ -218,14 +224,13 @@ def build_tables(graph: Graph, plan: Plan, profile: DeviceProfile | None) -> dic
                                   arena_offset=segs(t, 0)[0].offset, nbytes=parts[(t, 0)].nbytes,
                                   gather=geo[t].gather(0, k), channels=(0, k)))
 
-    def phase(a: Action) -> int:
-        return 2 * a.step + (1 if a.kind in (SPILL, COMPACT) else 0)
-
-    # Stable: within a phase spills keep step order and come before compactions.
-    actions.sort(key=lambda a: (phase(a), a.kind == COMPACT))
+    # Stable: within a phase waits come first, spills keep step order and come before
+    # compactions.
+    actions.sort(key=lambda a: (_phase(a), a.kind not in (WAIT_SPILL, WAIT_FETCH),
+                                a.kind == COMPACT))
     phase_start = [0] * (2 * plan.num_steps + 1)
     for p in range(2 * plan.num_steps + 1):
-        phase_start[p] = sum(1 for a in actions if phase(a) < p)
+        phase_start[p] = sum(1 for a in actions if _phase(a) < p)
 
     segments = sorted(plan.segments, key=lambda s: (s.tensor, s.first, s.role,
                                                     -1 if s.part is None else s.part))
@@ -268,6 +273,39 @@ def build_tables(graph: Graph, plan: Plan, profile: DeviceProfile | None) -> dic
         "storages": storages, "num_records": len(records), "num_streams": n_streams,
         "ops": ops, "op_io": op_io,
     }
+
+
+def _phase(a: Action) -> int:
+    """Phase 2s runs before the op at step s, 2s+1 after it (tp_plan.phase_start)."""
+    if a.kind == WAIT_SPILL:  # after the op at the spill window's last step (a.step)
+        return 2 * a.step + 1
+    if a.kind == FETCH_ASYNC:  # started before the op at its issue step
+        return 2 * a.issue
+    return 2 * a.step + (1 if a.kind in (SPILL, SPILL_ASYNC, COMPACT) else 0)
+
+
+def _fetch_destination(segs: Sequence[Segment], tr: Transfer) -> Segment:
+    """The segment a fetch fills: resident over its whole window (it starts at the issue)."""
+    issue, _ = tr.window
+    for s in segs:
+        if s.first <= issue and tr.step <= s.last:
+            return s
+    raise PlannerError(f"fetch of tensor {tr.tensor} at step {tr.step}: no segment holds "
+                       f"its window from step {issue}")
+
+
+def _window_actions(a: Action, tr: Transfer) -> list[Action]:
+    """An asynchronous spill or fetch becomes the *_ASYNC kind plus the WAIT completing it
+    (a spill after the op at its window's end, a fetch before the op at its step)."""
+    issue, complete = tr.window
+    if tr.kind not in ("spill", "fetch") or issue == complete:
+        return []
+    spill = tr.kind == "spill"
+    a.kind = SPILL_ASYNC if spill else FETCH_ASYNC
+    a.issue = issue
+    return [Action(kind=WAIT_SPILL if spill else WAIT_FETCH, step=complete if spill else tr.step,
+                   tensor=a.tensor, part=a.part, storage=a.storage, record=a.record,
+                   address=a.address, nbytes=a.nbytes)]
 
 
 def _erase_range(storage: StorageDesc, spill: Transfer, erased: set[int]) -> tuple[int, int]:

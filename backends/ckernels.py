@@ -35,7 +35,7 @@ class CKernelError(PlannerError):
 
 # tp_kernels.c reads slices through tp_runtime.c, which decodes streams with tp_compress.c.
 SOURCES = ("tp_kernels.c", "tp_runtime.c", "tp_compress.c")
-HEADERS = ("tp_kernels.h", "tp_runtime.h", "tp_compress.h", "tp_storage.h")
+HEADERS = ("tp_kernels.h", "tp_runtime.h", "tp_compress.h", "tp_storage.h", "tp_async.h")
 
 
 def _define(name: str, header: str = "tp_kernels.h") -> int:

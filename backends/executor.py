@@ -244,6 +244,13 @@ class ArenaMachine:
         self.kernel_seconds = 0.0
         self.c_kernel_ops = 0
         self.device = self._device_kernels()
+        # Plans with asynchronous windows move their data at the end of each window
+        # (backends/executor_async.py); blocking plans run exactly as before.
+        self.inflight = None
+        if any(tr.window != (tr.step, tr.step) for tr in plan.transfers):
+            from .executor_async import InFlight
+
+            self.inflight = InFlight(self)
 
     def _device_kernels(self):
         """The C kernels, when this plan has an op a device runs on them (TFLite int8)."""
@@ -395,6 +402,9 @@ class ArenaMachine:
     # -- step phases ----------------------------------------------------------
 
     def _fetch(self, step: int) -> None:
+        if self.inflight is not None:
+            self.inflight.before_op(step)
+            return
         for tr in self.by_step[("fetch", step)]:
             seg = self._resident(tr.tensor, tr.part, step)
             spill = self.spill_of.get((tr.tensor, tr.part))
@@ -407,6 +417,9 @@ class ArenaMachine:
             self._put(seg.offset, data, seg.size)
 
     def _spill(self, step: int) -> None:
+        if self.inflight is not None:
+            self.inflight.after_op(step)
+            return
         for tr in self.by_step[("spill", step)]:
             data = self.read_part(tr.tensor, tr.part, step)
             if data.nbytes != tr.nbytes:

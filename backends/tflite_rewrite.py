@@ -8,6 +8,11 @@ whole schedule:
   "fetched copy" written by a `Fetch` op placed before the op at the segment's
   first step; readers in that segment read the copy;
 - a `Spill` op after the op at the spill step writes the data to storage;
+- an asynchronous transfer (Transfer.window longer than one step) is issued by its
+  Spill (after the op at the spill step) or Fetch (before the op at the window's first
+  step, writing the copy whose segment starts there) with the async option, and
+  completed by a `TinyPlanWait` reading the same tensor: after the op at a spill's
+  window end, before the op at a fetch's step;
 - a channel-split tensor (plan.parts) is produced whole at part 0's offset; after
   the last step both parts are resident (its interleaved phase) a custom
   `TinyPlanSplit` compacts part 0 in place (part 1 is already spilled and dead);
@@ -31,8 +36,9 @@ whole schedule:
 
 A plan that needs a kernel the table (planner/kernels.py) does not offer is refused.
 
-Ops inserted between original op k-1 and op k run in this order: spills of step
-k-1, TinyPlanSplits of step k-1, fetches of step k. Custom options are fixed little-endian
+Ops inserted between original op k-1 and op k run in this order: waits of spills
+completing at k-1, spills of step k-1, TinyPlanSplits of step k-1, waits of fetches
+completing at k, fetches issued at k. Custom options are fixed little-endian
 int32 blobs (layouts below and in the docs) so C glue can read them without a
 flexbuffer parser.
 """
@@ -54,6 +60,7 @@ from planner.kernels import (
     ROWS_KERNEL,
     SPLIT_IN_PLACE,
     STREAMED_GROUP,
+    TRANSFER_WAIT,
     TRANSPOSE_CONV_ROWS,
     plan_violations,
 )
@@ -63,7 +70,10 @@ from . import tflite_io as io
 
 OPTIONS_VERSION = 1
 # Spill / Fetch: [version, storage_id, address, nbytes, axis, channel_start, channel_stop, part]
+# and, for an asynchronous one, a 9th word 1: completed by the TinyPlanWait of the same
+# storage and address.
 TRANSFER_FIELDS = 8
+ASYNC = 1
 # FusedConcat / FusedConcatConv2D header: [version, axis, n_inputs, activation, padding,
 # stride_h, stride_w, dilation_h, dilation_w], then per concat input:
 FUSED_HEADER = 9
@@ -73,7 +83,10 @@ FUSED_INPUT_FIELDS = 8
 SOURCE_ARENA, SOURCE_STREAM = 0, 1
 # TinyPlanSplit: [version, axis, keep_channels]; TinyPlanTransposeConv: [version, padding
 # (0 SAME, 1 VALID), stride_h, stride_w, fused_activation].
-SIMPLE_FIELDS = {SPLIT_IN_PLACE.custom_op: 3, TRANSPOSE_CONV_ROWS.custom_op: 5}
+# TinyPlanWait: [version, kind (0 spill, 1 fetch), storage_id, address].
+SIMPLE_FIELDS = {SPLIT_IN_PLACE.custom_op: 3, TRANSPOSE_CONV_ROWS.custom_op: 5,
+                 TRANSFER_WAIT.custom_op: 4}
+WAIT_SPILL, WAIT_FETCH = 0, 1
 # TinyPlanStreamedGroup: [version, storage_id (-1 none)], then the program words of
 # backends/group_program.py; its view table (tp_rows.h: a 6-word header with n_views at
 # word 2, then per view [mode, height, row_bytes, rows_held, address]) says which views
@@ -249,20 +262,41 @@ class _Builder:
         return [OPTIONS_VERSION, self.storage_id[tr.storage], tr.address, tr.nbytes, axis,
                 start, stop, -1 if tr.part is None else tr.part]
 
-    def spill(self, tr: Transfer) -> None:
+    def spill_source(self, tr: Transfer) -> int:
         if tr.tensor in self.split and tr.step <= self.split_end(tr.tensor):
-            src = self.index(tr.tensor)  # still whole: the op picks the part's channels
-        else:
-            seg = self.resident(tr.tensor, tr.part, tr.step)
-            if seg is None:
-                raise PlannerError(f"spill of tensor {tr.tensor} at step {tr.step}: not resident")
-            src = self.copy_for(tr.tensor, tr.part, seg)
-        self.emit(self.custom("Spill", [src], [], self.transfer_options(tr)), tr.step)
+            return self.index(tr.tensor)  # still whole: the op picks the part's channels
+        seg = self.resident(tr.tensor, tr.part, tr.step)
+        if seg is None:
+            raise PlannerError(f"spill of tensor {tr.tensor} at step {tr.step}: not resident")
+        return self.copy_for(tr.tensor, tr.part, seg)
+
+    def spill(self, tr: Transfer) -> None:
+        opts = self.transfer_options(tr) + ([ASYNC] if _windowed(tr) else [])
+        self.emit(self.custom("Spill", [self.spill_source(tr)], [], opts), tr.step)
+
+    def fetch_copy(self, tr: Transfer) -> int:
+        """The copy a fetch writes: its segment holds the whole window (starts at issue)."""
+        issue, _ = tr.window
+        seg = next((s for s in self.segments(tr.tensor, tr.part)
+                    if s.first <= issue and tr.step <= s.last), None)
+        if seg is None:
+            raise PlannerError(f"fetch of tensor {tr.tensor} at step {tr.step}: no segment "
+                               f"holds its window from step {issue}")
+        return self.copy_for(tr.tensor, tr.part, seg)
 
     def fetch(self, tr: Transfer) -> None:
-        seg = next(s for s in self.segments(tr.tensor, tr.part) if s.first == tr.step)
-        out = self.copy_for(tr.tensor, tr.part, seg)
-        self.emit(self.custom("Fetch", [], [out], self.transfer_options(tr)), tr.step)
+        opts = self.transfer_options(tr) + ([ASYNC] if _windowed(tr) else [])
+        self.emit(self.custom("Fetch", [], [self.fetch_copy(tr)], opts), tr.window[0])
+
+    def wait(self, tr: Transfer) -> None:
+        """`TinyPlanWait` completing an asynchronous spill (after the op at its window's
+        end) or fetch (before the op at its step); its input keeps the buffer alive."""
+        if tr.kind == "spill":
+            tensor, kind, step = self.spill_source(tr), WAIT_SPILL, tr.window[1]
+        else:
+            tensor, kind, step = self.fetch_copy(tr), WAIT_FETCH, tr.step
+        opts = [OPTIONS_VERSION, kind, self.storage_id[tr.storage], tr.address]
+        self.emit(self.custom(TRANSFER_WAIT.custom_op, [tensor], [], opts), step)
 
     def split_v(self, t: int, step: int) -> None:
         """`TinyPlanSplit`: compact part 0 in place over the interleaved tensor.
@@ -446,11 +480,7 @@ class _Builder:
             if segs:
                 self.offsets[self.index(t)] = segs[0].offset
                 self.segment_of[self.index(t)] = segs[0]
-        by_step: dict[str, dict[int, list[Transfer]]] = {"spill": defaultdict(list),
-                                                          "fetch": defaultdict(list)}
-        for tr in plan.transfers:
-            if tr.kind in by_step:
-                by_step[tr.kind][tr.step].append(tr)
+        by_step = _transfer_steps(plan)
         splits = defaultdict(list)
         for t in self.split:
             # Only compact when part 0 (or its spill) is needed after the interleaved phase.
@@ -462,7 +492,9 @@ class _Builder:
         rops = self.sub.operators or []
         for step in range(g.num_steps):
             if step > 0:
-                for tr in sorted(by_step["fetch"][step], key=lambda x: (x.tensor, x.part or 0)):
+                for tr in _ordered(by_step["fetch_wait"][step]):
+                    self.wait(tr)
+                for tr in _ordered(by_step["fetch"][step]):
                     self.fetch(tr)
                 k = step - 1
                 rop = rops[self.source_op[k]]
@@ -476,7 +508,9 @@ class _Builder:
                     self.fused_concat(k, rop, step)
                 else:
                     self.plain(k, rop, step)
-            for tr in sorted(by_step["spill"][step], key=lambda x: (x.tensor, x.part or 0)):
+            for tr in _ordered(by_step["spill_wait"][step]):
+                self.wait(tr)
+            for tr in _ordered(by_step["spill"][step]):
                 self.spill(tr)
             for t in sorted(splits[step]):
                 self.split_v(t, step)
@@ -506,6 +540,33 @@ def source_op_indices(graph: Graph) -> list[int]:
             nxt += 1
     if nxt != len(graph.source.ops):
         raise PlannerError("the planned graph does not cover its source graph's ops")
+    return out
+
+
+def _windowed(tr: Transfer) -> bool:
+    return tr.window[0] < tr.window[1]
+
+
+def _ordered(transfers: list[Transfer]) -> list[Transfer]:
+    return sorted(transfers, key=lambda x: (x.tensor, x.part or 0))
+
+
+def _transfer_steps(plan: Plan) -> dict[str, dict[int, list[Transfer]]]:
+    """Where each spill, fetch and wait goes: spills after the op at their step, waits of
+    asynchronous spills after the op at their window's end; fetches before the op at their
+    window's first step (an issue at step 0 goes before op 1: nothing runs earlier), waits
+    of asynchronous fetches before the op at their step."""
+    out: dict[str, dict[int, list[Transfer]]] = {
+        k: defaultdict(list) for k in ("spill", "spill_wait", "fetch", "fetch_wait")}
+    for tr in plan.transfers:
+        if tr.kind == "spill":
+            out["spill"][tr.step].append(tr)
+            if _windowed(tr):
+                out["spill_wait"][tr.window[1]].append(tr)
+        elif tr.kind == "fetch":
+            out["fetch"][max(1, tr.window[0])].append(tr)
+            if _windowed(tr):
+                out["fetch_wait"][tr.step].append(tr)
     return out
 
 
@@ -625,7 +686,9 @@ def _check_options(k: int, name: str, op: Any) -> list[str]:
     if not words or words[0] != OPTIONS_VERSION:
         return [f"op {k} {name}: options missing or of an unknown version"]
     if name in ("Spill", "Fetch"):
-        return [] if len(words) == TRANSFER_FIELDS else [f"op {k} {name}: {len(words)} words"]
+        ok = len(words) == TRANSFER_FIELDS or (len(words) == TRANSFER_FIELDS + 1
+                                               and words[-1] == ASYNC)
+        return [] if ok else [f"op {k} {name}: {len(words)} words"]
     if name in SIMPLE_FIELDS:
         return [] if len(words) == SIMPLE_FIELDS[name] else [f"op {k} {name}: {len(words)} words"]
     if name == STREAMED_GROUP_OP:

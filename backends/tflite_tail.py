@@ -295,13 +295,14 @@ BUILTIN_KERNELS: dict[str, Kernel] = {
 # typedef in tp_runtime.h / tp_kernels.h) and a Kernel in CUSTOM_KERNELS: what its Init
 # and Prepare allocate, its scratch requests and the tensors Prepare reads.
 CUSTOM_STRUCTS: dict[str, int] = {
-    "TransferData": 32,  # int32 opts[8]
+    "TransferData": 32,  # int32 opts[8] (the async word is a bit of the first)
     "FusedData": 1136,  # header, per-input words, 8 tp_action, conv params, pointers
     "tp_stream_state": 344,  # includes its tp_reader (decompression state)
     "TconvData": 136,  # int32 opts[5], tp_tconv_params, scratch index, 16x8 flag
     "SplitData": 12,  # int32 opts[3]
     # storage, program pointer and counts, two readers (decoders of compressed streams)
     "GroupData": 688,
+    "WaitData": 16,  # int32 opts[4]
 }
 MAX_FUSED_INPUTS = 8  # TP_TFLM_MAX_INPUTS: InitFused allocates one stream state per slot
 
@@ -332,6 +333,8 @@ CUSTOM_KERNELS: dict[str, Kernel] = {
     # InitGroup: GroupData only (the program stays in the model's options); PrepareGroup
     # checks the views against eval tensors, so it allocates no temporaries.
     "TinyPlanStreamedGroup": Kernel(init=(CUSTOM_STRUCTS["GroupData"],), temps=()),
+    # PrepareWait reads no tensors.
+    "TinyPlanWait": Kernel(init=(CUSTOM_STRUCTS["WaitData"],), temps=()),
 }
 
 

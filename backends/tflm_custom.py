@@ -212,6 +212,10 @@ def _load(lib: Path) -> ctypes.CDLL:
     handle.tp_py_flash_erases.restype = ctypes.c_int64
     handle.tp_py_reset.restype = None
     handle.tp_py_registered_ops.restype = ctypes.c_char_p
+    handle.tp_py_set_async.argtypes = [ctypes.c_int]
+    handle.tp_py_set_async.restype = ctypes.c_int
+    handle.tp_py_async_started.restype = ctypes.c_int64
+    handle.tp_py_async_on_worker.restype = ctypes.c_int64
     return handle
 
 
@@ -247,6 +251,25 @@ def configure_storages(handle: ctypes.CDLL, specs: Sequence[StorageSpec]) -> Non
         mask |= int(spec.compress) << i
     if handle.tp_py_apply(mask) != 0:
         raise PlannerError("the C runtime refused the storages")
+
+
+# Asynchronous channels for the storages (backends/c/tp_async.h): none (every transfer a
+# blocking call), the blocking driver, a host worker thread per storage that moves data
+# as soon as the channel is free, or one that moves it at the end of each window.
+ASYNC_MODES = {"off": -1, "blocking": 0, "thread": 1, "thread-latest": 2}
+
+
+def set_async(handle: ctypes.CDLL, mode: str) -> None:
+    """Route the configured storages (configure_storages first) through `mode`'s driver."""
+    if mode not in ASYNC_MODES:
+        raise PlannerError(f"unknown async mode '{mode}': use {', '.join(ASYNC_MODES)}")
+    if handle.tp_py_set_async(ASYNC_MODES[mode]) != 0:
+        raise PlannerError(f"the C runtime refused async mode '{mode}'")
+
+
+def async_counts(handle: ctypes.CDLL) -> tuple[int, int]:
+    """(spills and fetches started with a window, transfers run on a worker thread)."""
+    return int(handle.tp_py_async_started()), int(handle.tp_py_async_on_worker())
 
 
 def registered_ops(handle: ctypes.CDLL) -> tuple[str, ...]:

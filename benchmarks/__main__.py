@@ -1,5 +1,6 @@
-"""`python -m benchmarks run|minimalloc|scale|pareto`: the benchmark suites, the MiniMalloc
-problems, the scale benchmark and the Pareto sweep with row streaming off and on."""
+"""`python -m benchmarks run|minimalloc|scale|pareto|async-ilp`: the benchmark suites, the
+MiniMalloc problems, the exact planner at scale, the Pareto sweep with row streaming off
+and on, and the latency objective against blocking transfers."""
 
 from __future__ import annotations
 
@@ -106,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("-o", "--outdir", default="bench-out/pareto",
                     help="pareto_streaming.csv, .md and one SVG per model go here")
     pa.set_defaults(func=cmd_pareto)
+    al = sub.add_parser("async-ilp", help="latency objective vs blocking transfers on the zoo "
+                        "U-Nets (issue #16)", formatter_class=HelpFormatter)
+    al.add_argument("--models", action="append", default=None, metavar="TEXT",
+                    help="only zoo U-Nets whose file name contains TEXT (repeatable)")
+    al.add_argument("--fractions", default="0.75,0.9",
+                    help="budgets as fractions of the tflm-greedy peak (default 0.75,0.9)")
+    al.add_argument("--profile", default="qspi-flash", help="device profile")
+    al.add_argument("--time-limit", type=float, default=20.0, metavar="SECONDS",
+                    help="wall-clock limit per exact solve (default 20)")
+    al.add_argument("--work-limit", type=float, default=None, metavar="UNITS",
+                    help="CP-SAT deterministic seconds per solve (reproducible; default none)")
+    al.add_argument("--async-window", type=int, default=3, metavar="STEPS",
+                    help="transfer window depth of the latency model (default 3)")
+    al.add_argument("-o", "--outdir", default="bench-out/async-ilp",
+                    help="async_ilp.csv and async_ilp.md go here")
+    al.set_defaults(func=cmd_async_ilp)
     return parser
 
 
@@ -121,6 +138,36 @@ def cmd_pareto(args: argparse.Namespace) -> int:
                            args.time_limit, command):
         print(f"wrote {path}")
     return 0
+
+
+def cmd_async_ilp(args: argparse.Namespace) -> int:
+    from planner.device import load_profile
+
+    from .async_ilp import run_one, table, write_csv, zoo_unets
+
+    try:
+        fractions = [float(x) for x in args.fractions.split(",") if x.strip()]
+    except ValueError:
+        raise PlannerError(f"--fractions: not a list of numbers: {args.fractions}") from None
+    if not fractions or any(not 0 < f <= 1 for f in fractions):
+        raise PlannerError("--fractions must be numbers in (0, 1]")
+    if args.time_limit <= 0 or (args.work_limit is not None and args.work_limit <= 0):
+        raise PlannerError("--time-limit and --work-limit must be positive")
+    paths = [p for p in zoo_unets() if not args.models or any(m in p.name for m in args.models)]
+    if not paths:
+        raise PlannerError("no zoo U-Net matches --models")
+    profile = load_profile(args.profile)
+    rows = []
+    for path in paths:
+        for fraction in fractions:
+            rows.append(run_one(path, fraction, profile, args.time_limit, args.work_limit,
+                                args.async_window))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    out = Path(args.outdir)
+    write_csv(rows, out / "async_ilp.csv")
+    (out / "async_ilp.md").write_text(table(rows))
+    print("\n" + table(rows), end="")
+    return 0 if all(r.ok for r in rows) else 1
 
 
 def cmd_scale(args: argparse.Namespace) -> int:

@@ -141,9 +141,14 @@ SPILL = Kernel(name="spill", custom_op="Spill", c_entry="tp_spill_data",
 FETCH = Kernel(name="fetch", custom_op="Fetch", c_entry="tp_fetch_data",
                source_formats=_ANY_FORMAT, dtypes=None, layouts=None)
 
+# Completes an asynchronous spill or fetch (issue #16, backends/c/tp_async.h).
+TRANSFER_WAIT = Kernel(name="transfer_wait", custom_op="TinyPlanWait",
+                       c_entry="tp_transfer_wait", source_formats=_ANY_FORMAT, dtypes=None,
+                       layouts=None)
+
 KERNELS: dict[str, Kernel] = {k.name: k for k in (
     FUSED_CONCAT, FUSED_CONCAT_CONV, TRANSPOSE_CONV_ROWS, STREAMED_GROUP, SPLIT_IN_PLACE,
-    SPILL, FETCH)}
+    SPILL, FETCH, TRANSFER_WAIT)}
 # Op.attrs["kernel"] value -> table entry, for ops whose kernel a graph transform replaced.
 OP_KERNELS: dict[str, Kernel] = {ROWS_KERNEL: TRANSPOSE_CONV_ROWS}
 

@@ -82,7 +82,7 @@ def sweep(graph: Graph, profile: DeviceProfile, points: int = DEFAULT_POINTS,
         if state.interrupted:
             break
         try:
-            plan = solve(budget, profile, "latency")
+            plan = solve(budget, profile, "transfers")
         except (InfeasibleBudget, PlannerError):
             plan = None
         point = None

@@ -75,7 +75,7 @@ def test_every_mode_starts_from_the_best_heuristic(unet_path):
     assert {"tflm-greedy", "tinyseg", "hill-climb"} <= set(names) and "ilp" not in names
     for graph in (load_model(unet_path), load_model(BUNDLED / "irregular.onnx")):
         for budget, objective in ((None, None), (budget_of(graph, 0.9), None),
-                                  (budget_of(graph, 0.9), "peak"), (None, "latency")):
+                                  (budget_of(graph, 0.9), "peak"), (None, "transfers")):
             req = Request(graph, PROFILE, budget, objective, 1.0)
             plans = []
             for n in names:  # a heuristic may refuse a budget
@@ -147,9 +147,9 @@ def test_sigint_returns_the_best_plan_so_far(big_unet_path):
         # Wait for the full model's transfer-time phase (the load view and its packing come
         # first; Ctrl-C during the packing is taken by CP-SAT inside offsets.solve_offsets).
         line = proc.stdout.readline()
-        while line.strip() not in ("progress latency", ""):
+        while line.strip() not in ("progress transfers", ""):
             line = proc.stdout.readline()
-        assert line.strip() == "progress latency"
+        assert line.strip() == "progress transfers"
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         sent = time.perf_counter()

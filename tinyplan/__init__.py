@@ -104,7 +104,8 @@ def analyse(graph: Graph, device: str | DeviceProfile = "qspi-flash",
 def plan(graph: Graph, budget: int | str | None = None, planner: str = "ilp",
          device: str | DeviceProfile = "qspi-flash", objective: str | None = None,
          time_limit: float = 60.0, solver: str = "cpsat", deterministic: bool = False,
-         stock_transpose_conv: bool = False, row_streaming: bool = False) -> Plan:
+         stock_transpose_conv: bool = False, row_streaming: bool = False,
+         latency_cap: float | None = None, async_window: int = 3) -> Plan:
     """Plan the arena with a named planner; the plan is checked before it is returned.
 
     `budget`: bytes or a size such as "256KiB" (None: minimise the peak); it bounds the
@@ -114,6 +115,11 @@ def plan(graph: Graph, budget: int | str | None = None, planner: str = "ilp",
     `row_streaming`, chains of row-capable ops run as streamed groups (planner/streaming.py)
     that the plan records in `stream_groups`. Raises InfeasibleBudget when no plan fits,
     PlannerError on bad input.
+
+    `objective`: "peak" (smallest arena), "transfers" (least transfer time under the
+    budget) or "latency" (least estimated end-to-end latency under the budget, transfers
+    overlapping compute over windows of up to `async_window` steps); None: transfers with
+    a budget, else peak. `latency_cap`: seconds; the smallest arena within it.
     """
     found = registry()
     if planner not in found:
@@ -122,7 +128,8 @@ def plan(graph: Graph, budget: int | str | None = None, planner: str = "ilp",
     nbytes = parse_size(budget) if budget is not None else None
     graph = _planned(graph, prof, stock_transpose_conv, row_streaming)
     result = found[planner](Request(graph, prof, nbytes, objective, time_limit, solver,
-                                    deterministic=deterministic))
+                                    deterministic=deterministic, latency_cap=latency_cap,
+                                    async_window=async_window))
     errors = _check(graph, result, prof.capacities)
     if errors:  # a planner bug, never a plan to use
         raise RuntimeError(f"the {planner} plan fails the checker: {errors[0]}")

@@ -6,7 +6,11 @@
 //
 // Custom options are little-endian int32 blobs (docs/tflm_backend.md):
 //   Spill / Fetch: [version, storage_id, address, nbytes, axis, channel_start,
-//                   channel_stop, part]
+//                   channel_stop, part[, async]]; async 1: issued here, completed by the
+//                   TinyPlanWait of the same storage and address (asynchronous windows)
+//   TinyPlanWait: [version, kind (0 spill, 1 fetch), storage_id, address]; input 0 the
+//                   transfer's arena tensor (spill source / fetch destination), so TFLM
+//                   holds it until here; no outputs
 //   FusedConcat / FusedConcatConv2D: [version, axis, n_inputs, activation, padding,
 //                   stride_h, stride_w, dilation_h, dilation_w] then per concat input
 //                   [source (0 arena, 1 stream), storage_id, address, nbytes,
@@ -28,6 +32,8 @@
 //
 // Before the first Invoke the application hands over its storages:
 //   tp_tflm_set_storages(storages, count, compress_mask);
+// and, for asynchronous windows, optionally a channel (tp_async.h driver) per storage:
+//   tp_tflm_set_channel(storage_id, &channel, &driver);
 // and registers the ops (the complete snippet is in docs/c_runtime.md).
 #if defined(__has_include)
 #if __has_include("tensorflow/lite/micro/micro_common.h") && \
@@ -70,6 +76,9 @@ namespace tinyplan {
 namespace {
 
 constexpr int kTransferFields = 8;
+// The optional 9th option word (async) is kept as bit 8 of the stored version word, so a
+// Spill's or Fetch's persistent data stays 32 B (tail predicted by backends/tflite_tail.py).
+constexpr int32_t kAsyncBit = 0x100;
 constexpr int kFusedHeader = 9;
 constexpr int kFusedInputFields = 8;
 
@@ -115,7 +124,7 @@ bool ErasedThisInference(uint32_t storage, uint32_t block) {
 // Erase the blocks of [address, address + n) on `storage` not yet erased in this
 // inference. Storages whose erase block is 1 (file, remote, RAM) need no erase.
 int EraseForSpill(uint32_t storage, uint32_t address, uint32_t n) {
-  tp_storage* s = g_rt.storages[storage];
+  tp_storage* s = tp_io_storage(&g_rt, storage);  // in turn on its channel, if any
   const uint32_t eb = s->erase_block;
   if (eb <= 1 || n == 0) return TP_OK;
   const uint32_t start = address - address % eb;
@@ -151,12 +160,15 @@ void* InitTransfer(TfLiteContext* context, const char* buffer, size_t length) {
       context->AllocatePersistentBuffer(context, sizeof(TransferData)));
   if (d == nullptr) return nullptr;
   for (int i = 0; i < kTransferFields; ++i) d->opts[i] = Option(buffer, length, i);
+  if (Option(buffer, length, kTransferFields) == 1) d->opts[0] |= kAsyncBit;
   return d;
 }
 
+bool Async(const TransferData* d) { return (d->opts[0] & kAsyncBit) != 0; }
+
 TfLiteStatus PrepareTransfer(TfLiteContext* context, TfLiteNode* node) {
   const auto* d = static_cast<const TransferData*>(node->user_data);
-  TF_LITE_ENSURE(context, d != nullptr && d->opts[0] == 1);
+  TF_LITE_ENSURE(context, d != nullptr && (d->opts[0] & ~kAsyncBit) == 1);
   TF_LITE_ENSURE(context, d->opts[1] >= 0 && d->opts[1] < TP_MAX_STORAGES);
   TF_LITE_ENSURE_MSG(context, g_rt.storages[d->opts[1]] != nullptr,
                      "tinyplan: storage not set (call tp_tflm_set_storages first)");
@@ -216,7 +228,8 @@ TfLiteStatus EvalSpill(TfLiteContext* context, TfLiteNode* node) {
   TF_LITE_ENSURE(context, a.gather.outer * a.gather.chunk_len == a.nbytes);
   int rc = EraseForSpill(a.storage, a.address, a.nbytes);
   TF_LITE_ENSURE_MSG(context, rc == TP_OK, "tinyplan Spill: flash erase failed");
-  rc = tp_spill_data(&g_rt, &a, tflite::micro::GetTensorData<uint8_t>(src), rec);
+  a.kind = Async(d) ? TP_SPILL_ASYNC : TP_SPILL;  // async: in flight until its TinyPlanWait
+  rc = tp_spill_start(&g_rt, &a, tflite::micro::GetTensorData<uint8_t>(src), rec);
   TF_LITE_ENSURE_MSG(context, rc == TP_OK, "tinyplan Spill failed");
   return kTfLiteOk;
 }
@@ -224,11 +237,12 @@ TfLiteStatus EvalSpill(TfLiteContext* context, TfLiteNode* node) {
 TfLiteStatus EvalFetch(TfLiteContext* context, TfLiteNode* node) {
   const auto* d = static_cast<const TransferData*>(node->user_data);
   TfLiteEvalTensor* out = tflite::micro::GetEvalOutput(context, node, 0);
-  const tp_spill_record* rec = Record(d->opts[1], d->opts[2], false);
+  tp_spill_record* rec = Record(d->opts[1], d->opts[2], false);
   TF_LITE_ENSURE(context, out != nullptr && rec != nullptr);
   TF_LITE_ENSURE(context, Bytes(out) >= static_cast<size_t>(d->opts[3]));
   tp_action a = TransferAction(d, nullptr);
-  int rc = tp_fetch_data(&g_rt, &a, tflite::micro::GetTensorData<uint8_t>(out), rec);
+  a.kind = Async(d) ? TP_FETCH_ASYNC : TP_FETCH;  // async: in flight until its TinyPlanWait
+  int rc = tp_fetch_start(&g_rt, &a, tflite::micro::GetTensorData<uint8_t>(out), rec);
   TF_LITE_ENSURE_MSG(context, rc == TP_OK, "tinyplan Fetch failed");
   return kTfLiteOk;
 }
@@ -399,7 +413,7 @@ int Slices(TfLiteContext* context, TfLiteNode* node, FusedData* d, tp_slice* sli
     a.line_bytes = static_cast<uint32_t>(Bytes(line));
     if (a.storage >= TP_MAX_STORAGES || g_rt.storages[a.storage] == nullptr) return -1;
     if (tp_stream_open(&d->streams[k], &a, tflite::micro::GetTensorData<uint8_t>(line),
-                       g_rt.storages[a.storage], rec) != TP_OK)
+                       tp_io_storage(&g_rt, a.storage), rec) != TP_OK)
       return -1;
     s.data = nullptr;
     s.pixel_stride = channels;
@@ -745,7 +759,8 @@ int GroupRead(void* ctx, uint32_t address, uint8_t* dst, int32_t nbytes) {
   const int32_t* view = GroupView(d, v);
   const tp_spill_record* rec = Record(d->storage, view[4], false);
   if (rec == nullptr || !rec->valid || rec->raw_bytes != ViewBytes(view)) return TP_EPLAN;
-  tp_storage* s = g_rt.storages[d->storage];
+  // Through the storage's channel, if it has one: only that thread touches the storage.
+  tp_storage* s = tp_io_storage(&g_rt, static_cast<uint32_t>(d->storage));
   if (rec->mode == TP_MODE_RAW) return s->read(s, address, dst, n);
   GroupData::Reader* gr = nullptr;
   for (int i = 0; i < TP_TFLM_GROUP_READERS; ++i)
@@ -775,7 +790,7 @@ int GroupRead(void* ctx, uint32_t address, uint8_t* dst, int32_t nbytes) {
 int GroupWrite(void* ctx, uint32_t address, const uint8_t* src, int32_t nbytes) {
   auto* d = static_cast<GroupData*>(ctx);
   if (nbytes < 0 || GroupTransfer(d, TP_VIEW_SPILL_ROWS, address, nbytes) < 0) return TP_EPLAN;
-  tp_storage* s = g_rt.storages[d->storage];
+  tp_storage* s = tp_io_storage(&g_rt, static_cast<uint32_t>(d->storage));
   return s->write(s, address, src, static_cast<uint32_t>(nbytes));
 }
 
@@ -844,7 +859,50 @@ TfLiteStatus EvalGroup(TfLiteContext* context, TfLiteNode* node) {
   return kTfLiteOk;
 }
 
+// ---- TinyPlanWait: completes an asynchronous Spill or Fetch ------------------------------
+// A Spill with async = 1 starts its transfer on the storage's channel and returns; the
+// TinyPlanWait after the op that ends its window waits for it, before the source's bytes
+// may be reused. A Fetch with async = 1 is placed before the op that starts its window;
+// the TinyPlanWait before the op that reads the data waits for it. Without a channel
+// (tp_tflm_set_channel) every transfer finishes at its start and the wait returns at once.
+constexpr int kWaitFields = 4;
+
+struct WaitData {
+  int32_t opts[kWaitFields];
+};
+
+void* InitWait(TfLiteContext* context, const char* buffer, size_t length) {
+  auto* d = static_cast<WaitData*>(context->AllocatePersistentBuffer(context, sizeof(WaitData)));
+  if (d == nullptr) return nullptr;
+  for (int i = 0; i < kWaitFields; ++i) d->opts[i] = Option(buffer, length, i);
+  return d;
+}
+
+TfLiteStatus PrepareWait(TfLiteContext* context, TfLiteNode* node) {
+  const auto* d = static_cast<const WaitData*>(node->user_data);
+  TF_LITE_ENSURE(context, d != nullptr && d->opts[0] == 1);
+  TF_LITE_ENSURE(context, d->opts[1] == 0 || d->opts[1] == 1);
+  TF_LITE_ENSURE(context, d->opts[2] >= 0 && d->opts[2] < TP_MAX_STORAGES);
+  TF_LITE_ENSURE_MSG(context, g_rt.storages[d->opts[2]] != nullptr,
+                     "tinyplan: storage not set (call tp_tflm_set_storages first)");
+  return kTfLiteOk;
+}
+
+TfLiteStatus EvalWait(TfLiteContext* context, TfLiteNode* node) {
+  const auto* d = static_cast<const WaitData*>(node->user_data);
+  const int rc = tp_transfer_wait(&g_rt, d->opts[1] == 0 ? TP_SPILL : TP_FETCH,
+                                  static_cast<uint32_t>(d->opts[2]),
+                                  static_cast<uint32_t>(d->opts[3]));
+  TF_LITE_ENSURE_MSG(context, rc == TP_OK, "tinyplan TinyPlanWait: the transfer failed");
+  return kTfLiteOk;
+}
+
 }  // namespace
+
+TFLMRegistration* Register_WAIT() {
+  static TFLMRegistration r = tflite::micro::RegisterOp(InitWait, PrepareWait, EvalWait);
+  return &r;
+}
 
 TFLMRegistration* Register_SPILL() {
   static TFLMRegistration r = tflite::micro::RegisterOp(InitTransfer, PrepareTransfer, EvalSpill);
@@ -887,11 +945,26 @@ TFLMRegistration* Register_STREAMED_GROUP() {
 extern "C" int tp_tflm_set_storages(tp_storage* const* storages, uint32_t count,
                                     uint32_t compress_mask) {
   if (count > TP_MAX_STORAGES) return TP_ECONFIG;
-  for (uint32_t i = 0; i < count; ++i) tinyplan::g_rt.storages[i] = storages[i];
+  // Whatever is still in flight finishes on the old storages; channels go with them.
+  tp_channel_drain(&tinyplan::g_rt, TP_MAX_STORAGES);
+  for (uint32_t i = 0; i < TP_MAX_STORAGES; ++i) {
+    tinyplan::g_rt.channels[i] = nullptr;
+    tinyplan::g_rt.storages[i] = i < count ? storages[i] : nullptr;
+  }
   tinyplan::g_rt.compress_mask = compress_mask;
+  tinyplan::g_rt.async_started = 0;
   tinyplan::g_num_records = 0;  // a new session: earlier spills are gone
   tinyplan::g_num_erased = 0;
   ++tinyplan::g_generation;
   return TP_OK;
 }
+
+// Route storage `id` (set by tp_tflm_set_storages) through an asynchronous driver; the
+// channel is the caller's. driver NULL: blocking again. Call between inferences only.
+extern "C" int tp_tflm_set_channel(uint32_t id, tp_channel* channel, tp_async* driver) {
+  return tp_runtime_set_channel(&tinyplan::g_rt, id, channel, driver);
+}
+
+// Spills and fetches started with a window (async = 1) on a channel, so far.
+extern "C" uint32_t tp_tflm_async_started(void) { return tinyplan::g_rt.async_started; }
 #endif  // TP_HAVE_TFLM

@@ -7,7 +7,9 @@
 //     (docs/c_runtime.md);
 //   * `tp_py_*`, plain C functions called through ctypes before an Invoke to set up the
 //     storages the Spill/Fetch ops use: RAM, a host file, or NOR flash emulated on a RAM
-//     image (programming ANDs bits, so a missing erase corrupts data).
+//     image (programming ANDs bits, so a missing erase corrupts data), and optionally an
+//     asynchronous channel per storage (tp_async.h: the blocking driver, or a host worker
+//     thread that moves data as early or as late as the windows allow).
 //
 // Built by backends/tflm_custom.py against a TFLM tree the user names; it uses malloc,
 // which is fine on the host and is why this file is not part of the device runtime.
@@ -18,10 +20,13 @@
 #include "python/tflite_micro/python_ops_resolver.h"
 
 extern "C" {
+#include "tp_async.h"
 #include "tp_runtime.h"
 #include "tp_storage.h"
 #include "tp_stream_tcp.h"
 int tp_tflm_set_storages(tp_storage* const* storages, uint32_t count, uint32_t compress_mask);
+int tp_tflm_set_channel(uint32_t id, tp_channel* channel, tp_async* driver);
+uint32_t tp_tflm_async_started(void);
 }
 
 namespace tinyplan {
@@ -32,6 +37,7 @@ TFLMRegistration* Register_FUSED_CONCAT_CONV2D();
 TFLMRegistration* Register_TRANSPOSE_CONV_ROWS();
 TFLMRegistration* Register_SPLIT();
 TFLMRegistration* Register_STREAMED_GROUP();
+TFLMRegistration* Register_WAIT();
 }  // namespace tinyplan
 
 namespace {
@@ -49,6 +55,7 @@ const Op kOps[] = {
     {"TinyPlanTransposeConv", tinyplan::Register_TRANSPOSE_CONV_ROWS},
     {"TinyPlanSplit", tinyplan::Register_SPLIT},
     {"TinyPlanStreamedGroup", tinyplan::Register_STREAMED_GROUP},
+    {"TinyPlanWait", tinyplan::Register_WAIT},
 };
 
 enum { kRam = 0, kFile = 1, kFlash = 2, kRemote = 3 };
@@ -67,6 +74,24 @@ struct HostStorage {
 
 HostStorage g_host[TP_MAX_STORAGES];
 uint32_t g_count = 0;
+
+// Asynchronous channels, one per storage, while tp_py_set_async has set them.
+tp_async g_drivers[TP_MAX_STORAGES];
+tp_channel g_channels[TP_MAX_STORAGES];
+#if defined(TP_ASYNC_HAVE_THREADS)
+tp_async_thread g_threads[TP_MAX_STORAGES];
+#endif
+uint32_t g_threads_open = 0;
+int g_async_mode = -1;
+
+void CloseChannels() {
+  for (uint32_t i = 0; i < TP_MAX_STORAGES; ++i) tp_tflm_set_channel(i, nullptr, nullptr);
+#if defined(TP_ASYNC_HAVE_THREADS)
+  for (uint32_t i = 0; i < g_threads_open; ++i) tp_async_thread_close(&g_drivers[i]);
+#endif
+  g_threads_open = 0;
+  g_async_mode = -1;
+}
 
 int RamRead(tp_storage* s, uint32_t address, uint8_t* dst, uint32_t n) {
   if (address > s->capacity || n > s->capacity - address) return TP_ERANGE;
@@ -114,6 +139,7 @@ const char* tp_py_registered_ops(void) {
 
 // Drops every storage (closing files, freeing images).
 void tp_py_reset(void) {
+  CloseChannels();
   for (uint32_t i = 0; i < g_count; ++i) Release(g_host[i]);
   g_count = 0;
   tp_tflm_set_storages(nullptr, 0, 0);
@@ -179,6 +205,44 @@ int tp_py_apply(uint32_t compress_mask) {
   tp_storage* list[TP_MAX_STORAGES];
   for (uint32_t i = 0; i < g_count; ++i) list[i] = &g_host[i].storage;
   return tp_tflm_set_storages(list, g_count, compress_mask);
+}
+
+// Asynchronous channels for every storage applied so far: mode -1 none (blocking calls),
+// 0 the blocking driver, 1 a worker thread per storage moving data as soon as it can,
+// 2 one moving it at the end of each window (tp_async.h). Call after tp_py_apply.
+int tp_py_set_async(int mode) {
+  CloseChannels();
+  if (mode < 0) return TP_OK;
+  for (uint32_t i = 0; i < g_count; ++i) {
+    int rc = TP_OK;
+    if (mode == 0) {
+      tp_async_blocking(&g_drivers[i]);
+    } else {
+#if defined(TP_ASYNC_HAVE_THREADS)
+      rc = tp_async_thread_open(&g_drivers[i], &g_threads[i],
+                                mode == 2 ? TP_ASYNC_LATEST : TP_ASYNC_EAGER);
+      if (rc == TP_OK) g_threads_open = i + 1;
+#else
+      rc = TP_ECONFIG;
+#endif
+    }
+    if (rc == TP_OK) rc = tp_tflm_set_channel(i, &g_channels[i], &g_drivers[i]);
+    if (rc != TP_OK) {
+      CloseChannels();
+      return rc;
+    }
+  }
+  g_async_mode = mode;
+  return TP_OK;
+}
+
+// Spills and fetches started with a window, and transfers run on a worker thread, so far.
+int64_t tp_py_async_started(void) { return tp_tflm_async_started(); }
+
+int64_t tp_py_async_on_worker(void) {
+  int64_t n = 0;
+  for (uint32_t i = 0; i < g_count && g_async_mode >= 0; ++i) n += g_drivers[i].on_worker;
+  return n;
 }
 
 // Flash blocks erased so far on storage `id` (-1 if it is not a flash storage).

@@ -33,8 +33,10 @@ int tp_runtime_begin(tp_runtime *rt) {
 
 int tp_runtime_end(tp_runtime *rt) {
   uint32_t i;
+  int rc = tp_channel_drain(rt, TP_MAX_STORAGES);
+  if (rt->error == TP_OK) rt->error = rc;
   for (i = 0; i < rt->plan->num_storages && rt->error == TP_OK; i++)
-    rt->error = rt->storages[i]->flush(rt->storages[i]);
+    rt->error = tp_io_storage(rt, i)->flush(tp_io_storage(rt, i));
   return rt->error;
 }
 
@@ -42,8 +44,10 @@ static const uint8_t *chunk_at(const uint8_t *base, const tp_action *a, uint32_t
   return base + o * a->gather.stride + a->gather.chunk_off;
 }
 
-int tp_spill_data(tp_runtime *rt, const tp_action *a, const uint8_t *base,
-                  tp_spill_record *rec) {
+/* The spill itself, on whichever thread runs it, with the staging state of its caller
+ * (the runtime's, or its channel's). Counters are the caller's to update. */
+static int spill_into(tp_runtime *rt, const tp_action *a, const uint8_t *base,
+                      tp_spill_record *rec, tp_writer *w, uint32_t *hist) {
   tp_storage *s = rt->storages[a->storage];
   uint8_t mode = TP_MODE_RAW, value = 0;
   uint32_t o, i;
@@ -51,14 +55,14 @@ int tp_spill_data(tp_runtime *rt, const tp_action *a, const uint8_t *base,
   if (a->gather.outer * a->gather.chunk_len != a->nbytes) return TP_EPLAN;
   if (rt->compress_mask & (1u << a->storage)) {
     uint32_t best = 0;
-    memset(rt->hist, 0, sizeof rt->hist);
+    memset(hist, 0, 256 * sizeof *hist);
     for (o = 0; o < a->gather.outer; o++) {
       const uint8_t *p = chunk_at(base, a, o);
-      for (i = 0; i < a->gather.chunk_len; i++) rt->hist[p[i]]++;
+      for (i = 0; i < a->gather.chunk_len; i++) hist[p[i]]++;
     }
     for (i = 1; i < 256; i++)
-      if (rt->hist[i] > rt->hist[best]) best = i;
-    if (tp_elided_size(a->nbytes, rt->hist[best]) < a->nbytes) {
+      if (hist[i] > hist[best]) best = i;
+    if (tp_elided_size(a->nbytes, hist[best]) < a->nbytes) {
       mode = TP_MODE_ELIDE;
       value = (uint8_t)best;
     }
@@ -67,17 +71,22 @@ int tp_spill_data(tp_runtime *rt, const tp_action *a, const uint8_t *base,
     rc = s->erase(s, a->erase_start, a->erase_bytes);
     if (rc != TP_OK) return rc;
   }
-  tp_writer_begin(&rt->writer, s, a->address, rec, a->nbytes, mode, value);
-  for (o = 0; o < a->gather.outer; o++) tp_writer_put(&rt->writer, chunk_at(base, a, o),
-                                                      a->gather.chunk_len);
-  rc = tp_writer_end(&rt->writer);
+  tp_writer_begin(w, s, a->address, rec, a->nbytes, mode, value);
+  for (o = 0; o < a->gather.outer; o++)
+    tp_writer_put(w, chunk_at(base, a, o), a->gather.chunk_len);
+  return tp_writer_end(w);
+}
+
+int tp_spill_data(tp_runtime *rt, const tp_action *a, const uint8_t *base,
+                  tp_spill_record *rec) {
+  int rc = spill_into(rt, a, base, rec, &rt->writer, rt->hist);
   rt->spilled_raw += a->nbytes;
   rt->spilled_stored += rec->stored_bytes;
   return rc;
 }
 
-int tp_fetch_data(tp_runtime *rt, const tp_action *a, uint8_t *dst,
-                  const tp_spill_record *rec) {
+static int fetch_into(tp_runtime *rt, const tp_action *a, uint8_t *dst,
+                      const tp_spill_record *rec, tp_reader *r) {
   uint32_t sec;
   if (!rec->valid || rec->raw_bytes != a->nbytes) return TP_EPLAN;
   /* Section by section: each decodes on its own (a DMA or second core could take one). */
@@ -86,12 +95,210 @@ int tp_fetch_data(tp_runtime *rt, const tp_action *a, uint8_t *dst,
     int rc;
     if (start >= a->nbytes) break;
     if (stop > a->nbytes) stop = a->nbytes;
-    rc = tp_reader_begin(&rt->reader, rt->storages[a->storage], a->address, rec, sec);
-    if (rc == TP_OK) rc = tp_reader_get(&rt->reader, dst + start, stop - start);
+    rc = tp_reader_begin(r, rt->storages[a->storage], a->address, rec, sec);
+    if (rc == TP_OK) rc = tp_reader_get(r, dst + start, stop - start);
     if (rc != TP_OK) return rc;
   }
-  rt->fetched_raw += a->nbytes;
   return TP_OK;
+}
+
+int tp_fetch_data(tp_runtime *rt, const tp_action *a, uint8_t *dst,
+                  const tp_spill_record *rec) {
+  int rc = fetch_into(rt, a, dst, rec, &rt->reader);
+  if (rc == TP_OK) rt->fetched_raw += a->nbytes;
+  return rc;
+}
+
+/* ---- channels: asynchronous transfers (tp_async.h) ---------------------------------- */
+static int run_slot(void *arg) {
+  tp_inflight *f = (tp_inflight *)arg;
+  tp_channel *ch = f->channel;
+  if (f->spill) return spill_into(f->rt, &f->action, f->src, f->rec, &ch->writer, ch->hist);
+  return fetch_into(f->rt, &f->action, f->dst, f->rec, &ch->reader);
+}
+
+/* Waits for a busy slot and books its counters (main thread only). */
+static int finish_slot(tp_runtime *rt, tp_inflight *f) {
+  int rc = f->channel->driver->wait(f->channel->driver, &f->xfer);
+  f->busy = 0;
+  if (f->spill) {
+    rt->spilled_raw += f->action.nbytes;
+    rt->spilled_stored += f->rec->stored_bytes;
+  } else if (rc == TP_OK) {
+    rt->fetched_raw += f->action.nbytes;
+  }
+  return rc;
+}
+
+static tp_inflight *oldest_slot(tp_channel *ch) {
+  tp_inflight *best = NULL;
+  uint32_t i, age = 0;
+  for (i = 0; i < TP_MAX_INFLIGHT; i++)
+    if (ch->slots[i].busy && (best == NULL || ch->serial - ch->order[i] > age)) {
+      best = &ch->slots[i];
+      age = ch->serial - ch->order[i];
+    }
+  return best;
+}
+
+int tp_channel_drain(tp_runtime *rt, uint32_t storage) {
+  uint32_t first = storage < TP_MAX_STORAGES ? storage : 0;
+  uint32_t last = storage < TP_MAX_STORAGES ? storage : TP_MAX_STORAGES - 1;
+  uint32_t i;
+  int rc = TP_OK;
+  for (i = first; i <= last; i++) {
+    tp_channel *ch = rt->channels[i];
+    tp_inflight *f;
+    if (ch == NULL) continue;
+    while ((f = oldest_slot(ch)) != NULL) {
+      int r = finish_slot(rt, f);
+      if (rc == TP_OK) rc = r;
+    }
+  }
+  return rc;
+}
+
+static int start_slot(tp_runtime *rt, const tp_action *a, int spill, int async,
+                      const uint8_t *src, uint8_t *dst, tp_spill_record *rec) {
+  tp_channel *ch = rt->channels[a->storage];
+  tp_inflight *f = NULL;
+  uint32_t i;
+  int rc;
+  for (i = 0; i < TP_MAX_INFLIGHT && f == NULL; i++)
+    if (!ch->slots[i].busy) f = &ch->slots[i];
+  if (f == NULL) { /* every slot in flight: the oldest finishes first anyway (FIFO) */
+    f = oldest_slot(ch);
+    rc = finish_slot(rt, f);
+    if (rc != TP_OK) return rc;
+  }
+  f->action = *a;
+  f->spill = spill;
+  f->rt = rt;
+  f->channel = ch;
+  f->src = src;
+  f->dst = dst;
+  f->rec = rec;
+  f->busy = 1;
+  ch->order[f - ch->slots] = ch->serial++;
+  tp_xfer_job(&f->xfer, run_slot, f);
+  rc = ch->driver->start(ch->driver, &f->xfer);
+  if (rc != TP_OK) {
+    f->busy = 0;
+    return rc;
+  }
+  if (async) {
+    rt->async_started++;
+    return TP_OK;
+  }
+  return finish_slot(rt, f); /* a blocking transfer, in its turn on the channel */
+}
+
+int tp_spill_start(tp_runtime *rt, const tp_action *a, const uint8_t *base,
+                   tp_spill_record *rec) {
+  if (a->storage >= TP_MAX_STORAGES) return TP_EPLAN;
+  if (rt->channels[a->storage] == NULL) return tp_spill_data(rt, a, base, rec);
+  return start_slot(rt, a, 1, a->kind == TP_SPILL_ASYNC, base, NULL, rec);
+}
+
+int tp_fetch_start(tp_runtime *rt, const tp_action *a, uint8_t *dst, tp_spill_record *rec) {
+  if (a->storage >= TP_MAX_STORAGES) return TP_EPLAN;
+  if (rt->channels[a->storage] == NULL) return tp_fetch_data(rt, a, dst, rec);
+  return start_slot(rt, a, 0, a->kind == TP_FETCH_ASYNC, NULL, dst, rec);
+}
+
+int tp_transfer_wait(tp_runtime *rt, uint32_t kind, uint32_t storage, uint32_t address) {
+  tp_channel *ch;
+  uint32_t i;
+  if (storage >= TP_MAX_STORAGES) return TP_EPLAN;
+  ch = rt->channels[storage];
+  if (ch == NULL) return TP_OK; /* blocking: finished when started */
+  for (i = 0; i < TP_MAX_INFLIGHT; i++) {
+    tp_inflight *f = &ch->slots[i];
+    if (f->busy && f->spill == (kind == TP_SPILL) && f->action.address == address)
+      return finish_slot(rt, f);
+  }
+  return TP_OK; /* finished already (a full channel or a drain waited for it) */
+}
+
+/* The channel's storage as the main thread sees it: each call one transfer, in turn. */
+static tp_channel *io_channel(tp_storage *s) { return (tp_channel *)s->ctx; }
+
+static int io_call(tp_channel *ch, tp_transfer *t) {
+  int rc = ch->driver->start(ch->driver, t);
+  return rc != TP_OK ? rc : ch->driver->wait(ch->driver, t);
+}
+
+static int io_read(tp_storage *s, uint32_t address, uint8_t *dst, uint32_t n) {
+  tp_transfer t;
+  tp_xfer_read(&t, io_channel(s)->storage, address, dst, n);
+  return io_call(io_channel(s), &t);
+}
+
+static int io_write(tp_storage *s, uint32_t address, const uint8_t *src, uint32_t n) {
+  tp_transfer t;
+  tp_xfer_write(&t, io_channel(s)->storage, address, src, n);
+  return io_call(io_channel(s), &t);
+}
+
+typedef struct {
+  tp_storage *storage;
+  uint32_t address, n;
+  int flush;
+} io_op;
+
+static int io_job(void *arg) {
+  io_op *op = (io_op *)arg;
+  return op->flush ? op->storage->flush(op->storage)
+                   : op->storage->erase(op->storage, op->address, op->n);
+}
+
+static int io_erase(tp_storage *s, uint32_t address, uint32_t n) {
+  tp_transfer t;
+  io_op op;
+  op.storage = io_channel(s)->storage;
+  op.address = address;
+  op.n = n;
+  op.flush = 0;
+  tp_xfer_job(&t, io_job, &op);
+  return io_call(io_channel(s), &t);
+}
+
+static int io_flush(tp_storage *s) {
+  tp_transfer t;
+  io_op op;
+  op.storage = io_channel(s)->storage;
+  op.address = op.n = 0;
+  op.flush = 1;
+  tp_xfer_job(&t, io_job, &op);
+  return io_call(io_channel(s), &t);
+}
+
+int tp_runtime_set_channel(tp_runtime *rt, uint32_t storage, tp_channel *channel,
+                           tp_async *driver) {
+  tp_storage *s;
+  if (storage >= TP_MAX_STORAGES || rt->storages[storage] == NULL) return TP_ECONFIG;
+  if (tp_channel_drain(rt, storage) != TP_OK) return TP_EIO;
+  if (driver == NULL || channel == NULL) {
+    rt->channels[storage] = NULL;
+    return TP_OK;
+  }
+  s = rt->storages[storage];
+  memset(channel, 0, sizeof *channel);
+  channel->driver = driver;
+  channel->storage = s;
+  channel->io = *s;
+  channel->io.read = io_read;
+  channel->io.write = io_write;
+  channel->io.erase = io_erase;
+  channel->io.flush = io_flush;
+  channel->io.ctx = channel;
+  rt->channels[storage] = channel;
+  return TP_OK;
+}
+
+tp_storage *tp_io_storage(tp_runtime *rt, uint32_t storage) {
+  if (storage >= TP_MAX_STORAGES) return NULL;
+  return rt->channels[storage] != NULL ? &rt->channels[storage]->io : rt->storages[storage];
 }
 
 static int do_compact(tp_runtime *rt, const tp_action *a) {
@@ -127,11 +334,13 @@ int tp_before_op(tp_runtime *rt, uint32_t step) {
   for (i = plan->phase_start[2 * step]; i < plan->phase_start[2 * step + 1]; i++) {
     const tp_action *a = &plan->actions[i];
     int rc = TP_EPLAN;
-    if (a->kind == TP_FETCH)
-      rc = tp_fetch_data(rt, a, rt->arena + a->arena_offset, &plan->records[a->record]);
+    if (a->kind == TP_FETCH || a->kind == TP_FETCH_ASYNC)
+      rc = tp_fetch_start(rt, a, rt->arena + a->arena_offset, &plan->records[a->record]);
+    else if (a->kind == TP_WAIT_FETCH)
+      rc = tp_transfer_wait(rt, TP_FETCH, a->storage, a->address);
     else if (a->kind == TP_STREAM)
       rc = tp_stream_open(&plan->streams[a->stream], a, rt->arena + a->arena_offset,
-                          rt->storages[a->storage], &plan->records[a->record]);
+                          tp_io_storage(rt, a->storage), &plan->records[a->record]);
     if (rc != TP_OK) return rt->error = rc;
   }
   return TP_OK;
@@ -149,8 +358,10 @@ int tp_after_op(tp_runtime *rt, uint32_t step) {
   for (i = plan->phase_start[2 * step + 1]; i < plan->phase_start[2 * step + 2]; i++) {
     const tp_action *a = &plan->actions[i];
     int rc = TP_EPLAN;
-    if (a->kind == TP_SPILL)
-      rc = tp_spill_data(rt, a, rt->arena + a->arena_offset, &plan->records[a->record]);
+    if (a->kind == TP_SPILL || a->kind == TP_SPILL_ASYNC)
+      rc = tp_spill_start(rt, a, rt->arena + a->arena_offset, &plan->records[a->record]);
+    else if (a->kind == TP_WAIT_SPILL)
+      rc = tp_transfer_wait(rt, TP_SPILL, a->storage, a->address);
     else if (a->kind == TP_COMPACT) rc = do_compact(rt, a);
     if (rc != TP_OK) return rt->error = rc;
   }

@@ -17,6 +17,7 @@
 #ifndef TP_RUNTIME_H
 #define TP_RUNTIME_H
 
+#include "tp_async.h"
 #include "tp_compress.h"
 #include "tp_storage.h"
 
@@ -26,7 +27,22 @@ extern "C" {
 
 #define TP_MAX_STORAGES 8
 
-enum { TP_SPILL = 0, TP_FETCH = 1, TP_STREAM = 2, TP_COMPACT = 3 };
+/* Asynchronous windows (planner/plan.py, Transfer.window): TP_SPILL_ASYNC is issued after
+ * the op at `step` and completed by the TP_WAIT_SPILL of the same storage and address
+ * after the op at its window's last step; TP_FETCH_ASYNC is issued before the op at its
+ * window's first step and completed by the TP_WAIT_FETCH before the op at `step`. They
+ * are new kinds, not new fields, so tp_action (which the TFLM ops keep per fused input)
+ * does not grow. */
+enum {
+  TP_SPILL = 0,
+  TP_FETCH = 1,
+  TP_STREAM = 2,
+  TP_COMPACT = 3,
+  TP_WAIT_SPILL = 4,
+  TP_WAIT_FETCH = 5,
+  TP_SPILL_ASYNC = 6,
+  TP_FETCH_ASYNC = 7
+};
 enum { TP_ROLE_TENSOR = 0, TP_ROLE_LINE = 1 };
 /* Op roles: plain; concat streaming inputs; concat fused into its conv (never runs);
  * conv of a fused pair (reads the concat's inputs); channel concat not fused, which may
@@ -129,16 +145,53 @@ typedef struct {
   const int32_t *op_io; /* per op: inputs (-1 omitted), outputs, scratch tensor ids */
 } tp_plan;
 
+/* Asynchronous transfers (tp_async.h): a storage given a channel moves all its data
+ * through the channel's driver, one transfer at a time in start order, so the storage
+ * is only ever touched by one thread. A spill or fetch whose window is longer than one
+ * step is started at its issue and waited where its TP_WAIT says; every other transfer
+ * on that storage is started and waited at once (streams read through `io`). */
+#ifndef TP_MAX_INFLIGHT
+#define TP_MAX_INFLIGHT 8 /* transfers in flight per channel */
+#endif
+
+struct tp_runtime;
+struct tp_channel;
+
 typedef struct {
+  tp_transfer xfer;
+  tp_action action; /* a copy: the TFLM ops build theirs on the stack */
+  struct tp_runtime *rt;
+  struct tp_channel *channel;
+  const uint8_t *src; /* spill source base */
+  uint8_t *dst;       /* fetch destination */
+  tp_spill_record *rec;
+  int spill; /* 1 spill, 0 fetch */
+  int busy;
+} tp_inflight;
+
+typedef struct tp_channel {
+  tp_async *driver;
+  tp_storage *storage; /* the driver's own */
+  tp_storage io;       /* the storage as the main thread sees it: every call via driver */
+  tp_writer writer;    /* used by one transfer at a time (the channel's) */
+  tp_reader reader;
+  uint32_t hist[256];
+  tp_inflight slots[TP_MAX_INFLIGHT];
+  uint32_t serial, order[TP_MAX_INFLIGHT]; /* start order of the slots */
+} tp_channel;
+
+typedef struct tp_runtime {
   const tp_plan *plan;
   uint8_t *arena;
   tp_storage *storages[TP_MAX_STORAGES];
+  tp_channel *channels[TP_MAX_STORAGES]; /* NULL: blocking, on the calling thread */
   uint32_t compress_mask; /* bit i: compress spills to storage i (from the plan; may be changed) */
   int error;
   uint32_t spilled_raw, spilled_stored, fetched_raw;
   uint32_t hist[256];
   tp_writer writer;
   tp_reader reader;
+  uint32_t async_started; /* transfers started with a window longer than one step */
 } tp_runtime;
 
 int tp_runtime_init(tp_runtime *rt, const tp_plan *plan, uint8_t *arena, uint32_t arena_bytes,
@@ -147,6 +200,24 @@ int tp_runtime_begin(tp_runtime *rt);
 int tp_before_op(tp_runtime *rt, uint32_t step);
 int tp_after_op(tp_runtime *rt, uint32_t step);
 int tp_runtime_end(tp_runtime *rt);
+
+/* Route storage `storage` through `driver` (tp_async_blocking or a host thread). The
+ * channel is the caller's (no dynamic allocation); NULL driver: blocking again. */
+int tp_runtime_set_channel(tp_runtime *rt, uint32_t storage, tp_channel *channel,
+                           tp_async *driver);
+/* The storage as the calling thread must use it (the channel's proxy, or the storage). */
+tp_storage *tp_io_storage(tp_runtime *rt, uint32_t storage);
+/* Start a spill / fetch (kind TP_SPILL_ASYNC / TP_FETCH_ASYNC: in flight until
+ * tp_transfer_wait; otherwise, or without a channel, done on return). base / dst / rec
+ * must stay until the wait. */
+int tp_spill_start(tp_runtime *rt, const tp_action *a, const uint8_t *base,
+                   tp_spill_record *rec);
+int tp_fetch_start(tp_runtime *rt, const tp_action *a, uint8_t *dst, tp_spill_record *rec);
+/* Complete the in-flight spill (kind TP_SPILL) or fetch (TP_FETCH) at (storage, address);
+ * TP_OK when none is in flight (blocking storages finish at start). */
+int tp_transfer_wait(tp_runtime *rt, uint32_t kind, uint32_t storage, uint32_t address);
+/* Complete everything in flight on a storage (every storage: TP_MAX_STORAGES). */
+int tp_channel_drain(tp_runtime *rt, uint32_t storage);
 
 /* The tensor (part) segment resident at `step`, or NULL. part -1: whole tensor. */
 const tp_segment *tp_segment_at(const tp_plan *plan, uint32_t tensor, int32_t part,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 UNITS = {"peak": ("peak", lambda v: f"{v:,.0f} B"),
-         "latency": ("transfer", lambda v: f"{v:.4g} s")}
+         "transfers": ("transfer", lambda v: f"{v:.4g} s")}
 
 
 def terminal_progress(stream: TextIO | None = None) -> Callable[[dict], None] | None:

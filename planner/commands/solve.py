@@ -54,9 +54,18 @@ def add_parser(sub) -> None:
                    help=f"planner: {', '.join(sorted(registry()))}")
     p.add_argument("--profile", default=DEFAULT_PROFILE,
                    help=f"device profile: {', '.join(bundled_profiles())} or a .toml file")
-    p.add_argument("--objective", choices=("peak", "latency"), default=None,
-                   help="peak: smallest arena; latency: least transfer time within the budget "
-                   "(default: latency with a budget, peak without)")
+    p.add_argument("--objective", choices=("peak", "transfers", "latency"), default=None,
+                   help="peak: smallest arena (then least transfer time, or least latency "
+                   "with --latency-cap); transfers: least transfer time within the budget; "
+                   "latency: least estimated end-to-end latency within the budget, transfers "
+                   "overlapping compute (cpsat only) (default: transfers with a budget, peak "
+                   "without)")
+    p.add_argument("--latency-cap", type=float, default=None, metavar="SECONDS",
+                   help="with --objective peak: the smallest arena whose estimated end-to-end "
+                   "latency is at most this (cpsat only)")
+    p.add_argument("--async-window", type=int, default=3, metavar="STEPS",
+                   help="latency model: a fetch may be issued, a spill may complete, up to "
+                   "this many steps from its op (0: every transfer blocks; default 3)")
     p.add_argument("--solver", default="cpsat", choices=SOLVERS,
                    help="the exact planner's solver")
     p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="SECONDS",
@@ -134,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
             return pareto_front(graph, profile, args, summary)
         request = Request(graph, profile, head_budget, args.objective, args.time_limit,
                           args.solver, deterministic=args.deterministic or work is not None,
-                          work_limit=work, progress=terminal_progress())
+                          work_limit=work, progress=terminal_progress(),
+                          latency_cap=args.latency_cap, async_window=args.async_window)
         try:
             with sigint_kept():
                 plan = registry()[args.planner](request)

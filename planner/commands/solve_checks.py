@@ -23,6 +23,7 @@ PARETO_REFUSES = {
               "working-set bound)",
     "head_budget": "--head-budget (the sweep picks its head budgets)",
     "objective": "--objective (each point minimises transfer time under its budget)",
+    "latency_cap": "--latency-cap (each point minimises transfer time under its budget)",
     "emit": "--emit (there is no single plan to emit; -o writes pareto.json and pareto.svg)",
     "svg": "--svg (there is no single layout; -o writes pareto.svg)",
 }
@@ -39,6 +40,7 @@ def check_arguments(args: argparse.Namespace) -> int | None:
     work = getattr(args, "work_limit", None)
     if work is not None and (not math.isfinite(work) or work <= 0):
         raise PlannerError("--work-limit must be a positive number of units")
+    _check_latency_options(args)
     budget = parse_size(args.budget) if args.budget is not None else None
     if args.pareto:
         given = [text for key, text in PARETO_REFUSES.items()
@@ -52,6 +54,29 @@ def check_arguments(args: argparse.Namespace) -> int | None:
     if args.emit is not None and not args.outdir:
         raise PlannerError("--emit says what -o OUTDIR writes: give -o OUTDIR too")
     return budget
+
+
+MAX_ASYNC_WINDOW = 64  # steps; the model grows with it
+
+
+def _check_latency_options(args: argparse.Namespace) -> None:
+    cap = getattr(args, "latency_cap", None)
+    window = getattr(args, "async_window", 0)
+    if cap is not None:
+        if not math.isfinite(cap) or cap <= 0:
+            raise PlannerError("--latency-cap must be a positive number of seconds")
+        if args.objective not in (None, "peak"):
+            raise PlannerError("--latency-cap goes with --objective peak (the smallest arena "
+                               "under a latency cap)")
+    if not 0 <= window <= MAX_ASYNC_WINDOW:
+        raise PlannerError(f"--async-window must be 0 to {MAX_ASYNC_WINDOW} steps")
+    if (cap is not None or args.objective == "latency") and args.planner == "ilp" \
+            and args.solver != "cpsat":
+        raise PlannerError(f"--objective latency and --latency-cap need --solver cpsat: the "
+                           f"MILP encoding ({args.solver}) has no transfer windows")
+    if cap is not None and args.planner != "ilp":
+        raise PlannerError(f"--latency-cap needs --planner ilp ({args.planner} does not "
+                           "model latency)")
 
 
 def check_after_reading(args: argparse.Namespace, graph: Graph) -> None:

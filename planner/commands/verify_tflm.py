@@ -50,6 +50,11 @@ def add_parser(sub) -> None:
                    "compression (by storage name)")
     p.add_argument("--compress", action="store_true",
                    help="compress every spill (TinySeg's scheme), whatever the profile says")
+    p.add_argument("--async", dest="async_mode", default="off",
+                   choices=("off", "blocking", "thread", "thread-latest"),
+                   help="asynchronous channel behind every storage (backends/c/tp_async.h): "
+                   "none, the blocking driver, a worker thread moving data as soon as it can, "
+                   "or one moving it at the end of each window (default off)")
     p.set_defaults(run=run)
 
 
@@ -90,6 +95,7 @@ class CustomSetup:
     profile: object | None = None
     compress: bool = False
     workdir: str | None = None
+    async_mode: str = "off"  # tflm_custom.ASYNC_MODES
 
 
 def _custom_ops(model, setup: CustomSetup, report: dict, stack):
@@ -183,6 +189,11 @@ def _run(original: bytes, planned: bytes, runs: int, seed: int, setup: CustomSet
         "original_head_bytes": original_arena["head"],
         "runs": [],
     })
+    if handle is not None and setup.async_mode != "off":
+        from backends import tflm_custom
+
+        # Worker threads do not survive a fork: made here, in the process that invokes.
+        tflm_custom.set_async(handle, setup.async_mode)
     try:
         got, arena = call("PLANNED", tflm.invoke_runs, planned, inputs, None, registerers)
     except TFLMAborted:
@@ -207,6 +218,12 @@ def _run(original: bytes, planned: bytes, runs: int, seed: int, setup: CustomSet
 
         report["flash_erases"] = [tflm_custom.flash_erases(handle, i)
                                   for i in range(len(report["storages"]))]
+    if handle is not None and setup.async_mode != "off":
+        from backends import tflm_custom
+
+        started, on_worker = tflm_custom.async_counts(handle)
+        report["async"] = {"mode": setup.async_mode, "windows_started": started,
+                           "on_worker": on_worker}
     report["head_matches"] = arena["head"] == recorded["peak"]
     report["ok"] = all_same and report["head_matches"]
     return report
@@ -222,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
         profile = load_profile(args.profile)
     original, planned = _read(args.original), _read(args.planned)
     with tempfile.TemporaryDirectory(prefix="tinyplan-storage-") as work:
-        setup = CustomSetup(args.tflm_root, args.storage, profile, args.compress, work)
+        setup = CustomSetup(args.tflm_root, args.storage, profile, args.compress, work,
+                            args.async_mode)
         report = verify(original, planned, args.runs, args.seed, setup)
     report["original"], report["planned"] = args.original, args.planned
     report["model"], report["model_path"] = Path(args.original).stem, args.original

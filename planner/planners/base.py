@@ -19,7 +19,8 @@ class Request:
     graph: Graph
     profile: DeviceProfile
     budget: int | None = None
-    objective: str | None = None  # "peak" or "latency"; None: latency under a budget, else peak
+    objective: str | None = None  # "peak", "transfers" or "latency"; None: transfers under a
+    # budget, else peak
     time_limit: float = 60.0
     solver: str = "cpsat"
     workers: int = 2
@@ -31,8 +32,13 @@ class Request:
     work_limit: float | None = None
     # Called with {"phase", "best", "bound", "gap", "solutions", "seconds"} whenever the
     # exact search improves its plan (best/bound in bytes for "peak", seconds for
-    # "latency"); the CLI prints it. Runs on the solver's thread: keep it short.
+    # "transfers" and "latency"); the CLI prints it. Runs on the solver's thread: keep it short.
     progress: Callable[[dict], None] | None = field(default=None, compare=False, repr=False)
+    # The exact planner's latency model (planner/planners/ilp/windows.py, latency.py):
+    # end-to-end seconds a "peak" plan may not exceed, and how many steps a transfer
+    # window may span (0: every transfer blocks).
+    latency_cap: float | None = None
+    async_window: int = 3
 
     @property
     def reproducible(self) -> bool:
@@ -42,7 +48,9 @@ class Request:
     def goal(self) -> str:
         if self.objective:
             return self.objective
-        return "latency" if self.budget is not None else "peak"
+        if self.latency_cap is not None:  # the peak under a latency cap
+            return "peak"
+        return "transfers" if self.budget is not None else "peak"
 
 
 PlannerFn = Callable[[Request], Plan]

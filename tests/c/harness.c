@@ -5,15 +5,21 @@
  * rows through line buffers, compacted parts). Bytes no live segment owns are trashed
  * before every step, so data that only survives by luck is caught too.
  *
- *   harness [-c0|-c1] INFERENCES SPEC...   one SPEC per plan storage:
+ *   harness [-c0|-c1] [-a0|-a1|-a2] INFERENCES SPEC...   one SPEC per plan storage:
  *     file:PATH | flash:GRANULE | tcp:PORT
- * Prints "ok spilled=N stored=N fetched=N retried=N" and exits 0, or a reason and 1.
+ * -a routes every storage through an asynchronous channel (tp_async.h): -a0 the blocking
+ * driver, -a1 a host worker thread that runs each transfer as soon as it can, -a2 one
+ * that runs each at the end of its window (a spill reads its source at completion, a
+ * fetch fills its destination at completion).
+ * Prints "ok spilled=N stored=N fetched=N checked=N retried=N async=N worker=N" and
+ * exits 0, or a reason and 1.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "tinyplan_plan.h"
+#include "tp_async.h"
 #include "tp_stream_tcp.h"
 
 static uint8_t arena[TP_ARENA_BYTES + 1];
@@ -217,9 +223,15 @@ static int open_storage(uint32_t i, const char *spec, tp_storage *s) {
 int main(int argc, char **argv) {
   static tp_storage storages[TP_MAX_STORAGES];
   tp_storage *ptrs[TP_MAX_STORAGES];
-  int arg = 1, compress = -1, inferences;
-  uint32_t i, step, retried = 0;
+  static tp_async drivers[TP_MAX_STORAGES];
+  static tp_channel channels[TP_MAX_STORAGES];
+#if defined(TP_ASYNC_HAVE_THREADS)
+  static tp_async_thread threads[TP_MAX_STORAGES];
+#endif
+  int arg = 1, compress = -1, async = -1, inferences;
+  uint32_t i, step, retried = 0, worker = 0;
   if (arg < argc && strncmp(argv[arg], "-c", 2) == 0) compress = atoi(argv[arg++] + 2);
+  if (arg < argc && strncmp(argv[arg], "-a", 2) == 0) async = atoi(argv[arg++] + 2);
   if (argc - arg != 1 + (int)TP_NUM_STORAGES) {
     fprintf(stderr, "usage: harness [-c0|-c1] INFERENCES SPEC x %u\n", (unsigned)TP_NUM_STORAGES);
     return 2;
@@ -238,6 +250,24 @@ int main(int argc, char **argv) {
     return 1;
   }
   if (compress >= 0) rt.compress_mask = compress ? 0xFFFFFFFFu : 0u;
+  for (i = 0; i < P()->num_storages && async >= 0; i++) {
+    int rc = TP_OK;
+    if (async == 0) {
+      tp_async_blocking(&drivers[i]);
+    } else {
+#if defined(TP_ASYNC_HAVE_THREADS)
+      rc = tp_async_thread_open(&drivers[i], &threads[i],
+                                async == 2 ? TP_ASYNC_LATEST : TP_ASYNC_EAGER);
+#else
+      rc = TP_ECONFIG;
+#endif
+    }
+    if (rc == TP_OK) rc = tp_runtime_set_channel(&rt, i, &channels[i], &drivers[i]);
+    if (rc != TP_OK) {
+      fprintf(stderr, "FAIL async channel %u: %d\n", (unsigned)i, rc);
+      return 1;
+    }
+  }
   for (inference = 0; inference < (unsigned)inferences; inference++) {
     tp_runtime_begin(&rt);
     for (step = 0; step < P()->num_steps; step++) {
@@ -258,8 +288,14 @@ int main(int argc, char **argv) {
   for (i = 0; i < P()->num_storages; i++)
     if (storages[i].read != NULL && strncmp(argv[arg + (int)i], "tcp:", 4) == 0)
       retried += ((tp_remote_storage *)storages[i].ctx)->retried;
-  printf("ok spilled=%u stored=%u fetched=%u checked=%lu retried=%u\n",
+  for (i = 0; i < P()->num_storages && async >= 0; i++) {
+    worker += drivers[i].on_worker;
+#if defined(TP_ASYNC_HAVE_THREADS)
+    if (async > 0) tp_async_thread_close(&drivers[i]);
+#endif
+  }
+  printf("ok spilled=%u stored=%u fetched=%u checked=%lu retried=%u async=%u worker=%u\n",
          (unsigned)rt.spilled_raw, (unsigned)rt.spilled_stored, (unsigned)rt.fetched_raw,
-         checked, (unsigned)retried);
+         checked, (unsigned)retried, (unsigned)rt.async_started, (unsigned)worker);
   return 0;
 }

@@ -68,7 +68,7 @@ def argv(draw, files: dict[str, Path]) -> list[str]:
                                           "greedy-by-size", "nope"]),
             "--profile": st.sampled_from(["none", "qspi-flash", "mixed", "nope",
                                           str(files["bad_toml"]), str(files["junk"])]),
-            "--objective": st.sampled_from(["peak", "latency", "speed"]),
+            "--objective": st.sampled_from(["peak", "transfers", "latency", "speed"]),
             "--solver": st.sampled_from(["cpsat", "nope"]),
             "--scratch": st.sampled_from(["int32", "int16", "int8"]),
             "-o": paths(files, "out", "junk", "model"),

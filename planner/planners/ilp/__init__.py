@@ -15,10 +15,11 @@ from .bounds import transfer_bound_seconds
 from .decompose import load_view_plan
 from .extract import to_plan
 from .fused import fused_plan
+from .latency import LatencyInputs, latency_inputs, windowed_seeds, with_latency_notes
 from .model import Problem, build_problem
 from .offsets import OffsetResult, solve_offsets, storage_free_plan
 from .search import Budget
-from .seeds import best_seed, describe, rank, seed_plans
+from .seeds import best_seed, describe, ranker, seed_plans, within
 
 __all__ = ["OffsetResult", "plan_ilp", "solve_offsets"]
 
@@ -36,8 +37,9 @@ def plan_ilp(request: Request) -> Plan:
     if request.solver not in SOLVERS:
         raise PlannerError(f"unknown solver '{request.solver}': use one of {', '.join(SOLVERS)}")
     start = time.perf_counter()
+    timing = latency_inputs(request)  # None: no latency objective, no latency cap
     if (spill_free := storage_free_plan(request)) is not None:  # offsets-only profiles
-        return spill_free
+        return with_latency_notes(spill_free, request, None)
     # One budget for the whole command: what the canonical search used is gone.
     limit = max(request.time_limit - (time.perf_counter() - start), 1e-3)
     clock = Budget.start(limit - min(EXTRACT_SECONDS, EXTRACT_SHARE * limit), request.work_limit)
@@ -53,11 +55,14 @@ def plan_ilp(request: Request) -> Plan:
         note = ("the fused-greedy plan (every concat+conv pair fused, nothing spilled, packed "
                 "by the offset heuristics) meets the working-set bound and moves nothing: "
                 "optimal for peak and transfer time, no search was needed")
-        return replace(fused, planner="ilp", status="optimal", objective=request.goal,
+        plan = replace(fused, planner="ilp", status="optimal", objective=request.goal,
                        bound_bytes=fused.peak_bytes, bound_transfer_seconds=0.0,
                        notes=(*fused.notes, note),
                        solve_seconds=time.perf_counter() - start)
+        return with_latency_notes(plan, request, None)
     seeds = seed_plans(request)
+    if timing is not None:  # the heuristics' plans with their transfers made asynchronous
+        seeds = windowed_seeds(seeds, request)
     splits: dict[int, set[int]] = {}
     for plan in seeds:
         for part in plan.parts:
@@ -67,8 +72,8 @@ def plan_ilp(request: Request) -> Plan:
         problem = build_problem(graph, profile, extra_splits=splits)
     seed = best_seed([*seeds, fused] if fused is not None else seeds, request)
     view_bound, view_note = None, ()
-    if request.solver == "cpsat" and request.goal == "peak" and seed is not None \
-            and seed.peak_bytes > ws:
+    if request.solver == "cpsat" and request.goal == "peak" and timing is None \
+            and seed is not None and seed.peak_bytes > ws:
         seed, view_bound, view_note = _load_view(problem, request, seed, clock)
     if budget is not None:
         upper = budget // ALIGNMENT
@@ -80,7 +85,8 @@ def plan_ilp(request: Request) -> Plan:
             upper = max([upper] + [p.peak_bytes // ALIGNMENT for p in seeds
                                    if p.planner == "tflm-greedy"])
     budget_units = budget // ALIGNMENT if budget is not None else None
-    solution, infeasible, stopped = _solve(problem, request, upper, budget_units, seed, clock)
+    solution, infeasible, stopped = _solve(problem, request, upper, budget_units, seed, clock,
+                                           timing)
     started = (describe(seed),) if seed is not None else ()
     if solution is None:
         if infeasible:
@@ -99,6 +105,7 @@ def plan_ilp(request: Request) -> Plan:
             plan = _transfer_bound(_certify(plan, request, view_bound), problem, request)
             if plan.status != "optimal":
                 plan = replace(plan, notes=(*plan.notes[:-1], f"{note}, not proven optimal"))
+            plan = with_latency_notes(plan, request, None)
             return replace(plan, solve_seconds=time.perf_counter() - start)
         raise PlannerError(
             f"no plan under the budget found within {limit:g} s and none proven "
@@ -110,10 +117,13 @@ def plan_ilp(request: Request) -> Plan:
         extra = (f"the {limit:g} s wall-clock cap ended the search before its work limit: "
                  "this plan may differ from run to run",)
     plan = replace(plan, notes=(*started, *view_note, *plan.notes, *extra), stopped=stopped)
-    # A stopped search can end above its own warm start; never return worse than it.
-    if seed is not None and rank(seed, request.goal) < rank(plan, request.goal):
+    plan = _better_start(plan, problem, solution, request)
+    # A stopped search can end above its own warm start; never return worse than it (nor,
+    # where the latency model is a relaxation, above the latency cap in simulation).
+    key = ranker(request)
+    if seed is not None and (key(seed) < key(plan) or not within(plan, request)):
         # Same primary value: what the solver proved about it holds for the seed too.
-        same = rank(seed, request.goal)[0] == rank(plan, request.goal)[0]
+        same = key(seed)[0] == key(plan)[0]
         status = plan.status if same else "feasible"
         note = (f"the solver's best was worse than the {seed.planner} plan it started from; "
                 "returning that plan" + ("" if status == "optimal" else ", not proven optimal"))
@@ -121,8 +131,26 @@ def plan_ilp(request: Request) -> Plan:
                        bound_bytes=plan.bound_bytes, stopped=stopped,
                        bound_transfer_seconds=plan.bound_transfer_seconds,
                        notes=(*seed.notes, *plan.notes, note))
+        solution.exposed_us = None  # the model's value is not this plan's
     plan = _transfer_bound(plan, problem, request)
+    plan = with_latency_notes(plan, request, solution)
     return replace(plan, solve_seconds=time.perf_counter() - start)
+
+
+def _better_start(plan: Plan, problem: Problem, solution, request: Request) -> Plan:
+    """Latency: the least-transfer plan the search started from, where it simulates faster
+    than the answer (planner/latency.py runs transfers whole and first in first out, which
+    the model relaxes)."""
+    if solution.alternative is None:
+        return plan
+    start = to_plan(problem, solution.alternative, "ilp", request.goal)
+    key = ranker(request)
+    if not within(start, request) or key(start) >= key(plan):
+        return plan
+    solution.exposed_us = None  # the model's value is not this plan's
+    return replace(start, status="feasible", stopped=plan.stopped, notes=(*plan.notes, (
+        "the least-transfer plan the latency search started from simulates faster than its "
+        "answer; returning it, not proven optimal")))
 
 
 def _transfer_bound(plan: Plan, problem: Problem, request: Request) -> Plan:
@@ -134,7 +162,7 @@ def _transfer_bound(plan: Plan, problem: Problem, request: Request) -> Plan:
     bound = max(plan.bound_transfer_seconds or 0.0, transfer_bound_seconds(problem, peak))
     bound = min(bound, plan.est_transfer_seconds)
     plan = replace(plan, bound_transfer_seconds=bound)
-    if request.goal == "latency" and plan.status != "optimal" \
+    if request.goal == "transfers" and plan.status != "optimal" \
             and plan.est_transfer_seconds <= bound:
         plan = replace(plan, status="optimal", notes=(*plan.notes, (
             "transfer time meets its lower bound from the load view: optimal")))
@@ -142,12 +170,12 @@ def _transfer_bound(plan: Plan, problem: Problem, request: Request) -> Plan:
 
 
 def _solve(problem: Problem, request: Request, upper: int, budget_units: int | None,
-           seed: Plan | None, clock: Budget):
+           seed: Plan | None, clock: Budget, timing: LatencyInputs | None = None):
     """(Solution or None, proven infeasible, why the search stopped early or None)."""
     if request.solver == "cpsat":
         from .cpsat import CpSatModel
 
-        model = CpSatModel(problem, upper, budget_units)
+        model = CpSatModel(problem, upper, budget_units, timing=timing)
         known = None
         if seed is not None:
             model.hint(seed)

@@ -14,10 +14,14 @@ from ...costs import footprint
 from ...plan import Plan
 from . import search
 from .extract import Solution
+from .latency import LatencyInputs, add_latency, secondary_of
 from .model import Need, Problem, Stream, costs_us
 from .search import Budget, Progress
+from .windows import Windows
 
 PRESOLVE_MAX_VARIABLES = 5000
+# Share of the phases' budget for the latency objective's warm start (least transfer time).
+WARM_SHARE = 0.3
 
 
 @dataclass
@@ -36,10 +40,14 @@ class _Vars:
 
 class CpSatModel:
     def __init__(self, problem: Problem, upper_units: int, budget_units: int | None,
-                 packing: bool = True):
+                 packing: bool = True, timing: LatencyInputs | None = None):
         """`packing=False`: the load view only (no 2-D no-overlap, no channel splits): a
-        relaxation whose chosen segments decompose.py then packs."""
+        relaxation whose chosen segments decompose.py then packs. `timing`: transfer
+        windows and the latency objective (windows.py, latency.py)."""
         self.p = problem
+        self.windows = Windows(self, timing.depth if timing else 0)
+        self.latency = None  # the LatencyObjective, with `timing`
+        self.warm: list[int] | None = None  # the latency search's start (least transfers)
         self.packing = packing
         self.m = cp_model.CpModel()
         self.v = _Vars()
@@ -49,6 +57,10 @@ class CpSatModel:
             self.m.add(self.peak <= budget_units)
         self.cost = self.m.new_int_var(0, 1 << 50, "cost_us")
         self._build()
+        self.windows.finish()
+        self.objectives = {"peak": self.peak, "transfers": self.cost}
+        if timing is not None:
+            self.objectives["latency"] = add_latency(self, timing)
 
     # -- model -------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -117,7 +129,7 @@ class CpSatModel:
             off = m.new_int_var(0, max(0, self.upper - item.units), f"o{i}_{a}_{b}")
             v.off[(i, a, b)] = off
             first, last = item.span(a, b)
-            xs.append(m.new_optional_fixed_size_interval_var(first, last - first + 1, z, f"T{i}"))
+            xs.append(self.windows.time_interval(item, a, b, z))
             ys.append(m.new_optional_fixed_size_interval_var(off, item.units, z, f"M{i}"))
             m.add(off + item.units <= self.peak).only_enforce_if(z)
             if a > 0:
@@ -219,6 +231,7 @@ class CpSatModel:
         first solution instead of searching for one.
         """
         v, p, m = self.v, self.p, self.m
+        plan = self.windows.hint(plan)  # leads/extensions; segments cut to blocking steps
         spilled_channels = {q.tensor: q.channel_stop - q.channel_start
                             for q in plan.parts if q.index == 1}
         streamed = {(t.tensor, t.part, t.step) for t in plan.transfers
@@ -269,19 +282,22 @@ class CpSatModel:
             if seg.tensor in v.scratch_off:
                 m.add_hint(v.scratch_off[seg.tensor], seg.offset // 16)
         m.add_hint(self.peak, -(-plan.peak_bytes // 16))
+        if self.latency is not None:
+            self.latency.complete_hint()
 
     def solve(self, goal: str, budget: Budget, workers: int, deterministic: bool = False,
               progress: Progress | None = None, known: int | None = None) -> Solution | None:
-        """Lexicographic: (peak, cost) for goal "peak", (cost, peak) for "latency".
+        """Lexicographic: (peak, cost) for goal "peak", (cost, peak) for "transfers".
 
         Both phases share `budget` (the primary gets most of it, the secondary the rest);
         `self.stopped` says why the search ended early, None if both phases completed.
         `known`: the primary's proven optimum (the hint meets its lower bound), so that
         only the secondary is searched.
         """
-        primary, secondary = (self.peak, self.cost) if goal == "peak" else (self.cost, self.peak)
-        scales = {"peak": lambda u: u * 16, "latency": lambda us: us / 1e6}
-        other = "latency" if goal == "peak" else "peak"
+        other = secondary_of(goal, self.objectives)
+        primary, secondary = self.objectives[goal], self.objectives[other]
+        scales = {"peak": lambda u: u * 16, "transfers": lambda us: us / 1e6,
+                  "latency": lambda us: us / 1e6}
         self.infeasible, self.stopped = False, None
         if budget.interrupted:  # Ctrl-C came before this search (in the decomposition)
             self.stopped = "interrupted"
@@ -293,6 +309,9 @@ class CpSatModel:
         if known is not None:
             first = search.Outcome(cp_model.OPTIMAL, known, known, None, None, 0.0, 0.0)
         else:
+            if goal == "latency" and not self._warm_start(budget, workers, deterministic,
+                                                          progress, presolve):
+                return None
             self.m.minimize(primary)
             first = search.run(self.m, budget, search.PRIMARY_SHARE, workers=workers,
                                deterministic=deterministic, phase=goal, scale=scales[goal],
@@ -319,7 +338,8 @@ class CpSatModel:
         if chosen.values is None:
             return None
         notes = []
-        names = {"peak": "peak", "latency": "transfer time"}
+        names = {"peak": "peak", "transfers": "transfer time",
+                 "latency": "exposed transfer time"}
         if not proven:
             notes.append(f"{_why(first.stopped)}: {names[goal]} not proven optimal")
         elif second is None or second.status != cp_model.OPTIMAL:
@@ -329,11 +349,36 @@ class CpSatModel:
         sol = self.read(chosen.values, "optimal" if proven else "feasible", notes)
         if goal == "peak":
             sol.bound_units = first.bound
-        else:
+        elif goal == "transfers":
             sol.bound_cost_us = first.bound
-        if goal == "peak" and second is not None and second.bound is not None:
+        else:
+            sol.bound_exposed_us = first.bound
+        if goal == "peak" and other == "transfers" and second is not None \
+                and second.bound is not None:
             sol.bound_cost_us = second.bound  # the least transfer time at this peak
+        if "latency" in self.objectives:
+            sol.exposed_us = chosen.values[self.objectives["latency"].index]
+        if self.warm is not None and goal == "latency":
+            sol.alternative = self.read(self.warm, "feasible", [])
         return sol
+
+    def _warm_start(self, budget: Budget, workers: int, deterministic: bool,
+                    progress: Progress | None, presolve: bool) -> bool:
+        """Before the latency search: the least transfer time. Its plan moves the least
+        data, and the latency search starts from it (its windows then open at once);
+        measured on the zoo U-Nets, starting from the heuristics' plans alone often ended
+        above the blocking optimum within short work limits. False when the model is
+        proven infeasible or nothing was found."""
+        self.m.minimize(self.cost)
+        warm = search.run(self.m, budget, WARM_SHARE, workers=workers,
+                          deterministic=deterministic, phase="transfers",
+                          scale=lambda us: us / 1e6, progress=progress, presolve=presolve)
+        self.infeasible = warm.status == cp_model.INFEASIBLE
+        self.stopped = warm.stopped
+        if warm.values is not None:
+            self._hint_from(warm.values)
+            self.warm = warm.values
+        return not self.infeasible and (warm.values is not None or warm.stopped is None)
 
     def _hint_from(self, values: list[int]) -> None:
         """Hint every variable with a solution's value (the next phase starts from it)."""
@@ -359,7 +404,9 @@ class CpSatModel:
         storage = {i: name for (i, name), y in v.y.items() if val(y)}
         fused = {g for g, fz in v.fz.items() if val(fz)}
         scratch = {t: val(off) for t, off in v.scratch_off.items()}
-        return Solution(segments, streams, storage, fused, scratch, status, notes=notes)
+        leads, exts = self.windows.read(values)
+        return Solution(segments, streams, storage, fused, scratch, status, notes=notes,
+                        leads=leads, exts=exts)
 
 
 def _why(stopped: str | None) -> str:

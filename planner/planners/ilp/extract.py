@@ -26,6 +26,26 @@ class Solution:
     bound_units: int | None = None  # proven lower bound on the peak (units)
     bound_cost_us: int | None = None
     notes: list[str] = field(default_factory=list)
+    # Transfer windows (windows.py): (item, point) -> steps a fetch there is issued early,
+    # (item, point) -> steps the spill ending first segment (0, point) completes late.
+    leads: dict[tuple[int, int], int] = field(default_factory=dict)
+    exts: dict[tuple[int, int], int] = field(default_factory=dict)
+    exposed_us: int | None = None  # the latency model's exposed transfer time
+    bound_exposed_us: int | None = None  # its proven lower bound
+    # Latency objective: the least-transfer solution its search started from, kept so the
+    # planner can return whichever simulates faster (the model is a relaxation).
+    alternative: Solution | None = None
+
+
+def window_span(sol: Solution, item, a: int, b: int) -> tuple[int, int]:
+    """Steps of segment (a, b) with its transfer windows: a fetch issued early starts it
+    sooner, a spill completing late holds it longer (windows.py)."""
+    first, last = item.span(a, b)
+    if a > 0:
+        first -= sol.leads.get((item.index, a), 0)
+    else:
+        last += sol.exts.get((item.index, b), 0)
+    return first, last
 
 
 def to_plan(problem: Problem, sol: Solution, planner: str, objective: str) -> Plan:
@@ -40,7 +60,7 @@ def to_plan(problem: Problem, sol: Solution, planner: str, objective: str) -> Pl
         chosen = sol.segments.get(i, [])
         item = problem.items[i]
         for a, b, off in sorted(chosen):
-            first, last = item.span(a, b)
+            first, last = window_span(sol, item, a, b)
             segments.append(Segment(item.tensor, first, last, off * ALIGNMENT,
                                     item.units * ALIGNMENT, item.part))
         if item.part is not None:
@@ -67,12 +87,16 @@ def to_plan(problem: Problem, sol: Solution, planner: str, objective: str) -> Pl
                                           address, item.part))
             else:
                 a, b, _ = min(chosen)
+                ext = sol.exts.get((i, b), 0)
                 transfers.append(Transfer("spill", item.tensor, item.points[b].step, name,
-                                          item.nbytes, address, item.part))
+                                          item.nbytes, address, item.part,
+                                          complete=item.points[b].step + ext if ext else None))
             for a, _, _ in chosen:
                 if a > 0:
+                    lead = sol.leads.get((i, a), 0)
                     transfers.append(Transfer("fetch", item.tensor, item.points[a].step, name,
-                                              item.nbytes, address, item.part))
+                                              item.nbytes, address, item.part,
+                                              issue=item.points[a].step - lead if lead else None))
             for j, _ in sol.streams.get(i, []):
                 if j not in row_spilled:
                     transfers.append(Transfer("stream", item.tensor, item.points[j].step, name,

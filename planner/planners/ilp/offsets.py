@@ -177,7 +177,7 @@ def storage_free_plan(request):
     plan = plan_from_offsets(
         graph, bufs, result.offsets, "ilp", status="optimal" if optimal else "feasible",
         bound_bytes=result.bound, objective=request.goal,
-        bound_transfer_seconds=0.0 if request.goal == "latency" else None,
+        bound_transfer_seconds=0.0 if request.goal == "transfers" else None,
         solve_seconds=time.perf_counter() - start, notes=tuple(notes))
     if check(graph, plan, profile.capacities):
         return None  # never return an invalid plan; the CP-SAT model decides instead

@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from ...checker import check
@@ -60,19 +61,45 @@ def seed_plans(request: Request, seconds: float | None = None) -> list[Plan]:
             continue
         if plan is not None:
             plans.append(plan)
-    return sorted(plans, key=lambda p: rank(p, request.goal))
+    return sorted(plans, key=ranker(request))
 
 
 def rank(plan: Plan, goal: str) -> tuple[float, float]:
+    """Order for "peak" and "transfers" (the latency order needs the graph: `ranker`)."""
     if goal == "peak":
         return (plan.peak_bytes, round(plan.est_transfer_seconds, 9))
     return (round(plan.est_transfer_seconds, 9), plan.peak_bytes)
 
 
+def ranker(request: Request) -> Callable[[Plan], tuple[float, float]]:
+    """The request's order on plans: for "latency", the simulated end-to-end latency
+    (planner/latency.py) then the peak; with a latency cap, peak then that latency."""
+    if request.goal == "latency" or request.latency_cap is not None:
+        from .latency import simulated_seconds
+
+        def key(plan: Plan) -> tuple[float, float]:
+            lat = round(simulated_seconds(request.graph, plan, request.profile), 9)
+            return (lat, plan.peak_bytes) if request.goal == "latency" else \
+                (plan.peak_bytes, lat)
+        return key
+    return lambda plan: rank(plan, request.goal)
+
+
+def within(plan: Plan, request: Request) -> bool:
+    """Within the request's budget and latency cap."""
+    if request.budget is not None and plan.peak_bytes > request.budget:
+        return False
+    if request.latency_cap is not None:
+        from .latency import simulated_seconds
+
+        return simulated_seconds(request.graph, plan, request.profile) <= request.latency_cap
+    return True
+
+
 def best_seed(plans: list[Plan], request: Request) -> Plan | None:
     """The best valid plan for the request's objective among those within its budget."""
-    fitting = [p for p in plans if request.budget is None or p.peak_bytes <= request.budget]
-    for plan in sorted(fitting, key=lambda p: rank(p, request.goal)):
+    fitting = [p for p in plans if within(p, request)]
+    for plan in sorted(fitting, key=ranker(request)):
         if not check(request.graph, plan, request.profile.capacities):
             return plan
     return None
