@@ -272,7 +272,8 @@ def with_latency_notes(plan: Plan, request, solution) -> Plan:
              f"{compute:.6g} s + exposed transfers {sim - compute:.6g} s)"]
     status = plan.status
     if solution is not None and solution.bound_exposed_us is not None:
-        bound = min(compute + solution.bound_exposed_us / US, sim)
+        # CP-SAT's bound on a linear objective may sit below the variable's domain.
+        bound = min(compute + max(solution.bound_exposed_us, 0) / US, sim)
         gap = (sim - bound) / sim if sim > 0 else 0.0
         text = f"latency bound {bound:.6g} s (gap {gap:.2%} to the estimate)"
         if solution.exposed_us is not None:
