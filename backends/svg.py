@@ -478,8 +478,9 @@ def marker_path(shape: str, cx: float, cy: float, r: float = 5.0) -> str:
 
 
 def render_pareto_svg(points: Iterable[PointLike], title: str,
-                      budgets: Mapping[str, int] | None = None) -> str:
-    """Peak against transfer time, one marker shape and colour per series.
+                      budgets: Mapping[str, int] | None = None,
+                      y_label: str = "estimated transfer time") -> str:
+    """Peak against transfer time (or `y_label`'s seconds), one marker and colour per series.
 
     The x axis stops at the first gap of OUTLIER_FACTOR between consecutive peaks; points
     beyond it sit at the right edge with an arrow and their exact peak. `budgets`
@@ -547,7 +548,7 @@ def render_pareto_svg(points: Iterable[PointLike], title: str,
                    + _text(x(b) + 2, top + 10 + 11 * (k % 3), f"budget {text}", 9, "start",
                            "fill='#d22'") + "</g>")
     out.append(_text(left + pw / 2, top + ph + 40, "peak arena bytes", 12, "middle"))
-    out.append(_text(20, top + ph / 2, "estimated transfer time", 12, "middle",
+    out.append(_text(20, top + ph / 2, y_label, 12, "middle",
                      f"transform='rotate(-90 20 {top + ph / 2:.1f})'"))
     edge = left + pw + 10
     for k, name in enumerate(series):

@@ -150,6 +150,39 @@ def transfer_table(rows: Sequence[dict]) -> list[str]:
     return lines if found else ["No budget where both TinySeg and the ILP fit moves data."]
 
 
+def ms(s: float | None) -> str:
+    return "-" if s is None else f"{s * 1e3:,.1f}"
+
+
+def best_latency(r: dict) -> float | None:
+    """The plan's latency with async windows where the post-pass found room, else as planned."""
+    w = r.get("latency_windows_s")
+    return w if w is not None else r.get("latency_s")
+
+
+def latency_table(rows: Sequence[dict]) -> list[str]:
+    """Per model, fraction budget and planner that fits it by moving data: estimated
+    end-to-end milliseconds, compute alone, every transfer blocking, as planned, and after
+    the async post-pass widened the plan's own transfer windows."""
+    lines = [
+        "| model | budget KiB | planner | head KiB | compute ms | blocking ms | as planned ms "
+        "| with windows ms |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    found = False
+    for r in rows:
+        if not (str(r["budget"]).endswith("%") and _ok(r) and r["fits"]
+                and r.get("latency_s") is not None and (r.get("spilled_bytes") or 0) > 0):
+            continue
+        found = True
+        lines.append(
+            f"| {r['model']} | {r['budget']} ({kib(r['budget_bytes'])}) | {r['planner']} | "
+            f"{kib(r['peak_bytes'])} | {ms(r.get('compute_s'))} | "
+            f"{ms(r.get('latency_blocking_s'))} | {ms(r.get('latency_s'))} | "
+            f"{ms(r.get('latency_windows_s'))} |")
+    return lines if found else ["No fraction budget is met by a plan that moves data."]
+
+
 def headline_tables(rows: Sequence[dict], profile: str) -> list[str]:
     """The two headline tables with their captions: shared by report.md and the README."""
     return [
@@ -170,6 +203,18 @@ def headline_tables(rows: Sequence[dict], profile: str) -> list[str]:
         "minimises transfer time; TinySeg only looks for a fit.",
         "",
         *transfer_table(rows),
+        "",
+        "### End-to-end latency under budget",
+        "",
+        f"Estimated milliseconds of one inference on `{profile}` (planner/latency.py): op "
+        "times from the profile's clock and cycle table, transfer times from its storages, "
+        "async transfers overlapping compute on storages with a DMA channel. Estimates from "
+        "the profile, not measurements. Blocking: every transfer stalls the processor; as "
+        "planned: the planner's own windows; with windows: after the async post-pass "
+        "(planner/async_windows.py) widened the plan's transfers into free arena space, "
+        "the peak unchanged.",
+        "",
+        *latency_table(rows),
     ]
 
 
@@ -236,7 +281,28 @@ def write_pareto(results: Results, outdir: Path) -> dict[str, Path]:
         path.write_text(render_pareto_svg(points, f"{m}: peak vs estimated transfer time",
                                           budgets))
         written[m] = path
+        lat = _latency_points(results.rows, m)
+        if lat:
+            (folder / "pareto_latency.svg").write_text(render_pareto_svg(
+                lat, f"{m}: peak vs estimated end-to-end latency", budgets,
+                y_label="estimated end-to-end latency (s)"))
     return written
+
+
+def _latency_points(rows: Sequence[dict], model: str) -> list:
+    """Each valid plan's peak against its end-to-end latency (with the post-pass windows)."""
+    from backends.svg import ParetoPoint
+
+    seen, points = set(), []
+    for r in rows:
+        if r["model"] != model or not _ok(r) or best_latency(r) is None:
+            continue
+        key = (r["planner"], r["peak_bytes"], best_latency(r))
+        if key not in seen:
+            seen.add(key)
+            points.append(ParetoPoint(r["planner"], r["peak_bytes"], best_latency(r),
+                                      r["budget"]))
+    return points
 
 
 def markdown(results: Results, suite: Suite, jobs: int, pareto: dict[str, Path],
@@ -276,8 +342,11 @@ def markdown(results: Results, suite: Suite, jobs: int, pareto: dict[str, Path],
     for m in dict.fromkeys(r["model"] for r in rows):
         lines += [f"### {m}", ""]
         if m in pareto:
+            lat = pareto[m].with_name("pareto_latency.svg")
+            lat_link = (f", against end-to-end latency: [{lat.relative_to(outdir)}]"
+                        f"({lat.relative_to(outdir)})" if lat.is_file() else "")
             lines += [f"Pareto plot: [{pareto[m].relative_to(outdir)}]"
-                      f"({pareto[m].relative_to(outdir)}); layouts in "
+                      f"({pareto[m].relative_to(outdir)}){lat_link}; layouts in "
                       f"`svg/{safe(m)}/`.", ""]
         lines += [*model_table(rows, m), ""]
     if results.minimalloc:
@@ -300,6 +369,8 @@ def write_all(results: Results, suite: Suite, outdir: Path, jobs: int) -> list[P
         written.append(write_csv(results.minimalloc, outdir / "minimalloc.csv", cols))
     pareto = write_pareto(results, outdir) if suite.svg else {}
     written += list(pareto.values())
+    written += [p.with_name("pareto_latency.svg") for p in pareto.values()
+                if p.with_name("pareto_latency.svg").is_file()]
     report = outdir / "report.md"
     report.write_text(markdown(results, suite, jobs, pareto, outdir))
     written.append(report)

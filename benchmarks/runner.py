@@ -71,7 +71,11 @@ COLUMNS = (
     "model", "source", "ops", "buffers", "budget", "budget_bytes", "planner", "status",
     "peak_bytes", "fits", "ratio_tflm", "load_bound", "ws_bound", "ratio_load_bound",
     "ratio_ws_bound", "spilled_bytes", "fetched_bytes", "num_spills", "num_fusions",
-    "est_transfer_s", "solve_seconds", "bound_bytes", "gap", "svg", "detail",
+    "est_transfer_s",
+    # Estimated end-to-end latency (planner/latency.py): as planned, every transfer
+    # blocking, after the async post-pass (planner/async_windows.py); and compute alone.
+    "latency_s", "latency_blocking_s", "latency_windows_s", "compute_s",
+    "solve_seconds", "bound_bytes", "gap", "svg", "detail",
 )
 
 
@@ -260,6 +264,7 @@ def run_task(task: Task) -> list[dict]:
                    for p in storage_profiles()}
     peak = plan.peak_bytes
     tail, arena = arena_of(info, plan, profile)
+    latency = latency_columns(info.graph, plan, profile)
     common = {
         "status": summary["status"], "peak_bytes": peak, "tail_bytes": tail,
         "arena_bytes": arena,
@@ -272,10 +277,30 @@ def run_task(task: Task) -> list[dict]:
         if profile.storages else 0.0,
         "solve_seconds": summary["solve_seconds"], "bound_bytes": summary["bound_bytes"],
         "gap": round(summary["gap"], 4) if summary["gap"] is not None else None,
-        "svg": svg, "detail": "; ".join(plan.notes)[:300], **per_profile,
+        "svg": svg, "detail": "; ".join(plan.notes)[:300], **per_profile, **latency,
     }
     return [{**base, "budget": label, "budget_bytes": b, **common,
              "fits": b is None or peak <= b} for label, b in task.budgets]
+
+
+def latency_columns(graph: Graph, plan: Plan, profile: DeviceProfile) -> dict:
+    """Estimated end-to-end seconds: as planned, all blocking, and with the async post-pass
+    widening the plan's own transfers (checked like every plan; None if it were invalid)."""
+    from planner.async_windows import with_windows
+    from planner.latency import end_to_end, without_windows
+
+    planned = end_to_end(graph, plan, profile)
+    blocking = end_to_end(graph, without_windows(plan), profile)
+    windowed = with_windows(graph, plan, profile)
+    try:
+        assert_valid(graph, windowed, profile.capacities)
+        windows_s: float | None = round(end_to_end(graph, windowed, profile).total_seconds, 6)
+    except PlanError:
+        windows_s = None
+    return {"latency_s": round(planned.total_seconds, 6),
+            "latency_blocking_s": round(blocking.total_seconds, 6),
+            "latency_windows_s": windows_s,
+            "compute_s": round(planned.compute_seconds, 6)}
 
 
 def arena_of(info: ModelInfo, plan: Plan, profile) -> tuple[int | None, int | None]:

@@ -136,9 +136,15 @@ class _Sim:
         return self.channels[t.storage].wait(req)
 
 
-def end_to_end(graph: Graph, plan: Plan, profile: DeviceProfile) -> Latency:
-    """Estimated latency of one inference under `plan` (module docstring: the rules)."""
-    ops = op_seconds(graph, profile)
+def end_to_end(graph: Graph, plan: Plan, profile: DeviceProfile,
+               op_times: tuple[float, ...] | None = None) -> Latency:
+    """Estimated latency of one inference under `plan` (module docstring: the rules).
+
+    `op_times`: compute.op_seconds(graph, profile), when the caller already has it.
+    """
+    if plan.num_steps != graph.num_steps:
+        raise ValueError(f"plan has {plan.num_steps} steps, graph has {graph.num_steps}")
+    ops = op_times if op_times is not None else op_seconds(graph, profile)
     sim = _Sim(graph, profile)
     storage = {s.name: s for s in profile.storages}
 
@@ -222,3 +228,11 @@ def blocking_and_planned(graph: Graph, plan: Plan, profile: DeviceProfile
                          ) -> tuple[Latency, Latency]:
     """(every transfer blocking, as planned): the two figures reports show side by side."""
     return end_to_end(graph, without_windows(plan), profile), end_to_end(graph, plan, profile)
+
+
+def latency_fields(graph: Graph, plan: Plan, profile: DeviceProfile) -> dict:
+    """The latency figures `solve --json` and the benchmark rows report (seconds)."""
+    blocking, planned = blocking_and_planned(graph, plan, profile)
+    return {"est_latency_seconds": planned.total_seconds,
+            "est_latency_blocking_seconds": blocking.total_seconds,
+            "latency": planned.to_json()}

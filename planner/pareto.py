@@ -1,4 +1,5 @@
-"""`solve --pareto`: the frontier of arena peak against estimated transfer time.
+"""`solve --pareto`: the frontier of arena peak against estimated transfer time, or (with
+`--pareto-axis latency`) against estimated end-to-end latency (planner/latency.py).
 
 Ctrl-C stops the sweep: the points solved so far are kept, reported and written,
 and the command exits 130. A progress bar shows the sweep point by point on a
@@ -19,6 +20,7 @@ from .checker import assert_valid
 from .device import DeviceProfile
 from .errors import InfeasibleBudget, PlannerError
 from .ir import ALIGNMENT, Graph, align
+from .latency import end_to_end
 from .planners.base import Request, registry
 from .schema import stamp
 from .stopping import sigint_kept, was_interrupted
@@ -32,6 +34,10 @@ class ParetoPoint:
     peak_bytes: int
     est_transfer_seconds: float
     status: str
+    est_latency_seconds: float = 0.0  # end to end, as planned (planner/latency.py)
+
+    def cost(self, axis: str) -> float:
+        return self.est_latency_seconds if axis == "latency" else self.est_transfer_seconds
 
 
 @dataclass
@@ -45,11 +51,12 @@ class Sweep:
 def sweep(graph: Graph, profile: DeviceProfile, points: int = DEFAULT_POINTS,
           time_limit: float = 30.0, solver: str = "cpsat", deterministic: bool = False,
           on_point: Callable[[int, int, ParetoPoint | None], None] | None = None,
-          result: Sweep | None = None) -> list[ParetoPoint]:
+          result: Sweep | None = None, axis: str = "transfers") -> list[ParetoPoint]:
     """Budgets evenly spaced from the spill-free optimum down to the working-set bound.
 
     `result` (if given) is filled as the sweep goes, so a caller that catches
-    KeyboardInterrupt still has the points found so far.
+    KeyboardInterrupt still has the points found so far. `axis` ("transfers" or
+    "latency") is the cost the frontier keeps the points non-dominated in.
     """
     ilp = registry()["ilp"]
     state = result if result is not None else Sweep([])
@@ -82,20 +89,21 @@ def sweep(graph: Graph, profile: DeviceProfile, points: int = DEFAULT_POINTS,
         if plan is not None:
             assert_valid(graph, plan, profile.capacities)
             point = ParetoPoint(budget, plan.peak_bytes, plan.est_transfer_seconds,
-                                "interrupted" if was_interrupted(plan) else plan.status)
+                                "interrupted" if was_interrupted(plan) else plan.status,
+                                end_to_end(graph, plan, profile).total_seconds)
             found.append(point)
-            state.points = _non_dominated(found)
+            state.points = _non_dominated(found, axis)
         state.planned += 1
         if on_point is not None:
             on_point(state.planned, state.total, point)
-    state.points = _non_dominated(found)
+    state.points = _non_dominated(found, axis)
     return state.points
 
 
-def _non_dominated(points: list[ParetoPoint]) -> list[ParetoPoint]:
-    keep = []
-    for p in sorted(points, key=lambda p: (p.peak_bytes, p.est_transfer_seconds)):
-        if not keep or p.est_transfer_seconds < keep[-1].est_transfer_seconds:
+def _non_dominated(points: list[ParetoPoint], axis: str = "transfers") -> list[ParetoPoint]:
+    keep: list[ParetoPoint] = []
+    for p in sorted(points, key=lambda p: (p.peak_bytes, p.cost(axis))):
+        if not keep or p.cost(axis) < keep[-1].cost(axis):
             keep.append(p)
     return keep
 
@@ -107,6 +115,8 @@ def pareto_front(graph: Graph, profile: DeviceProfile, args: argparse.Namespace,
     from .progress import bar
 
     state = Sweep([])
+    axis = getattr(args, "pareto_axis", None) or "transfers"
+    what = "end-to-end latency" if axis == "latency" else "transfer time"
     progress = bar(0, "pareto: solving both ends of the sweep", unit="point")
 
     def on_point(done: int, total: int, point: ParetoPoint | None) -> None:
@@ -114,18 +124,19 @@ def pareto_front(graph: Graph, profile: DeviceProfile, args: argparse.Namespace,
             progress.total = total
             progress.set_description("pareto", refresh=False)
         if point is not None:
-            progress.set_postfix_str(f"{point.peak_bytes:,} B {point.est_transfer_seconds:.3g} s")
+            progress.set_postfix_str(f"{point.peak_bytes:,} B {point.cost(axis):.3g} s")
         progress.update(1)
 
     try:
         sweep(graph, profile, time_limit=args.time_limit, solver=args.solver,
-              deterministic=args.deterministic, on_point=on_point, result=state)
+              deterministic=args.deterministic, on_point=on_point, result=state, axis=axis)
     except KeyboardInterrupt:
         state.interrupted = True
     finally:
         progress.close()
     summary = {k: v for k, v in summary.items() if k not in ("planner", "budget_bytes")}
-    summary.update(planner="ilp", interrupted=state.interrupted, budgets_planned=state.planned,
+    summary.update(planner="ilp", axis=axis, interrupted=state.interrupted,
+                   budgets_planned=state.planned,
                    budgets_total=state.total, pareto=[asdict(p) for p in state.points])
     data = stamp("pareto", summary)
     if args.outdir:
@@ -133,11 +144,12 @@ def pareto_front(graph: Graph, profile: DeviceProfile, args: argparse.Namespace,
     if args.json:
         print(json.dumps(data))
     else:
-        print(f"peak vs transfer time for {summary['model']} (profile {profile.name}):")
-        print(f"{'budget B':>12} {'peak B':>12} {'transfer s':>12}  status")
+        print(f"peak vs {what} for {summary['model']} (profile {profile.name}; "
+              "estimates from the profile):")
+        print(f"{'budget B':>12} {'peak B':>12} {'transfer s':>12} {'latency s':>12}  status")
         for p in state.points:
             print(f"{p.budget_bytes:>12,} {p.peak_bytes:>12,} {p.est_transfer_seconds:>12.4f}"
-                  f"  {p.status}")
+                  f" {p.est_latency_seconds:>12.4f}  {p.status}")
         for f in data.get("files", []):
             print(f"wrote        {f}")
     if state.interrupted:
@@ -154,11 +166,14 @@ def _write(data: dict, out: Path, name: str) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         paths = [out / "pareto.json", out / "pareto.svg"]
         paths[0].write_text(json.dumps(data, indent=1) + "\n")
-        pts = [{"series": "ilp", "peak_bytes": p["peak_bytes"],
-                "seconds": p["est_transfer_seconds"],
+        latency = data.get("axis") == "latency"
+        key = "est_latency_seconds" if latency else "est_transfer_seconds"
+        what = "estimated end-to-end latency" if latency else "estimated transfer time"
+        pts = [{"series": "ilp", "peak_bytes": p["peak_bytes"], "seconds": p[key],
                 "label": f"budget {p['budget_bytes']:,} B"} for p in data["pareto"]]
-        paths[1].write_text(render_pareto_svg(pts, f"{name}: peak vs transfer time "
-                                                   f"({data['profile']})"))
+        paths[1].write_text(render_pareto_svg(
+            pts, f"{name}: peak vs {what.removeprefix('estimated ')} ({data['profile']})",
+            y_label=what))
     except OSError as exc:
         raise PlannerError(f"cannot write into {out}: {exc.strerror}") from None
     return paths

@@ -114,3 +114,45 @@ def test_clock_and_storage_channel_fields_are_checked():
     assert p.compute.clock_hz == 64e6
     s = p.storages[0]
     assert (s.async_channel, s.erase_blocks_bus, s.erase_s) == (False, True, 0.0)
+
+
+def test_analyze_shows_macs_bytes_and_time(capsys):
+    from pathlib import Path
+
+    from planner.cli import main
+
+    model = Path(__file__).resolve().parents[1] / "benchmarks/models/tiny_unet_int8.tflite"
+    assert main(["analyze", str(model), "--json"]) == 0
+    import json
+
+    data = json.loads(capsys.readouterr().out)
+    conv = data["ops"][0]
+    assert conv["type"] == "CONV_2D" and conv["macs"] == 80 * 120 * 8 * 3 * 3 * 3
+    assert conv["est_seconds"] == pytest.approx(conv["macs"] * 1.2 / 168e6)
+    assert data["est_compute_seconds"] == pytest.approx(sum(o["est_seconds"] for o in data["ops"]))
+    assert main(["analyze", str(model), "--profile", "internal-flash"]) == 0
+    text = capsys.readouterr().out
+    assert "216 MHz" in text and "not measurements" in text and "2,073,600" in text
+
+
+def test_real_models_count_their_macs():
+    """DS-CNN KWS (MLPerf Tiny): 25x5x64 outputs; conv 10x4 on 1 channel, four depthwise
+    3x3 + pointwise 64x64 blocks, FC 64->12. The ONNX U-Net's first conv (NCHW) matches the
+    TFLite one's."""
+    from pathlib import Path
+
+    from frontends import load_model
+
+    root = Path(__file__).resolve().parents[1]
+    kws = root.parent / "shared" / "models" / "mlperf_tiny" / "kws_ref_model.tflite"
+    if not kws.is_file():
+        pytest.skip("shared models absent")
+    g = load_model(kws)
+    out = 25 * 5 * 64
+    want = out * 10 * 4 + 4 * (out * 9 + out * 64) + 12 * 64
+    assert sum(op_macs(g, op) for op in g.ops) == want
+    assert {kind_of(op) for op in g.ops} >= {"conv", "depthwise_conv", "fully_connected",
+                                            "pool", "reshape", "other"}
+    onnx = load_model(root / "benchmarks" / "models" / "tiny_unet.onnx")
+    assert op_macs(onnx, onnx.ops[0]) == 80 * 120 * 8 * 3 * 3 * 3
+    assert dtype_of(onnx, onnx.ops[0]) == "float32"

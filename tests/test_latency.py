@@ -156,3 +156,80 @@ def test_stream_is_double_buffered_with_dma_and_added_without():
         pytest.approx(15 * MS)
     assert end_to_end(g, p, profile(storage(latency=3 * MS, dma=False))).total_seconds == \
         pytest.approx(17 * MS)
+
+
+def test_solve_reports_latency_blocking_and_as_planned(capsys):
+    import json
+    from pathlib import Path
+
+    from planner.cli import main
+
+    model = Path(__file__).resolve().parents[1] / "benchmarks/models/tiny_unet_int8.tflite"
+    args = ["solve", str(model), "--planner", "tinyseg", "--budget", "170000"]
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    lat = data["latency"]
+    assert data["est_latency_seconds"] == pytest.approx(lat["total_seconds"])
+    assert lat["total_seconds"] == pytest.approx(lat["compute_seconds"]
+                                                 + lat["exposed_transfer_seconds"])
+    assert 0 < lat["exposed_transfer_seconds"] <= lat["transfer_seconds"] + 1e-12
+    assert data["est_latency_blocking_seconds"] >= data["est_latency_seconds"] - 1e-12
+    assert main(args) == 0
+    assert "ms end to end, estimated" in capsys.readouterr().out
+
+
+def test_pareto_frontier_in_either_cost():
+    from planner.pareto import ParetoPoint, _non_dominated
+
+    a = ParetoPoint(100, 100, 2.0, "optimal", est_latency_seconds=5.0)
+    b = ParetoPoint(200, 200, 1.0, "optimal", est_latency_seconds=6.0)
+    assert _non_dominated([a, b], "transfers") == [a, b]
+    assert _non_dominated([a, b], "latency") == [a]  # more arena and slower: dominated
+
+
+def test_pareto_sweep_draws_peak_against_latency(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from planner.cli import main
+
+    model = Path(__file__).resolve().parents[1] / "benchmarks/models/deeplab_lite_int8.tflite"
+    assert main(["solve", str(model), "--pareto", "--pareto-axis", "latency", "--time-limit",
+                 "5", "--json", "-o", str(tmp_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["axis"] == "latency" and data["pareto"]
+    assert all(p["est_latency_seconds"] > 0 for p in data["pareto"])
+    assert "end-to-end latency" in (tmp_path / "pareto.svg").read_text()
+    assert main(["solve", str(model), "--pareto-axis", "latency"]) == 2
+    assert "give --pareto too" in capsys.readouterr().err
+
+
+def test_random_plans_keep_the_invariants():
+    """Blocking: compute + every transfer exactly. Any windows: at least the compute, at
+    most compute + every transfer + nothing else (waiting is always on some transfer)."""
+    import random
+
+    g, ts = chain(8)
+    rng = random.Random(7)
+    prof = profile(storage("a", latency=2 * MS), storage("b", latency=0.5 * MS, dma=False),
+                   storage("c", latency=3 * MS, erase_block=1000, erase=MS,
+                           erase_blocks_bus=False))
+    last = g.num_steps - 1
+    for _ in range(200):
+        transfers = []
+        for _ in range(rng.randint(1, 5)):
+            step = rng.randint(1, last)
+            name = rng.choice("abc")
+            if rng.random() < 0.5:
+                transfers.append(Transfer("spill", ts[1], step, name, 1000, issue=step,
+                                          complete=rng.randint(step, last)))
+            else:
+                transfers.append(Transfer("fetch", ts[1], step, name, 1000,
+                                          issue=rng.randint(0, step), complete=step))
+        p = plan(g, *transfers)
+        blocking, planned = blocking_and_planned(g, p, prof)
+        assert blocking.total_seconds == pytest.approx(
+            blocking.compute_seconds + blocking.transfer_seconds)
+        assert planned.compute_seconds - 1e-12 <= planned.total_seconds
+        assert planned.exposed_seconds <= planned.transfer_seconds + 1e-12
+        assert sum(dict(planned.channel_busy).values()) <= planned.transfer_seconds + 1e-12

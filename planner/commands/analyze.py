@@ -1,4 +1,5 @@
-"""`analyze MODEL`: tensors, ops, TFLM lifetimes, cold ranges and both lower bounds."""
+"""`analyze MODEL`: tensors, ops (MACs, bytes, estimated time), TFLM lifetimes, cold ranges
+and both lower bounds."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import argparse
 import json
 
 from ..analysis import buffers, cold_ranges, load_bound, working_set_bound
-from ..device import bundled_profiles, load_profile
+from ..compute import dtype_of, kind_of, op_bytes, op_macs, op_seconds
+from ..device import DeviceProfile, bundled_profiles, load_profile
 from ..ir import Graph
 from ..kernels import op_kernels_of
 from ..schema import stamp
@@ -24,9 +26,11 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def report(graph: Graph) -> dict:
+def report(graph: Graph, profile: DeviceProfile | None = None) -> dict:
     load, ws = load_bound(graph), working_set_bound(graph)
     life = {b.tensor: b for b in buffers(graph)}
+    profile = profile or load_profile("qspi-flash")
+    seconds = op_seconds(graph, profile)
     return {
         "model": graph.name,
         "format": graph.source_format,
@@ -38,10 +42,16 @@ def report(graph: Graph) -> dict:
         "working_set_bound_op": ws.op,
         "working_set_bound_detail": ws.detail,
         "op_kernels": [list(k) for k in op_kernels_of(graph)],
+        # Op timing: estimates from the profile's clock and [compute] table (compute.py).
+        "profile": profile.name,
+        "clock_mhz": profile.compute.clock_hz / 1e6,
+        "est_compute_seconds": sum(seconds),
         "ops": [
             {"index": op.index, "step": op.index + 1, "name": op.name, "type": op.op_type,
-             "inputs": list(op.inputs), "outputs": list(op.outputs), "scratch": list(op.scratch)}
-            for op in graph.ops
+             "inputs": list(op.inputs), "outputs": list(op.outputs), "scratch": list(op.scratch),
+             "cost_kind": kind_of(op), "cost_dtype": dtype_of(graph, op),
+             "macs": op_macs(graph, op), "bytes": op_bytes(graph, op), "est_seconds": sec}
+            for op, sec in zip(graph.ops, seconds, strict=True)
         ],
         "tensors": [
             {"id": t.id, "name": t.name, "shape": list(t.shape), "dtype": t.dtype,
@@ -58,8 +68,9 @@ def report(graph: Graph) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    graph = planned_graph(args, load_profile(args.profile))
-    data = report(graph)
+    profile = load_profile(args.profile)
+    graph = planned_graph(args, profile)
+    data = report(graph, profile)
     if args.json:
         print(json.dumps(stamp("analyze", {**data, "model_path": str(args.model)})))
         return 0
@@ -70,6 +81,13 @@ def run(args: argparse.Namespace) -> int:
         life = f"[{t['first']},{t['last']}]" if t["first"] is not None else "-"
         shape = "x".join(map(str, t["shape"])) or "scalar"
         print(f"{t['id']:>4} {t['role']:<10} {t['bytes']:>10,} {life:>11}  {shape:<10} {t['name']}")
+    print(f"ops (estimated time: {profile.name} profile, {data['clock_mhz']:g} MHz; "
+          "estimates from its cycle table, not measurements):")
+    print(f"{'op':>4} {'type':<22} {'MACs':>12} {'bytes':>10} {'est ms':>9}")
+    for op in data["ops"]:
+        print(f"{op['index']:>4} {op['type'][:22]:<22} {op['macs']:>12,} {op['bytes']:>10,} "
+              f"{op['est_seconds'] * 1e3:>9.3f}")
+    print(f"estimated compute: {data['est_compute_seconds'] * 1e3:.2f} ms")
     print("longest cold ranges:")
     for g in data["cold_ranges"][:5]:
         name = graph.tensors[g["tensor"]].name

@@ -13,6 +13,7 @@ from ..checker import PlanError, assert_valid
 from ..device import bundled_profiles, load_profile
 from ..errors import InfeasibleBudget
 from ..kernels import op_kernels_of
+from ..latency import latency_fields
 from ..planners.base import Request, registry
 from ..planners.ilp import SOLVERS
 from ..schema import stamp
@@ -79,6 +80,9 @@ def add_parser(sub) -> None:
     p.add_argument("--pareto", action="store_true",
                    help="sweep budgets with the ilp planner: peak vs transfer time (honours "
                    "--profile, --solver, --time-limit, --deterministic, --json, -o)")
+    p.add_argument("--pareto-axis", choices=("transfers", "latency"), default=None,
+                   help="with --pareto: the cost drawn against the peak: the transfer-time "
+                   "sum (default), or the estimated end-to-end latency (planner/latency.py)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.add_argument("-o", "--outdir", help="write the plan and the backends' files here")
     p.add_argument("--emit", action="append", default=None, choices=("tflite", "shim", "c", "svg"),
@@ -162,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     summary.update(arena_summary(plan.peak_bytes, tail, arena, head_budget, tails),
                    fits_budget=fits)
     summary["interrupted"] = interrupted
+    summary.update(latency_fields(graph, plan, profile))
     device_bytes = arena if arena is not None else plan.peak_bytes
     summary["fits_sram"] = device_bytes <= profile.sram_bytes
     if args.outdir or args.svg:
@@ -299,6 +304,12 @@ def _print_summary(s: dict, plan) -> None:
     if plan.transfers:
         print(f"spilled      {s['spilled_bytes']:>10,} B in {s['num_spills']} spills, "
               f"fetched {s['fetched_bytes']:,} B, est. transfer {s['est_transfer_seconds']:.4f} s")
+    lat = s["latency"]
+    print(f"latency      {s['est_latency_seconds'] * 1e3:>10,.2f} ms end to end, estimated: "
+          f"compute {lat['compute_seconds'] * 1e3:,.2f} ms + waiting on transfers "
+          f"{lat['exposed_transfer_seconds'] * 1e3:,.2f} ms (all transfers blocking: "
+          f"{s['est_latency_blocking_seconds'] * 1e3:,.2f} ms; profile estimates, not "
+          "measurements)")
     if plan.fusions:
         print(f"fusions      {s['num_fusions']}")
     if plan.op_kernels:

@@ -49,6 +49,8 @@ def check_arguments(args: argparse.Namespace) -> int | None:
             given.append(f"--planner {args.planner} (the sweep uses the exact planner, ilp)")
         if given:
             raise PlannerError("--pareto does not take " + "; ".join(given))
+    if getattr(args, "pareto_axis", None) is not None and not args.pareto:
+        raise PlannerError("--pareto-axis says what the --pareto sweep draws: give --pareto too")
     if args.emit is not None and not args.outdir:
         raise PlannerError("--emit says what -o OUTDIR writes: give -o OUTDIR too")
     return budget

@@ -72,7 +72,8 @@ GOOD_STORAGE = {"name": "flash", "capacity": "64KiB", "read_bandwidth": "1MB",
 def profile_text(draw) -> str:
     top = {"sram": "128KiB", "fusion": True}
     for key in draw(st.lists(st.sampled_from(["name", "sram", "fusion", "description",
-                                              "srma", "storage"]), max_size=3)):
+                                              "srma", "storage", "clock_mhz", "compute"]),
+                             max_size=3)):
         top[key] = draw(wild)
     lines = [f"{k} = {_toml(v)}" for k, v in top.items() if k != "storage"]
     for _ in range(draw(st.integers(0, 3))):
@@ -93,6 +94,7 @@ def _check_profile(path: Path) -> None:
         assert "\n" not in str(exc)
         return
     assert isinstance(p.fusion, bool) and 0 < p.sram_bytes <= INT32_MAX
+    assert math.isfinite(p.compute.clock_hz) and p.compute.clock_hz > 0
     assert len({s.name for s in p.storages}) == len(p.storages)
     for s in p.storages:
         assert isinstance(s.compression, bool) and isinstance(s.capacity, int)
@@ -100,6 +102,8 @@ def _check_profile(path: Path) -> None:
         assert math.isfinite(s.latency_s) and s.latency_s >= 0
         assert s.read_bytes_per_s > 0 and s.write_bytes_per_s > 0
         assert s.erase_block >= 1 and s.write_granularity >= 1
+        assert isinstance(s.async_channel, bool) and isinstance(s.erase_blocks_bus, bool)
+        assert math.isfinite(s.erase_s) and s.erase_s >= 0
 
 
 @fuzz_settings(300)
