@@ -247,18 +247,37 @@ def latency_inputs(request) -> LatencyInputs | None:
 def windowed_seeds(seeds: list[Plan], request) -> list[Plan]:
     """The seeds and, for each that moves data, the same plan with async windows
     (planner/async_windows.py): the latency model starts from the better one."""
-    try:
-        from ...async_windows import with_windows
-    except ImportError:  # helper timing's module, merged separately: the blocking seeds only
-        return list(seeds)
+    from ...async_windows import with_windows
+
     out = list(seeds)
     for plan in seeds:
         if plan.transfers:
             try:
-                out.append(with_windows(request.graph, plan, request.profile))
+                windowed = with_windows(request.graph, plan, request.profile)
             except PlannerError:
                 continue
+            out.append(clamp_windows(windowed, request.async_window))
     return out
+
+
+def clamp_windows(plan: Plan, depth: int) -> Plan:
+    """`plan` with no window longer than `depth` steps (the request's --async-window):
+    a fetch is issued later (its segment starts there), a spill completes sooner (its
+    segment may stay longer). Shorter windows keep a plan valid."""
+    transfers, segments = list(plan.transfers), list(plan.segments)
+    for n, t in enumerate(transfers):
+        first, last = t.window
+        if t.kind == "fetch" and t.step - first > depth:
+            issue = t.step - depth
+            transfers[n] = replace(t, issue=issue if issue < t.step else None)
+            for k, seg in enumerate(segments):
+                if (seg.tensor, seg.part, seg.role, seg.first) == (t.tensor, t.part, "tensor",
+                                                                  first):
+                    segments[k] = replace(seg, first=t.step - depth)
+        if t.kind == "spill" and last - t.step > depth:
+            done = t.step + depth
+            transfers[n] = replace(t, complete=done if done > t.step else None)
+    return replace(plan, transfers=tuple(transfers), segments=tuple(segments))
 
 
 def with_latency_notes(plan: Plan, request, solution) -> Plan:
