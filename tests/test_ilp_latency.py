@@ -7,22 +7,30 @@ computes for 1 ms unless a test says otherwise.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
+from conftest import ROOT
 from graph_factory import GraphBuilder
 
 import planner.async_windows
 import planner.compute
 import planner.latency
+import tinyplan
 from benchmarks.async_ilp import run_async, table, zoo_unets
 from planner.checker import check
-from planner.device import DeviceProfile, Storage
+from planner.device import DeviceProfile, Storage, load_profile
 from planner.errors import InfeasibleBudget, PlannerError
 from planner.ir import OpKind
+from planner.kernels import apply_kernels
+from planner.latency import end_to_end
 from planner.planners.base import Request, registry
 
 PLAN = registry()
 MS = 1e-3
 T = 1.024e-3  # one 1,024 B transfer
+TINY = ROOT / "benchmarks" / "models" / "tiny_unet_int8.tflite"
 
 
 def device(dma: bool = True) -> DeviceProfile:
@@ -188,3 +196,33 @@ def test_async_plans_are_never_slower_than_blocking_ones_on_the_zoo_unets(path):
     assert len(rows) == 2
     for row in rows:
         assert row.ok, table([row])
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (("--objective", "latency", "--solver", "pulp-cbc"), "need --solver cpsat"),
+    (("--latency-cap", "1", "--solver", "pulp-highs"), "need --solver cpsat"),
+    (("--latency-cap", "1", "--objective", "transfers"), "goes with --objective peak"),
+    (("--latency-cap", "-1"), "positive number of seconds"),
+    (("--latency-cap", "1", "--planner", "tinyseg"), "needs --planner ilp"),
+    (("--async-window", "-1"), "--async-window must be 0 to"),
+])
+def test_latency_options_are_refused_in_one_line(extra, fragment):
+    run = subprocess.run([sys.executable, "-m", "planner", "solve", str(TINY), *extra],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stdout == "", (run.returncode, run.stdout)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], run.stderr
+
+
+def test_python_api_plans_for_latency_and_under_a_cap():
+    from frontends import load_model
+
+    g = load_model(TINY)
+    prof = load_profile("qspi-flash")
+    budget = 207360  # 90% of tflm-greedy's peak on the row kernel
+    fast = tinyplan.plan(g, budget, objective="latency", time_limit=20)
+    assert fast.objective == "latency" and fast.peak_bytes <= budget
+    assert any("estimated end-to-end latency" in n for n in fast.notes)
+    seconds = end_to_end(apply_kernels(g, prof), fast, prof).total_seconds
+    capped = tinyplan.plan(g, objective="peak", latency_cap=seconds, time_limit=20)
+    assert end_to_end(apply_kernels(g, prof), capped, prof).total_seconds <= seconds + 1e-9
