@@ -287,16 +287,16 @@ def with_latency_notes(plan: Plan, request, solution) -> Plan:
         return plan
     sim = simulated_seconds(request.graph, plan, request.profile)
     compute = compute_seconds(request.graph, request.profile)
-    notes = [f"estimated end-to-end latency {sim:.6g} s (planner/latency.py: compute "
+    notes = [f"estimated end-to-end latency {sim:.7f} s (planner/latency.py: compute "
              f"{compute:.6g} s + exposed transfers {sim - compute:.6g} s)"]
     status = plan.status
     if solution is not None and solution.bound_exposed_us is not None:
         # CP-SAT's bound on a linear objective may sit below the variable's domain.
         bound = min(compute + max(solution.bound_exposed_us, 0) / US, sim)
         gap = (sim - bound) / sim if sim > 0 else 0.0
-        text = f"latency bound {bound:.6g} s (gap {gap:.2%} to the estimate)"
+        text = f"latency bound {bound:.7f} s (gap {gap:.2%} to the estimate)"
         if solution.exposed_us is not None:
-            text = f"latency model {compute + solution.exposed_us / US:.6g} s, " + text
+            text = f"latency model {compute + solution.exposed_us / US:.7f} s, " + text
         notes.append(text + f"; windows of up to {request.async_window} steps")
         # The model rounds each op's compute and each transfer to whole microseconds.
         rounding = (plan.num_steps + len(plan.transfers)) / US
