@@ -82,7 +82,10 @@ def sweep(graph: Graph, profile: DeviceProfile, points: int = DEFAULT_POINTS,
         if state.interrupted:
             break
         try:
-            plan = solve(budget, profile, "transfers")
+            # The latency axis: each point's plan minimises the latency itself (transfer
+            # windows, planner/planners/ilp/latency.py), where the solver has the model.
+            goal = "latency" if axis == "latency" and solver == "cpsat" else "transfers"
+            plan = solve(budget, profile, goal)
         except (InfeasibleBudget, PlannerError):
             plan = None
         point = None

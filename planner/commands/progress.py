@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import TextIO
 
 UNITS = {"peak": ("peak", lambda v: f"{v:,.0f} B"),
-         "transfers": ("transfer", lambda v: f"{v:.4g} s")}
+         "transfers": ("transfer", lambda v: f"{v:.4g} s"),
+         "latency": ("exposed transfer", lambda v: f"{v:.4g} s")}
 
 
 def terminal_progress(stream: TextIO | None = None) -> Callable[[dict], None] | None:

@@ -121,6 +121,11 @@ def plan_ilp(request: Request) -> Plan:
     # A stopped search can end above its own warm start; never return worse than it (nor,
     # where the latency model is a relaxation, above the latency cap in simulation).
     key = ranker(request)
+    if seed is None and not within(plan, request):
+        raise PlannerError(
+            f"no plan found whose estimated latency meets the cap of {request.latency_cap:g} s "
+            "(the solver's model is a relaxation of planner/latency.py; its best simulates "
+            "above the cap); try a higher --latency-cap or a longer --time-limit")
     if seed is not None and (key(seed) < key(plan) or not within(plan, request)):
         # Same primary value: what the solver proved about it holds for the seed too.
         same = key(seed)[0] == key(plan)[0]

@@ -247,18 +247,37 @@ def latency_inputs(request) -> LatencyInputs | None:
 def windowed_seeds(seeds: list[Plan], request) -> list[Plan]:
     """The seeds and, for each that moves data, the same plan with async windows
     (planner/async_windows.py): the latency model starts from the better one."""
-    try:
-        from ...async_windows import with_windows
-    except ImportError:  # helper timing's module, merged separately: the blocking seeds only
-        return list(seeds)
+    from ...async_windows import with_windows
+
     out = list(seeds)
     for plan in seeds:
         if plan.transfers:
             try:
-                out.append(with_windows(request.graph, plan, request.profile))
+                windowed = with_windows(request.graph, plan, request.profile)
             except PlannerError:
                 continue
+            out.append(clamp_windows(windowed, request.async_window))
     return out
+
+
+def clamp_windows(plan: Plan, depth: int) -> Plan:
+    """`plan` with no window longer than `depth` steps (the request's --async-window):
+    a fetch is issued later (its segment starts there), a spill completes sooner (its
+    segment may stay longer). Shorter windows keep a plan valid."""
+    transfers, segments = list(plan.transfers), list(plan.segments)
+    for n, t in enumerate(transfers):
+        first, last = t.window
+        if t.kind == "fetch" and t.step - first > depth:
+            issue = t.step - depth
+            transfers[n] = replace(t, issue=issue if issue < t.step else None)
+            for k, seg in enumerate(segments):
+                if (seg.tensor, seg.part, seg.role, seg.first) == (t.tensor, t.part, "tensor",
+                                                                  first):
+                    segments[k] = replace(seg, first=t.step - depth)
+        if t.kind == "spill" and last - t.step > depth:
+            done = t.step + depth
+            transfers[n] = replace(t, complete=done if done > t.step else None)
+    return replace(plan, transfers=tuple(transfers), segments=tuple(segments))
 
 
 def with_latency_notes(plan: Plan, request, solution) -> Plan:
@@ -268,17 +287,20 @@ def with_latency_notes(plan: Plan, request, solution) -> Plan:
         return plan
     sim = simulated_seconds(request.graph, plan, request.profile)
     compute = compute_seconds(request.graph, request.profile)
-    notes = [f"estimated end-to-end latency {sim:.6g} s (planner/latency.py: compute "
+    notes = [f"estimated end-to-end latency {sim:.7f} s (planner/latency.py: compute "
              f"{compute:.6g} s + exposed transfers {sim - compute:.6g} s)"]
     status = plan.status
     if solution is not None and solution.bound_exposed_us is not None:
-        bound = min(compute + solution.bound_exposed_us / US, sim)
+        # CP-SAT's bound on a linear objective may sit below the variable's domain.
+        bound = min(compute + max(solution.bound_exposed_us, 0) / US, sim)
         gap = (sim - bound) / sim if sim > 0 else 0.0
-        text = f"latency bound {bound:.6g} s (gap {gap:.2%} to the estimate)"
+        text = f"latency bound {bound:.7f} s (gap {gap:.2%} to the estimate)"
         if solution.exposed_us is not None:
-            text = f"latency model {compute + solution.exposed_us / US:.6g} s, " + text
+            text = f"latency model {compute + solution.exposed_us / US:.7f} s, " + text
         notes.append(text + f"; windows of up to {request.async_window} steps")
-        if status == "optimal" and gap > 1e-9:
+        # The model rounds each op's compute and each transfer to whole microseconds.
+        rounding = (plan.num_steps + len(plan.transfers)) / US
+        if status == "optimal" and sim - bound > rounding:
             # Proven for the model, which splits transfers more freely than the simulation.
             status = "feasible"
             notes.append("latency proven optimal for the model, not for the simulation")

@@ -185,19 +185,29 @@ class Windows:
         """Hint leads/extensions from a plan's windows; returns the plan with its segments
         cut back to the blocking view, which the candidate mapping understands."""
         m, p = self.model.m, self.model.p
-        leads, exts = window_offsets(plan)
         blocking = blocking_view(plan)
+        offsets = window_offsets(plan)
+        split = {q.tensor: q.channel_stop - q.channel_start for q in plan.parts if q.index == 1}
+
+        def chosen(item) -> bool:  # the plan's variant of the item's tensor
+            return split.get(item.tensor, 0) == p.variants[item.variant].spilled_channels
+
+        leads, exts = offsets
         for (i, a), var in self.w.lead.items():
             item = p.items[i]
-            m.add_hint(var, min(leads.get((item.tensor, item.part, item.points[a].step), 0),
-                                self.max_lead(item, a)))
+            lead = leads.get((item.tensor, item.part, item.points[a].step), 0)
+            m.add_hint(var, min(lead, self.max_lead(item, a)) if chosen(item) else 0)
         for (i, b), var in self.w.ext.items():
             item = p.items[i]
-            m.add_hint(var, min(exts.get((item.tensor, item.part, item.points[b].step), 0),
-                                self.max_ext(item, b)))
+            ext = exts.get((item.tensor, item.part, item.points[b].step), 0)
+            m.add_hint(var, min(ext, self.max_ext(item, b)) if chosen(item) else 0)
         for key, covers in self.w.covers.items():
             kind, i, j = key
             item = p.items[i]
+            if not chosen(item):
+                for var in covers.values():
+                    m.add_hint(var, 0)
+                continue
             step = item.points[j].step
             if kind == "fetch":
                 lead = leads.get((item.tensor, item.part, step), 0)
