@@ -637,8 +637,9 @@ def write_rewritten_tflite(graph: Graph, plan: Plan, model_path: Path, outdir: P
     out = planned_path(model_path, outdir)
     out.write_bytes(data)
     names = "/".join(n for n in io.CUSTOM_OPS if n in set(io.custom_op_names(rw.model)))
-    print(f"note: {out.name} has custom ops ({names}): it runs with the generated "
-          "C glue, not on stock TFLM", file=sys.stderr)
+    print(f"note: {out.name} has custom ops ({names}): it runs on TFLM with the project's "
+          "custom ops registered (backends/c/tflm_ops.cc, docs/c_runtime.md), not on stock "
+          "TFLM", file=sys.stderr)
     return [out]
 
 

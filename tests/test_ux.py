@@ -183,8 +183,8 @@ def test_benchmark_options_have_help_and_defaults() -> None:
         for action in sub._actions:
             if not isinstance(action, argparse._HelpAction):
                 assert action.help, (name, action.dest)
-        # scale generates its models, async-ilp plans the bundled zoo: they read no data
-        if name not in ("scale", "async-ilp"):
+        # scale generates its models, async-ilp and pareto plan the bundled zoo: no data
+        if name not in ("scale", "async-ilp", "pareto"):
             assert "--data DIR" in sub.format_help()
 
 

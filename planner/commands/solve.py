@@ -260,7 +260,9 @@ def plan_summary(plan, budget: int | None, elapsed: float) -> dict:
         "spilled_bytes": plan.spilled_bytes,
         "fetched_bytes": plan.fetched_bytes,
         "est_transfer_seconds": plan.est_transfer_seconds,
-        "num_spills": sum(1 for t in plan.transfers if t.kind == "spill"),
+        # A row spill (spill_rows) is a tensor's one spill too, written as it is produced.
+        "num_spills": sum(1 for t in plan.transfers if t.kind in ("spill", "spill_rows")),
+        "num_row_spills": sum(1 for t in plan.transfers if t.kind == "spill_rows"),
         "num_fusions": len(plan.fusions),
         "solve_seconds": round(elapsed, 4),
         "notes": list(plan.notes),
@@ -320,7 +322,8 @@ def _print_summary(s: dict, plan) -> None:
     print(f"sram         {s['sram_bytes']:>10,} B   ({s['profile']} profile; the stack and the "
           "rest of the firmware need room too)")
     if plan.transfers:
-        print(f"spilled      {s['spilled_bytes']:>10,} B in {s['num_spills']} spills, "
+        rows = f" ({s['num_row_spills']} row by row)" if s["num_row_spills"] else ""
+        print(f"spilled      {s['spilled_bytes']:>10,} B in {s['num_spills']} spills{rows}, "
               f"fetched {s['fetched_bytes']:,} B, est. transfer {s['est_transfer_seconds']:.4f} s")
     lat = s["latency"]
     print(f"latency      {s['est_latency_seconds'] * 1e3:>10,.2f} ms end to end, estimated: "
