@@ -20,17 +20,17 @@ from planner.units import INT32_MAX
 
 # emit name -> (module, function); each writer(graph, plan, model_path, outdir, **ctx) -> [paths]
 WRITERS = {
-    "tflite": ("backends.tflite_offline", "write_offline_tflite"),
-    "shim": ("backends.shim_header", "write_shim_header"),
-    "c": ("backends.c_glue", "write_c_glue"),
-    "svg": ("backends.svg", "write_layout_svg"),
+    "tflite": ("backends.tflite.offline", "write_offline_tflite"),
+    "shim": ("backends.tflite.shim_header", "write_shim_header"),
+    "c": ("backends.c.glue", "write_c_glue"),
+    "svg": ("backends.reports.svg", "write_layout_svg"),
 }
 # What each input format can get (the .tflite writers need the TFLite file and its order).
 EMITS_FOR = {"tflite": ("tflite", "shim", "c", "svg"), "onnx": ("c", "svg")}
 # Written with every -o, whatever --emit says: the reports a person reads.
 REPORTS = {
-    "report": ("backends.tensor_report", "write_tensor_report"),
-    "html": ("backends.html_report", "write_html_report"),
+    "report": ("backends.reports.tensors", "write_tensor_report"),
+    "html": ("backends.reports.html", "write_html_report"),
 }
 
 
@@ -56,7 +56,7 @@ def check_emits(source_format: str, emits: Iterable[str] | None) -> list[str]:
 
 def plan_json(graph: Graph, plan: Plan) -> dict:
     """plan.json: the plan plus the tensors' names and shapes (a plan names what it places)."""
-    from .tensor_report import tensor_table
+    from backends.reports.tensors import tensor_table
 
     return {**plan.to_json(), "tensors": tensor_table(graph)}
 
@@ -95,7 +95,7 @@ def write_outputs(
     if outdir is not None:
         written += _write_staged(graph, plan, model_path, Path(outdir), emits, budget, profile)
     if svg is not None:
-        from .svg import render_layout_svg
+        from backends.reports.svg import render_layout_svg
 
         write_text_atomic(svg, render_layout_svg(graph, plan, budget=budget))
         written.append(Path(svg))

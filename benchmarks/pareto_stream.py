@@ -90,7 +90,7 @@ def markdown(rows: list[Row], profile: str, command: str) -> str:
 
 
 def write(rows: list[Row], outdir: Path, profile: str, command: str) -> list[Path]:
-    from backends.svg import ParetoPoint, render_pareto_svg
+    from backends.reports.svg import ParetoPoint, render_pareto_svg
 
     try:
         outdir.mkdir(parents=True, exist_ok=True)

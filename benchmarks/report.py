@@ -301,7 +301,7 @@ def problems(results: Results) -> list[str]:
 
 def write_pareto(results: Results, outdir: Path) -> dict[str, Path]:
     """One plot per model: each valid plan's peak against its estimated transfer time."""
-    from backends.svg import ParetoPoint, render_pareto_svg
+    from backends.reports.svg import ParetoPoint, render_pareto_svg
 
     written = {}
     models = list(dict.fromkeys(r["model"] for r in results.rows))
@@ -335,7 +335,7 @@ def write_pareto(results: Results, outdir: Path) -> dict[str, Path]:
 
 def _latency_points(rows: Sequence[dict], model: str) -> list:
     """Each valid plan's peak against its end-to-end latency (with the post-pass windows)."""
-    from backends.svg import ParetoPoint
+    from backends.reports.svg import ParetoPoint
 
     seen, points = set(), []
     for r in rows:

@@ -351,7 +351,7 @@ def latency_columns(graph: Graph, plan: Plan, profile: DeviceProfile) -> dict:
 def arena_of(info: ModelInfo, plan: Plan, profile) -> tuple[int | None, int | None]:
     """The predicted tail and arena total of the model the plan emits (TFLite input);
     (None, None) where there is no TFLM model or an op has no tail rule."""
-    from backends.tflite_tail import ArenaTail
+    from backends.tflite.tail import ArenaTail
 
     if info.graph.source_format != "tflite":
         return None, None
@@ -374,7 +374,7 @@ def write_layout(info: ModelInfo, plan: Plan, budget: int | None, label: str,
                  outdir: Path, graph: Graph | None = None, planner: str | None = None) -> str:
     """The layout picture of `plan` (of `graph`, default the model's; named after
     `planner`, default the plan's, so streamed ILP plans do not overwrite the ILP's)."""
-    from backends.svg import render_layout_svg
+    from backends.reports.svg import render_layout_svg
 
     folder = outdir / "svg" / safe(info.name)
     folder.mkdir(parents=True, exist_ok=True)

@@ -312,7 +312,7 @@ def _scratch_requests(op_type: str, rop: Any, ins: tuple[int, ...], outs: tuple[
     """(bytes, dtype, elements) per RequestScratchBufferInArena call, in the kernel's order.
 
     These follow the reference kernels of the tflite-micro package (what
-    `backends.tflm_interpreter` runs); tests compare the resulting plan with its
+    `backends.tflm.interpreter` runs); tests compare the resulting plan with its
     arena head.
     """
 

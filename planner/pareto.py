@@ -163,7 +163,7 @@ def pareto_front(graph: Graph, profile: DeviceProfile, args: argparse.Namespace,
 
 
 def _write(data: dict, out: Path, name: str) -> list[Path]:
-    from backends.svg import render_pareto_svg
+    from backends.reports.svg import render_pareto_svg
 
     try:
         out.mkdir(parents=True, exist_ok=True)

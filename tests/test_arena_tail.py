@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
 
-from backends.tflite_io import read_model, write_model
-from backends.tflite_offline import write_offline_tflite
-from backends.tflite_tail import (
+from backends.tflite.io import read_model, write_model
+from backends.tflite.offline import write_offline_tflite
+from backends.tflite.tail import (
     CUSTOM_KERNELS,
     CUSTOM_STRUCTS,
     MAX_FUSED_INPUTS,
@@ -31,7 +31,7 @@ from backends.tflite_tail import (
     plan_tail,
     predict_tail,
 )
-from backends.tflm_interpreter import arena_usage
+from backends.tflm.interpreter import arena_usage
 from frontends.tflite_frontend import parse_tflite
 from planner.device import load_profile
 from planner.planners.base import Request, registry
@@ -283,7 +283,7 @@ def test_custom_struct_sizes_match_the_c_sources(tmp_path: Path) -> None:
 
 
 def test_every_custom_op_of_the_rewrite_has_a_tail_rule() -> None:
-    from backends.tflite_io import CUSTOM_OPS
+    from backends.tflite.io import CUSTOM_OPS
 
     assert set(CUSTOM_OPS) <= set(CUSTOM_KERNELS)
 
@@ -324,7 +324,7 @@ def test_fused_concat_conv_tail_is_its_structs_and_channel_arrays() -> None:
 
 _PROBE = """
 import sys
-from backends.tflm_interpreter import make_interpreter
+from backends.tflm.interpreter import make_interpreter
 make_interpreter(open(sys.argv[1], "rb").read(), int(sys.argv[2]))
 """
 

@@ -27,7 +27,7 @@ from test_c_glue import (
     stats,
 )
 
-from backends.c_glue import (
+from backends.c.glue import (
     C_DIR,
     RUNTIME_SOURCES,
     build_tables,
@@ -35,7 +35,7 @@ from backends.c_glue import (
     storage_names,
     write_c_glue,
 )
-from backends.storage_host import StorageHostServer
+from backends.storage.host import StorageHostServer
 from planner.async_windows import with_windows
 from planner.checker import check
 from planner.ir import Graph

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends import ckernels
-from backends.c_glue import build_tables, storage_names, write_c_glue
-from backends.storage_host import StorageHostServer
+from backends.c import kernels as ckernels
+from backends.c.glue import build_tables, storage_names, write_c_glue
+from backends.storage.host import StorageHostServer
 from planner.analysis import lifetimes, line_buffer_bytes, working_set_bound
 from planner.checker import assert_valid, check
 from planner.device import DeviceProfile, Storage, load_profile
@@ -292,7 +292,7 @@ def test_tables_follow_the_plan():
 
 
 def test_storage_ids_agree_with_the_tflite_rewrite():
-    rewrite = pytest.importorskip("backends.tflite_rewrite")
+    rewrite = pytest.importorskip("backends.tflite.rewrite")
     g = concat_conv_graph()
     plan = concat_conv_plan(g, split=False, storage="remote")
     for prof in (None, load_profile("mixed")):

@@ -1,4 +1,4 @@
-"""The C kernels (backends/c/tp_kernels.c through backends/ckernels.py) against TFLite's
+"""The C kernels (backends/c/tp_kernels.c through backends/c/kernels.py) against TFLite's
 reference kernels (ai-edge-litert BUILTIN_REF) on one-op int8 models: the scratch-free
 TRANSPOSE_CONV, grouped and depthwise fused concat+conv, and the byte-geometry concat.
 Bit-exact, over random shapes (hypothesis)."""
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from one_op_models import one_op_model, reference
 
-from backends import ckernels
+from backends.c import kernels as ckernels
 
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("tflite_micro")

@@ -387,7 +387,7 @@ def test_models_litert_cannot_run_fall_back_to_tflm(name: str):
 
 
 def test_litert_runtime_refuses_svdf():
-    from backends.kernels_tflite import TfliteKernels
+    from backends.executor.kernels_tflite import TfliteKernels
 
     path = _need(MODELS / "tflm" / "keyword_scrambled_8bit.tflite")
     with pytest.raises(PlannerError, match="SVDF"):

@@ -1,4 +1,4 @@
-"""The arena machine with asynchronous windows (backends/executor_async.py, issue #16).
+"""The arena machine with asynchronous windows (backends/executor/inflight.py, issue #16).
 
 Windowed plans move their data at the end of each window: a spill reads its source at its
 completion, a fetch's destination is poisoned at its issue and filled at its completion.

@@ -1,6 +1,6 @@
 """The executor runs what the device runs: fused concat(+conv) ops and scratch-free
 TRANSPOSE_CONVs of TFLite int8 plans go through the project's C kernels
-(backends/ckernels.py), every other op and the whole-model reference through ai-edge-litert's
+(backends/c/kernels.py), every other op and the whole-model reference through ai-edge-litert's
 reference kernels, so `outputs match` proves the C kernels bit-exact on that plan."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from test_executor import ZOO, _plan, hand_plan, model
 
-from backends import ckernels
+from backends.c import kernels as ckernels
 from backends.executor import run_plan
-from backends.kernels_tflite import DeviceKernels, uses_row_transpose_conv
+from backends.executor.kernels_tflite import DeviceKernels, uses_row_transpose_conv
 from planner.checker import assert_valid
 from planner.device import load_profile
 from planner.ir import Graph, Role, align

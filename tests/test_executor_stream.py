@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends import ckernels
+from backends.c import kernels as ckernels
 from backends.executor import kernels_for, random_inputs, run_plan
 from frontends import load_model
 from planner.checker import assert_valid, check
@@ -136,7 +136,7 @@ def test_spilled_rows_are_what_the_later_fetch_reads(monkeypatch):
     plan = moving_plan()
     if not any(t.kind == "spill_rows" for t in plan.transfers):
         pytest.skip("this plan spills no rows")
-    from backends import executor_stream
+    from backends.executor import stream as executor_stream
 
     real = executor_stream._Router.write
     monkeypatch.setattr(executor_stream._Router, "write",
@@ -233,7 +233,7 @@ def test_a_stream_in_from_the_wrong_address_is_caught():
 def test_layout_of_a_plan_moving_rows_labels_its_line_buffers():
     import xml.etree.ElementTree as ET
 
-    from backends.svg import render_layout_svg
+    from backends.reports.svg import render_layout_svg
 
     plan = moving_plan()
     _, planned, *_ = streamed(UNET)

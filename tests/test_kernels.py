@@ -65,7 +65,7 @@ def test_every_custom_op_is_named_once_and_its_c_entry_exists() -> None:
 
 
 def test_generated_header_carries_the_table_limits(tmp_path: Path) -> None:
-    from backends.c_glue import write_c_glue
+    from backends.c.glue import write_c_glue
     from planner.planners.base import Request
     from planner.planners.tflm_greedy import plan_tflm_greedy
 
@@ -290,8 +290,8 @@ def zoo_plans(path: Path):
 
 @pytest.mark.parametrize("path", ZOO, ids=lambda p: p.name)
 def test_every_zoo_plan_fuses_only_what_the_table_allows(path: Path, tmp_path: Path) -> None:
-    from backends.c_glue import write_c_glue
-    from backends.tflite_offline import write_offline_tflite
+    from backends.c.glue import write_c_glue
+    from backends.tflite.offline import write_offline_tflite
 
     seen = 0
     for label, graph, plan in zoo_plans(path):
@@ -304,7 +304,7 @@ def test_every_zoo_plan_fuses_only_what_the_table_allows(path: Path, tmp_path: P
         out.mkdir()
         if graph.source_format == "tflite":  # the rewrite accepts every such plan
             [written] = write_offline_tflite(graph, plan, path, out, profile=QSPI)
-            from backends import tflite_io as io
+            from backends.tflite import io
 
             names = set(io.custom_op_names(io.read_model(written.read_bytes())))
             assert "SPLIT_V" not in names

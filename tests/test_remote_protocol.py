@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from backends.remote_protocol import (
+from backends.storage.host import DATA_FILE, StorageHostServer
+from backends.storage.protocol import (
     MAX_PAYLOAD,
     RESPONSE,
     START,
@@ -26,7 +27,6 @@ from backends.remote_protocol import (
     Status,
     encode_frame,
 )
-from backends.storage_host import DATA_FILE, StorageHostServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -255,7 +255,7 @@ def test_serial_side_serves_frames_over_a_pty(tmp_path):
     import pty
     import select
 
-    from backends.storage_host import StorageBackend, serve_serial
+    from backends.storage.host import StorageBackend, serve_serial
 
     master, slave = pty.openpty()
     tty.setraw(slave)  # no echo, no line discipline: a byte pipe like a UART
@@ -355,7 +355,7 @@ def test_guarantee_an_ok_write_is_in_the_host_file(server):
 
 
 def test_guarantee_serial_discards_until_quiet_then_serves(tmp_path):
-    from backends.storage_host import StorageBackend, serve_stream
+    from backends.storage.host import StorageBackend, serve_stream
 
     backend = StorageBackend(4096, tmp_path)
     bad = bytearray(encode_frame(Frame(1, Op.WRITE, 0, 0, 4, b"abcd")))
@@ -377,7 +377,7 @@ def test_guarantee_serial_discards_until_quiet_then_serves(tmp_path):
 def test_guarantee_serial_host_survives_a_dropped_link(tmp_path, capsys):
     import serial
 
-    from backends.storage_host import StorageBackend, serve_serial
+    from backends.storage.host import StorageBackend, serve_serial
 
     backend = StorageBackend(4096, tmp_path)
     stop = threading.Event()

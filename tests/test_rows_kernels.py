@@ -1,5 +1,5 @@
 """The row-streaming C kernels and group runner (backends/c/tp_rows.c through
-backends/crows.py, programs from backends/group_program.py) against TFLite's reference
+backends/c/rows.py, programs from backends/c/group_program.py) against TFLite's reference
 kernels (ai-edge-litert BUILTIN_REF): each row kernel row band by row band (the ring holds
 only the band, every other slot poisoned), and whole chains run through tp_group_run with
 rings of the exact size, bit-exact against the unmodified model."""
@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from one_op_models import one_op_model, reference
 from row_op_models import binary_model, concat_model, pool_model, reference_n
 
-from backends import ckernels, crows, group_program
+from backends.c import group_program
+from backends.c import kernels as ckernels
+from backends.c import rows as crows
 from planner import kernels, streaming
 from planner.errors import PlannerError
 from planner.ir import OpKind
@@ -267,7 +269,7 @@ class Model:
     def __init__(self, data: bytes, seed: int = 0):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        from backends.tflite_io import read_model
+        from backends.tflite.io import read_model
         from frontends.tflite_frontend import parse_tflite
 
         self.data = data
@@ -762,12 +764,13 @@ _ASAN_FUZZ = """
 import sys
 from pathlib import Path
 import numpy as np
-import backends.ckernels as ck
+import backends.c.kernels as ck
 _build = ck.build_shared
 ck.build_shared = lambda s, h, name, lib: Path(sys.argv[1]) if name == "crows" else \\
     _build(s, h, name, lib)
 import test_rows_kernels as T
-from backends import crows, group_program
+from backends.c import rows as crows
+from backends.c import group_program
 m = T._chain2()
 for ops in ((2, 3, 4), (0, 1, 2, 3, 4)):
     g = T.local_group(m.graph, ops)

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from backends.svg import (
+from backends.reports.svg import (
     KNOWN_SERIES,
     ParetoPoint,
     pareto_front,
@@ -199,7 +199,7 @@ def test_layout_labels_use_the_distinguishing_part_and_legend_shows_only_what_is
 
 
 def test_short_labels():
-    from backends.labels import short_labels
+    from backends.reports.labels import short_labels
 
     labels = short_labels({1: "model/a_1/Relu;model/x", 2: "model/a_2/Relu", 3: "input"})
     assert labels == {1: "a_1/Relu", 2: "a_2/Relu", 3: "input"}
@@ -284,8 +284,8 @@ def test_group_column_rings_and_spill_rows_are_labelled():
 
 
 def test_html_and_tensor_reports_name_groups_rings_and_internal_tensors():
-    from backends.html_report import render_html_report
-    from backends.tensor_report import render_csv, rows
+    from backends.reports.html import render_html_report
+    from backends.reports.tensors import render_csv, rows
 
     _, planned = grouped_graphs()
     plan = grouped_plan(planned)

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from conftest import MODELS
 
-from backends import tflite_io as io
-from backends import tflm_interpreter as tflm
-from backends.shim_header import buffer_entries, write_shim_header
-from backends.tflite_offline import (
+from backends.tflite import io
+from backends.tflite.offline import (
     predict_tflm_placement,
     read_peak,
     tflm_first_fit,
     write_offline_tflite,
 )
+from backends.tflite.shim_header import buffer_entries, write_shim_header
+from backends.tflm import interpreter as tflm
 from frontends import load_model
 from planner.analysis import Buffer
 from planner.checker import assert_valid

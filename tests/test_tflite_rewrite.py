@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import MODELS
 
-from backends import tflite_io as io
-from backends.tflite_rewrite import (
+from backends.tflite import io
+from backends.tflite.rewrite import (
     FUSED_HEADER,
     FUSED_INPUT_FIELDS,
     SOURCE_STREAM,
@@ -267,7 +267,7 @@ def test_partial_spill_streamed_into_fused_concat(tmp_path):
 def test_spill_free_plan_on_the_row_kernel_swaps_transpose_conv(tmp_path):
     """A plan that relies on the scratch-free TRANSPOSE_CONV gets TinyPlanTransposeConv even
     when it moves nothing; the builtin's inputs stay as they were."""
-    from backends.tflite_offline import write_offline_tflite
+    from backends.tflite.offline import write_offline_tflite
     from planner.kernels import ROWS_KERNEL, apply_kernels
     from planner.planners.base import Request
     from planner.planners.tflm_greedy import plan_tflm_greedy

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from test_tflite_rewrite import PROFILE, TINY_UNET, _ops, hand_plan
 
-from backends import tflite_io as io
-from backends.tflite_rewrite import check_rewritten, file_lifetimes, rewrite
+from backends.tflite import io
+from backends.tflite.rewrite import check_rewritten, file_lifetimes, rewrite
 from frontends import load_model
 from planner.analysis import lifetimes
 from planner.checker import check

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from test_tflite_rewrite import _ops as _listing
 
-from backends import tflite_io as io
-from backends.group_program import encode
-from backends.tflite_rewrite import (
+from backends.c.group_program import encode
+from backends.tflite import io
+from backends.tflite.rewrite import (
     GROUP_HEADER,
     STREAMED_GROUP_OP,
     VIEW_SPILL_ROWS,
@@ -272,7 +272,7 @@ def test_group_moving_rows_to_two_storages_is_refused(planned, tmp_path):
 
 
 def test_c_glue_tables_refuse_streamed_groups(planned, tmp_path):
-    from backends.c_glue import write_c_glue
+    from backends.c.glue import write_c_glue
 
     plan = streamed_plan(planned, tuple(row_spilled(planned)))
     with pytest.raises(PlannerError, match="cannot replay streamed groups"):
@@ -283,7 +283,7 @@ def test_c_glue_tables_refuse_streamed_groups(planned, tmp_path):
 def test_tail_counts_one_group_data_per_group_op(planned, tmp_path):
     """Each TinyPlanStreamedGroup adds GroupData (InitGroup's one allocation) and nothing
     in Prepare: the program stays in the options, views are checked on eval tensors."""
-    from backends.tflite_tail import CUSTOM_STRUCTS, predict_tail
+    from backends.tflite.tail import CUSTOM_STRUCTS, predict_tail
 
     model = _written(planned, streamed_plan(planned), tmp_path)
     allocs = [a for a in predict_tail(model).allocations

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
 
-from backends.tflm_interpreter import arena_head_bytes, invoke
+from backends.tflm.interpreter import arena_head_bytes, invoke
 from benchmarks.models import build_tflite_zoo as zoo
 from benchmarks.models.tflite_builder import ACT_NONE
 

@@ -1,4 +1,4 @@
-"""The parts of the real-TFLM custom-op build that need no TFLM tree (backends/tflm_custom.py).
+"""The parts of the real-TFLM custom-op build that need no TFLM tree (backends/tflm/custom.py).
 
 tests/test_tflm_real.py runs the build itself when TINYPLAN_TFLM_ROOT names a tree.
 """
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import MODELS
 
-from backends import tflite_io as io
-from backends import tflm_custom as tc
+from backends.tflite import io
+from backends.tflm import custom as tc
 from planner.cli import main
 from planner.device import load_profile
 from planner.errors import PlannerError
@@ -96,7 +96,7 @@ def test_registerer_adds_every_custom_op_the_rewrite_emits():
 def _spill_model(tmp_path):
     from test_tflite_rewrite import hand_plan
 
-    from backends.tflite_rewrite import write_rewritten_tflite
+    from backends.tflite.rewrite import write_rewritten_tflite
     from frontends import load_model
 
     path = MODELS / "mlperf_tiny/pretrainedResnet_quant.tflite"
@@ -141,7 +141,7 @@ def test_verify_refuses_a_tree_that_is_not_tflm(tmp_path, capsys):
 def test_rewrite_leaves_no_untouched_tensor_with_bytes(tmp_path):
     """Real TFLM allocates every non-constant tensor, even one no op touches (lifetime
     [-1, -1], all stacked together): fused-away concat outputs must have no bytes."""
-    from backends.tflite_rewrite import _tensor_bytes, file_lifetimes
+    from backends.tflite.rewrite import _tensor_bytes, file_lifetimes
 
     model = Path(__file__).resolve().parents[1] / "benchmarks/models/tiny_unet_int8.tflite"
     assert main(["solve", str(model), "--profile", "qspi-flash", "--budget", "256KB",

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
 
-from backends.tflm_interpreter import arena_head_bytes, invoke, random_inputs
+from backends.tflm.interpreter import arena_head_bytes, invoke, random_inputs
 from frontends.tflite_frontend import load_tflite, parse_tflite
 from planner.analysis import buffers
 from planner.checker import assert_valid

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from backends import tflite_io as io
-from backends import tflm_custom as tc
+from backends.tflite import io
+from backends.tflm import custom as tc
 from planner.cli import main
 from planner.errors import PlannerError
 
@@ -100,7 +100,7 @@ def _streamed(kind: str, outdir: Path) -> tuple[Path, Path]:
     from test_tflite_rewrite import PROFILE as QSPI
     from test_tflite_rewrite import hand_plan
 
-    from backends.tflite_rewrite import write_rewritten_tflite
+    from backends.tflite.rewrite import write_rewritten_tflite
     from frontends import load_model
     from planner.analysis import lifetimes
     from planner.checker import assert_valid

@@ -13,10 +13,10 @@ import pytest
 from test_tflite_rewrite_async import windowed_unet
 from test_tflm_real import _skip_reason
 
-from backends import tflite_io as io
-from backends import tflm_custom as tc
-from backends.tflite_rewrite import write_rewritten_tflite
-from backends.tflm_interpreter import invoke_runs, random_inputs
+from backends.tflite import io
+from backends.tflite.rewrite import write_rewritten_tflite
+from backends.tflm import custom as tc
+from backends.tflm.interpreter import invoke_runs, random_inputs
 
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 from async_plans import ILP_LATENCY_CASES, blocking, ilp_latency_plan, windows  # noqa: E402

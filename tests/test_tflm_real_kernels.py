@@ -8,7 +8,7 @@ must shrink by exactly the scratch difference: the whole output's accumulators
 (out elements x 4, x 8 for 16x8) against one output row's (out_w x out_c x 4, x 8).
 
 Runs only where the custom ops can be built against a TFLM tree the user names
-(backends/tflm_custom.py, TINYPLAN_TFLM_ROOT; see docs/tflm_backend.md) and the
+(backends/tflm/custom.py, TINYPLAN_TFLM_ROOT; see docs/tflm_backend.md) and the
 registerer adds TinyPlanTransposeConv; skips otherwise.
 """
 
@@ -23,7 +23,7 @@ from one_op_models import one_op_model, reference, schema
 from planner.errors import PlannerError
 from planner.ir import align
 
-tc = pytest.importorskip("backends.tflm_custom")
+tc = pytest.importorskip("backends.tflm.custom")
 pytest.importorskip("ai_edge_litert")
 ACTS = {"none": 0, "relu": 1, "relu6": 3}
 
@@ -71,7 +71,7 @@ CASES = [  # input shape, out channels, kernel, stride, padding, activation, bia
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[4]}-s{c[3]}-k{c[2]}-{c[7]}")
 def test_tinyplan_transpose_conv_on_real_tflm(registerer: str, case):
-    from backends import tflm_interpreter as ti
+    from backends.tflm import interpreter as ti
 
     shape, cout, k, s, padding, act, has_bias, dtype = case
     rng = np.random.default_rng(sum(shape) + cout)
@@ -191,7 +191,7 @@ def test_fused_concat_conv_grouped_and_depthwise_on_real_tflm(registerer: str, k
     """unet_wide96's case (filter [16,3,3,3] on 16 + 8 channels: 8 groups, a group
     boundary at the inputs' seam) and a depthwise conv (multiplier 2) as FusedConcatConv2D,
     against stock CONCATENATION + CONV_2D / DEPTHWISE_CONV_2D, three inferences each."""
-    from backends import tflm_interpreter as ti
+    from backends.tflm import interpreter as ti
 
     rng = np.random.default_rng(96)
     h, w, a_c, b_c = 12, 10, 16, 8
@@ -263,7 +263,7 @@ def split_model(h: int, w: int, c: int, keep: int) -> bytes:
 
 
 def test_tinyplan_split_compacts_in_place_on_real_tflm(registerer: str):
-    from backends import tflm_interpreter as ti
+    from backends.tflm import interpreter as ti
 
     rng = np.random.default_rng(5)
     h, w, c, keep = 6, 7, 5, 2

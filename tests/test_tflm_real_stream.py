@@ -26,9 +26,9 @@ from test_tflite_rewrite_stream import (
 )
 from test_tflm_real import _skip_reason, ops  # noqa: F401 (the built glue)
 
-from backends import tflite_io as io
-from backends.tflite_rewrite import STREAMED_GROUP_OP, write_rewritten_tflite
-from backends.tflite_tail import predict_tail
+from backends.tflite import io
+from backends.tflite.rewrite import STREAMED_GROUP_OP, write_rewritten_tflite
+from backends.tflite.tail import predict_tail
 from planner.checker import assert_valid
 from planner.cli import main
 

@@ -264,7 +264,7 @@ def test_d07_svg_naming_the_input_model_is_refused(tmp_path, capsys):
 
 
 def test_d09_a_failing_writer_leaves_nothing_half_written(tmp_path, monkeypatch, capsys):
-    import backends.shim_header as shim
+    import backends.tflite.shim_header as shim
 
     def broken(*args, **kwargs):
         raise PlannerError("offset beyond int32 (simulated writer failure)")
@@ -296,7 +296,7 @@ def test_d09_arena_beyond_int32_is_refused_before_writing(tmp_path):
 # -- models the TFLite frontend refuses ----------------------------------------------
 
 def _mutated_unet(tmp_path: Path, mutate) -> Path:
-    from backends import tflite_io as io
+    from backends.tflite import io
 
     model = io.read_model(UNET8)
     mutate(model.subgraphs[0])
@@ -369,7 +369,7 @@ def planned(tmp_path_factory) -> Path:
 
 
 def _with_offsets(planned: Path, tmp_path: Path, edit) -> Path:
-    from backends import tflite_io as io
+    from backends.tflite import io
 
     model = io.read_model(planned)
     values = io.unpack_int32(io.get_metadata(model, io.OFFLINE_METADATA))
@@ -404,7 +404,7 @@ def test_d06_d20_bad_offline_arrays_are_refused_before_tflm(planned, tmp_path, c
         return values
     path = _with_offsets(planned, tmp_path, edit)
     if case == "odd_bytes":
-        from backends import tflite_io as io
+        from backends.tflite import io
 
         model = io.read_model(path)
         io.set_metadata(model, io.OFFLINE_METADATA,
@@ -420,7 +420,7 @@ def test_d20_a_tflm_abort_is_one_line_not_a_dead_process(planned, monkeypatch, c
     # certain here: TFLM's invoke on PLANNED calls abort() inside the child.
     import os
 
-    from backends import tflm_interpreter as tflm
+    from backends.tflm import interpreter as tflm
 
     real = tflm.invoke_runs
     planned_bytes = planned.read_bytes()
@@ -437,7 +437,7 @@ def test_d20_a_tflm_abort_is_one_line_not_a_dead_process(planned, monkeypatch, c
 def test_d20_isolation_reports_an_exit_without_answer_and_a_failure():
     import os
 
-    from backends.tflm_isolation import TFLMAborted, isolated
+    from backends.tflm.isolation import TFLMAborted, isolated
 
     with pytest.raises(TFLMAborted, match="exited with status 7"):
         isolated("PLANNED", os._exit, 7)
@@ -517,7 +517,7 @@ def test_d20_run_on_tflm_kernels_is_isolated_too(solved, monkeypatch, capsys):
     # TFLM; a kernel aborting there is one line, not a dead process.
     import os
 
-    from backends import tflm_interpreter as tflm
+    from backends.tflm import interpreter as tflm
 
     monkeypatch.setattr(tflm, "invoke", lambda *args, **kwargs: os.abort())
     code, err = _cli(["run", str(UNET8), str(solved / "plan.json"), "--runtime", "tflm"], capsys)

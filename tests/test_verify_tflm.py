@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import MODELS
 
-from backends import tflite_io as io
-from backends.tflite_offline import write_offline_tflite
+from backends.tflite import io
+from backends.tflite.offline import write_offline_tflite
 from frontends import load_model
 from planner.checker import assert_valid, check
 from planner.cli import main
@@ -81,7 +81,7 @@ def test_planted_overlap_is_caught(tmp_path, capsys):
 
 def test_planted_in_place_conv_changes_outputs_at_the_same_head(tmp_path, capsys):
     """A depthwise conv's output put on its input (peak unchanged): only the outputs tell."""
-    from backends.tflite_offline import predict_tflm_placement
+    from backends.tflite.offline import predict_tflm_placement
 
     path = model("tflm/person_detect")
     graph = load_model(path)
@@ -121,10 +121,10 @@ def test_custom_ops_are_refused(tmp_path, capsys, monkeypatch):
     """Without a TFLM tree to build the project's ops (tests/test_tflm_real.py has one)."""
     from test_tflite_rewrite import PROFILE, hand_plan
 
-    from backends.tflm_custom import ENV_ROOT
+    from backends.tflm.custom import ENV_ROOT
 
     monkeypatch.delenv(ENV_ROOT, raising=False)
-    from backends.tflite_rewrite import write_rewritten_tflite
+    from backends.tflite.rewrite import write_rewritten_tflite
 
     path = model("mlperf_tiny/pretrainedResnet_quant")
     graph = load_model(path)

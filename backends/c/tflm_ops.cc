@@ -1,4 +1,4 @@
-// TFLM custom-op registrations for a rewritten .tflite (backends/tflite_rewrite.py):
+// TFLM custom-op registrations for a rewritten .tflite (backends/tflite/rewrite.py):
 // Spill, Fetch, FusedConcat, FusedConcatConv2D, TinyPlanTransposeConv, TinyPlanSplit,
 // TinyPlanStreamedGroup.
 // Compiled only where the TFLM headers are on the include path; elsewhere this file is
@@ -23,7 +23,7 @@
 //                   output 0 part 0 (compacted in place), optional output 1 part 1
 //                   (already spilled: never written).
 //   TinyPlanStreamedGroup: [version, storage_id (-1 none)], then the tp_rows program
-//                   (backends/group_program.py; its view table says which inputs stream
+//                   (backends/c/group_program.py; its view table says which inputs stream
 //                   and which outputs spill rows, at which addresses). Inputs: the
 //                   group's inputs (-1 streamed); outputs: its outputs (a spill_rows
 //                   output's slot holds its line buffer), one per ring, then the line
@@ -77,7 +77,7 @@ namespace {
 
 constexpr int kTransferFields = 8;
 // The optional 9th option word (async) is kept as bit 8 of the stored version word, so a
-// Spill's or Fetch's persistent data stays 32 B (tail predicted by backends/tflite_tail.py).
+// Spill's or Fetch's persistent data stays 32 B (tail predicted by backends/tflite/tail.py).
 constexpr int32_t kAsyncBit = 0x100;
 constexpr int kFusedHeader = 9;
 constexpr int kFusedInputFields = 8;

@@ -11,7 +11,7 @@
 //     asynchronous channel per storage (tp_async.h: the blocking driver, or a host worker
 //     thread that moves data as early or as late as the windows allow).
 //
-// Built by backends/tflm_custom.py against a TFLM tree the user names; it uses malloc,
+// Built by backends/tflm/custom.py against a TFLM tree the user names; it uses malloc,
 // which is fine on the host and is why this file is not part of the device runtime.
 #include <stdio.h>
 #include <stdlib.h>

@@ -12,7 +12,7 @@
  * C99, no allocation, no TFLM dependency.
  *
  * ---------------------------------------------------------------------------------------
- * Program words (int32), written only by backends/group_program.py (encode):
+ * Program words (int32), written only by backends/c/group_program.py (encode):
  *
  *   header  [0] TP_GROUP_MAGIC   [1] TP_GROUP_VERSION   [2] n_views   [3] n_ops
  *           [4] n_steps          [5] words (total, must equal tp_group_run's `words`)

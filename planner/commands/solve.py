@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     streamed = working_set_bound(graph, profile.can_stream, profile.fusion) \
         if args.row_streaming else None
     floor = streamed if streamed is not None else ws
-    from backends.tflite_tail import ArenaTail
+    from backends.tflite.tail import ArenaTail
 
     tails = ArenaTail(graph, Path(args.model), profile)
     summary = {

@@ -35,7 +35,7 @@ def parse_tcp(text: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from backends.storage_host import StorageBackend, StorageHostServer, serve_serial
+    from backends.storage.host import StorageBackend, StorageHostServer, serve_serial
 
     capacity = parse_size(args.capacity, "--capacity", maximum=UINT32_MAX, minimum=1)
     if args.baud <= 0:

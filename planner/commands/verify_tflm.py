@@ -8,7 +8,7 @@ such as flash contents, is exercised).
 
 A rewritten model (spill plans: Spill, Fetch, Fused* custom ops) runs with the
 project's ops compiled against the TFLM tree the user names (`--tflm-root` or
-$TINYPLAN_TFLM_ROOT; backends/tflm_custom.py) on host storages (`--storage`). Without
+$TINYPLAN_TFLM_ROOT; backends/tflm/custom.py) on host storages (`--storage`). Without
 such a tree it is refused. Exit 0 when all holds, 1 on any difference, 2 on bad input.
 """
 
@@ -100,8 +100,8 @@ class CustomSetup:
 
 def _custom_ops(model, setup: CustomSetup, report: dict, stack):
     """Load the project's ops and fresh storages for `model`; the registerer names to pass."""
-    from backends import tflite_io as io
-    from backends import tflm_custom
+    from backends.tflite import io
+    from backends.tflm import custom as tflm_custom
 
     custom = sorted(set(io.custom_op_names(model)))
     if not custom:
@@ -136,14 +136,14 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0,
            setup: CustomSetup | None = None) -> dict:
     """Everything the command reports, as a dict (`ok` says whether it passed).
 
-    Stock models run in child processes (backends/tflm_isolation.py): a TFLM abort
+    Stock models run in child processes (backends/tflm/isolation.py): a TFLM abort
     becomes one TFLMAborted line. The offline array is checked before TFLM reads it.
     A model with the project's custom ops runs in one child that inherits the glue built
     against the user's TFLM tree and the storages configured here.
     """
-    from backends import tflite_io as io
-    from backends.offline_check import check_offline_array
-    from backends.tflite_offline import read_peak
+    from backends.tflite import io
+    from backends.tflite.offline import read_peak
+    from backends.tflite.offline_check import check_offline_array
 
     if not 1 <= runs <= MAX_RUNS:
         raise PlannerError(f"--runs must be 1..{MAX_RUNS}, got {runs}")
@@ -165,7 +165,7 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0,
         if registerers:
             # The glue and its storages are set up in this process; a forked child inherits
             # them and runs everything, so TFLM aborting in our ops is one line too.
-            from backends.tflm_isolation import isolated
+            from backends.tflm.isolation import isolated
 
             return isolated("PLANNED", _run, original, planned, runs, seed, setup, report,
                             recorded, registerers, handle, False)
@@ -175,8 +175,8 @@ def verify(original: bytes, planned: bytes, runs: int = 3, seed: int = 0,
 def _run(original: bytes, planned: bytes, runs: int, seed: int, setup: CustomSetup,
          report: dict, recorded: dict, registerers, handle, isolate: bool = True) -> dict:
     """Both models on TFLM; `isolate`: each in its own child (False: already in one)."""
-    from backends import tflm_interpreter as tflm
-    from backends.tflm_isolation import TFLMAborted, isolated
+    from backends.tflm import interpreter as tflm
+    from backends.tflm.isolation import TFLMAborted, isolated
 
     def call(label: str, fn, *args):
         return isolated(label, fn, *args) if isolate else fn(*args)
@@ -190,7 +190,7 @@ def _run(original: bytes, planned: bytes, runs: int, seed: int, setup: CustomSet
         "runs": [],
     })
     if handle is not None and setup.async_mode != "off":
-        from backends import tflm_custom
+        from backends.tflm import custom as tflm_custom
 
         # Worker threads do not survive a fork: made here, in the process that invokes.
         tflm_custom.set_async(handle, setup.async_mode)
@@ -214,12 +214,12 @@ def _run(original: bytes, planned: bytes, runs: int, seed: int, setup: CustomSet
         report["runs"].append({"seed": seed + r, "identical": same, "detail": why})
         all_same &= same
     if handle is not None and setup.storage == "flash":
-        from backends import tflm_custom
+        from backends.tflm import custom as tflm_custom
 
         report["flash_erases"] = [tflm_custom.flash_erases(handle, i)
                                   for i in range(len(report["storages"]))]
     if handle is not None and setup.async_mode != "off":
-        from backends import tflm_custom
+        from backends.tflm import custom as tflm_custom
 
         started, on_worker = tflm_custom.async_counts(handle)
         report["async"] = {"mode": setup.async_mode, "windows_started": started,

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 import atheris  # noqa: E402
 
 with atheris.instrument_imports():
-    from backends.remote_protocol import Damaged, FrameDecoder  # noqa: E402
-    from backends.storage_host import StorageBackend  # noqa: E402
+    from backends.storage.host import StorageBackend  # noqa: E402
+    from backends.storage.protocol import Damaged, FrameDecoder  # noqa: E402
     from benchmarks.minimalloc import read_problem  # noqa: E402
     from frontends.tflite_frontend import parse_tflite  # noqa: E402
     from planner.device import profile_from_dict, tomllib  # noqa: E402

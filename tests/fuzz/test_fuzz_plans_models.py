@@ -173,7 +173,7 @@ def test_fuzz_damaged_tflite_bytes(tmp_path_factory, data) -> None:
 @fuzz_settings(100)
 @given(st.data())
 def test_fuzz_crafted_tflite_models(tmp_path_factory, data) -> None:
-    from backends import tflite_io as io
+    from backends.tflite import io
 
     model = io.read_model(UNET8)
     for _ in range(data.draw(st.integers(1, 3))):

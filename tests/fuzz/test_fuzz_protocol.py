@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backends.remote_protocol import (
+from backends.storage.host import StorageBackend
+from backends.storage.protocol import (
     MAX_PAYLOAD,
     RESPONSE,
     Damaged,
@@ -21,7 +22,6 @@ from backends.remote_protocol import (
     Status,
     encode_frame,
 )
-from backends.storage_host import StorageBackend
 from tests.fuzz.harness import fuzz_settings
 
 frames = st.builds(
@@ -105,8 +105,8 @@ def test_fuzz_host_answers_every_frame(tmp_path_factory, frame: Frame, damaged: 
 
 @pytest.fixture(scope="module")
 def live_host(tmp_path_factory):
-    from backends.remote_protocol import RemoteStorageClient
-    from backends.storage_host import StorageHostServer
+    from backends.storage.host import StorageHostServer
+    from backends.storage.protocol import RemoteStorageClient
 
     with StorageHostServer(1 << 16, tmp_path_factory.mktemp("live")) as srv:
         with RemoteStorageClient("127.0.0.1", srv.port) as c:
@@ -120,7 +120,7 @@ def test_fuzz_live_host_keeps_acknowledged_data(live_host, stream) -> None:
     """Hostile streams on a fresh connection each, then a clean client: the marker survives."""
     import socket
 
-    from backends.remote_protocol import RemoteStorageClient
+    from backends.storage.protocol import RemoteStorageClient
 
     # Hostile frames may only touch 0..59999: the acknowledged bytes are off limits to
     # the frames themselves; what must not happen is a write hidden inside one of them.

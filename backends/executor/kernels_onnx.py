@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from backends.executor.common import numpy_dtype
 from planner.errors import PlannerError
 from planner.ir import Graph, Op
-
-from .executor import numpy_dtype
 
 
 def _session(model_bytes: bytes, what: str):

@@ -15,11 +15,10 @@ import csv
 import io
 from pathlib import Path
 
+from backends.reports.stream_labels import groups, line_kind, rings
 from planner.analysis import buffers
 from planner.ir import Graph
 from planner.plan import Plan
-
-from .stream_labels import groups, line_kind, rings
 
 COLUMNS = ("id", "name", "shape", "dtype", "bytes", "first", "last", "offsets", "transfers")
 

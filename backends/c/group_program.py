@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from backends.c import kernels as ckernels
 from planner.errors import PlannerError
 from planner.ir import Graph, Op, OpKind, Role
 from planner.plan import Plan, StreamGroup
 
-from . import ckernels
-
-# The constants of tp_rows.h (backends/crows.py reads them from the header).
+# The constants of tp_rows.h (backends/c/rows.py reads them from the header).
 MAGIC, VERSION = 0x31475054, 1
 WHOLE, RING, STREAM_IN, SPILL_ROWS = 0, 1, 2, 3
 CONV, DEPTHWISE, TCONV, MAX_POOL, AVG_POOL, ADD, MUL, CONCAT = range(1, 9)
@@ -113,7 +112,7 @@ class _Quant:
     """Scales and zero points of a .tflite's tensors (first subgraph), by tensor index."""
 
     def __init__(self, model: Any):
-        from .tflite_io import read_model
+        from backends.tflite.io import read_model
 
         if isinstance(model, (bytes, bytearray, str)) or hasattr(model, "read_bytes"):
             model = read_model(model)
@@ -295,7 +294,7 @@ def encode_group(model: Any, source: Graph, group: StreamGroup, inputs: Sequence
         index[t] = len(views) - 1
     members = [_member(q, source, source.ops[i], index) for i in group.ops]
     schedule = with_stream_loads(source, group, {t: index[t] for t in stream_in})
-    from . import crows
+    from backends.c import rows as crows
 
     if len(views) > crows.MAX_VIEWS or len(members) > crows.MAX_OPS:
         raise PlannerError(f"group program: {len(views)} views / {len(members)} ops exceed "

@@ -18,7 +18,7 @@ What is *not* in the arena, on purpose:
   streamed part) to the kernel outside the arena. The arena never holds the concat.
 
 Which kernels run which op: for a TFLite int8 model the ops a device runs on the
-project's own C kernels run on exactly those (backends/ckernels.py, built from
+project's own C kernels run on exactly those (backends/c/kernels.py, built from
 backends/c/tp_kernels.c at first use): every fused concat+conv and fused concat, and
 every TRANSPOSE_CONV the plan puts on the scratch-free kernel (IR attrs["kernel"] ==
 "tinyplan_rows"), which accumulates in the plan's own scratch bytes in the arena. Every
@@ -27,7 +27,7 @@ that differs from TFLite shows up as an output mismatch.
 
 Streamed groups (planner/streaming.py): a plan for a planned graph has one op per group
 of source ops run row by row. The arena machine runs it on the project's C row runner
-(backends/executor_stream.py) over views into this arena: its rings are the group op's
+(backends/executor/stream.py) over views into this arena: its rings are the group op's
 scratch segments, its stream_in inputs and spill_rows outputs go row by row through
 their line buffers to and from the real storage, and recycled rows are poisoned. Every
 other op of a planned graph runs as the source op it copies.
@@ -52,19 +52,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from backends.executor.common import ExecutionError, numpy_dtype
+from backends.executor.stream import GroupRunner, is_group, source_op_indices
 from planner.analysis import lifetimes
 from planner.errors import PlannerError
 from planner.ir import Graph, Op, Role, Tensor
 from planner.plan import Part, Plan, Segment, Transfer
 
-from .executor_stream import GroupRunner, is_group, source_op_indices
-
 POISON_SEED = 0x5EED
 SCRATCH_SEED = 0xC10B
 
 
-class ExecutionError(Exception):
-    """The plan does not give an op its data (missing segment, stream or part)."""
 
 
 class Kernels(Protocol):
@@ -162,13 +160,6 @@ class Execution:
     c_kernel_ops: int = 0  # ops run on the project's C kernels (what the device runs)
 
 
-def numpy_dtype(tensor: Tensor) -> np.dtype:
-    if tensor.dtype in ("int4", "bfloat16", "string"):
-        raise PlannerError(f"tensor '{tensor.name}' has dtype {tensor.dtype}: not executable")
-    try:
-        return np.dtype(np.bool_ if tensor.dtype == "bool" else tensor.dtype)
-    except TypeError:
-        raise PlannerError(f"tensor '{tensor.name}' has unknown dtype {tensor.dtype}") from None
 
 
 def _shape_with_channels(tensor: Tensor, channels: int) -> tuple[int, ...]:
@@ -236,7 +227,7 @@ class ArenaMachine:
                 self.fused_conv[f.conv] = f.concat
                 self.stream_ops.add(f.conv)
         # A planned graph (streamed groups as one op each) runs its other ops as the source
-        # ops they copy; the groups run on the C row runner (backends/executor_stream.py).
+        # ops they copy; the groups run on the C row runner (backends/executor/stream.py).
         self.source_op = source_op_indices(graph)
         self.groups = GroupRunner(self)
         self.side: dict[int, np.ndarray] = {}  # unplanned non-constant values (shapes etc.)
@@ -245,16 +236,16 @@ class ArenaMachine:
         self.c_kernel_ops = 0
         self.device = self._device_kernels()
         # Plans with asynchronous windows move their data at the end of each window
-        # (backends/executor_async.py); blocking plans run exactly as before.
+        # (backends/executor/inflight.py); blocking plans run exactly as before.
         self.inflight = None
         if any(tr.window != (tr.step, tr.step) for tr in plan.transfers):
-            from .executor_async import InFlight
+            from backends.executor.inflight import InFlight
 
             self.inflight = InFlight(self)
 
     def _device_kernels(self):
         """The C kernels, when this plan has an op a device runs on them (TFLite int8)."""
-        from .kernels_tflite import uses_row_transpose_conv
+        from backends.executor.kernels_tflite import uses_row_transpose_conv
 
         if self.graph.source_format != "tflite" or not hasattr(self.kernels, "device_kernels"):
             return None
@@ -479,7 +470,7 @@ class ArenaMachine:
 
     def _on_device(self, op: Op, step: int) -> list[np.ndarray | None] | None:
         """Run `op` on the C kernels if the device does; None if it runs on the reference."""
-        from .kernels_tflite import uses_row_transpose_conv
+        from backends.executor.kernels_tflite import uses_row_transpose_conv
 
         dev = self.device
         if dev is None or not op.outputs:
@@ -670,8 +661,8 @@ def open_storages(plan: Plan, kind: str = "local") -> Iterator[dict[str, Storage
                     backends[name] = FileStorage(directory / "data.bin")
                     opened.append(backends[name])
                     continue
-                from .remote_protocol import RemoteStorageClient
-                from .storage_host import StorageHostServer
+                from backends.storage.host import StorageHostServer
+                from backends.storage.protocol import RemoteStorageClient
 
                 server = StorageHostServer(capacity, directory, "127.0.0.1", 0)
                 port = server.start()
@@ -691,11 +682,11 @@ def open_storages(plan: Plan, kind: str = "local") -> Iterator[dict[str, Storage
 def kernels_for(graph: Graph, model_path: str | Path, runtime: str = "auto") -> Kernels:
     """Kernels for the model's format; `runtime` picks litert or TFLM for TFLite models."""
     if graph.source_format == "onnx":
-        from .kernels_onnx import OnnxKernels
+        from backends.executor.kernels_onnx import OnnxKernels
 
         return OnnxKernels(graph, model_path)
     if graph.source_format == "tflite":
-        from .kernels_tflite import TfliteKernels
+        from backends.executor.kernels_tflite import TfliteKernels
 
         return TfliteKernels(graph, model_path, runtime)
     raise PlannerError(f"no kernels for models of format '{graph.source_format}'")

@@ -1,10 +1,10 @@
 """The row-streaming C runner (backends/c/tp_rows.c) on numpy arrays, through ctypes.
 
-`run_group` runs a streamed group's program (backends/group_program.py) over the buffers
+`run_group` runs a streamed group's program (backends/c/group_program.py) over the buffers
 of its views, with Python callbacks for the rows it streams in and spills; the executor
 runs groups through it, so `planner run` proves the code a device runs. The per-kernel
 row entry points are thin wrappers for the tests. The library is built at first use and
-cached by source hash, as backends/ckernels.py does it (the same build function).
+cached by source hash, as backends/c/kernels.py does it (the same build function).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import ckernels
-from .ckernels import C_DIR, CKernelError
+from backends.c import kernels as ckernels
+from backends.c.kernels import C_DIR, CKernelError
 
 # tp_rows.c reuses tp_kernels.c's conv arithmetic, which links tp_runtime.c / tp_compress.c.
 SOURCES = ("tp_rows.c", *ckernels.SOURCES)
@@ -138,7 +138,7 @@ def check_program(program: np.ndarray) -> int:
 def check_buffers(program: np.ndarray, bases: Sequence[np.ndarray]) -> None:
     """What the C runner cannot check: one contiguous buffer per view, each at least its
     rows_held * row_bytes, writable where the group writes (outputs, rings, lines)."""
-    from .group_program import views_of, written_views
+    from backends.c.group_program import views_of, written_views
 
     views = views_of(program)
     if len(bases) != len(views):

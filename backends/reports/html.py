@@ -11,14 +11,13 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
+from backends.reports.stream_labels import groups, rings
+from backends.reports.svg import render_layout_svg
+from backends.reports.tensors import COLUMNS, rows
 from planner.analysis import cold_ranges, load_bound, working_set_bound
 from planner.device import DeviceProfile
 from planner.ir import Graph
 from planner.plan import Plan
-
-from .stream_labels import groups, rings
-from .svg import render_layout_svg
-from .tensor_report import COLUMNS, rows
 
 STYLE = """
 body { font-family: Helvetica, Arial, sans-serif; margin: 2em; color: #222; max-width: 1200px }

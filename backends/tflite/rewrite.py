@@ -32,7 +32,7 @@ whole schedule:
   one spilled row by row), then one tensor per ring, then the line buffers of the
   streamed inputs; the member ops' internal tensors are touched by no op and get shape
   [0]. Its options are a small header (storage, per-transfer records) and then the
-  program words of backends/group_program.py.
+  program words of backends/c/group_program.py.
 
 A plan that needs a kernel the table (planner/kernels.py) does not offer is refused.
 
@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backends.tflite import io
 from planner.analysis import lifetimes
 from planner.errors import PlannerError
 from planner.ir import Graph, OpKind, Role, align
@@ -65,8 +66,6 @@ from planner.kernels import (
     plan_violations,
 )
 from planner.plan import Plan, Segment, Transfer
-
-from . import tflite_io as io
 
 OPTIONS_VERSION = 1
 # Spill / Fetch: [version, storage_id, address, nbytes, axis, channel_start, channel_stop, part]
@@ -88,7 +87,7 @@ SIMPLE_FIELDS = {SPLIT_IN_PLACE.custom_op: 3, TRANSPOSE_CONV_ROWS.custom_op: 5,
                  TRANSFER_WAIT.custom_op: 4}
 WAIT_SPILL, WAIT_FETCH = 0, 1
 # TinyPlanStreamedGroup: [version, storage_id (-1 none)], then the program words of
-# backends/group_program.py; its view table (tp_rows.h: a 6-word header with n_views at
+# backends/c/group_program.py; its view table (tp_rows.h: a 6-word header with n_views at
 # word 2, then per view [mode, height, row_bytes, rows_held, address]) says which views
 # stream from or spill rows to storage.
 STREAMED_GROUP_OP = STREAMED_GROUP.custom_op
@@ -409,7 +408,7 @@ class _Builder:
 
     def streamed_group(self, k: int, step: int) -> None:
         """`TinyPlanStreamedGroup` for planned op k: its members run row by row in C."""
-        from .group_program import encode
+        from backends.c.group_program import encode
 
         op = self.graph.ops[k]
         inputs: list[int] = []
@@ -618,7 +617,7 @@ def _empty_untouched(model: Any) -> None:
 def write_rewritten_tflite(graph: Graph, plan: Plan, model_path: Path, outdir: Path,
                            **ctx) -> list[Path]:
     """`<stem>.planned.tflite` with Spill/Fetch/Fused* ops; runs under the C glue only."""
-    from .tflite_offline import TOTAL_PEAK_VERSION, planned_path
+    from backends.tflite.offline import TOTAL_PEAK_VERSION, planned_path
 
     refused = plan_violations(graph, plan)
     if refused:

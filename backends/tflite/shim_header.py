@@ -19,11 +19,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from backends.tflite import io
 from planner.errors import PlannerError
 from planner.ir import Graph, Role, align
 from planner.plan import Plan
-
-from . import tflite_io as io
 
 
 def identifier(stem: str) -> str:
@@ -49,7 +48,7 @@ def buffer_entries(graph: Graph, plan: Plan, model_path: Path,
             span = f"steps {seg.first}-{seg.last}" if seg else "never live"
             entries.append((offset, f"tensor {t.source_index} '{t.name}' {t.nbytes} B, {span}"))
     else:
-        from .tflite_rewrite import _tensor_bytes, rewrite
+        from backends.tflite.rewrite import _tensor_bytes, rewrite
 
         rw = rewrite(graph, plan, model_path, profile)
         model = rw.model

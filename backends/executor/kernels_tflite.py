@@ -159,8 +159,8 @@ class TfliteKernels:
         interp, feeds, outs = self._one_op(op)
         values = {t: v for t, v in zip(op.inputs, inputs, strict=True) if t >= 0}
         if self.runtime == "tflm":
-            from .tflm_interpreter import invoke
-            from .tflm_isolation import isolated
+            from backends.tflm.interpreter import invoke
+            from backends.tflm.isolation import isolated
 
             arrays = []
             for t in feeds:
@@ -192,8 +192,8 @@ class TfliteKernels:
 
     def reference(self, inputs: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
         if self.runtime == "tflm":
-            from .tflm_interpreter import invoke
-            from .tflm_isolation import isolated
+            from backends.tflm.interpreter import invoke
+            from backends.tflm.isolation import isolated
 
             sub_inputs = [int(t) for t in self.sub.inputs]
             missing = [t for t in sub_inputs if t not in inputs]
@@ -221,13 +221,13 @@ class TfliteKernels:
 
 
 class DeviceKernels:
-    """The project's C kernels (backends/ckernels.py) for the ops a device runs through
+    """The project's C kernels (backends/c/kernels.py) for the ops a device runs through
     them: fused concat+conv (CONV_2D, grouped, DEPTHWISE_CONV_2D), fused concat, and the
     scratch-free TRANSPOSE_CONV. Constants and quantization come from the model, as the
     TFLM Prepare functions take them."""
 
     def __init__(self, kernels: TfliteKernels):
-        from . import ckernels
+        from backends.c import kernels as ckernels
 
         self.ck = ckernels
         self.ck.library()  # fails here, with one line, when no C compiler is present
@@ -243,7 +243,7 @@ class DeviceKernels:
             else None
         if buf is None or buf.data is None or not len(buf.data):
             raise PlannerError(f"tensor {t} '{self.graph.tensors[t].name}' has no constant data")
-        from .executor import numpy_dtype
+        from backends.executor.common import numpy_dtype
 
         dtype = numpy_dtype(self.graph.tensors[t])
         raw = np.asarray(buf.data, dtype=np.uint8).tobytes()

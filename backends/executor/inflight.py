@@ -1,7 +1,7 @@
 """In-flight windows of asynchronous transfers, as the arena machine runs them.
 
 A plan's asynchronous transfer has a window of steps in flight (planner/plan.py,
-Transfer.window). The arena machine (backends/executor.py) hands its spills and fetches
+Transfer.window). The arena machine (backends/executor/__init__.py) hands its spills and fetches
 here when any transfer of the plan has a window longer than one step, and they move
 their data at the *latest* moment the window allows, the worst case a device's DMA can
 produce:
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from planner.plan import Segment, Transfer
 
 if TYPE_CHECKING:
-    from .executor import ArenaMachine
+    from backends.executor import ArenaMachine
 
 
 def _window(tr: Transfer) -> tuple[int, int]:
@@ -38,7 +38,7 @@ class InFlight:
     """Spill and fetch phases of one ArenaMachine run with the plan's windows."""
 
     def __init__(self, machine: ArenaMachine):
-        from .executor import ExecutionError
+        from backends.executor.common import ExecutionError
 
         self.m = machine
         self.error = ExecutionError

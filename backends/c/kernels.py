@@ -26,7 +26,7 @@ import numpy as np
 
 from planner.errors import PlannerError
 
-C_DIR = Path(__file__).resolve().parent / "c"
+C_DIR = Path(__file__).resolve().parent  # the C sources sit beside this module
 
 
 class CKernelError(PlannerError):

@@ -29,7 +29,7 @@ from planner.ir import Graph, Op, OpKind
 from planner.plan import Transfer
 
 if TYPE_CHECKING:
-    from .executor import ArenaMachine
+    from backends.executor import ArenaMachine
 
 # Written over each recycled ring / line-buffer row. Not 0: a zero row is plausible data
 # (the zero point of many int8 tensors sits near it); 0xA5 is -91 as int8.
@@ -52,7 +52,7 @@ def source_op_indices(graph: Graph) -> list[int]:
         out.append(k)
         k += len(op.attrs["members"]) if is_group(op) else 1
     if graph.source is not None and k != len(graph.source.ops):
-        from .executor import ExecutionError
+        from backends.executor.common import ExecutionError
 
         raise ExecutionError(f"planned graph covers {k} source ops, its source has "
                              f"{len(graph.source.ops)}")
@@ -82,7 +82,7 @@ class _Router:
 
     @staticmethod
     def _owner(ranges: Sequence[_Range], address: int, nbytes: int, what: str) -> str:
-        from .executor import ExecutionError
+        from backends.executor.common import ExecutionError
 
         owners = {r.storage for r in ranges if r.start <= address and address + nbytes <= r.stop}
         if len(owners) != 1:
@@ -119,12 +119,12 @@ class GroupRunner:
 
     def _program(self, op: Op) -> np.ndarray:
         if op.index not in self.programs:
-            from .group_program import encode
+            from backends.c.group_program import encode
 
             # The parsed .tflite the kernels already hold: quantisation comes from it.
             model = getattr(self.m.kernels, "model", None)
             if model is None:
-                from .executor import ExecutionError
+                from backends.executor.common import ExecutionError
 
                 raise ExecutionError(f"op {op.index} ({op.name}): streamed groups run on TFLite "
                                      "int8 models only")
@@ -139,7 +139,7 @@ class GroupRunner:
         return self.constants[t]
 
     def _line(self, t: int, step: int, kind: str) -> np.ndarray:
-        from .executor import ExecutionError
+        from backends.executor.common import ExecutionError
 
         line = self.m.lines.get((t, None, step))
         if line is None:
@@ -148,7 +148,7 @@ class GroupRunner:
         return self.m.arena[line.offset:line.offset + line.size]
 
     def _segment_view(self, t: int, step: int, created: bool) -> np.ndarray | None:
-        from .executor import ExecutionError
+        from backends.executor.common import ExecutionError
 
         m = self.m
         if t in m.split:
@@ -165,7 +165,7 @@ class GroupRunner:
     def bases(self, op: Op, step: int) -> tuple[list[np.ndarray], list[Transfer], list[Transfer]]:
         """The runner's buffers (inputs, outputs, rings), and the step's stream /
         spill_rows transfers of this op."""
-        from .executor import ExecutionError
+        from backends.executor.common import ExecutionError
 
         m = self.m
         streams = {tr.tensor: tr for tr in m.by_step[("stream", step)]}
@@ -208,8 +208,8 @@ class GroupRunner:
 
     def run(self, op: Op, step: int) -> None:
         """Run group `op` at `step`: outputs land in their segments or in storage."""
-        from . import crows
-        from .executor import ExecutionError
+        from backends.c import rows as crows
+        from backends.executor.common import ExecutionError
 
         if self.m.device is None:
             raise ExecutionError(f"op {op.index} ({op.name}): streamed groups run on the C row "

@@ -28,7 +28,7 @@ from planner.ir import DTYPE_BYTES, Graph
 from planner.kernels import c_defines, plan_violations
 from planner.plan import Plan, Segment, Transfer
 
-C_DIR = Path(__file__).parent / "c"
+C_DIR = Path(__file__).parent  # the C sources sit beside this module
 RUNTIME_SOURCES = (
     "tp_storage.h", "tp_storage_file.c", "tp_storage_flash.c", "tp_storage_remote.c",
     "tp_stream_tcp.h", "tp_stream_tcp.c", "tp_compress.h", "tp_compress.c",

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from backends.reports.labels import key_part, short_labels
+from backends.reports.stream_labels import RingInfo, groups, line_kind, rings
 from planner.analysis import load_bound
 from planner.ir import Graph
 from planner.plan import Plan, Segment
-
-from .labels import key_part, short_labels
-from .stream_labels import RingInfo, groups, line_kind, rings
 
 WIDTH = 1100
 PLOT_W = 800

@@ -2,7 +2,7 @@
 
 TFLM trusts the array: a wrong length, an offset of -2 or an offset near 2^31 make
 it abort or fail far from the cause. This is the same contract the writer
-(backends/tflite_offline.py) produces: [version 1, subgraph 0, N, offsets...] with N
+(backends/tflite/offline.py) produces: [version 1, subgraph 0, N, offsets...] with N
 the tensor count over all subgraphs; each offset -1 (plan online) or a multiple of
 16 (MicroArenaBufferAlignment) whose tensor ends inside the plan's peak.
 """
@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from backends.tflite import io
 from planner.errors import PlannerError
-
-from . import tflite_io as io
 
 ALIGNMENT = 16
 

@@ -37,9 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backends.tflite.io import read_model, read_offline_offsets, schema
 from planner.errors import PlannerError
-
-from .tflite_io import read_model, read_offline_offsets, schema
 
 ARENA_ALIGN = 16  # MicroArenaBufferAlignment(): what AllocatePersistentBuffer(bytes) uses
 
@@ -541,7 +540,7 @@ def emitted_model(graph: Any, plan: Any, model_path: Path, profile: Any = None) 
     plan, the rewritten one of a plan with spills or fusions. It is built by the writer
     itself (into a scratch directory, its notes silenced: `solve` prints them when it
     writes for real), so predictions follow whatever the writer emits."""
-    from .tflite_offline import write_offline_tflite
+    from backends.tflite.offline import write_offline_tflite
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
         written = write_offline_tflite(graph, plan, Path(model_path), Path(tmp), profile=profile)

@@ -17,9 +17,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from planner.errors import PlannerError
-
-from .remote_protocol import (
+from backends.storage.protocol import (
     MAX_PAYLOAD,
     RESPONSE,
     Damaged,
@@ -29,6 +27,7 @@ from .remote_protocol import (
     Status,
     encode_frame,
 )
+from planner.errors import PlannerError
 
 DATA_FILE = "tinyplan_storage.bin"
 ERASED = 0xFF

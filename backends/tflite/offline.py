@@ -29,12 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from backends.tflite import io
 from planner.analysis import Buffer, buffers
 from planner.errors import PlannerError
 from planner.ir import Graph, Role
 from planner.plan import Plan
-
-from . import tflite_io as io
 
 TOTAL_PEAK_VERSION = 1
 
@@ -153,7 +152,7 @@ def write_offline_tflite(graph: Graph, plan: Plan, model_path: Path, outdir: Pat
                          **ctx) -> list[Path]:
     """`<stem>.planned.tflite`: the model plus the plan as offline offsets (and TinyPlanPeak)."""
     if plan.transfers or plan.fusions or plan.parts or plan.op_kernels or plan.stream_groups:
-        from .tflite_rewrite import write_rewritten_tflite
+        from backends.tflite.rewrite import write_rewritten_tflite
 
         return write_rewritten_tflite(graph, plan, model_path, outdir, **ctx)
     if graph.source_format != "tflite":

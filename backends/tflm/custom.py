@@ -34,7 +34,7 @@ ENV_CACHE = "TINYPLAN_TFLM_CACHE"
 REGISTERER = "TinyPlanRegisterer"
 # The wheel's build flags that change struct layouts or compiled-in features.
 DEFINES = ("TF_LITE_STATIC_MEMORY", "USE_TFLM_COMPRESSION")
-C_DIR = Path(__file__).parent / "c"
+C_DIR = Path(__file__).parents[1] / "c"
 CXX_SOURCES = ("tflm_ops.cc", "tflm_python_registerer.cc")
 C_EXCLUDE: tuple[str, ...] = ()  # the host build takes every driver, TCP included
 WARNINGS = ("-Wall", "-Wextra", "-Werror")
@@ -291,7 +291,7 @@ def storage_specs(model, driver: str, profile=None, compress: bool = False,
     profile's storage of the same name gives the flash geometry and compression flag.
     A flash storage without a profile entry gets 4 KiB erase blocks, 1-byte programming.
     """
-    from . import tflite_io as io
+    from backends.tflite import io
 
     raw = io.get_metadata(model, io.STORAGE_METADATA)
     names = raw.decode("utf-8", "replace").splitlines() if raw else []
@@ -327,8 +327,8 @@ def storage_specs(model, driver: str, profile=None, compress: bool = False,
 
 def _group_ends(op, names: Sequence[str], ends: list[int]) -> None:
     """Raise `ends` to cover the rows a TinyPlanStreamedGroup spills (its view table)."""
-    from . import tflite_io as io
-    from .tflite_rewrite import VIEW_SPILL_ROWS, group_views
+    from backends.tflite import io
+    from backends.tflite.rewrite import VIEW_SPILL_ROWS, group_views
 
     words = io.unpack_int32(bytes(bytearray(op.customOptions)))
     try:
@@ -345,7 +345,7 @@ def _group_ends(op, names: Sequence[str], ends: list[int]) -> None:
 
 
 def _custom_ops(model):
-    from . import tflite_io as io
+    from backends.tflite import io
 
     fb = io.schema()
     codes = model.operatorCodes or []
@@ -375,7 +375,7 @@ def start_storage_hosts(specs: Sequence[StorageSpec], stack, workdir: str | os.P
         folder = Path(workdir) / f"host{i}"
         folder.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         proc = subprocess.Popen(
             [sys.executable, "-m", "planner", "storage-host", "--tcp", "127.0.0.1:0",

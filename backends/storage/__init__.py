@@ -1,0 +1,1 @@
+"""The storage host and its wire protocol."""
