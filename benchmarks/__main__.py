@@ -107,8 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("-o", "--outdir", default="bench-out/pareto",
                     help="pareto_streaming.csv, .md and one SVG per model go here")
     pa.set_defaults(func=cmd_pareto)
+    from .async_ilp import ACCEPTANCE_COMMAND
+
     al = sub.add_parser("async-ilp", help="latency objective vs blocking transfers on the zoo "
-                        "U-Nets (issue #16)", formatter_class=HelpFormatter)
+                        "U-Nets (issue #16)", formatter_class=HelpFormatter,
+                        description="Per zoo U-Net and budget, the exact planner's blocking "
+                        "plan (--objective transfers) against its async one (--objective "
+                        "latency), both checked and simulated by planner/latency.py "
+                        "(estimates from the profile, not measurements).",
+                        epilog=f"issue #16's acceptance table (docs/planner.md): "
+                        f"{ACCEPTANCE_COMMAND}")
     al.add_argument("--models", action="append", default=None, metavar="TEXT",
                     help="only zoo U-Nets whose file name contains TEXT (repeatable)")
     al.add_argument("--fractions", default="0.75,0.9",

@@ -20,10 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from planner.checker import assert_valid
-from planner.device import DeviceProfile, load_profile
+from planner.device import DeviceProfile
 from planner.errors import InfeasibleBudget
+from planner.ir import Graph
 from planner.kernels import apply_kernels
 from planner.latency import end_to_end
+from planner.plan import Plan
 from planner.planners.base import Request, registry
 from planner.planners.tflm_greedy import plan_tflm_greedy
 
@@ -31,6 +33,12 @@ ZOO = Path(__file__).parent / "models"
 FRACTIONS = (0.75, 0.9)
 # Strictly lower by more than rounding: the model works in whole microseconds.
 STRICT_SECONDS = 1e-6
+# The acceptance run (docs/planner.md's tables, tests/test_ilp_latency.py and
+# tests/test_async_acceptance.py): CP-SAT deterministic work per solve, so the answers do not
+# depend on the machine's load; the wall-clock limit is only a safety net.
+ACCEPTANCE_WORK_LIMIT, ACCEPTANCE_TIME_LIMIT = 4.0, 120.0
+ACCEPTANCE_COMMAND = (f"python -m benchmarks async-ilp --work-limit {ACCEPTANCE_WORK_LIMIT:g} "
+                      f"--time-limit {ACCEPTANCE_TIME_LIMIT:g}")
 
 
 @dataclass
@@ -75,8 +83,22 @@ def zoo_unets() -> list[Path]:
     return sorted([*ZOO.glob("*unet*_int8.tflite"), *ZOO.glob("*unet*.onnx")])
 
 
-def run_one(path: Path, fraction: float, profile: DeviceProfile, time_limit: float,
-            work_limit: float | None, window: int = 3) -> AsyncRow:
+@dataclass
+class AsyncCase:
+    """One acceptance case with its plans: what the table row is computed from, kept for
+    the tests that run the plans (tests/test_async_acceptance.py)."""
+
+    path: Path
+    graph: Graph  # the model on the profile's kernels, as both plans were made for it
+    profile: DeviceProfile
+    row: AsyncRow
+    blocking: Plan | None  # None: no plan fits the budget
+    fast: Plan | None
+
+
+def solve_case(path: Path, fraction: float, profile: DeviceProfile, time_limit: float,
+               work_limit: float | None, window: int = 3) -> AsyncCase:
+    """Both exact plans of one model at `fraction` of tflm-greedy's peak, checked."""
     from frontends import load_model
 
     graph = apply_kernels(load_model(path), profile)
@@ -84,7 +106,7 @@ def run_one(path: Path, fraction: float, profile: DeviceProfile, time_limit: flo
     budget = int(greedy * fraction) // 16 * 16
     ilp = registry()["ilp"]
 
-    def plan(objective: str):
+    def plan(objective: str) -> Plan:
         req = Request(graph, profile, budget, objective, time_limit,
                       deterministic=work_limit is not None, work_limit=work_limit,
                       async_window=window)
@@ -95,13 +117,14 @@ def run_one(path: Path, fraction: float, profile: DeviceProfile, time_limit: flo
     try:
         blocking = plan("transfers")
     except InfeasibleBudget:  # below what any plan reaches: nothing to compare
-        return AsyncRow(path.name, fraction, budget, 0.0, 0.0, 0.0, None, "infeasible", 0, 0,
-                        0, False)
+        row = AsyncRow(path.name, fraction, budget, 0.0, 0.0, 0.0, None, "infeasible", 0, 0,
+                       0, False)
+        return AsyncCase(path, graph, profile, row, None, None)
     fast = plan("latency")
     lat_b, lat_a = end_to_end(graph, blocking, profile), end_to_end(graph, fast, profile)
     bound = next((float(n.split("latency bound ")[1].split(" ")[0]) for n in fast.notes
                   if "latency bound " in n), None)
-    return AsyncRow(
+    row = AsyncRow(
         model=path.name, fraction=fraction, budget_bytes=budget,
         compute_s=lat_a.compute_seconds, blocking_s=lat_b.total_seconds,
         async_s=lat_a.total_seconds, async_bound_s=bound, async_status=fast.status,
@@ -109,6 +132,12 @@ def run_one(path: Path, fraction: float, profile: DeviceProfile, time_limit: flo
         windows=sum(1 for t in fast.transfers if t.window != (t.step, t.step)),
         can_overlap=has_room(blocking, profile),
     )
+    return AsyncCase(path, graph, profile, row, blocking, fast)
+
+
+def run_one(path: Path, fraction: float, profile: DeviceProfile, time_limit: float,
+            work_limit: float | None, window: int = 3) -> AsyncRow:
+    return solve_case(path, fraction, profile, time_limit, work_limit, window).row
 
 
 def has_room(plan, profile: DeviceProfile) -> bool:
@@ -129,14 +158,6 @@ def has_room(plan, profile: DeviceProfile) -> bool:
             if before and max(before) < t.step - 1:
                 return True
     return False
-
-
-def run_async(paths: list[Path], fractions=FRACTIONS, profile: str = "qspi-flash",
-              time_limit: float = 20.0, work_limit: float | None = None,
-              window: int = 3) -> list[AsyncRow]:
-    prof = load_profile(profile)
-    return [run_one(p, f, prof, time_limit, work_limit, window)
-            for p in paths for f in fractions]
 
 
 def verdict(r: AsyncRow) -> str:

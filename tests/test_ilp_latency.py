@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -18,7 +19,7 @@ import planner.async_windows
 import planner.compute
 import planner.latency
 import tinyplan
-from benchmarks.async_ilp import run_async, table, zoo_unets
+from benchmarks.async_ilp import FRACTIONS, table, zoo_unets
 from planner.checker import check
 from planner.device import DeviceProfile, Storage, load_profile
 from planner.errors import InfeasibleBudget, PlannerError
@@ -26,6 +27,9 @@ from planner.ir import OpKind
 from planner.kernels import apply_kernels
 from planner.latency import end_to_end
 from planner.planners.base import Request, registry
+
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+from async_plans import acceptance_case  # noqa: E402
 
 PLAN = registry()
 MS = 1e-3
@@ -184,15 +188,12 @@ def test_latency_objective_refuses_the_milp(compute):
         PLAN["ilp"](Request(g, device(), 2560, "latency", 10.0, solver="pulp-cbc"))
 
 
-# Issue #16's acceptance, as `python -m benchmarks async-ilp --work-limit 4 --time-limit 120`
-# runs it: CP-SAT deterministic work per solve, so the answers do not depend on the load
-# (the wall-clock cap is only a safety net).
-ACCEPTANCE_WORK, ACCEPTANCE_CAP = 4.0, 120.0
-
-
+# Issue #16's acceptance, as benchmarks/async_ilp.ACCEPTANCE_COMMAND runs it (CP-SAT
+# deterministic work per solve, so the answers do not depend on the load); the solves are
+# shared with tests/test_async_acceptance.py, which runs the plans.
 @pytest.mark.parametrize("path", zoo_unets(), ids=lambda p: p.name)
 def test_async_plans_are_never_slower_than_blocking_ones_on_the_zoo_unets(path):
-    rows = run_async([path], time_limit=ACCEPTANCE_CAP, work_limit=ACCEPTANCE_WORK)
+    rows = [acceptance_case(path, f).row for f in FRACTIONS]
     assert len(rows) == 2
     for row in rows:
         assert row.ok, table([row])

@@ -213,3 +213,22 @@ def ilp_latency_plan(name: str, fraction: float, profile: str = "qspi-flash"):
     if not windows(plan):
         pytest.skip("the ILP chose no window for this case")
     return graph, plan, prof, path
+
+
+# Issue #16's acceptance cases (benchmarks/async_ilp.py at its acceptance limits), solved once
+# per test session: tests/test_ilp_latency.py compares their latencies,
+# tests/test_async_acceptance.py runs their plans.
+_ACCEPTANCE: dict = {}
+
+
+def acceptance_case(path: Path, fraction: float, profile: str = "qspi-flash"):
+    """benchmarks.async_ilp.AsyncCase of `path` at `fraction` of tflm-greedy's peak, as
+    `python -m benchmarks async-ilp --work-limit 4 --time-limit 120` solves it."""
+    from benchmarks.async_ilp import ACCEPTANCE_TIME_LIMIT, ACCEPTANCE_WORK_LIMIT, solve_case
+    from planner.device import load_profile
+
+    key = (str(path), fraction, profile)
+    if key not in _ACCEPTANCE:
+        _ACCEPTANCE[key] = solve_case(path, fraction, load_profile(profile),
+                                      ACCEPTANCE_TIME_LIMIT, ACCEPTANCE_WORK_LIMIT)
+    return _ACCEPTANCE[key]
