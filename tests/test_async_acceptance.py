@@ -18,7 +18,7 @@ import pytest
 from test_c_async import same_replay, write_glue
 from test_c_glue import run, stats
 
-from backends.c_glue import storage_names
+from backends.c.glue import storage_names
 from backends.executor import (
     ArenaMachine,
     compare,
