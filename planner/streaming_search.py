@@ -191,14 +191,14 @@ def search(source: Graph, request: Request, plan_fn: PlanFn,
     unreached: list[Candidate] = []
     infeasible: list[str] = []
     failed: list[PlannerError] = []
+    interrupted = False
     for i, cand in enumerate(queue):
         if order.cannot_win(cand, best[0] if best else None):
             pruned.append(cand)
             continue
         left = len(queue) - i
         seconds = clock.seconds_left() / left
-        stop = clock.stopped == "interrupted" or (best is not None and (
-            seconds < MIN_SHARE_SECONDS or best[2].stopped == "interrupted"))
+        stop = interrupted or (best is not None and seconds < MIN_SHARE_SECONDS)
         if stop:
             unreached.append(cand)
             continue
@@ -216,6 +216,7 @@ def search(source: Graph, request: Request, plan_fn: PlanFn,
             failed.append(exc)
             continue
         planned.append((cand, plan))
+        interrupted = interrupted or plan.stopped == "interrupted"  # Ctrl-C: no more solves
         key = order.key(cand, plan)
         if best is None or key < best[0]:
             best = (key, cand, plan)
@@ -227,14 +228,17 @@ def search(source: Graph, request: Request, plan_fn: PlanFn,
         raise InfeasibleBudget(f"{why} (and of the other {len(cands) - 1} candidate "
                                "partitions of --row-streaming)" if len(cands) > 1 else why)
     key, winner, plan = best
-    plan = _certified(plan, winner, key, order, planned, pruned, unreached, len(cands))
+    if interrupted:  # the search was cut short, whichever candidate won
+        plan = replace(plan, stopped="interrupted")
+    plan = _certified(plan, winner, key, order, planned, pruned, unreached, len(cands),
+                      "interrupted" if interrupted else "no time left")
     return Result(winner.graph, replace(plan, solve_seconds=time.perf_counter() - start),
                   winner, planned)
 
 
 def _certified(plan: Plan, winner: Candidate, key: tuple[float, float], order: _Order,
                planned: list[tuple[Candidate, Plan]], pruned: list[Candidate],
-               unreached: list[Candidate], total: int) -> Plan:
+               unreached: list[Candidate], total: int, why: str) -> Plan:
     """The winner with what is proven over all candidates: its status and bound."""
     others = [order.floor(c, p) for c, p in planned if c is not winner]
     others += [order.floor(c) for c in pruned + unreached
@@ -253,7 +257,7 @@ def _certified(plan: Plan, winner: Candidate, key: tuple[float, float], order: _
         if pruned:
             text += f", {len(pruned)} ruled out by their bounds"
         if unreached:
-            text += f", {len(unreached)} not planned (no time left)"
+            text += f", {len(unreached)} not planned ({why})"
         if status != plan.status:
             text += (", optimal over all of them" if status == "optimal" else
                      ", not proven optimal over all of them")

@@ -165,3 +165,21 @@ def test_cli_head_budget_200000(tmp_path):
     assert any("candidate partition 'none' won" in n for n in s["notes"])
     saved = json.loads((out / "plan.json").read_text())
     assert saved["stream_groups"] == [] and saved["peak_bytes"] == 192_000
+
+
+def test_interrupted_candidate_ends_the_search(source, cands):
+    """Ctrl-C in one candidate's solve (its plan says so): no further candidate is
+    planned and the plan returned is marked interrupted, as solve reports it."""
+    from dataclasses import replace
+
+    calls = []
+    greedy = registry()["tflm-greedy"]
+
+    def stopped(req):
+        calls.append(req.graph)
+        return replace(greedy(req), stopped="interrupted")
+
+    found = streaming_search.search(source, request(source), stopped, cands)
+    assert len(calls) == 1 and found.plan.stopped == "interrupted"
+    assert found.winner.name == "chosen"  # the least bound: planned first
+    assert any("not planned (interrupted)" in n for n in found.plan.notes)
