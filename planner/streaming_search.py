@@ -212,8 +212,9 @@ def search(source: Graph, request: Request, plan_fn: PlanFn,
         except InfeasibleBudget as exc:
             infeasible.append(str(exc))
             continue
-        except PlannerError as exc:
+        except PlannerError as exc:  # no plan found in its share: not ruled out either
             failed.append(exc)
+            unreached.append(cand)
             continue
         planned.append((cand, plan))
         interrupted = interrupted or plan.stopped == "interrupted"  # Ctrl-C: no more solves
@@ -231,7 +232,7 @@ def search(source: Graph, request: Request, plan_fn: PlanFn,
     if interrupted:  # the search was cut short, whichever candidate won
         plan = replace(plan, stopped="interrupted")
     plan = _certified(plan, winner, key, order, planned, pruned, unreached, len(cands),
-                      "interrupted" if interrupted else "no time left")
+                      "interrupted" if interrupted else "no plan in its share of the time")
     return Result(winner.graph, replace(plan, solve_seconds=time.perf_counter() - start),
                   winner, planned)
 
@@ -257,7 +258,7 @@ def _certified(plan: Plan, winner: Candidate, key: tuple[float, float], order: _
         if pruned:
             text += f", {len(pruned)} ruled out by their bounds"
         if unreached:
-            text += f", {len(unreached)} not planned ({why})"
+            text += f", {len(unreached)} without a plan ({why})"
         if status != plan.status:
             text += (", optimal over all of them" if status == "optimal" else
                      ", not proven optimal over all of them")

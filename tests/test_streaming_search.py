@@ -182,4 +182,4 @@ def test_interrupted_candidate_ends_the_search(source, cands):
     found = streaming_search.search(source, request(source), stopped, cands)
     assert len(calls) == 1 and found.plan.stopped == "interrupted"
     assert found.winner.name == "chosen"  # the least bound: planned first
-    assert any("not planned (interrupted)" in n for n in found.plan.notes)
+    assert any("without a plan (interrupted)" in n for n in found.plan.notes)
