@@ -224,10 +224,13 @@ def search(source: Graph, request: Request, plan_fn: PlanFn,
     if best is None:
         if failed:
             raise failed[0]
-        why = infeasible[0] if infeasible else \
-            f"budget {request.budget:,} B is below the working-set bound of every candidate"
-        raise InfeasibleBudget(f"{why} (and of the other {len(cands) - 1} candidate "
-                               "partitions of --row-streaming)" if len(cands) > 1 else why)
+        if not infeasible:
+            raise InfeasibleBudget(f"budget {request.budget:,} B is below the working-set "
+                                   f"bound of each of the {len(cands)} candidate partitions "
+                                   "into streamed groups")
+        others = f"; so is each of the other {len(cands) - 1} candidate partitions into " \
+            "streamed groups" if len(cands) > 1 else ""
+        raise InfeasibleBudget(infeasible[0] + others)
     key, winner, plan = best
     if interrupted:  # the search was cut short, whichever candidate won
         plan = replace(plan, stopped="interrupted")
