@@ -82,7 +82,10 @@ def solved(tmp_path_factory):
 @pytest.mark.parametrize("planner", PLANNERS)
 def test_solved_streamed_plan_runs_on_real_tflm(planner, solved, capsys):
     written, summary = solved(planner, capsys)
-    assert STREAMED_GROUP_OP in io.custom_op_names(io.read_model(written.read_bytes()))
+    # solve keeps the best of its candidate partitions (planner/streaming_search.py): for
+    # tinyseg that is the unstreamed graph (153,600 B against 196,320 B streamed).
+    streamed = STREAMED_GROUP_OP in io.custom_op_names(io.read_model(written.read_bytes()))
+    assert streamed == bool(summary["stream_groups"]) and (streamed or planner == "tinyseg")
     report = _verify(capsys, written)
     _assert_passes(report, written, "ram")
     # What solve predicted for the emitted model is what TFLM reports.

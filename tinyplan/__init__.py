@@ -29,6 +29,7 @@ from planner.kernels import apply_kernels
 from planner.plan import Plan
 from planner.planners.base import Request, registry
 from planner.streaming import apply_groups, choose_groups, groups_of, planned_graph
+from planner.streaming_search import search as search_streaming
 from planner.units import parse_size
 from planner.version import __version__
 
@@ -88,7 +89,8 @@ def analyse(graph: Graph, device: str | DeviceProfile = "qspi-flash",
             stock_transpose_conv: bool = False, row_streaming: bool = False) -> Analysis:
     """Lower bounds of `graph` on `device` (its kernels, streaming and fusion as the
     profile allows: the graph `plan` plans); with `row_streaming`, also the bound with
-    the streamed groups `plan(..., row_streaming=True)` runs."""
+    the bound-minimising streamed groups (streaming.choose_groups), the lowest bound of
+    the candidates `plan(..., row_streaming=True)` searches."""
     prof = profile(device)
     planned = _planned(graph, prof, stock_transpose_conv, row_streaming)
     source = planned.source if planned.source is not None else planned
@@ -112,9 +114,10 @@ def plan(graph: Graph, budget: int | str | None = None, planner: str = "ilp",
     head (the command's `--budget` adds TFLM's tail). As the command does, the ops run on
     the kernels the device allows (planner/kernels.py: int8 TRANSPOSE_CONV on the row
     kernel unless `stock_transpose_conv`); the plan records them in `op_kernels`. With
-    `row_streaming`, chains of row-capable ops run as streamed groups (planner/streaming.py)
-    that the plan records in `stream_groups`. Raises InfeasibleBudget when no plan fits,
-    PlannerError on bad input.
+    `row_streaming`, chains of row-capable ops run as streamed groups (planner/streaming.py):
+    a few candidate partitions into groups are planned within `time_limit`
+    (planner/streaming_search.py) and the best plan's are recorded in `stream_groups`.
+    Raises InfeasibleBudget when no plan fits, PlannerError on bad input.
 
     `objective`: "peak" (smallest arena), "transfers" (least transfer time under the
     budget) or "latency" (least estimated end-to-end latency under the budget, transfers
@@ -126,10 +129,15 @@ def plan(graph: Graph, budget: int | str | None = None, planner: str = "ilp",
         raise PlannerError(f"unknown planner '{planner}': use one of {', '.join(sorted(found))}")
     prof = profile(device)
     nbytes = parse_size(budget) if budget is not None else None
-    graph = _planned(graph, prof, stock_transpose_conv, row_streaming)
-    result = found[planner](Request(graph, prof, nbytes, objective, time_limit, solver,
-                                    deterministic=deterministic, latency_cap=latency_cap,
-                                    async_window=async_window))
+    source = apply_kernels(graph, prof, stock_transpose_conv)
+    request = Request(source, prof, nbytes, objective, time_limit, solver,
+                      deterministic=deterministic, latency_cap=latency_cap,
+                      async_window=async_window)
+    if row_streaming:  # a few candidate partitions, each planned: the best wins
+        chosen = search_streaming(source, request, found[planner])
+        graph, result = chosen.graph, chosen.plan
+    else:
+        graph, result = source, found[planner](request)
     errors = _check(graph, result, prof.capacities)
     if errors:  # a planner bug, never a plan to use
         raise RuntimeError(f"the {planner} plan fails the checker: {errors[0]}")

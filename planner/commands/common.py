@@ -30,7 +30,9 @@ def add_kernel_args(p: argparse.ArgumentParser) -> None:
         "--row-streaming", action="store_true",
         help="run chains of row-capable ops (conv, depthwise, pool, add/mul, concat, the row "
         "transpose conv) as streamed groups, row by row, the tensors between them in rings "
-        "of a few rows (planner/streaming.py); the groups minimise the working-set bound",
+        "of a few rows (planner/streaming.py); solve plans a few candidate partitions into "
+        "groups, the bound-minimising one and none among them, and keeps the best plan "
+        "(planner/streaming_search.py)",
     )
 
 
@@ -40,12 +42,17 @@ def read_graph(args: argparse.Namespace) -> Graph:
     return load_model(args.model, shapes)
 
 
+def source_graph(args: argparse.Namespace, profile: DeviceProfile) -> Graph:
+    """The graph with its ops on the kernels the profile and flags allow (no groups)."""
+    return apply_kernels(read_graph(args), profile, getattr(args, "stock_transpose_conv", False))
+
+
 def planned_graph(args: argparse.Namespace, profile: DeviceProfile) -> Graph:
     """The graph a plan is made for: its ops on the kernels the profile and flags allow,
-    with --row-streaming the chosen streamed groups as one op each (`.source` then holds
-    the graph before)."""
-    source = apply_kernels(read_graph(args), profile,
-                           getattr(args, "stock_transpose_conv", False))
+    with --row-streaming the streamed groups streaming.choose_groups picks as one op each
+    (`.source` then holds the graph before; `solve` searches more partitions:
+    planner/streaming_search.py)."""
+    source = source_graph(args, profile)
     if not getattr(args, "row_streaming", False):
         return source
     return streaming.apply_groups(source, streaming.choose_groups(source, profile))

@@ -19,8 +19,11 @@ from ..planners.ilp import SOLVERS
 from ..schema import stamp
 from ..stopping import as_interrupted, sigint_kept, was_interrupted
 from ..streaming import groups_of
+from ..streaming_search import candidates as stream_candidates
+from ..streaming_search import least_bound
+from ..streaming_search import search as search_streaming
 from ..units import parse_size
-from .common import add_kernel_args, add_model_args, planned_graph
+from .common import add_kernel_args, add_model_args, source_graph
 from .progress import end_progress, terminal_progress
 from .solve_checks import check_after_reading, check_arguments, sram_warning
 
@@ -97,15 +100,15 @@ def run(args: argparse.Namespace) -> int:
     budget = check_arguments(args)  # everything that needs no model: before reading it
     head_cap = parse_size(args.head_budget) if args.head_budget is not None else None
     profile = load_profile(args.profile)
-    graph = planned_graph(args, profile)
-    source = graph.source if graph.source is not None else graph
+    source = source_graph(args, profile)
     check_after_reading(args, source)
-    load = load_bound(graph)
+    # With --row-streaming: candidate partitions into streamed groups, each planned
+    # (planner/streaming_search.py); the plan's graph is the winner's. The least of their
+    # bounds is the one no head goes below (the old one stays beside it).
+    cands = stream_candidates(source, profile) if args.row_streaming else None
+    graph = cands[0].graph if cands else source
     ws = working_set_bound(source, profile.can_stream, profile.fusion)
-    # With --row-streaming the plan's graph has group ops: its own bound is the one no
-    # head goes below (the old one stays beside it).
-    streamed = working_set_bound(graph, profile.can_stream, profile.fusion) \
-        if args.row_streaming else None
+    streamed = least_bound(cands) if cands else None
     floor = streamed if streamed is not None else ws
     from backends.tflite.tail import ArenaTail
 
@@ -119,10 +122,11 @@ def run(args: argparse.Namespace) -> int:
         "op_kernels": [list(k) for k in op_kernels_of(graph)],
         "budget_bytes": budget,
         "head_budget_bytes": head_cap,
-        "load_bound_bytes": load.bytes,
+        "load_bound_bytes": load_bound(graph).bytes,
         "working_set_bound_bytes": ws.bytes,
         "streamed_bound_bytes": streamed.bytes if streamed is not None else None,
         "stream_groups": [list(g.ops) for g in groups_of(graph)],
+        "stream_candidates": len(cands) if cands else None,
     }
     # --budget bounds head + tail; the tail is that of the model the plan emits, which a
     # rewrite (spills, fusions) makes larger: plan, predict, and re-plan with the head
@@ -147,7 +151,12 @@ def run(args: argparse.Namespace) -> int:
                           latency_cap=args.latency_cap, async_window=args.async_window)
         try:
             with sigint_kept():
-                plan = registry()[args.planner](request)
+                if cands is None:
+                    plan = registry()[args.planner](request)
+                else:
+                    chosen = search_streaming(source, request, registry()[args.planner], cands)
+                    graph, plan = chosen.graph, chosen.plan
+                    tails = ArenaTail(graph, Path(args.model), profile)  # the winner's model
         except InfeasibleBudget as exc:
             return _refuse(args, summary, str(exc))
         finally:
@@ -168,6 +177,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"internal error: {exc}", file=sys.stderr)
         return 3
     head_budget = _head_budget(budget, head_cap, tail)
+    summary.update(load_bound_bytes=load_bound(graph).bytes,
+                   stream_groups=[list(g.ops) for g in plan.stream_groups])
     arena = tails.arena(plan.peak_bytes)
     fits = ((head_budget is None or plan.peak_bytes <= head_budget)
             and (budget is None or arena is None or arena <= budget))
@@ -304,8 +315,9 @@ def _print_summary(s: dict, plan) -> None:
     print(f"work-set bnd {s['working_set_bound_bytes']:>10,} B   (what one op must hold: "
           "no head goes below" + (" without row streaming)" if s["stream_groups"] else ")"))
     if s["streamed_bound_bytes"] is not None:
-        why = ("the same with the streamed groups below: no head of this plan's graph goes "
-               "below") if s["stream_groups"] else \
+        why = (f"the least over the {s['stream_candidates']} candidate partitions into "
+               "streamed groups: no head with row streaming goes below") \
+            if (s["stream_candidates"] or 0) > 1 else \
             "no chain of ops the row kernels run on this profile: nothing streams"
         print(f"streamed bnd {s['streamed_bound_bytes']:>10,} B   ({why})")
     if s["stream_groups"]:
