@@ -46,8 +46,9 @@ def test_report_latency_table_and_plot_come_from_the_rows(run):
     out, rows = run
     text = (out / "report.md").read_text()
     assert "### End-to-end latency under budget" in text and "not measurements" in text
+    # ilp-streamed rows stay in results.csv only (their ties differ in overlap run to run).
     movers = [r for r in rows if r["budget"] == "75%" and r["fits"] == "True"
-              and int(r["spilled_bytes"] or 0) > 0]
+              and int(r["spilled_bytes"] or 0) > 0 and r["planner"] != "ilp-streamed"]
     section = text.split("### End-to-end latency under budget", 1)[1].split("\n#", 1)[0]
     lines = [ln for ln in section.splitlines() if ln.startswith("| tiny_unet_int8.tflite | 75%")]
     assert len(lines) == len(movers)

@@ -56,7 +56,11 @@ def load_view_plan(problem: Problem, seed: Plan, budget: Budget, share: float,
         return LoadView(None, bound, out.objective * 16)
     blocks, keys = _blocks(problem, sol)
     seconds = max(0.1, budget.seconds_left() * pack_share)
-    packed, interrupted = _pack(blocks, out.objective, seconds, workers)
+    # A reproducible search packs by node counts and work, never by the clock.
+    work = None
+    if deterministic:
+        work = max(0.01, (budget.work if budget.work is not None else 1.0) * pack_share)
+    packed, interrupted = _pack(blocks, out.objective, seconds, workers, work)
     if interrupted:
         budget.stopped = "interrupted"
     if not packed.offsets:
@@ -79,17 +83,21 @@ def load_view_plan(problem: Problem, seed: Plan, budget: Budget, share: float,
 CANONICAL_NODES = 200_000
 
 
-def _pack(blocks: list[Block], capacity: int, seconds: float, workers: int):
+def _pack(blocks: list[Block], capacity: int, seconds: float, workers: int,
+          work: float | None = None):
     """The chosen segments inside the load view's peak: the canonical offsets search first
-    (fast, and exact: it packs or proves no packing), CP-SAT when it ends unproven."""
+    (fast, and exact: it packs or proves no packing), CP-SAT when it ends unproven. With
+    `work` (reproducible runs) the node cap, not the clock, ends the canonical search (the
+    clock stays a generous guard) and CP-SAT stops on that much work."""
     from ..canonical import pack
 
-    found = pack(blocks, capacity, time_limit=seconds / 2, node_limit=CANONICAL_NODES)
+    guard = seconds / 2 if work is None else max(seconds / 2, 30.0)
+    found = pack(blocks, capacity, time_limit=guard, node_limit=CANONICAL_NODES)
     if found.status == "packed":
         peak = max((o + b.size for o, b in zip(found.offsets, blocks, strict=True)), default=0)
         return OffsetResult(found.offsets, peak, "feasible", found.bound), False
     return _held(lambda: solve_offsets(blocks, time_limit=seconds / 2, capacity=capacity,
-                                       workers=workers))
+                                       workers=workers, work_limit=work))
 
 
 def _blocks(problem: Problem, sol: Solution):

@@ -33,26 +33,32 @@ def solve_offsets(
     capacity: int | None = None,
     hint: Sequence[int] | None = None,
     workers: int = 2,
+    work_limit: float | None = None,
 ) -> OffsetResult:
     """Offsets minimising the peak; with `capacity`, first look for a packing within it.
 
     The search starts from the best heuristic packing (`hint`, else found here with part
     of the time). When the capacity search finds nothing, the rest of the time goes to
-    minimising the peak from that start, so an answer always comes back.
+    minimising the peak from that start, so an answer always comes back. `work_limit`
+    (CP-SAT deterministic seconds) makes the answer the same under any machine load: the
+    start is then the greedy packings only (the hill climb runs by the clock).
     """
     if not blocks:
         return OffsetResult([], 0, "optimal", 0)
     if hint is None:
-        spent = min(2.0, time_limit / 10)
+        spent = min(2.0, time_limit / 10) if work_limit is None else 0.0
         hint = _best_heuristic(blocks, spent)
         time_limit -= spent
     hint = _twins_in_order(blocks, hint)
+    work = work_limit
     if capacity is not None:
-        first = _solve(blocks, time_limit * 0.75, capacity, hint, workers)
+        first = _solve(blocks, time_limit * 0.75, capacity, hint, workers,
+                       work * 0.75 if work is not None else None)
         if first.offsets:
             return first
         time_limit *= 0.25
-    found = _solve(blocks, time_limit, None, hint, workers)
+        work = work * 0.25 if work is not None else None
+    found = _solve(blocks, time_limit, None, hint, workers, work)
     hint_peak = max(h + b.size for h, b in zip(hint, blocks, strict=True))
     if not found.offsets or found.peak > hint_peak:  # the search ran out of time: keep the start
         return OffsetResult(list(hint), hint_peak, "feasible", found.bound)
@@ -75,7 +81,7 @@ def _twins_in_order(blocks: Sequence[Interval], hint: Sequence[int]) -> list[int
     return out
 
 
-def _solve(blocks, time_limit, capacity, hint, workers) -> OffsetResult:
+def _solve(blocks, time_limit, capacity, hint, workers, work_limit=None) -> OffsetResult:
     unit = reduce(gcd, [b.size for b in blocks] + ([capacity] if capacity else []))
     unit = reduce(gcd, [h for h in hint if h], unit)
     sizes = [b.size // unit for b in blocks]
@@ -104,6 +110,10 @@ def _solve(blocks, time_limit, capacity, hint, workers) -> OffsetResult:
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit
     solver.parameters.num_workers = workers
+    if work_limit is not None:  # stop on work, not the clock: the same answer under load
+        solver.parameters.max_deterministic_time = max(0.01, work_limit)
+        solver.parameters.interleave_search = True
+        solver.parameters.random_seed = 0
     status = solver.solve(m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         name = "infeasible" if status == cp_model.INFEASIBLE else "unknown"
@@ -120,7 +130,9 @@ def _best_heuristic(blocks: Sequence[Interval], time_limit: float) -> list[int]:
     from ..tflm_greedy import greedy_offsets
 
     starts = [greedy_offsets(blocks), greedy_by_size_offsets(blocks)]
-    candidates = [*starts, hill_climb_offsets(blocks, time_limit=time_limit, starts=starts)[0]]
+    candidates = list(starts)
+    if time_limit > 0:
+        candidates.append(hill_climb_offsets(blocks, time_limit=time_limit, starts=starts)[0])
     return min(candidates, key=lambda offs: max(o + b.size for o, b in zip(offs, blocks,
                                                                               strict=True)))
 
