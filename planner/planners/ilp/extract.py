@@ -74,13 +74,15 @@ def to_plan(problem: Problem, sol: Solution, planner: str, objective: str) -> Pl
                                     item.line_units[j] * ALIGNMENT, item.part, "line_buffer"))
             if item.points[j].stream == Stream.CONCAT:
                 stream_ops.add(item.points[j].stream_op)
-        if i in sol.storage:
+        row_spilled = [j for j, _ in sol.streams.get(i, [])
+                       if item.points[j].stream == Stream.ROWS_OUT]
+        # A solution may mark spilled an item that is never in the arena (a fused-away concat
+        # output, whose storage choice costs nothing in the load view): nothing to write.
+        if i in sol.storage and (chosen or row_spilled):
             name = sol.storage[i]
             store = problem.profile.storage(name)
             address = next_address[name]
             next_address[name] += footprint(store, item.nbytes)
-            row_spilled = [j for j, _ in sol.streams.get(i, [])
-                           if item.points[j].stream == Stream.ROWS_OUT]
             if row_spilled:  # written row by row as the group produced it: its one spill
                 transfers.append(Transfer("spill_rows", item.tensor,
                                           item.points[row_spilled[0]].step, name, item.nbytes,
