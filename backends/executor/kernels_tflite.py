@@ -284,8 +284,9 @@ class DeviceKernels:
         return self.ck.fused_concat(slices, int(concat.attrs.get("axis", -1)))
 
     def transpose_conv(self, op: Op, x: np.ndarray, row_acc: np.ndarray) -> np.ndarray:
-        """TRANSPOSE_CONV (inputs output_shape, filter, input[, bias]) accumulating in
-        row_acc, one output row of int32 (int64 for 16x8): the scratch the plan gave it."""
+        """TRANSPOSE_CONV (inputs output_shape, filter, input[, bias]) on the row kernel.
+        row_acc is the scratch the plan gave it (one output row): 16x8 accumulates there in
+        int64; int8 (gather form, tp_kernels.h) reserves it but no longer writes it."""
         filt_t, data_t = op.inputs[1], op.inputs[2]
         bias_t = op.inputs[3] if len(op.inputs) > 3 else -1
         out_t = op.outputs[0]
